@@ -1,0 +1,1 @@
+"""lateint: precomputed late-interaction image-text retrieval in JAX."""
