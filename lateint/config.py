@@ -1,0 +1,85 @@
+"""Model configuration of the split (PreTTR-style) vision-language encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the split encoder.
+
+    `num_layers` (L) transformer layers in all; layers `< split_layer` (l) run per modality
+    (image tower / text tower, no cross links), layers `>= split_layer` run jointly over
+    `[text; regions]`. `split_layer == num_layers` is a pure dual encoder, `split_layer == 0` a
+    full cross-encoder.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_heads: int = 12
+    mlp_dim: int = 1536
+    num_layers: int = 6
+    split_layer: int = 4
+    region_feature_dim: int = 2048
+    box_dim: int = 5
+    max_text_length: int = 64
+    max_regions: int = 36
+    concept_dim: int = 256
+    type_vocab_size: int = 2
+    max_position_embeddings: int = 512
+    layer_norm_eps: float = 1e-12
+    # True: the image tower reuses the text tower's layers (one BERT, PreTTR); False: own copies.
+    share_tower_weights: bool = False
+    # > 0: stored image activations are compressed H -> compression_dim (PreTTR's compressor).
+    compression_dim: int = 0
+    # Computation dtype of matmuls ("float32" | "bfloat16"); parameters stay float32.
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if not 0 <= self.split_layer <= self.num_layers:
+            raise ValueError(
+                f"split_layer must be in [0, num_layers={self.num_layers}], got {self.split_layer}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.max_text_length > self.max_position_embeddings:
+            raise ValueError(
+                f"max_text_length {self.max_text_length} exceeds max_position_embeddings "
+                f"{self.max_position_embeddings}")
+        if self.compression_dim < 0 or self.compression_dim > self.hidden_size:
+            raise ValueError(
+                f"compression_dim must be in [0, hidden_size={self.hidden_size}], "
+                f"got {self.compression_dim}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def stored_dim(self) -> int:
+        """H': the last dim of stored image activations."""
+        return self.compression_dim or self.hidden_size
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
