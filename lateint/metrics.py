@@ -1,0 +1,295 @@
+"""Retrieval metrics (NumPy): ranks, R@K / rsum / medr / meanr, COCO 1K and 5K, first-stage recall.
+
+Shapes: M captions, N images. `caption_image [M]` holds the index of each caption's image.
+
+Tie rule (both directions): the rank of a positive is the number of *negatives* scoring
+greater than or equal to it, i.e. every tie between a positive and a negative is ordered with the
+negative first (pessimistic), so a constant scorer gets the worst possible ranks, never perfect
+ones. Ranks are 0-based; R@K counts rank < K; medr and meanr are reported 1-based as in papers
+(VSE++ / SCAN: medr = floor(median(rank)) + 1, meanr = mean(rank) + 1).
+"""
+
+from typing import Callable, Union
+
+import numpy as np
+
+DIRECTIONS = ("t2i", "i2t")  # text→image (image retrieval), image→text (caption retrieval)
+RECALL_LEVELS = (1, 5, 10)
+# recall_summary keys: t2i_r1 t2i_r5 t2i_r10 t2i_medr t2i_meanr, the same for i2t, and rsum.
+SUMMARY_KEYS = tuple(
+    f"{direction}_{name}"
+    for direction in DIRECTIONS
+    for name in [f"r{level}" for level in RECALL_LEVELS] + ["medr", "meanr"]
+) + ("rsum",)
+
+# Rows per block when comparing scores, to bound the [rows, columns] temporaries.
+_BLOCK_ROWS = 256
+
+ScoreSource = Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+
+
+def _check_scores(name, scores, shape):
+    scores = np.asarray(scores)
+    if scores.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {scores.shape}")
+    if np.isnan(scores).any():
+        raise ValueError(f"{name}: contains NaN at {np.argwhere(np.isnan(scores))[:5].tolist()}")
+    return scores
+
+
+def _check_caption_image(caption_image, num_images):
+    caption_image = np.asarray(caption_image)
+    if caption_image.ndim != 1 or not np.issubdtype(caption_image.dtype, np.integer):
+        raise ValueError(
+            f"caption_image: expected a [M] integer array, got shape {caption_image.shape} "
+            f"dtype {caption_image.dtype}"
+        )
+    if caption_image.size and (caption_image.min() < 0 or caption_image.max() >= num_images):
+        raise ValueError(
+            f"caption_image: expected image indices in [0, {num_images}), got range "
+            f"[{caption_image.min()}, {caption_image.max()}]"
+        )
+    return caption_image
+
+
+def ranks_text_to_image(scores, caption_image):
+    """0-based rank of each caption's true image among all images.
+
+    Rank = number of other images scoring >= the true image (ties count against the caption).
+
+    Args:
+      scores: [M, N] float, caption × image.
+      caption_image: [M] int, the true image of each caption.
+    Returns:
+      [M] int64 ranks.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores: expected [M, N] captions × images, got shape {scores.shape}")
+    caption_image = _check_caption_image(caption_image, scores.shape[1])
+    scores = _check_scores("scores", scores, (caption_image.shape[0], scores.shape[1]))
+    positive = scores[np.arange(scores.shape[0]), caption_image]  # [M]
+    ranks = np.empty(scores.shape[0], np.int64)
+    for start in range(0, scores.shape[0], _BLOCK_ROWS):
+        block = scores[start:start + _BLOCK_ROWS]  # [b, N]
+        at_least = np.sum(block >= positive[start:start + _BLOCK_ROWS, None], axis=1)
+        ranks[start:start + block.shape[0]] = at_least - 1  # ">=" counts the true image once
+    return ranks
+
+
+def ranks_image_to_text(scores, caption_image):
+    """0-based rank of each image's best caption among all captions.
+
+    Rank = number of captions of *other* images scoring >= the image's best-scoring caption:
+    the position of the first positive when ties are ordered negatives first.
+
+    Args:
+      scores: [N, M] float, image × caption.
+      caption_image: [M] int, the image of each caption; every image needs at least one caption.
+    Returns:
+      [N] int64 ranks.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores: expected [N, M] images × captions, got shape {scores.shape}")
+    num_images = scores.shape[0]
+    caption_image = _check_caption_image(caption_image, num_images)
+    scores = _check_scores("scores", scores, (num_images, caption_image.shape[0]))
+    caption_counts = np.bincount(caption_image, minlength=num_images)
+    if np.any(caption_counts == 0):
+        missing = np.flatnonzero(caption_counts == 0)
+        raise ValueError(
+            f"caption_image: images {missing[:10].tolist()} ({missing.size} in all) have no "
+            "caption, so image→text ranks are undefined"
+        )
+    ranks = np.empty(num_images, np.int64)
+    for start in range(0, num_images, _BLOCK_ROWS):
+        block = scores[start:start + _BLOCK_ROWS]  # [b, M]
+        images = np.arange(start, start + block.shape[0])
+        positive = caption_image[None, :] == images[:, None]  # [b, M]
+        best = np.max(np.where(positive, block, -np.inf), axis=1)  # [b]
+        beaten = (block >= best[:, None]) & ~positive
+        ranks[start:start + block.shape[0]] = np.sum(beaten, axis=1)
+    return ranks
+
+
+def _direction_summary(ranks, direction):
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or ranks.size == 0:
+        raise ValueError(f"ranks_{direction}: expected a non-empty [M] array, got {ranks.shape}")
+    summary = {
+        f"{direction}_r{level}": 100.0 * float(np.mean(ranks < level)) for level in RECALL_LEVELS
+    }
+    summary[f"{direction}_medr"] = float(np.floor(np.median(ranks)) + 1)
+    summary[f"{direction}_meanr"] = float(np.mean(ranks) + 1)
+    return summary
+
+
+def recall_summary(ranks_t2i, ranks_i2t):
+    """R@1/5/10 (percent), medr and meanr (1-based) per direction, and rsum.
+
+    Args:
+      ranks_t2i: [M] 0-based ranks from ranks_text_to_image.
+      ranks_i2t: [N] 0-based ranks from ranks_image_to_text.
+    Returns:
+      dict with the SUMMARY_KEYS, all floats; rsum is the sum of the six recalls.
+    """
+    summary = {**_direction_summary(ranks_t2i, "t2i"), **_direction_summary(ranks_i2t, "i2t")}
+    summary["rsum"] = sum(
+        summary[f"{direction}_r{level}"] for direction in DIRECTIONS for level in RECALL_LEVELS
+    )
+    return {key: summary[key] for key in SUMMARY_KEYS}
+
+
+def evaluate(scores, caption_image, image_to_text_scores=None):
+    """Both directions over one score matrix.
+
+    Args:
+      scores: [M, N] float, caption × image.
+      caption_image: [M] int.
+      image_to_text_scores: optional [N, M] image × caption; defaults to scores.T (use it for
+        asymmetric scorers such as image→text MaxSim).
+    Returns:
+      recall_summary dict.
+    """
+    scores = np.asarray(scores)
+    if image_to_text_scores is None:
+        image_to_text_scores = scores.T
+    return recall_summary(
+        ranks_text_to_image(scores, caption_image),
+        ranks_image_to_text(image_to_text_scores, caption_image),
+    )
+
+
+def _fold_scores(source, name, caption_indices, image_indices, transpose):
+    """Slices (or computes) one fold's scores: [m, n] (or [n, m] with transpose)."""
+    if callable(source):
+        rows, columns = (image_indices, caption_indices) if transpose else (
+            caption_indices, image_indices)
+        block = np.asarray(source(rows, columns))
+        expected = (rows.size, columns.size)
+        if block.shape != expected:
+            raise ValueError(
+                f"{name}: the score function returned shape {block.shape}, expected {expected}"
+            )
+        return block
+    if transpose:
+        return source[np.ix_(image_indices, caption_indices)]
+    return source[np.ix_(caption_indices, image_indices)]
+
+
+def coco_1k_5fold(scores: ScoreSource, caption_image, image_to_text_scores=None,
+                  num_images=None, fold_size=1000):
+    """COCO 1K protocol: mean of the summaries over folds of `fold_size` images and their captions.
+
+    Fold k holds images [fold_size·k, fold_size·(k+1)) and every caption of those images; scores
+    are ranked within the fold only. The standard protocol is 5 folds of 1000 over the 5000-image
+    test split; other sizes are allowed for small benchmarks as long as N is a multiple of
+    fold_size (the result is then "1K-style", not the published protocol).
+
+    Args:
+      scores: [M, N] caption × image matrix, or a function (caption_indices [m], image_indices
+        [n]) -> [m, n] scores, called once per fold (avoids scoring across folds).
+      caption_image: [M] int.
+      image_to_text_scores: optional [N, M] matrix or function (image_indices [n],
+        caption_indices [m]) -> [n, m]; defaults to the transpose of `scores`.
+      num_images: N; required when `scores` is a function, checked against the matrix otherwise.
+      fold_size: images per fold.
+    Returns:
+      recall_summary dict averaged over folds (medr and meanr too, as VSE++ reports them).
+    """
+    caption_image = np.asarray(caption_image)
+    if not callable(scores):
+        scores = np.asarray(scores)
+        if scores.ndim != 2 or scores.shape[0] != caption_image.shape[0]:
+            raise ValueError(
+                f"scores: expected [M={caption_image.shape[0]}, N] captions × images, "
+                f"got shape {scores.shape}"
+            )
+        if num_images is not None and num_images != scores.shape[1]:
+            raise ValueError(f"num_images={num_images} but scores has N={scores.shape[1]}")
+        num_images = scores.shape[1]
+    if num_images is None:
+        raise ValueError("num_images: required when scores is a function")
+    if num_images == 0 or num_images % fold_size != 0:
+        raise ValueError(
+            f"coco_1k_5fold: N={num_images} images is not a positive multiple of "
+            f"fold_size={fold_size} (the COCO 1K protocol expects N=5000 in 5 folds)"
+        )
+    caption_image = _check_caption_image(caption_image, num_images)
+    if image_to_text_scores is None and not callable(scores):
+        image_to_text_scores = scores.T
+    summaries = []
+    for fold in range(num_images // fold_size):
+        first = fold * fold_size
+        image_indices = np.arange(first, first + fold_size)
+        caption_indices = np.flatnonzero(
+            (caption_image >= first) & (caption_image < first + fold_size))
+        local_caption_image = caption_image[caption_indices] - first
+        fold_t2i = _fold_scores(scores, "scores", caption_indices, image_indices, False)
+        if image_to_text_scores is None:
+            fold_i2t = fold_t2i.T
+        else:
+            fold_i2t = _fold_scores(image_to_text_scores, "image_to_text_scores",
+                                    caption_indices, image_indices, True)
+        summaries.append(evaluate(fold_t2i, local_caption_image, fold_i2t))
+    return {key: float(np.mean([summary[key] for summary in summaries])) for key in SUMMARY_KEYS}
+
+
+def coco_5k(scores, caption_image, image_to_text_scores=None):
+    """COCO 5K protocol: both directions over the full 5000-image test split.
+
+    Args:
+      scores: [M, 5000] float, caption × image.
+      caption_image: [M] int.
+      image_to_text_scores: optional [5000, M]; defaults to scores.T.
+    Returns:
+      recall_summary dict. For corpora of other sizes call `evaluate`.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[1] != 5000:
+        raise ValueError(
+            f"coco_5k: expected scores [M, 5000] captions × images, got shape {scores.shape}; "
+            "use lateint.metrics.evaluate for other corpus sizes"
+        )
+    return evaluate(scores, caption_image, image_to_text_scores)
+
+
+def first_stage_recall(candidates, reference):
+    """Fraction of the exact top-k found among a first stage's candidates, averaged over queries.
+
+    Args:
+      candidates: [Q, n] int item ids from the first stage; negative ids are padding (no match).
+      reference: [Q, k] int exact top-k ids, non-negative and distinct within a row.
+    Returns:
+      float in [0, 1]: mean over queries of |reference ∩ candidates| / k.
+    """
+    candidates = np.asarray(candidates)
+    reference = np.asarray(reference)
+    if candidates.ndim != 2 or reference.ndim != 2:
+        raise ValueError(
+            f"first_stage_recall: expected candidates [Q, n] and reference [Q, k], got "
+            f"{candidates.shape} and {reference.shape}"
+        )
+    if candidates.shape[0] != reference.shape[0]:
+        raise ValueError(
+            f"first_stage_recall: candidates has Q={candidates.shape[0]} rows but reference has "
+            f"Q={reference.shape[0]}"
+        )
+    if reference.shape[0] == 0 or reference.shape[1] == 0:
+        raise ValueError(f"reference: expected a non-empty [Q, k] array, got {reference.shape}")
+    if reference.min() < 0:
+        raise ValueError(
+            "reference: expected non-negative ids (padding is allowed in candidates only)"
+        )
+    ordered = np.sort(reference, axis=1)
+    if np.any(ordered[:, 1:] == ordered[:, :-1]):
+        row = int(np.flatnonzero(np.any(ordered[:, 1:] == ordered[:, :-1], axis=1))[0])
+        raise ValueError(f"reference: row {row} repeats an id: {reference[row].tolist()}")
+    found = 0
+    for start in range(0, reference.shape[0], _BLOCK_ROWS):
+        block_reference = reference[start:start + _BLOCK_ROWS]  # [b, k]
+        block_candidates = candidates[start:start + _BLOCK_ROWS]  # [b, n]
+        matches = block_reference[:, :, None] == block_candidates[:, None, :]  # [b, k, n]
+        found += int(np.sum(np.any(matches, axis=2)))
+    return found / reference.size
