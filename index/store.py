@@ -7,95 +7,53 @@ is a relative '/'-separated path such as 'first_stage/concepts/centroids'.
 
 from __future__ import annotations
 
+import collections
 import os
+import shutil
 
 import numpy as np
 import tensorstore as ts
+
+from index import codecs
+from index import manifest as manifest_lib
 
 # Chunks of about this many bytes: few files for small arrays, bounded memory per chunk.
 DENSE_CHUNK_BYTES = 4 << 20
 APPEND_CHUNK_BYTES = 256 << 10
 
 
-def array_path(index_dir: str, name: str) -> str:
-    """Returns the directory of array `name` inside `index_dir`, after validating `name`."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"index.store: array name must be a non-empty string, got {name!r}")
-    parts = name.split("/")
-    for part in parts:
-        if part in ("", ".", "..") or "\\" in part:
-            raise ValueError(
-                f"index.store: array name {name!r} must be a relative path of plain components "
-                f"(no '', '.', '..' or backslash), got component {part!r}"
-            )
-    return os.path.join(index_dir, *parts)
-
-
-def _zarr_dtype(dtype: np.dtype, name: str) -> str:
-    """Maps a NumPy dtype to its zarr3 data_type name."""
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return "bool"
-    if dtype.name == "bfloat16":
-        return "bfloat16"
-    if dtype.kind in "iuf" or dtype.kind == "c":
-        return dtype.name
-    raise TypeError(
-        f"index.store: array {name!r} has dtype {dtype}; expected a numeric or bool dtype"
-    )
-
-
-def _dense_chunk_shape(shape: tuple[int, ...], itemsize: int) -> list[int]:
-    """Chunk whole rows (axis 0), about DENSE_CHUNK_BYTES per chunk; every dim >= 1."""
-    trailing = [max(1, int(size)) for size in shape[1:]]
-    row_bytes = itemsize * int(np.prod(trailing, dtype=np.int64))
-    rows = max(1, DENSE_CHUNK_BYTES // max(1, row_bytes))
-    if shape:
-        rows = min(rows, max(1, int(shape[0])))
-    return [rows] + trailing if shape else []
-
-
-def _kvstore(path: str) -> dict:
-    return {"driver": "file", "path": os.path.abspath(path)}
-
-
-def _open_existing(index_dir: str, name: str) -> ts.TensorStore:
-    path = array_path(index_dir, name)
+def _open_existing(index_dir: str, name: str, context: ts.Context | None = None,
+                   read_only: bool = False) -> ts.TensorStore:
+    path = manifest_lib.array_path(index_dir, name)
     if not os.path.exists(os.path.join(path, "zarr.json")):
         raise FileNotFoundError(
             f"index.store: array {name!r} not found in {index_dir!r} "
             f"(expected {os.path.join(path, 'zarr.json')})"
         )
-    spec = {"driver": "zarr3", "kvstore": _kvstore(path), "open": True}
+    spec = codecs.zarr_spec(path)
+    if read_only:
+        # Finished indexes are immutable: trust cached chunks instead of re-stat'ing files.
+        spec.update(recheck_cached_data="open", recheck_cached_metadata="open")
     try:
-        return ts.open(spec).result()
-    except Exception as error:  # TensorStore raises ValueError with a status string
-        raise OSError(f"index.store: cannot open array {name!r} in {index_dir!r}: {error}") from error
+        return ts.open(spec, context=context or ts.Context(),
+                       read=True, write=not read_only).result()
+    except Exception as error:  # TensorStore raises ValueError carrying a status string
+        raise OSError(f"index.store: cannot open array {name!r} in {index_dir!r}: "
+                      f"{error}") from error
 
 
-def _create(index_dir: str, name: str, shape, dtype, chunk_shape=None) -> ts.TensorStore:
-    path = array_path(index_dir, name)
+def _create(index_dir: str, name: str, shape, dtype, chunk_rows: int | None = None,
+            inner_rows: int | None = None, context: ts.Context | None = None) -> ts.TensorStore:
     dtype = np.dtype(dtype)
     shape = [int(size) for size in shape]
-    if chunk_shape is None:
-        chunk_shape = _dense_chunk_shape(tuple(shape), dtype.itemsize)
-    metadata = {
-        "shape": shape,
-        "data_type": _zarr_dtype(dtype, name),
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk_shape}},
-        "chunk_key_encoding": {"name": "default"},
-        # Explicit codecs: TensorStore's default for large chunks is a sharding codec with
-        # 1-element inner chunks. crc32c makes a corrupted chunk a read error, not bad data.
-        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
-    }
-    spec = {
-        "driver": "zarr3",
-        "kvstore": _kvstore(path),
-        "metadata": metadata,
-        "create": True,
-        "delete_existing": True,
-    }
-    return ts.open(spec).result()
+    if chunk_rows is None:
+        row_bytes = dtype.itemsize * int(np.prod([max(1, size) for size in shape[1:]]))
+        chunk_rows = max(1, DENSE_CHUNK_BYTES // max(1, row_bytes))
+        if shape:
+            chunk_rows = min(chunk_rows, max(1, shape[0]))
+    metadata = codecs.layout_metadata(shape, dtype, name, chunk_rows, inner_rows)
+    spec = codecs.zarr_spec(manifest_lib.array_path(index_dir, name), metadata)
+    return ts.open(spec, context=context or ts.Context()).result()
 
 
 def write_array(index_dir: str, name: str, array: np.ndarray) -> None:
@@ -131,14 +89,13 @@ def append_array(index_dir: str, name: str, array: np.ndarray) -> None:
     array = np.asarray(array)
     if array.ndim == 0:
         raise ValueError(f"index.store: append_array({name!r}) needs ndim >= 1, got a scalar")
-    path = array_path(index_dir, name)
+    path = manifest_lib.array_path(index_dir, name)
     if not os.path.exists(os.path.join(path, "zarr.json")):
         # Appended arrays grow, so the chunk is not clamped to the first piece's length; a
         # smaller chunk than write_array's keeps the zero-padded edge chunk cheap to rewrite.
-        row_bytes = array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
-        chunk_shape = [max(1, APPEND_CHUNK_BYTES // max(1, row_bytes))]
-        chunk_shape += [max(1, int(size)) for size in array.shape[1:]]
-        store = _create(index_dir, name, (0,) + array.shape[1:], array.dtype, chunk_shape)
+        row_bytes = array.dtype.itemsize * int(np.prod([max(1, n) for n in array.shape[1:]]))
+        chunk_rows = max(1, APPEND_CHUNK_BYTES // max(1, row_bytes))
+        store = _create(index_dir, name, (0,) + array.shape[1:], array.dtype, chunk_rows)
     else:
         store = _open_existing(index_dir, name)
     stored_dtype = np.dtype(store.dtype.numpy_dtype)
@@ -157,3 +114,338 @@ def append_array(index_dir: str, name: str, array: np.ndarray) -> None:
     new_shape = [old_rows + array.shape[0]] + list(store.shape[1:])
     store = store.resize(exclusive_max=new_shape, expand_only=True).result()
     store[old_rows:].write(array).result()
+
+
+# ---- the activation store -----------------------------------------------------------------
+
+WRITE_KEYS = ("activations", "region_mask", "concepts", "global")
+DEFAULT_SHARD_ROWS = 1024  # rows per shard file; measured in bench/store.py
+DEFAULT_INFLIGHT_BYTES = 256 << 20
+DEFAULT_CACHE_BYTES = 1 << 30  # reader chunk cache; warm gathers need the rows cached
+
+
+class ActivationStore:
+    """INDEX/{activations [N,R,H'], activation_scale [N,R] (int8), region_mask [N,R] bool,
+    concepts [N,R,C], global [N,C] float32}, all sharded on axis 0 in `shard_rows`-row files with
+    1-row inner chunks (fast random gathers, bench/store.py).
+
+    Writer: `create(...)` or `resume(index_dir)`, then `write_batch` / `mark_completed` over
+    shard-aligned ranges, then `finalize()`. Reader: `open(index_dir)` (refuses unfinished
+    indexes), then `gather`, `gather_concepts`, `read_concepts`, `read_global`, `blocks`.
+    """
+
+    def __init__(self, index_dir: str, manifest: dict, writable: bool,
+                 context: ts.Context, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
+        self.index_dir = index_dir
+        self.manifest = manifest
+        self.writable = writable
+        self.inflight_limit = int(inflight_bytes)
+        self.peak_inflight_bytes = 0  # most bytes ever pending at once (for tests and logs)
+        self._inflight: collections.deque = collections.deque()
+        self._inflight_bytes = 0
+        self._staged: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        self._arrays = {role: _open_existing(index_dir, path, context, read_only=not writable)
+                        for role, path in manifest["arrays"].items()}
+        self._layout = manifest_lib.array_layout(manifest)  # {role: (shape, dtype)}
+        for role, array in self._arrays.items():
+            expected = self._layout[role][0]
+            if tuple(array.shape) != expected:
+                raise ValueError(f"index.store: array {role!r} in {index_dir!r}: shape expected "
+                                 f"{expected} (manifest), got {tuple(array.shape)}")
+        self._image_ids: list[str] | None = None
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, index_dir: str, *, image_ids, regions: int, hidden: int, concept_dim: int,
+               model_fingerprint: str, split_layer: int, storage_dtype: str = "bfloat16",
+               compression_dim: int = 0, concepts_dtype: str = "float32", source=None,
+               shard_rows: int = DEFAULT_SHARD_ROWS, overwrite: bool = False,
+               inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+               sync_writes: bool = True) -> "ActivationStore":
+        """Creates an empty, incomplete index of len(image_ids) images with fixed shapes.
+
+        hidden is the stored width H' (the compressed width when compression_dim > 0). Refuses an
+        existing index unless overwrite, which deletes its arrays, journal and first stages.
+        """
+        image_ids = [str(image_id) for image_id in image_ids]
+        arrays = {role: role for role in ("activations", "region_mask", "concepts", "global")}
+        if storage_dtype == "int8":
+            arrays["activation_scale"] = "activation_scale"
+        fields = dict(arrays=arrays, model_fingerprint=model_fingerprint, split_layer=split_layer,
+                      storage_dtype=storage_dtype, compression_dim=compression_dim,
+                      concepts_dtype=concepts_dtype, regions=regions, hidden=hidden,
+                      concept_dim=concept_dim, shard_rows=shard_rows, source=source)
+        provisional = {"file": manifest_lib.IDS_FILE, "count": len(image_ids), "sha256": ""}
+        manifest_lib.new_manifest(ids=provisional, **fields)  # bad arguments fail before deleting
+        manifest_path = os.path.join(index_dir, manifest_lib.MANIFEST_FILE)
+        if os.path.exists(manifest_path) and not overwrite:
+            raise FileExistsError(f"{manifest_path} exists; pass overwrite=True to rebuild")
+        os.makedirs(index_dir, exist_ok=True)
+        for entry in [manifest_lib.MANIFEST_FILE, manifest_lib.PROGRESS_FILE,
+                      manifest_lib.IDS_FILE, "first_stage", "activation_scale", *arrays]:
+            path = os.path.join(index_dir, entry)  # manifest first: a crash leaves no manifest
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        manifest = manifest_lib.new_manifest(
+            ids=manifest_lib.write_ids(index_dir, image_ids), **fields)
+        context = codecs.io_context(sync_writes=sync_writes)
+        for role, (shape, dtype) in manifest_lib.array_layout(manifest).items():
+            _create(index_dir, arrays[role], shape, dtype, chunk_rows=shard_rows, inner_rows=1,
+                    context=context)
+        manifest_lib.write_manifest(index_dir, manifest)
+        return cls(index_dir, manifest, True, context, inflight_bytes)
+
+    @classmethod
+    def resume(cls, index_dir: str, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+               sync_writes: bool = True) -> "ActivationStore":
+        """Reopens an unfinished index for writing; `pending_ranges()` says what is left."""
+        manifest = manifest_lib.read_manifest(index_dir, require_complete=False)
+        if manifest["complete"]:
+            raise FileExistsError(f"index {index_dir!r} is already complete; nothing to resume")
+        context = codecs.io_context(sync_writes=sync_writes)
+        return cls(index_dir, manifest, True, context, inflight_bytes)
+
+    @classmethod
+    def open(cls, index_dir: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> "ActivationStore":
+        """Opens a finished index read-only; raises IncompleteIndexError otherwise."""
+        manifest = manifest_lib.read_manifest(index_dir, require_complete=True)
+        return cls(index_dir, manifest, False, codecs.io_context(cache_bytes=cache_bytes))
+
+    # -- shapes -------------------------------------------------------------------------------
+
+    num_images = property(lambda self: self.manifest["shapes"]["images"])
+    regions = property(lambda self: self.manifest["shapes"]["regions"])
+    hidden = property(lambda self: self.manifest["shapes"]["hidden"])
+    concept_dim = property(lambda self: self.manifest["shapes"]["concept_dim"])
+    storage_dtype = property(lambda self: self.manifest["storage"]["activations_dtype"])
+    shard_rows = property(lambda self: self.manifest["layout"]["shard_rows"])
+
+    @property
+    def image_ids(self) -> list[str]:
+        """External ids [N] (INDEX/ids.txt)."""
+        if self._image_ids is None:
+            self._image_ids = manifest_lib.read_ids(self.index_dir, self.manifest)
+        return self._image_ids
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write_batch(self, start: int, arrays: dict) -> None:
+        """Queues rows [start, start + B) of every array; returns before they are on disk.
+
+        arrays: activations [B, R, H'] float32 (encoded here per the storage mode), region_mask
+        [B, R] bool, concepts [B, R, C] float, global [B, C] float. Rows of a shard are staged in
+        RAM until the shard is whole, so each shard file is written once; pending writes are
+        capped at `inflight_bytes` (the oldest commit is awaited first).
+        """
+        self._require_writable("write_batch")
+        if set(arrays) != set(WRITE_KEYS):
+            raise ValueError(f"write_batch: keys expected {sorted(WRITE_KEYS)}, "
+                             f"got {sorted(arrays)}")
+        rows = {role: np.asarray(value) for role, value in arrays.items()}
+        batch = rows["activations"].shape[0] if rows["activations"].ndim else -1
+        rows.update(codecs.encode(rows["activations"], self.storage_dtype))
+        for role, value in rows.items():
+            shape, dtype = self._layout[role]
+            if value.shape != (batch,) + shape[1:]:
+                raise ValueError(f"write_batch: {role!r} shape expected {(batch,) + shape[1:]}, "
+                                 f"got {value.shape}")
+            rows[role] = value.astype(dtype, copy=False)
+        start, stop = int(start), int(start) + batch
+        if start < 0 or stop > self.num_images:
+            raise IndexError(f"write_batch: rows [{start}, {stop}) outside [0, {self.num_images})")
+        shard_rows = self.shard_rows
+        for shard in range(start // shard_rows, -(-stop // shard_rows)):
+            shard_start = shard * shard_rows
+            shard_stop = min(self.num_images, shard_start + shard_rows)
+            low, high = max(start, shard_start), min(stop, shard_stop)
+            piece = {role: value[low - start:high - start] for role, value in rows.items()}
+            if (low, high) == (shard_start, shard_stop):
+                self._issue(low, piece)
+                continue
+            buffers, filled = self._staged.setdefault(shard, (
+                {role: np.zeros((shard_stop - shard_start,) + value.shape[1:], value.dtype)
+                 for role, value in rows.items()}, np.zeros(shard_stop - shard_start, bool)))
+            for role, value in piece.items():
+                buffers[role][low - shard_start:high - shard_start] = value
+            filled[low - shard_start:high - shard_start] = True
+            if filled.all():
+                del self._staged[shard]
+                self._issue(shard_start, buffers)
+
+    def _issue(self, start: int, pieces: dict[str, np.ndarray]) -> None:
+        for role, value in pieces.items():
+            while self._inflight and self._inflight_bytes + value.nbytes > self.inflight_limit:
+                self._wait_oldest()
+            stop = start + value.shape[0]
+            future = self._arrays[role][start:stop].write(value)
+            self._inflight.append((future, value.nbytes, role, start, stop))
+            self._inflight_bytes += value.nbytes
+            self.peak_inflight_bytes = max(self.peak_inflight_bytes, self._inflight_bytes)
+
+    def _wait_oldest(self) -> None:
+        future, nbytes, role, start, stop = self._inflight.popleft()
+        self._inflight_bytes -= nbytes
+        try:
+            future.result()
+        except Exception as error:
+            raise OSError(f"index.store: writing array {role!r} images [{start}, {stop}) "
+                          f"in {self.index_dir!r} failed: {error}") from error
+
+    def flush(self) -> None:
+        """Writes staged partial shards and waits until every queued write is committed."""
+        for shard in sorted(self._staged):
+            buffers, filled = self._staged.pop(shard)
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], filled.astype(np.int8), [0]])))
+            for low, high in zip(edges[0::2], edges[1::2]):
+                self._issue(shard * self.shard_rows + int(low),
+                            {role: value[low:high] for role, value in buffers.items()})
+        while self._inflight:
+            self._wait_oldest()
+
+    def completed_ranges(self) -> list[tuple[int, int]]:
+        """[start, stop) image ranges recorded as written (INDEX/progress.json)."""
+        return manifest_lib.completed_ranges(self.index_dir)
+
+    def pending_ranges(self, unit_rows: int | None = None) -> list[tuple[int, int]]:
+        """Unrecorded ranges cut into shard-aligned resume units of `unit_rows` (a multiple of
+        shard_rows; default shard_rows) rows: write each whole, then `mark_completed` it."""
+        unit_rows = unit_rows or self.shard_rows
+        if unit_rows % self.shard_rows:
+            raise ValueError(f"unit_rows {unit_rows} must be a multiple of shard_rows "
+                             f"{self.shard_rows}")
+        units = []
+        for start, stop in manifest_lib.missing_ranges(self.index_dir, self.num_images):
+            units += [(low, min(stop, low + unit_rows)) for low in range(start, stop, unit_rows)]
+        return units
+
+    def mark_completed(self, start: int, stop: int) -> None:
+        """Flushes, then journals [start, stop) as done. The range must be shard-aligned, so a
+        resumed run rewrites whole shard files and never keeps a half-written one."""
+        self._require_writable("mark_completed")
+        aligned = start % self.shard_rows == 0 and (
+            stop % self.shard_rows == 0 or stop == self.num_images)
+        if not (0 <= start < stop <= self.num_images) or not aligned:
+            raise ValueError(f"mark_completed: [{start}, {stop}) must be a non-empty range in "
+                             f"[0, {self.num_images}] with shard-aligned ends "
+                             f"(shard_rows {self.shard_rows})")
+        self.flush()
+        manifest_lib.mark_completed(self.index_dir, start, stop)
+
+    def finalize(self) -> dict:
+        """Flushes, checks every image is journaled, counts regions, marks the manifest complete.
+
+        Returns the final manifest. Raises RuntimeError listing the missing ranges otherwise.
+        """
+        self._require_writable("finalize")
+        self.flush()
+        missing = manifest_lib.missing_ranges(self.index_dir, self.num_images)
+        if missing:
+            raise RuntimeError(f"finalize: image ranges {missing} of {self.index_dir!r} were "
+                               f"never marked completed")
+        regions = 0
+        for start, stop in self.blocks():
+            regions += int(self._read_rows("region_mask", start, stop).sum())
+        self.manifest = dict(self.manifest, complete=True, finalized=manifest_lib.now_utc(),
+                             counts=dict(self.manifest["counts"], regions=regions))
+        manifest_lib.write_manifest(self.index_dir, self.manifest)
+        return self.manifest
+
+    def _require_writable(self, operation: str) -> None:
+        if not self.writable:
+            raise PermissionError(f"{operation}: {self.index_dir!r} was opened read-only")
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def gather(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """ids [K] int -> (activations [K, R, H'] float32 decompressed, region_mask [K, R] bool).
+
+        The activation, scale and mask reads run concurrently.
+        """
+        ids = self._check_ids(ids)
+        roles = [r for r in ("activations", "activation_scale", "region_mask") if r in self._arrays]
+        values = self._read_many({role: self._arrays[role].oindex[ids] for role in roles}, ids)
+        activations = codecs.decode(values["activations"], self.storage_dtype,
+                                    values.get("activation_scale"))
+        return activations, values["region_mask"]
+
+    def gather_concepts(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """ids [K] int -> (concepts [K, R, C] float32, region_mask [K, R] bool)."""
+        ids = self._check_ids(ids)
+        values = self._read_many({role: self._arrays[role].oindex[ids]
+                                  for role in ("concepts", "region_mask")}, ids)
+        return values["concepts"].astype(np.float32, copy=False), values["region_mask"]
+
+    def read_concepts(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of concepts -> [stop - start, R, C] float32."""
+        return self._read_rows("concepts", start, stop).astype(np.float32, copy=False)
+
+    def read_global(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the global vectors -> [stop - start, C] float32."""
+        return self._read_rows("global", start, stop)
+
+    def read_region_mask(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the region mask -> [stop - start, R] bool."""
+        return self._read_rows("region_mask", start, stop)
+
+    def blocks(self, block_rows: int | None = None):
+        """Yields (start, stop) covering [0, N) in blocks of block_rows (default shard_rows)."""
+        block_rows = int(block_rows or self.shard_rows)
+        for start in range(0, self.num_images, block_rows):
+            yield start, min(self.num_images, start + block_rows)
+
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or not (ids.dtype.kind in "iu" or ids.size == 0):
+            raise ValueError(f"ids must be a 1-D integer array [K], got shape {ids.shape} "
+                             f"dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_images):
+            bad = ids[(ids < 0) | (ids >= self.num_images)]
+            raise IndexError(f"image ids {bad[:5].tolist()} outside [0, {self.num_images}) "
+                             f"of index {self.index_dir!r}")
+        return ids
+
+    def _read_rows(self, role: str, start: int, stop: int) -> np.ndarray:
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.num_images:
+            raise IndexError(f"{role}: rows [{start}, {stop}) outside [0, {self.num_images})")
+        view = self._arrays[role][start:stop]
+        return self._read_many({role: view}, np.arange(start, stop))[role]
+
+    def _read_many(self, views: dict, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Reads every view concurrently; a failure is re-read shard by shard, then row by row,
+        so the error names the array, the shard's image range and the first bad image."""
+        futures = {role: view.read() for role, view in views.items()}
+        values = {}
+        for role, future in futures.items():
+            try:
+                values[role] = np.asarray(future.result())
+            except Exception as error:
+                raise self._locate_failure(role, ids, error) from error
+        return values
+
+    def _locate_failure(self, role: str, ids: np.ndarray, error: Exception) -> OSError:
+        array, shard_rows = self._arrays[role], self.shard_rows
+        for shard in np.unique(ids // shard_rows):
+            rows = ids[ids // shard_rows == shard]
+            try:
+                array.oindex[rows].read().result()
+                continue
+            except Exception as shard_error:
+                error, bad = shard_error, None
+            for row in rows:
+                try:
+                    array[int(row)].read().result()
+                except Exception as row_error:
+                    error, bad = row_error, int(row)
+                    break
+            start = int(shard) * shard_rows
+            stop = min(self.num_images, start + shard_rows)
+            return OSError(f"index.store: array {role!r} of {self.index_dir!r} is unreadable for "
+                           f"images [{start}, {stop}) (one shard file), first bad image {bad}: "
+                           f"{error}")
+        return OSError(f"index.store: array {role!r} of {self.index_dir!r}: reading images "
+                       f"[{ids.min()}, {ids.max() + 1}) failed: {error}")
