@@ -1,0 +1,28 @@
+r"""Tiny config for tests: a random-init 2-layer model that trains in seconds.
+
+  python -m train.main --config=train/configs/tiny.py --workdir=/tmp/tiny \
+      --config.data.path=DATA
+"""
+
+from train.configs import scenes_minilm
+
+
+def get_config():
+    config = scenes_minilm.get_config()
+    config.pretrained = ""
+    config.model = dict(
+        vocab_size=30522, hidden_size=32, num_heads=4, mlp_dim=64, num_layers=2,
+        split_layer=1, concept_dim=16, compression_dim=0, share_tower_weights=False,
+        max_position_embeddings=64, dtype="float32")
+    config.text_length = 32
+    config.batch_size = 8
+    config.num_steps = 12
+    config.optimizer.warmup_steps = 2
+    config.optimizer.learning_rate = 1e-3
+    config.loss.num_hard_negatives = 2
+    config.log_every = 2
+    config.checkpoint_every = 4
+    config.eval_every = 6
+    config.eval_images = 16
+    config.rerank_k = 4
+    return config

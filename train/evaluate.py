@@ -1,0 +1,85 @@
+"""Periodic dev recall for the three scorers of one model: the global dual encoder, MaxSim, and
+MaxSim top-K reranked by the joint layers (the staged pipeline without a first stage)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from lateint import metrics, scoring
+from lateint.data.corpus import RegionCorpus
+from lateint.inference import Inference, batch_ranges
+from lateint.tokenizer import WordPieceTokenizer
+
+_maxsim = jax.jit(scoring.maxsim)
+
+
+def subset(corpus: RegionCorpus, num_images: int) -> RegionCorpus:
+    """The first `num_images` images and their captions."""
+    num_images = min(num_images, corpus.num_images)
+    keep = np.flatnonzero(corpus.caption_image < num_images)
+    return RegionCorpus(
+        regions=corpus.regions[:num_images], boxes=corpus.boxes[:num_images],
+        region_counts=corpus.region_counts[:num_images],
+        captions=[corpus.captions[i] for i in keep], caption_image=corpus.caption_image[keep],
+        image_ids=corpus.image_ids[:num_images])
+
+
+def maxsim_matrix(text_concepts, text_mask, image_concepts, image_mask, block: int = 256):
+    """[M, T, C] x [N, R, C] -> [M, N] MaxSim, in fixed-size caption blocks."""
+    rows = []
+    for start, stop in batch_ranges(text_concepts.shape[0], block):
+        rows.append(np.asarray(_maxsim(text_concepts[start:stop], text_mask[start:stop],
+                                       image_concepts, image_mask)))
+    return np.concatenate(rows)
+
+
+def rerank(base: np.ndarray, candidates: np.ndarray, joint: np.ndarray) -> np.ndarray:
+    """Puts each row's candidates [Q, K] first, ordered by joint [Q, K]; the rest keep their
+    base order below them. base: [Q, N]. Returns a [Q, N] score matrix for the metrics."""
+    reranked = np.array(base, np.float64)
+    candidate_scores = base.max() + 1.0 + (joint - joint.min())  # above every non-candidate
+    np.put_along_axis(reranked, candidates, candidate_scores, axis=1)
+    return reranked
+
+
+def dev_recall(inference: Inference, corpus: RegionCorpus, tokenizer: WordPieceTokenizer,
+               text_length: int, rerank_k: int, batch_size: int = 128) -> dict:
+    """Returns {scorer: recall summary} for 'global', 'maxsim' and 'rerank'."""
+    token_ids, token_mask = tokenizer.encode(corpus.captions, length=text_length)
+    text = inference.encode_text(token_ids, token_mask, batch_size)
+    image, stored = inference.encode_images(
+        np.asarray(corpus.regions, np.float32), np.asarray(corpus.boxes, np.float32),
+        corpus.region_mask, batch_size)
+    global_scores = text.global_vector @ image.global_vector.T                # [M, N]
+    maxsim_scores = maxsim_matrix(text.concepts, text.mask, image.concepts, image.mask)
+    k = min(rerank_k, corpus.num_images)
+    # text -> image: each caption's MaxSim top-K images, scored by the joint layers
+    t2i = np.argsort(-maxsim_scores, axis=1, kind="stable")[:, :k]             # [M, K]
+    captions = np.repeat(np.arange(len(corpus.captions)), k)
+    joint_t2i = inference.joint_scores(text.activations[captions], text.mask[captions],
+                                       stored[t2i.reshape(-1)], image.mask[t2i.reshape(-1)],
+                                       batch_size).reshape(t2i.shape)
+    # image -> text: each image's MaxSim top-K captions
+    k_captions = min(rerank_k, len(corpus.captions))
+    i2t = np.argsort(-maxsim_scores.T, axis=1, kind="stable")[:, :k_captions]  # [N, K]
+    images = np.repeat(np.arange(corpus.num_images), k_captions)
+    joint_i2t = inference.joint_scores(text.activations[i2t.reshape(-1)],
+                                       text.mask[i2t.reshape(-1)], stored[images],
+                                       image.mask[images], batch_size).reshape(i2t.shape)
+    caption_image = corpus.caption_image
+    return {
+        "global": metrics.evaluate(global_scores, caption_image),
+        "maxsim": metrics.evaluate(maxsim_scores, caption_image),
+        "rerank": metrics.evaluate(rerank(maxsim_scores, t2i, joint_t2i), caption_image,
+                                   rerank(maxsim_scores.T, i2t, joint_i2t)),
+    }
+
+
+def format_table(results: dict) -> str:
+    """A Markdown table of R@1/5/10 both directions and rsum per scorer."""
+    keys = ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum"]
+    lines = ["| scorer | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for scorer, summary in results.items():
+        lines.append(f"| {scorer} | " + " | ".join(f"{summary[key]:.1f}" for key in keys) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""The loss and the jitted training step (pure functions over the nnx.split state).
+
+Loss = w_g * contrastive(global) + w_c * contrastive(MaxSim)
+     + w_j * listwise CE of the joint score over [positive, hardest MaxSim negatives],
+so the joint layers learn to rerank the candidates the first stages will hand them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from lateint import scoring
+
+
+def _contrastive(scores: jax.Array, loss_config, temperature: float) -> jax.Array:
+    if loss_config.kind == "infonce":
+        return scoring.info_nce(scores, temperature)
+    if loss_config.kind == "hinge":
+        return scoring.max_violation_hinge(scores, loss_config.margin)
+    raise ValueError(f"loss.kind must be 'infonce' or 'hinge', got {loss_config.kind!r}")
+
+
+def compute_losses(model, batch: dict, loss_config: ml_collections.ConfigDict) -> dict:
+    """batch: token_ids [B, T], token_mask [B, T], regions [B, R, F], boxes [B, R, 5],
+    region_mask [B, R]; caption b describes image b. Returns scalar loss parts."""
+    text = model.encode_text(batch["token_ids"], batch["token_mask"])
+    image = model.encode_image(batch["regions"], batch["boxes"], batch["region_mask"])
+    global_scores = scoring.global_scores(text.global_vector, image.global_vector)     # [B, B]
+    maxsim_scores = scoring.maxsim(text.concepts, text.mask, image.concepts, image.mask)  # [B, B]
+    global_loss = _contrastive(global_scores, loss_config, loss_config.global_temperature)
+    maxsim_loss = _contrastive(maxsim_scores, loss_config, loss_config.maxsim_temperature)
+
+    batch_size = maxsim_scores.shape[0]
+    negatives = scoring.mine_hard_negatives(maxsim_scores, loss_config.num_hard_negatives)
+    candidates = jnp.concatenate([jnp.arange(batch_size)[:, None], negatives], axis=1)
+    per_query = candidates.shape[1]                                                # 1 + n
+    stored = model.compress(image.activations)                                     # [B, R, H']
+    flat = candidates.reshape(-1)
+    joint = model.joint_score(
+        jnp.repeat(text.activations, per_query, axis=0), jnp.repeat(text.mask, per_query, axis=0),
+        stored[flat], image.mask[flat]).reshape(batch_size, per_query)
+    joint_loss = scoring.listwise_ce(joint, loss_config.joint_temperature)
+    loss = (loss_config.global_weight * global_loss + loss_config.maxsim_weight * maxsim_loss
+            + loss_config.joint_weight * joint_loss)
+    joint_accuracy = jnp.mean(jnp.argmax(joint, axis=1) == 0)
+    return {"loss": loss, "global_loss": global_loss, "maxsim_loss": maxsim_loss,
+            "joint_loss": joint_loss, "joint_accuracy": joint_accuracy}
+
+
+def make_optimizer(optimizer_config: ml_collections.ConfigDict, num_steps: int):
+    """AdamW with linear warmup then cosine decay, after global-norm clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=optimizer_config.learning_rate,
+        warmup_steps=optimizer_config.warmup_steps,
+        decay_steps=max(num_steps, optimizer_config.warmup_steps + 1), end_value=0.0)
+    tx = optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm),
+                     optax.adamw(schedule, weight_decay=optimizer_config.weight_decay))
+    return tx, schedule
+
+
+def make_train_step(graph, tx, loss_config):
+    """Returns step(params, opt_state, batch) -> (params, opt_state, metrics), jitted with the
+    state donated. Shardings follow the inputs: replicated state, batch split over 'data'."""
+
+    def loss_fn(params, batch):
+        parts = compute_losses(nnx.merge(graph, params), batch, loss_config)
+        return parts["loss"], parts
+
+    def step(params, opt_state, batch):
+        (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        parts["grad_norm"] = optax.tree.norm(grads)
+        return params, opt_state, parts
+
+    return jax.jit(step, donate_argnums=(0, 1))
