@@ -5,8 +5,9 @@
 Measures, on [N, R, H] float32 activations:
   * write throughput of each zarr3 layout (1-row chunks, 16-row chunks, sharding codec with
     `shard_rows`-row shards of 1-row inner chunks) against raw `numpy.tofile` of the same bytes;
-  * gather latency of K random images, warm (page cache warm, fresh random ids per query)
-    against an in-RAM NumPy fancy index, and cold (page cache dropped through
+  * gather latency of K random images, warm (everything read once first; fresh random ids per
+    query; with the reader's chunk cache, and with the OS page cache only) against an in-RAM
+    NumPy fancy index, and cold (page cache dropped through
     /proc/sys/vm/drop_caches before each query) against a NumPy memmap of the tofile file;
   * the ActivationStore end to end (all arrays, bf16): write_batch throughput and gather latency;
   * bytes per region and round-trip error of each storage mode.
@@ -107,6 +108,10 @@ def _bench_layouts(root: str, data: np.ndarray, raw_path: str, rng) -> dict:
         entry["gather_warm_ms"] = _median_ms(
             lambda: reader.oindex[rng.integers(0, images, k)].read().result(),
             _WARM_QUERIES.value)
+        uncached = _open_reader(path, 0)  # OS page cache only, no TensorStore chunk cache
+        entry["gather_page_cache_only_ms"] = _median_ms(
+            lambda: uncached.oindex[rng.integers(0, images, k)].read().result(),
+            _WARM_QUERIES.value)
         cold = []
         for _ in range(_COLD_QUERIES.value):
             _drop_page_cache()
@@ -153,11 +158,15 @@ def _bench_activation_store(root: str, data: np.ndarray, rng) -> dict:
     for start, stop in reader.blocks(4096):
         reader.gather(np.arange(start, stop))  # warm
     k = _K.value
+    activation_files = [os.path.join(directory, name) for directory, _, names in
+                        os.walk(os.path.join(index_dir, "activations")) for name in names]
+    disk_bytes = sum(os.path.getsize(path) for path in activation_files)
     return {
         "storage_dtype": "bfloat16", "concept_dim": concept_dim, "write_batch_rows": batch,
         "write_mb_s_of_stored_bytes": round(stored_bytes / seconds / 1e6, 1),
         "images_per_s": round(images / seconds, 1),
         "peak_inflight_mb": round(writer.peak_inflight_bytes / 1e6, 1),
+        "activations_disk_bytes_per_region": round(disk_bytes / (images * regions), 2),
         "gather_warm_ms": _median_ms(lambda: reader.gather(rng.integers(0, images, k)),
                                      _WARM_QUERIES.value),
         "gather_concepts_warm_ms": _median_ms(

@@ -155,6 +155,10 @@ def validate_manifest(manifest: dict, manifest_path: str = MANIFEST_FILE) -> dic
                 f"{manifest_path}: field {field!r} expected {images} (shapes.images), "
                 f"got {manifest[outer][inner]!r}"
             )
+    regions = manifest["counts"]["regions"]
+    if manifest["complete"] and (not isinstance(regions, int) or isinstance(regions, bool)):
+        raise ValueError(f"{manifest_path}: field 'counts.regions' expected an int once complete, "
+                         f"got {regions!r}")
     if storage["activations_dtype"] == "int8" and "activation_scale" not in manifest["arrays"]:
         raise ValueError(f"{manifest_path}: int8 storage needs field 'arrays.activation_scale'")
     for role, path in manifest["arrays"].items():

@@ -129,9 +129,16 @@ class ActivationStore:
     concepts [N,R,C], global [N,C] float32}, all sharded on axis 0 in `shard_rows`-row files with
     1-row inner chunks (fast random gathers, bench/store.py).
 
-    Writer: `create(...)` or `resume(index_dir)`, then `write_batch` / `mark_completed` over
-    shard-aligned ranges, then `finalize()`. Reader: `open(index_dir)` (refuses unfinished
-    indexes), then `gather`, `gather_concepts`, `read_concepts`, `read_global`, `blocks`.
+    Writer (one process), resumable after a kill at any moment:
+        store = ActivationStore.resume(d)  # or .create(d, image_ids=..., ...) the first time
+        for start, stop in store.pending_ranges(unit_rows):  # shard-aligned, unrecorded
+            for each batch in [start, stop): store.write_batch(batch_start, outputs)
+            store.mark_completed(start, stop)  # flushes, then journals
+        store.finalize()                       # manifest "complete": true
+    Memory: staged partial shards (one per array for in-order batches) plus at most
+    `inflight_bytes` of queued writes (or one shard of one array, if larger).
+    Reader: `open(index_dir)` refuses unfinished indexes; then `gather`, `gather_concepts`,
+    `read_concepts`, `read_global`, `read_region_mask`, `blocks`.
     """
 
     def __init__(self, index_dir: str, manifest: dict, writable: bool,
@@ -148,10 +155,10 @@ class ActivationStore:
                         for role, path in manifest["arrays"].items()}
         self._layout = manifest_lib.array_layout(manifest)  # {role: (shape, dtype)}
         for role, array in self._arrays.items():
-            expected = self._layout[role][0]
-            if tuple(array.shape) != expected:
-                raise ValueError(f"index.store: array {role!r} in {index_dir!r}: shape expected "
-                                 f"{expected} (manifest), got {tuple(array.shape)}")
+            found = (tuple(array.shape), np.dtype(array.dtype.numpy_dtype))
+            if found != self._layout[role]:
+                raise ValueError(f"index.store: array {role!r} in {index_dir!r}: (shape, dtype) "
+                                 f"expected {self._layout[role]} (manifest), got {found}")
         self._image_ids: list[str] | None = None
 
     # -- opening ------------------------------------------------------------------------------
@@ -263,6 +270,7 @@ class ActivationStore:
             low, high = max(start, shard_start), min(stop, shard_stop)
             piece = {role: value[low - start:high - start] for role, value in rows.items()}
             if (low, high) == (shard_start, shard_stop):
+                self._staged.pop(shard, None)  # older staged rows must not overwrite these later
                 self._issue(low, piece)
                 continue
             buffers, filled = self._staged.setdefault(shard, (

@@ -35,7 +35,9 @@ def test_write_read_round_trip_and_completeness(tmp_path):
     assert manifest.read_manifest(directory, require_complete=False)["split_layer"] == 2
     with pytest.raises(manifest.IncompleteIndexError, match="'complete' is false.*0 of 3 images"):
         manifest.read_manifest(directory)
-    manifest.write_manifest(directory, _manifest(complete=True))
+    with pytest.raises(ValueError, match="'counts.regions' expected an int once complete"):
+        manifest.write_manifest(directory, _manifest(complete=True))
+    manifest.write_manifest(directory, _manifest(complete=True, counts={"images": 3, "regions": 9}))
     assert manifest.read_manifest(directory)["complete"] is True
     assert sorted(os.listdir(directory)) == [manifest.MANIFEST_FILE]  # no temporary left
 

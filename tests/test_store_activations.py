@@ -98,6 +98,20 @@ def test_tiny_inflight_budget_and_any_write_order(tmp_path):
         np.testing.assert_array_equal(left, right)
 
 
+def test_rewritten_rows_keep_the_latest_values(tmp_path):
+    corpus, stale = _corpus(3), _corpus(4)
+    store = _create(tmp_path)
+    store.write_batch(0, {key: value[:5] for key, value in stale.items()})  # staged, partial
+    store.write_batch(0, {key: value[:N] for key, value in corpus.items()})  # whole shards
+    store.write_batch(36, {key: value[36:] for key, value in stale.items()})  # staged again
+    store.write_batch(32, {key: value[32:] for key, value in corpus.items()})  # replaces it
+    store.mark_completed(0, N)
+    store.finalize()
+    activations, mask = ActivationStore.open(str(tmp_path)).gather(np.arange(N))
+    np.testing.assert_array_equal(activations, corpus["activations"])
+    np.testing.assert_array_equal(mask, corpus["region_mask"])
+
+
 def test_journal_resume_and_incomplete_refusal(tmp_path):
     corpus = _corpus(2)
     store = _create(tmp_path, "bfloat16")
@@ -129,6 +143,14 @@ def test_missing_manifest_is_refused(tmp_path):
     _build(tmp_path, _corpus())
     (tmp_path / "manifest.json").unlink()
     with pytest.raises(manifest.IncompleteIndexError, match="manifest.json is missing"):
+        ActivationStore.open(str(tmp_path))
+
+
+def test_manifest_disagreeing_with_arrays_is_refused(tmp_path):
+    final = _build(tmp_path, _corpus())
+    final["shapes"]["hidden"] = H + 1
+    manifest.write_manifest(str(tmp_path), final)
+    with pytest.raises(ValueError, match=r"'activations' .* expected \(\(37, 5, 13\), .*got"):
         ActivationStore.open(str(tmp_path))
 
 
