@@ -1,0 +1,115 @@
+"""Building, updating and opening the first stages of an INDEX by name.
+
+Build names: 'concepts', 'sq', 'permutation', 'exact'. Search names (open_first_stage): the same
+plus 'exact_global', which reads the 'exact' stage's global vectors. Every stage's image ids are
+the INDEX's 0..N-1; `add` appends images N.. to every built stage, `delete` tombstones ids for all.
+"""
+
+from __future__ import annotations
+
+import time
+
+from index.first_stage import concepts, exact, records, sources, surrogate, tombstones
+
+BUILD_NAMES = ("concepts", "sq", "permutation", "exact")
+SEARCH_NAMES = BUILD_NAMES + ("exact_global",)
+
+
+def _check_names(names, allowed, what: str) -> list[str]:
+    names = list(names)
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise ValueError(f"{what}: stage names expected a non-empty subset of {list(allowed)}, "
+                         f"got {names}")
+    return names
+
+
+def build_stages(index_dir: str, source, names, options: dict | None = None, log=None) -> dict:
+    """Builds each named stage from `source`; returns {name: committed record}.
+
+    options: {name: keyword arguments of that stage's build}, e.g.
+      {'concepts': {'num_centroids': 1024}, 'sq': {'size': 48, 'quantization': 64}}.
+    """
+    names = _check_names(names, BUILD_NAMES, "build_stages")
+    options = options or {}
+    log = log or (lambda message: None)
+    built = {}
+    for name in names:
+        began = time.perf_counter()
+        keywords = dict(options.get(name, {}), log=log)
+        if name == "concepts":
+            built[name] = concepts.build(index_dir, source, **keywords)
+        elif name == "exact":
+            built[name] = exact.build(index_dir, source, **keywords)
+        else:
+            built[name] = surrogate.build(index_dir, source, name, **keywords)
+        log(f"built first stage {name!r} in {time.perf_counter() - began:.1f} s")
+    return built
+
+
+def built_stages(index_dir: str) -> list[str]:
+    """Names of the stages with a record in INDEX (ready or interrupted)."""
+    return [name for name in BUILD_NAMES if records.stage_exists(index_dir, name)]
+
+
+def add(index_dir: str, source, start: int, log=None) -> dict:
+    """Appends images start..start+B-1 (source holds their vectors) to every built stage.
+
+    start must equal each stage's image count. A stage that already holds start+B images (the
+    add was interrupted after it) is skipped, so re-running a failed add completes it. Results
+    equal a full rebuild on the final set with the same centroids. Returns {name: record}.
+    """
+    stages = built_stages(index_dir)
+    if not stages:
+        raise FileNotFoundError(f"add: no first stage is built in {index_dir!r}")
+    updated = {}
+    for name in stages:
+        count = records.read_record(index_dir, name)["num_images"]
+        if count == start + source.num_images:
+            continue
+        if count != start:
+            raise ValueError(f"add: stage {name!r} in {index_dir!r} holds {count} images, so "
+                             f"new images must start at id {count}; got start={start}")
+        if name == "concepts":
+            updated[name] = concepts.add(index_dir, source, start, log=log)
+        elif name == "exact":
+            updated[name] = exact.add(index_dir, source, start, log=log)
+        else:
+            updated[name] = surrogate.add(index_dir, source, start, name, log=log)
+    return updated
+
+
+def delete(index_dir: str, image_ids) -> int:
+    """Tombstones image_ids [D] int in every stage (now and in stages built later); returns the
+    number newly deleted. Loaded stages keep their snapshot: reopen to see deletions."""
+    stages = built_stages(index_dir)
+    if not stages:
+        raise FileNotFoundError(f"delete: no first stage is built in {index_dir!r}")
+    count = max(records.read_record(index_dir, name)["num_images"] for name in stages)
+    return tombstones.delete(index_dir, image_ids, count)
+
+
+def open_first_stage(index_dir: str, name: str, **options):
+    """Loads a built stage for search.
+
+    Returns an object with search(query_side, n) -> (ids [Q, n] int64, scores [Q, n] float32),
+    best first, padded with -1 / -inf, and `name`, `num_images`, `nbytes`. options: 'concepts'
+    takes nprobe and impute; 'sq' / 'permutation' take query_size.
+    """
+    _check_names([name], SEARCH_NAMES, "open_first_stage")
+    if name == "concepts":
+        return concepts.ConceptStage.load(index_dir, **options)
+    if name in ("exact", "exact_global"):
+        return exact.ExactStage.load(index_dir, name, **options)
+    return surrogate.SurrogateStage.load(index_dir, name, **options)
+
+
+def build_from_index(index_dir: str, names, options: dict | None = None, log=None) -> dict:
+    """Builds the named stages from a finished INDEX's stored vectors (index.store)."""
+    from index import store  # the store pulls TensorStore; only this entry point needs it
+
+    activation_store = store.ActivationStore.open(index_dir)
+    (log or (lambda message: None))(
+        f"{index_dir}: {activation_store.num_images} images, {activation_store.regions} regions "
+        f"of {activation_store.concept_dim} concept dims")
+    return build_stages(index_dir, activation_store, names, options, log)

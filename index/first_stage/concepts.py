@@ -1,0 +1,252 @@
+"""The concept-level inverted list (the seed's Bag of Concepts, PLAID-style centroid scoring).
+
+Build: spherical k-means over the real region concept vectors gives K centroids; each region goes
+to its nearest centroid; an image posts once to each centroid its regions reach, with weight
+w = max over those regions of region·centroid. Shapes: N images, R regions, C dim, K centroids,
+Q queries, T words, p = nprobe.
+
+Why that weight: for unit vectors word·region = (word·c)(region·c) + (the parts orthogonal to c),
+and the orthogonal term averages to zero, so (word·c)·w estimates the best word·region of the
+image inside centroid c; centroid-only scoring (w = 1) ranks a loose member like a tight one.
+One float per posting (4 bytes) instead of a quantized residual (C bytes or more).
+
+Search: each real word probes its p nearest centroids (s = word·c); every posting of a probed
+list gives the (word, image) contribution s·w; per (word, image) the max is kept (approximate
+MaxSim's max over regions), then summed over words. A word that reaches no region of the image
+is imputed the word's p-th best centroid similarity times the mean live posting weight, an upper
+bound-like guess for regions in unprobed centroids (XTR's missing-similarity imputation; with
+impute=False a missing word adds 0, as PLAID's centroid interaction). Only images reached by at
+least one word are candidates. With nprobe = K and one centroid per region the scores equal exact
+MaxSim (tests/test_first_stage_concepts.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from index import store
+from index.first_stage import kmeans, postings, query, records, sources, tombstones
+
+NAME = "concepts"
+PREFIX = records.stage_prefix(NAME)
+LISTS_PREFIX = f"{PREFIX}/lists"
+DEFAULT_NPROBE = 8
+POSTINGS_PER_CHUNK = 1 << 22  # postings gathered at once, to bound the per-chunk temporaries
+
+
+def image_postings(concepts, region_mask, first_image: int, centroids):
+    """Postings of a block of images.
+
+    Args:
+      concepts: [B, R, C] float32 region concept vectors; region_mask: [B, R] bool.
+      first_image: id of row 0.
+      centroids: [K, C] float32.
+    Returns:
+      (lists [P] int32, images [P] int32, weights [P] float32), one posting per distinct
+      (image, centroid), ordered by image then centroid.
+    """
+    rows, _ = np.nonzero(region_mask)
+    assigned, similarity = kmeans.assign(concepts[region_mask], centroids)
+    num_centroids = centroids.shape[0]
+    keys = (first_image + rows.astype(np.int64)) * num_centroids + assigned
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if keys.size else \
+        np.zeros(0, np.int64)
+    weights = np.maximum.reduceat(similarity[order], starts) if keys.size else \
+        np.zeros(0, np.float32)
+    unique = keys[starts]
+    return ((unique % num_centroids).astype(np.int32), (unique // num_centroids).astype(np.int32),
+            weights.astype(np.float32))
+
+
+def _source_postings(source, centroids, first_image: int, block_rows: int, log):
+    pieces = []
+    for start, stop in sources.blocks(source, block_rows):
+        pieces.append(image_postings(source.read_concepts(start, stop),
+                                     source.read_region_mask(start, stop),
+                                     first_image + start, centroids))
+        log(f"{NAME}: assigned images [{first_image + start}, {first_image + stop})")
+    return [np.concatenate([piece[column] for piece in pieces]) for column in range(3)]
+
+
+def _training_vectors(source, max_vectors: int, seed: int, block_rows: int):
+    """Real region vectors [M, C], a uniform sample of at most max_vectors; and the total count."""
+    total = sum(int(source.read_region_mask(start, stop).sum())
+                for start, stop in sources.blocks(source, block_rows))
+    if total == 0:
+        raise ValueError(f"{NAME}: the source has no real region (region_mask is all False)")
+    keep_probability = min(1.0, max_vectors / total)
+    generator = np.random.default_rng(seed)
+    pieces = []
+    for start, stop in sources.blocks(source, block_rows):
+        vectors = source.read_concepts(start, stop)[source.read_region_mask(start, stop)]
+        if keep_probability < 1.0:
+            vectors = vectors[generator.random(vectors.shape[0]) < keep_probability]
+        pieces.append(vectors)
+    return np.concatenate(pieces), total
+
+
+def build(index_dir: str, source, *, num_centroids: int | None = None, centroids=None,
+          seed: int = 0, iterations: int = 10, max_training_vectors: int = 1 << 21,
+          nprobe: int = DEFAULT_NPROBE, block_rows: int = sources.DEFAULT_BLOCK_ROWS,
+          log=None) -> dict:
+    """Trains (or takes) centroids and writes the inverted list; returns the committed record.
+
+    Args:
+      source: image vectors (see sources.py); its ids are 0..N-1.
+      num_centroids: K; default kmeans.number_of_centroids(real regions).
+      centroids: optional [K, C] float32 unit rows to use instead of training (tests, rebuilds
+        with a fixed dictionary).
+      nprobe: the default for search.
+    """
+    log = log or (lambda message: None)
+    sources.check_source(source, None, None, NAME)
+    parameters = {"seed": seed, "iterations": iterations, "nprobe": nprobe,
+                  "max_training_vectors": max_training_vectors}
+    records.mark_building(index_dir, NAME, parameters)
+    if centroids is None:
+        vectors, total_regions = _training_vectors(source, max_training_vectors, seed, block_rows)
+        parameters["centroid_rule"] = ("--num_centroids" if num_centroids
+                                       else "2^round(log2(4*sqrt(regions)))")
+        num_centroids = num_centroids or kmeans.number_of_centroids(total_regions)
+        num_centroids = min(num_centroids, vectors.shape[0])
+        log(f"{NAME}: k-means, {num_centroids} centroids over {vectors.shape[0]} of "
+            f"{total_regions} regions")
+        centroids = kmeans.train_centroids(vectors, num_centroids, seed=seed,
+                                           iterations=iterations, log=log)
+        del vectors
+    else:
+        centroids = np.asarray(centroids, np.float32)
+        if centroids.ndim != 2 or centroids.shape[1] != source.concept_dim:
+            raise ValueError(f"{NAME}: centroids expected [K, {source.concept_dim}], "
+                             f"got {centroids.shape}")
+        parameters["centroid_rule"] = "given"
+    lists, images, weights = _source_postings(source, centroids, 0, block_rows, log)
+    inverted = postings.InvertedLists.from_postings(lists, images, weights, centroids.shape[0])
+    store.write_array(index_dir, f"{PREFIX}/centroids", centroids)
+    generation = postings.next_generation(index_dir, LISTS_PREFIX)
+    record = postings.write_base(index_dir, LISTS_PREFIX, generation, inverted)
+    record.update(state="ready", parameters=parameters, num_images=source.num_images,
+                  regions=source.regions, concept_dim=source.concept_dim,
+                  num_centroids=centroids.shape[0])
+    records.write_record(index_dir, NAME, record)
+    postings.remove_stale_generations(index_dir, LISTS_PREFIX, generation)
+    log(f"{NAME}: {inverted.num_postings} postings over {centroids.shape[0]} lists for "
+        f"{source.num_images} images")
+    return record
+
+
+def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BLOCK_ROWS,
+        log=None) -> dict:
+    """Appends the postings of images start..start+B-1 (assigned to the existing centroids)."""
+    log = log or (lambda message: None)
+    record = records.read_record(index_dir, NAME)
+    sources.check_source(source, record["concept_dim"], record["regions"], NAME)
+    centroids = store.read_array(index_dir, f"{PREFIX}/centroids")
+    lists, images, weights = _source_postings(source, centroids, start, block_rows, log)
+    committed = postings.append_postings(index_dir, LISTS_PREFIX, record, lists, images, weights)
+    record = dict(record, **committed, num_images=start + source.num_images)
+    records.write_record(index_dir, NAME, record)
+    postings.remove_stale_generations(index_dir, LISTS_PREFIX, record["generation"])
+    return record
+
+
+class ConceptStage:
+    """Loaded concept inverted list. search(query_side, n) -> (ids [Q, n], scores [Q, n])."""
+
+    name = NAME
+
+    def __init__(self, centroids, lists: postings.InvertedLists, deleted, record: dict,
+                 nprobe: int | None = None, impute: bool = True):
+        self.centroids = np.asarray(centroids, np.float32)  # [K, C]
+        self.lists = lists
+        self.deleted = deleted  # [N] bool
+        self.record = record
+        self.num_images = record["num_images"]
+        self.nprobe = int(nprobe or record["parameters"]["nprobe"])
+        self.impute = bool(impute)
+        # Over the live postings of the merged lists, so a stage that was added to or deleted
+        # from imputes exactly as one rebuilt on the final set.
+        live_weights = lists.weights[~deleted[lists.images]]
+        self.mean_weight = float(live_weights.mean(dtype=np.float64)) if live_weights.size \
+            else 0.0
+
+    @classmethod
+    def load(cls, index_dir: str, nprobe: int | None = None, impute: bool = True):
+        record = records.read_record(index_dir, NAME)
+        centroids = store.read_array(index_dir, f"{PREFIX}/centroids")
+        lists = postings.read_lists(index_dir, LISTS_PREFIX, record)
+        return cls(centroids, lists, tombstones.bitmap(index_dir, record["num_images"]), record,
+                   nprobe, impute)
+
+    @property
+    def nbytes(self) -> int:
+        return self.centroids.nbytes + self.lists.nbytes
+
+    def search(self, query_side: query.QuerySide, n: int, nprobe: int | None = None):
+        """Top n images by approximate MaxSim.
+
+        Args:
+          query_side: QuerySide; uses concepts [Q, T, C] and mask [Q, T].
+          n: results per query.
+          nprobe: centroids probed per word (default: the stage's); clamped to K.
+        Returns:
+          (ids [Q, n] int64, scores [Q, n] float32), best first, padded with -1 / -inf.
+        """
+        query_side = query.check_query_side(query_side, self.centroids.shape[1], NAME)
+        n = query.check_count(n, NAME)
+        probes = min(int(nprobe or self.nprobe), self.centroids.shape[0])
+        words, mask = query_side.concepts, query_side.mask
+        num_queries, num_words = mask.shape
+        similarities = (words.reshape(-1, words.shape[2]) @ self.centroids.T).reshape(
+            num_queries, num_words, -1)  # [Q, T, K]; one 2-D GEMM, not Q small ones
+        if probes < similarities.shape[2]:
+            probed = np.argpartition(-similarities, probes - 1, axis=2)[:, :, :probes]
+        else:
+            probed = np.broadcast_to(np.arange(probes), similarities.shape)
+        probed_similarities = np.take_along_axis(similarities, probed, axis=2)  # [Q, T, p]
+        imputed = (probed_similarities.min(axis=2) * self.mean_weight if self.impute
+                   else np.zeros(mask.shape, np.float32)) * mask  # [Q, T]
+        lengths = np.diff(self.lists.offsets)[probed].sum(axis=2) * mask  # [Q, T]
+        ids = np.full((num_queries, n), query.PAD_ID, np.int64)
+        scores = np.full((num_queries, n), query.PAD_SCORE, np.float32)
+        per_query = np.cumsum(lengths.sum(axis=1))
+        start = 0
+        while start < num_queries:
+            # The largest run of queries whose postings fit the chunk budget (at least one).
+            base = per_query[start - 1] if start else 0
+            stop = max(start + 1, int(np.searchsorted(per_query, base + POSTINGS_PER_CHUNK,
+                                                      side="right")))
+            chunk = slice(start, stop)
+            ids[chunk], scores[chunk] = self._score_chunk(
+                probed[chunk], probed_similarities[chunk], mask[chunk], imputed[chunk], n)
+            start = stop
+        return ids, scores
+
+    def _score_chunk(self, probed, probed_similarities, mask, imputed, n):
+        """probed / probed_similarities [q, T, p], mask / imputed [q, T] -> top n of the chunk."""
+        num_queries, num_words, probes = probed.shape
+        word_of_probe = np.broadcast_to(np.arange(num_queries * num_words).reshape(
+            num_queries, num_words, 1), probed.shape)
+        real = np.broadcast_to(mask[:, :, None], probed.shape)
+        probe, images, weights = self.lists.gather(probed[real])
+        word = word_of_probe[real][probe]  # [S] query * T + word
+        contribution = probed_similarities[real][probe] * weights
+        alive = ~self.deleted[images]
+        word, images, contribution = word[alive], images[alive], contribution[alive]
+        # Max over the image's regions per (query, image, word); keys sort by (query, image).
+        query_index, word_index = np.divmod(word, num_words)
+        keys = (query_index * self.num_images + images) * num_words + word_index
+        order = np.argsort(keys)
+        keys, contribution = keys[order], contribution[order]
+        first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        best = np.maximum.reduceat(contribution, first) if first.size else contribution[:0]
+        pair_keys, word_index = np.divmod(keys[first], num_words)
+        best = best - imputed.reshape(-1)[pair_keys // self.num_images * num_words + word_index]
+        # Sum over words per (query, image); the imputed total is added back per query.
+        pair_first = np.flatnonzero(np.concatenate([[True], pair_keys[1:] != pair_keys[:-1]]))
+        totals = np.add.reduceat(best, pair_first) if pair_first.size else best[:0]
+        query_index, images = np.divmod(pair_keys[pair_first], self.num_images)
+        totals = (totals + imputed.sum(axis=1)[query_index]).astype(np.float32)
+        return query.top_per_query(query_index, images, totals, num_queries, n)

@@ -1,0 +1,198 @@
+"""Exact first stages (the recall reference): brute-force MaxSim and global dot products.
+
+The stage keeps its own float32 copy of the vectors under INDEX/first_stage/exact/g<generation>/
+(concepts [N, R, C], region_mask [N, R], global [N, C]) so images added after the activation store
+was written are searchable, and appends new rows with index.store.append_array; the record's
+num_images is the commit point (rows past it, from a killed add, are compacted away by the next
+add). Two searchers read it: 'exact' (MaxSim, lateint.scoring.maxsim, blocked over images on the
+accelerator, running top-n) and 'exact_global' (global dot products).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from index import store
+from index.first_stage import postings, query, records, sources, tombstones
+from lateint import scoring
+
+NAME = "exact"
+PREFIX = records.stage_prefix(NAME)
+ARRAYS = ("concepts", "region_mask", "global")
+IMAGE_BLOCK = 256  # images scored per step of the MaxSim scan
+QUERY_BLOCK = 32  # queries per compiled call (padded), so one compile serves every batch size
+
+
+def _read(source, name: str, start: int, stop: int) -> np.ndarray:
+    if name == "concepts":
+        return source.read_concepts(start, stop).astype(np.float32, copy=False)
+    if name == "region_mask":
+        return source.read_region_mask(start, stop)
+    return source.read_global(start, stop).astype(np.float32, copy=False)
+
+
+def _write_rows(index_dir: str, generation: int, source, block_rows: int, create: bool,
+                log) -> None:
+    base = postings.generation_prefix(PREFIX, generation)
+    for start, stop in sources.blocks(source, block_rows):
+        for name in ARRAYS:
+            rows = _read(source, name, start, stop)
+            if create and start == 0:  # write_array sizes the chunks from the first block
+                store.write_array(index_dir, f"{base}/{name}", rows)
+            else:
+                store.append_array(index_dir, f"{base}/{name}", rows)
+        log(f"{NAME}: copied images [{start}, {stop})")
+
+
+def build(index_dir: str, source, block_rows: int = sources.DEFAULT_BLOCK_ROWS, log=None) -> dict:
+    """Copies the source's vectors into the exact stage; returns the committed record."""
+    log = log or (lambda message: None)
+    sources.check_source(source, None, None, NAME)
+    records.mark_building(index_dir, NAME, {})
+    generation = postings.next_generation(index_dir, PREFIX)
+    _write_rows(index_dir, generation, source, block_rows, True, log)
+    record = {"state": "ready", "parameters": {}, "generation": generation,
+              "num_images": source.num_images, "regions": source.regions,
+              "concept_dim": source.concept_dim}
+    records.write_record(index_dir, NAME, record)
+    postings.remove_stale_generations(index_dir, PREFIX, generation)
+    return record
+
+
+def _read_arrays(index_dir: str, record: dict, names=ARRAYS) -> dict:
+    base = postings.generation_prefix(PREFIX, record["generation"])
+    arrays = {}
+    for name in names:
+        array = store.read_array(index_dir, f"{base}/{name}")
+        if array.shape[0] < record["num_images"]:
+            raise ValueError(f"{index_dir}/{base}/{name}: expected at least "
+                             f"{record['num_images']} rows (stage record), got {array.shape[0]}")
+        arrays[name] = array[:record["num_images"]]
+    return arrays
+
+
+def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BLOCK_ROWS,
+        log=None) -> dict:
+    """Appends images start..start+B-1; compacts first if a killed add left extra rows."""
+    log = log or (lambda message: None)
+    record = records.read_record(index_dir, NAME)
+    sources.check_source(source, record["concept_dim"], record["regions"], NAME)
+    base = postings.generation_prefix(PREFIX, record["generation"])
+    stored = store.read_array(index_dir, f"{base}/region_mask").shape[0]
+    if stored != record["num_images"]:
+        log(f"{NAME}: {stored - record['num_images']} uncommitted rows; compacting")
+        kept = sources.ArraySource(**dict(zip(("concepts", "region_mask", "global_vectors"),
+                                              _read_arrays(index_dir, record).values())))
+        record = dict(record, generation=postings.next_generation(index_dir, PREFIX))
+        _write_rows(index_dir, record["generation"], kept, block_rows, True, log)
+    _write_rows(index_dir, record["generation"], source, block_rows, False, log)
+    record = dict(record, num_images=start + source.num_images)
+    records.write_record(index_dir, NAME, record)
+    postings.remove_stale_generations(index_dir, PREFIX, record["generation"])
+    return record
+
+
+@functools.partial(jax.jit, static_argnums=5)
+def _maxsim_top(words, word_mask, concepts, region_mask, alive, n):
+    """Running top-n of MaxSim over image blocks.
+
+    words [Qb, T, C], word_mask [Qb, T]; concepts [nb, B, R, C], region_mask [nb, B, R],
+    alive [nb, B] bool -> (scores [Qb, n] float32, ids [Qb, n] int32, -1 where no image).
+    """
+    num_queries = words.shape[0]
+    block = concepts.shape[1]
+
+    def step(carry, inputs):
+        best_scores, best_ids, first = carry
+        block_concepts, block_mask, block_alive = inputs
+        scores = scoring.maxsim(words, word_mask, block_concepts, block_mask)  # [Qb, B]
+        scores = jnp.where(block_alive[None, :], scores, -jnp.inf)
+        block_ids = jnp.broadcast_to(first + jnp.arange(block, dtype=jnp.int32),
+                                     (num_queries, block))
+        # Earlier (smaller) ids come first, and top_k keeps the first of equal scores.
+        merged_scores = jnp.concatenate([best_scores, scores], axis=1)
+        merged_ids = jnp.concatenate([best_ids, block_ids], axis=1)
+        best_scores, positions = jax.lax.top_k(merged_scores, n)
+        best_ids = jnp.take_along_axis(merged_ids, positions, axis=1)
+        return (best_scores, best_ids, first + block), None
+
+    initial = (jnp.full((num_queries, n), -jnp.inf, jnp.float32),
+               jnp.full((num_queries, n), -1, jnp.int32), jnp.int32(0))
+    (scores, ids, _), _ = jax.lax.scan(step, initial, (concepts, region_mask, alive))
+    return scores, jnp.where(jnp.isneginf(scores), -1, ids)
+
+
+class ExactStage:
+    """Brute force. kind 'exact': MaxSim of word and region concepts; 'exact_global': global
+    dot products. search(query_side, n) -> (ids [Q, n], scores [Q, n])."""
+
+    def __init__(self, arrays: dict, deleted, record: dict, kind: str):
+        self.kind = kind
+        self.name = kind
+        self.record = record
+        self.num_images = record["num_images"]
+        self.concept_dim = record["concept_dim"]
+        self.deleted = deleted  # [N] bool
+        self.global_vectors = arrays["global"]  # [N, C]
+        self.arrays_nbytes = sum(array.nbytes for array in arrays.values())
+        if kind == "exact":
+            # Padded to whole blocks of IMAGE_BLOCK; padding images are dead.
+            padded = -(-self.num_images // IMAGE_BLOCK) * IMAGE_BLOCK
+            pad = padded - self.num_images
+            concepts = np.pad(arrays["concepts"], ((0, pad), (0, 0), (0, 0)))
+            region_mask = np.pad(arrays["region_mask"], ((0, pad), (0, 0)))
+            alive = np.pad(~deleted, (0, pad))
+            self._concepts = jnp.asarray(concepts.reshape(-1, IMAGE_BLOCK, *concepts.shape[1:]))
+            self._region_mask = jnp.asarray(region_mask.reshape(-1, IMAGE_BLOCK,
+                                                                region_mask.shape[1]))
+            self._alive = jnp.asarray(alive.reshape(-1, IMAGE_BLOCK))
+
+    @classmethod
+    def load(cls, index_dir: str, kind: str = "exact"):
+        if kind not in ("exact", "exact_global"):
+            raise ValueError(f"ExactStage.load: kind expected 'exact' or 'exact_global', "
+                             f"got {kind!r}")
+        record = records.read_record(index_dir, NAME)
+        names = ARRAYS if kind == "exact" else ("global",)
+        return cls(_read_arrays(index_dir, record, names),
+                   tombstones.bitmap(index_dir, record["num_images"]), record, kind)
+
+    @property
+    def nbytes(self) -> int:
+        return self.arrays_nbytes
+
+    def search(self, query_side: query.QuerySide, n: int):
+        """Exact top n (ties: smaller id first).
+
+        Args:
+          query_side: QuerySide; 'exact' uses concepts [Q, T, C] + mask [Q, T], 'exact_global'
+            uses global_vector [Q, C].
+        Returns:
+          (ids [Q, n] int64, scores [Q, n] float32), padded with -1 / -inf when fewer than n
+          images are alive.
+        """
+        query_side = query.check_query_side(query_side, self.concept_dim, self.name)
+        n = query.check_count(n, self.name)
+        if self.kind == "exact_global":
+            scores = query_side.global_vector @ self.global_vectors.T  # [Q, N]
+            alive = np.broadcast_to(~self.deleted[None, :], scores.shape)
+            return query.top_dense(scores.astype(np.float32), alive, n)
+        words, mask = query_side.concepts, query_side.mask
+        num_queries = words.shape[0]
+        ids = np.full((num_queries, n), query.PAD_ID, np.int64)
+        scores = np.full((num_queries, n), query.PAD_SCORE, np.float32)
+        kept = min(n, self._alive.size)
+        for start in range(0, num_queries, QUERY_BLOCK):
+            stop = min(num_queries, start + QUERY_BLOCK)
+            pad = QUERY_BLOCK - (stop - start)
+            block_words = np.pad(words[start:stop], ((0, pad), (0, 0), (0, 0)))
+            block_mask = np.pad(mask[start:stop], ((0, pad), (0, 0)))
+            block_scores, block_ids = _maxsim_top(block_words, block_mask, self._concepts,
+                                                  self._region_mask, self._alive, kept)
+            scores[start:stop, :kept] = np.asarray(block_scores)[:stop - start]
+            ids[start:stop, :kept] = np.asarray(block_ids)[:stop - start]
+        return ids, scores

@@ -1,0 +1,235 @@
+"""Inverted lists in CSR form, and their on-disk generations with an append-only delta.
+
+One implementation serves every inverted-list stage (concept centroids, surrogate-text terms).
+Shapes: K lists, P postings, M probed lists.
+
+In memory (`InvertedLists`): offsets [K+1] int64; images [P] int32, ascending within each list;
+weights [P] (float32 for concepts, uint16 term frequencies for surrogate text). An image posts at
+most once per list.
+
+On disk, under `<prefix>/g<generation>/` (written through index.store):
+  offsets, images, weights      the base CSR, written at build or compaction
+  delta_lists, delta_images,    postings added since, appended image-major (ascending image,
+  delta_weights                 then list) with index.store.append_array
+The stage's json record holds the generation and the committed lengths (base_postings,
+delta_postings): it is the commit point, so rows appended by a run killed before its json update
+are ignored, and the next add compacts them away. Because added images always have larger ids
+than every stored image, the base followed by the sorted delta is exactly the CSR a full rebuild
+on the final set would write (`merge`); compaction rewrites it as the base of a new generation
+and removes the old one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+
+from index import store
+from index.first_stage import records
+
+COMPACT_FRACTION = 0.25  # compact once the delta exceeds this fraction of the base
+MIN_COMPACT_POSTINGS = 1 << 16  # ... and this many postings
+MAX_IMAGES = np.iinfo(np.int32).max
+
+
+@dataclasses.dataclass(frozen=True)
+class InvertedLists:
+    """CSR postings: list k holds images[offsets[k]:offsets[k+1]] with their weights."""
+
+    offsets: np.ndarray  # [K+1] int64
+    images: np.ndarray  # [P] int32
+    weights: np.ndarray  # [P]
+
+    @property
+    def num_lists(self) -> int:
+        return self.offsets.shape[0] - 1
+
+    @property
+    def num_postings(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.offsets.nbytes + self.images.nbytes + self.weights.nbytes
+
+    @classmethod
+    def from_postings(cls, lists, images, weights, num_lists: int) -> "InvertedLists":
+        """Builds the CSR from postings in any order.
+
+        Args:
+          lists: [P] int list (centroid or term) of each posting, in [0, num_lists).
+          images: [P] int image ids in [0, 2^31); (list, image) pairs must be distinct.
+          weights: [P] weights of any numeric dtype (kept).
+        """
+        lists = np.asarray(lists, np.int64)
+        images = np.asarray(images, np.int64)
+        weights = np.asarray(weights)
+        if not lists.shape == images.shape == weights.shape or lists.ndim != 1:
+            raise ValueError(f"InvertedLists.from_postings: lists, images, weights expected equal "
+                             f"[P] shapes, got {lists.shape}, {images.shape}, {weights.shape}")
+        if lists.size and (lists.min() < 0 or lists.max() >= num_lists):
+            raise ValueError(f"InvertedLists.from_postings: list ids expected in "
+                             f"[0, {num_lists}), got [{lists.min()}, {lists.max()}]")
+        if images.size and (images.min() < 0 or images.max() > MAX_IMAGES):
+            raise ValueError(f"InvertedLists.from_postings: image ids expected in "
+                             f"[0, {MAX_IMAGES}], got [{images.min()}, {images.max()}]")
+        order = np.lexsort((images, lists))
+        lists, images = lists[order], images[order]
+        duplicate = (lists[1:] == lists[:-1]) & (images[1:] == images[:-1])
+        if np.any(duplicate):
+            at = int(np.flatnonzero(duplicate)[0])
+            raise ValueError(f"InvertedLists.from_postings: image {images[at]} posts twice to "
+                             f"list {lists[at]}")
+        offsets = np.zeros(num_lists + 1, np.int64)
+        np.cumsum(np.bincount(lists, minlength=num_lists), out=offsets[1:])
+        return cls(offsets, images.astype(np.int32), weights[order])
+
+    def merge(self, later: "InvertedLists") -> "InvertedLists":
+        """This CSR followed, list by list, by `later`, whose images all have larger ids.
+
+        O(P): each list's postings stay in ascending image order, so the result equals
+        `from_postings` over the union.
+        """
+        if later.num_lists != self.num_lists:
+            raise ValueError(f"InvertedLists.merge: lists expected {self.num_lists}, "
+                             f"got {later.num_lists}")
+        if later.num_postings == 0:
+            return self
+        if self.num_postings and later.images.min() <= self.images.max():
+            raise ValueError(f"InvertedLists.merge: later images must all exceed "
+                             f"{self.images.max()}, got minimum {later.images.min()}")
+        counts = np.diff(self.offsets)
+        later_counts = np.diff(later.offsets)
+        offsets = np.zeros_like(self.offsets)
+        np.cumsum(counts + later_counts, out=offsets[1:])
+        total = self.num_postings + later.num_postings
+        images = np.empty(total, np.int32)
+        weights = np.empty(total, np.result_type(self.weights, later.weights))
+        # Position of each old posting: its list's new start plus its rank within the list.
+        old_list = np.repeat(np.arange(self.num_lists), counts)
+        old_positions = offsets[old_list] + np.arange(self.num_postings) - self.offsets[old_list]
+        new_list = np.repeat(np.arange(self.num_lists), later_counts)
+        new_positions = (offsets[new_list] + counts[new_list] + np.arange(later.num_postings)
+                         - later.offsets[new_list])
+        images[old_positions], weights[old_positions] = self.images, self.weights
+        images[new_positions], weights[new_positions] = later.images, later.weights
+        return InvertedLists(offsets, images, weights)
+
+    def gather(self, lists) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every posting of the given lists, vectorised.
+
+        Args:
+          lists: [M] int list ids (repeats allowed).
+        Returns:
+          (probe [S] int64 index into `lists` of each posting, images [S] int64, weights [S]),
+          S = total length of the probed lists.
+        """
+        lists = np.asarray(lists, np.int64)
+        starts = self.offsets[lists]
+        counts = self.offsets[lists + 1] - starts
+        probe = np.repeat(np.arange(lists.shape[0]), counts)
+        first = np.cumsum(counts) - counts
+        positions = starts[probe] + np.arange(probe.shape[0]) - first[probe]
+        return probe, self.images[positions].astype(np.int64), self.weights[positions]
+
+
+def empty_lists(num_lists: int, weight_dtype) -> InvertedLists:
+    return InvertedLists(np.zeros(num_lists + 1, np.int64), np.zeros(0, np.int32),
+                         np.zeros(0, weight_dtype))
+
+
+def generation_prefix(prefix: str, generation: int) -> str:
+    return f"{prefix}/g{int(generation)}"
+
+
+def next_generation(index_dir: str, prefix: str) -> int:
+    """One more than the largest `<prefix>/g*` generation on disk (0 when none)."""
+    folder = records.folder(index_dir, prefix)
+    if not os.path.isdir(folder):
+        return 0
+    found = [int(entry[1:]) for entry in os.listdir(folder)
+             if entry.startswith("g") and entry[1:].isdigit()]
+    return max(found, default=-1) + 1
+
+
+def write_base(index_dir: str, prefix: str, generation: int, lists: InvertedLists) -> dict:
+    """Writes `lists` as the base of `generation`; returns the record fields to commit."""
+    base = generation_prefix(prefix, generation)
+    store.write_array(index_dir, f"{base}/offsets", lists.offsets)
+    store.write_array(index_dir, f"{base}/images", lists.images)
+    store.write_array(index_dir, f"{base}/weights", lists.weights)
+    return {"generation": int(generation), "num_lists": lists.num_lists,
+            "base_postings": lists.num_postings, "delta_postings": 0}
+
+
+def _read_delta(index_dir: str, base: str, name: str, dtype) -> np.ndarray:
+    path = records.folder(index_dir, f"{base}/{name}")
+    if not os.path.exists(os.path.join(path, "zarr.json")):
+        return np.zeros(0, dtype)
+    return store.read_array(index_dir, f"{base}/{name}")
+
+
+def read_lists(index_dir: str, prefix: str, record: dict) -> InvertedLists:
+    """The committed postings of a stage (base merged with the delta) as one CSR."""
+    base = generation_prefix(prefix, record["generation"])
+    offsets = store.read_array(index_dir, f"{base}/offsets")
+    images = store.read_array(index_dir, f"{base}/images")
+    weights = store.read_array(index_dir, f"{base}/weights")
+    if offsets.shape != (record["num_lists"] + 1,) or images.shape != (record["base_postings"],):
+        raise ValueError(f"{index_dir}/{base}: offsets/images shapes expected "
+                         f"({record['num_lists'] + 1},)/({record['base_postings']},) from the "
+                         f"stage record, got {offsets.shape}/{images.shape}")
+    lists = InvertedLists(offsets, images, weights)
+    delta = record["delta_postings"]
+    if delta == 0:
+        return lists
+    columns = [_read_delta(index_dir, base, name, dtype)[:delta] for name, dtype in
+               (("delta_lists", np.int32), ("delta_images", np.int32),
+                ("delta_weights", weights.dtype))]
+    if any(column.shape[0] != delta for column in columns):
+        raise ValueError(f"{index_dir}/{base}: delta arrays hold fewer than the committed "
+                         f"{delta} postings")
+    return lists.merge(InvertedLists.from_postings(*columns, record["num_lists"]))
+
+
+def append_postings(index_dir: str, prefix: str, record: dict, lists, images,
+                    weights) -> dict:
+    """Adds postings of new images (ids above every stored one); returns the postings fields
+    (generation, num_lists, base_postings, delta_postings) to commit.
+
+    Appends to the delta, or compacts base + delta + new into a new generation when the delta
+    would exceed COMPACT_FRACTION of the base or holds uncommitted rows of a killed run. The
+    caller commits by writing these postings fields into its record; `remove_stale_generations`
+    then cleans up.
+    """
+    lists = np.asarray(lists, np.int32)
+    images = np.asarray(images, np.int32)
+    base = generation_prefix(prefix, record["generation"])
+    stored = _read_delta(index_dir, base, "delta_lists", np.int32).shape[0]
+    delta = record["delta_postings"]
+    grown = delta + lists.shape[0]
+    if stored == delta and grown <= max(COMPACT_FRACTION * record["base_postings"],
+                                            MIN_COMPACT_POSTINGS):
+        if lists.shape[0]:
+            order = np.lexsort((lists, images))
+            store.append_array(index_dir, f"{base}/delta_lists", lists[order])
+            store.append_array(index_dir, f"{base}/delta_images", images[order])
+            store.append_array(index_dir, f"{base}/delta_weights", np.asarray(weights)[order])
+        return {"generation": record["generation"], "num_lists": record["num_lists"],
+                "base_postings": record["base_postings"], "delta_postings": grown}
+    merged = read_lists(index_dir, prefix, record).merge(
+        InvertedLists.from_postings(lists, images, weights, record["num_lists"]))
+    return write_base(index_dir, prefix, next_generation(index_dir, prefix), merged)
+
+
+def remove_stale_generations(index_dir: str, prefix: str, keep: int) -> None:
+    """Deletes `<prefix>/g*` folders other than generation `keep` (after its record commit)."""
+    folder = records.folder(index_dir, prefix)
+    if not os.path.isdir(folder):
+        return
+    for entry in os.listdir(folder):
+        if entry.startswith("g") and entry[1:].isdigit() and int(entry[1:]) != keep:
+            shutil.rmtree(os.path.join(folder, entry))
