@@ -35,8 +35,11 @@ def batch_ranges(total: int, batch_size: int) -> Iterator[tuple[int, int]]:
 class Inference:
     """Tower encoders and joint scoring of one model as compiled functions returning NumPy."""
 
-    def __init__(self, model: SplitEncoder):
+    def __init__(self, model: SplitEncoder, batch_sharding: jax.sharding.Sharding | None = None):
+        """batch_sharding: where each padded input batch is placed (e.g. split over a 'data'
+        mesh axis); None keeps the default device."""
         self.model = model
+        self.batch_sharding = batch_sharding
         self.config = model.config
         self.graph, self.state = nnx.split(model)
         graph = self.graph
@@ -83,6 +86,8 @@ class Inference:
         outputs = []
         for start, stop in batch_ranges(total, batch_size):
             chunk = [pad_rows(np.asarray(a[start:stop]), batch_size) for a in arrays]
+            if self.batch_sharding is not None:
+                chunk = jax.device_put(chunk, self.batch_sharding)
             result = jax.tree.map(lambda x: np.asarray(x)[:stop - start],
                                   function(self.state, *chunk))
             outputs.append(result)

@@ -39,3 +39,26 @@ def random_pairs(config: ModelConfig, rng, pairs=3, text_length=9, regions=5):
     region_counts = rng.integers(1, regions + 1, size=pairs)
     region_mask = np.arange(regions)[None] < region_counts[:, None]
     return token_ids, token_mask, features, boxes, region_mask
+
+
+@pytest.fixture(scope="session")
+def scenes_dir(tmp_path_factory):
+    """A small scenes corpus (train 64, dev 24, test 200) shared by the pipeline tests."""
+    from lateint.data import scenes
+    out = str(tmp_path_factory.mktemp("scenes_small"))
+    scenes.generate(out, num_train=64, num_dev=24, num_test=200, seed=5, images=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory, scenes_dir):
+    """A workdir holding a tiny trained model (random init, a few steps)."""
+    from train import trainer
+    from train.configs import tiny
+    workdir = str(tmp_path_factory.mktemp("tiny_model"))
+    config = tiny.get_config()
+    config.data.path = scenes_dir
+    config.num_steps = 6
+    config.eval_every = 100
+    trainer.train_and_evaluate(config, workdir)
+    return workdir

@@ -1,0 +1,123 @@
+r"""Runs the image tower over a corpus into an INDEX (TensorStore); resumes after a kill.
+
+  python -m index.precompute --workdir=runs/scenes/model --data=runs/scenes/data --split=test \
+      --index=runs/scenes/index [--storage=bfloat16|float32|int8] [--overwrite]
+
+Each shard-aligned unit of images is encoded (region embeddings + layers 0..l-1 + concept and
+global heads, jitted, batch split over the devices of a mesh), written through
+`index.store.ActivationStore`, then journaled; a restarted run skips journaled units, so the
+finished store equals an uninterrupted run's. A finished INDEX is left alone unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from index import codecs
+from index import manifest as manifest_lib
+from index.store import ActivationStore
+from lateint.checkpoint import load_model
+from lateint.data.corpus import load_corpus
+from lateint.inference import Inference, batch_ranges
+from lateint.progress import Progress, format_seconds
+
+
+def _open_for_writing(index_dir: str, corpus, model, meta: dict, storage: str, source: dict,
+                      overwrite: bool, shard_rows: int) -> ActivationStore | None:
+    """Creates, resumes or (finished and not overwrite) returns None."""
+    manifest_path = os.path.join(index_dir, manifest_lib.MANIFEST_FILE)
+    if os.path.exists(manifest_path) and not overwrite:
+        manifest = manifest_lib.read_manifest(index_dir, require_complete=False)
+        if manifest["complete"]:
+            return None
+        manifest_lib.check_fingerprint(manifest, meta["fingerprint"])
+        if manifest["storage"]["activations_dtype"] != storage:
+            raise ValueError(f"{manifest_path}: an unfinished index with storage "
+                             f"{manifest['storage']['activations_dtype']!r}; --storage={storage!r}"
+                             " differs (pass --overwrite to start over)")
+        logging.info("resuming %s", index_dir)
+        return ActivationStore.resume(index_dir)
+    config = model.config
+    return ActivationStore.create(
+        index_dir, image_ids=corpus.image_ids, regions=corpus.max_regions,
+        hidden=config.stored_dim, concept_dim=config.concept_dim,
+        model_fingerprint=meta["fingerprint"], split_layer=config.split_layer,
+        storage_dtype=storage, compression_dim=config.compression_dim, source=source,
+        overwrite=overwrite, shard_rows=shard_rows)
+
+
+def precompute(workdir: str, data: str, split: str, index_dir: str, storage: str = "bfloat16",
+               batch_size: int = 256, overwrite: bool = False, shard_rows: int = 1024) -> dict:
+    """Writes (or finishes) INDEX for `split` of the corpus at `data`. Returns the manifest."""
+    model, meta = load_model(workdir)
+    corpus = load_corpus(data, split)
+    config = model.config
+    if corpus.feature_dim != config.region_feature_dim:
+        raise ValueError(f"{data} split {split!r}: region features have {corpus.feature_dim} "
+                         f"dims, the model in {workdir} expects {config.region_feature_dim}")
+    source = {"data": os.path.relpath(os.path.abspath(data), os.path.abspath(index_dir)),
+              "split": split, "checkpoint_step": int(meta["step"])}
+    store = _open_for_writing(index_dir, corpus, model, meta, storage, source, overwrite,
+                              shard_rows)
+    if store is None:
+        logging.info("%s is already complete; nothing to do (--overwrite rebuilds it)",
+                     index_dir)
+        return manifest_lib.read_manifest(index_dir)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    if batch_size % mesh.size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {mesh.size} devices")
+    logging.info("devices: %s", jax.devices())
+    inference = Inference(model, batch_sharding=NamedSharding(mesh, PartitionSpec("data")))
+    pending = store.pending_ranges()
+    total = sum(stop - start for start, stop in pending)
+    progress = Progress(total, 0, "images", 1, "images")
+    done = 0
+    region_mask = corpus.region_mask
+    for unit_start, unit_stop in pending:
+        for start, stop in batch_ranges(unit_stop - unit_start, batch_size):
+            start, stop = unit_start + start, unit_start + stop
+            tower, stored = inference.encode_images(
+                np.asarray(corpus.regions[start:stop], np.float32),
+                np.asarray(corpus.boxes[start:stop], np.float32), region_mask[start:stop],
+                batch_size)
+            store.write_batch(start, {"activations": stored, "region_mask": tower.mask,
+                                      "concepts": tower.concepts,
+                                      "global": tower.global_vector})
+            done += stop - start
+        store.mark_completed(unit_start, unit_stop)
+        progress.log(done)
+    manifest = store.finalize()
+    logging.info("precomputed %d images (%d regions) into %s in %s (%.1f images/s); storage %s,"
+                 " %d bytes per stored region", total, manifest["counts"]["regions"], index_dir,
+                 format_seconds(progress.elapsed), progress.rate(done), storage,
+                 codecs.bytes_per_region(storage, config.stored_dim))
+    return manifest
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir (model config + checkpoints).")
+flags.DEFINE_string("data", None, "Corpus directory (precomp layout, TERAN or scenes).")
+flags.DEFINE_string("split", "test", "Split of the corpus to index.")
+flags.DEFINE_string("index", None, "INDEX directory to write.")
+flags.DEFINE_enum("storage", "bfloat16", ["float32", "bfloat16", "int8"],
+                  "Storage dtype of the activations (int8: per-region scale).")
+flags.DEFINE_integer("batch_size", 256, "Images per jitted batch.")
+flags.DEFINE_bool("overwrite", False, "Rebuild a finished INDEX.")
+flags.DEFINE_integer("shard_rows", 1024, "Images per shard file (and per resume unit).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    precompute(FLAGS.workdir, FLAGS.data, FLAGS.split, FLAGS.index, FLAGS.storage,
+               FLAGS.batch_size, FLAGS.overwrite, FLAGS.shard_rows)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir", "data", "index"])
+    app.run(main)

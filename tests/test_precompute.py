@@ -1,0 +1,108 @@
+"""index.precompute: stored = online (contract 2), resume after SIGKILL, no-op rerun, modes."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from index import codecs
+from index.precompute import precompute
+from index.manifest import IncompleteIndexError, read_manifest
+from index.store import ActivationStore, read_array
+from lateint.checkpoint import load_model
+from lateint.data.corpus import load_corpus
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROLES = ("activations", "region_mask", "concepts", "global")
+
+
+def test_stored_scores_equal_the_fused_forward(tiny_workdir, scenes_dir, tmp_path):
+    index_dir = str(tmp_path / "index")
+    precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64,
+               shard_rows=32)
+    model, _ = load_model(tiny_workdir)
+    corpus = load_corpus(scenes_dir, "test")
+    store = ActivationStore.open(index_dir)
+    assert store.image_ids == corpus.image_ids
+    ids = np.array([5, 0, 199, 77, 31])
+    stored, mask = store.gather(ids)
+    np.testing.assert_array_equal(mask, corpus.region_mask[ids])
+    ids_text = np.array([[101, 1037, 2829, 2187, 1997, 1037, 2235, 1021, 102]] * len(ids))
+    text = model.encode_text(jnp.asarray(ids_text), jnp.ones(ids_text.shape, bool))
+    from_store = model.joint_score(text.activations, text.mask, jnp.asarray(stored),
+                                   jnp.asarray(mask))
+    fused = model.fused_score(jnp.asarray(ids_text), jnp.ones(ids_text.shape, bool),
+                              jnp.asarray(corpus.regions[ids]), jnp.asarray(corpus.boxes[ids]),
+                              jnp.asarray(corpus.region_mask[ids]))
+    np.testing.assert_allclose(np.asarray(from_store), np.asarray(fused), atol=1e-5)
+    image = model.encode_image(corpus.regions[ids], corpus.boxes[ids], corpus.region_mask[ids])
+    concepts, _ = store.gather_concepts(ids)
+    np.testing.assert_allclose(concepts, np.asarray(image.concepts), atol=1e-6)
+
+
+def _precompute_process(workdir, data, index_dir, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "index.precompute", f"--workdir={workdir}", f"--data={data}",
+         "--split=test", f"--index={index_dir}", "--batch_size=8", "--shard_rows=8",
+         "--storage=int8", *extra],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_and_resume_gives_an_identical_store(tiny_workdir, scenes_dir, tmp_path):
+    reference = str(tmp_path / "reference")
+    process = _precompute_process(tiny_workdir, scenes_dir, reference)
+    assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    killed_dir = str(tmp_path / "killed")
+    rng = np.random.default_rng(int(time.time()))
+    for _ in range(6):
+        process = _precompute_process(tiny_workdir, scenes_dir, killed_dir)
+        progress = os.path.join(killed_dir, "progress.json")
+        deadline = time.time() + 120
+        while process.poll() is None and time.time() < deadline and not os.path.exists(progress):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))  # after at least one journaled unit, at random
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if not _complete(killed_dir):
+            break
+        shutil.rmtree(killed_dir)  # finished before the kill: try again
+    assert not _complete(killed_dir), "every run finished before the kill"
+    with pytest.raises(IncompleteIndexError):
+        ActivationStore.open(killed_dir)
+    process = _precompute_process(tiny_workdir, scenes_dir, killed_dir)
+    assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    for role in ROLES + ("activation_scale",):
+        np.testing.assert_array_equal(read_array(killed_dir, role), read_array(reference, role),
+                                      err_msg=role)
+    # a second run on the finished index is a no-op
+    before = os.path.getmtime(os.path.join(killed_dir, "manifest.json"))
+    process = _precompute_process(tiny_workdir, scenes_dir, killed_dir)
+    assert process.wait(timeout=300) == 0
+    assert "nothing to do" in process.stderr.read()
+    assert os.path.getmtime(os.path.join(killed_dir, "manifest.json")) == before
+
+
+def _complete(index_dir):
+    path = os.path.join(index_dir, "manifest.json")
+    return os.path.exists(path) and read_manifest(index_dir, require_complete=False)["complete"]
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "int8"])
+def test_storage_modes_stay_close_to_float32(tiny_workdir, scenes_dir, tmp_path, storage):
+    exact_dir, lossy_dir = str(tmp_path / "f32"), str(tmp_path / storage)
+    precompute(tiny_workdir, scenes_dir, "test", exact_dir, storage="float32", batch_size=64)
+    precompute(tiny_workdir, scenes_dir, "test", lossy_dir, storage=storage, batch_size=64)
+    ids = np.arange(0, 200, 7)
+    exact, mask = ActivationStore.open(exact_dir).gather(ids)
+    lossy, _ = ActivationStore.open(lossy_dir).gather(ids)
+    scale = np.abs(exact[mask]).max(axis=-1, keepdims=True)
+    relative = np.abs(lossy[mask] - exact[mask]) / scale
+    assert relative.max() < (1 / 127 if storage == "int8" else 1 / 128)
+    assert codecs.bytes_per_region(storage, exact.shape[-1]) < codecs.bytes_per_region(
+        "float32", exact.shape[-1])
