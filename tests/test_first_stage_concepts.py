@@ -48,13 +48,12 @@ def subset(data, images):
                                      data.global_vectors[images])
 
 
-@pytest.mark.parametrize("impute", [True, False])
-def test_one_centroid_per_region_and_all_probed_is_exact_maxsim(corpus, tmp_path, impute):
+def test_one_centroid_per_region_and_all_probed_is_exact_maxsim(corpus, tmp_path):
     data, queries = corpus
     regions = data.concepts[data.region_mask]
     build_stages(str(tmp_path), ArraySource(*data), ["concepts"],
                  {"concepts": {"centroids": regions}})
-    stage = open_first_stage(str(tmp_path), "concepts", nprobe=regions.shape[0], impute=impute)
+    stage = open_first_stage(str(tmp_path), "concepts", nprobe=regions.shape[0])
     ids, scores = stage.search(queries, NUM_IMAGES)
     reference = exact_scores(data, queries)
     has_region = data.region_mask.any(axis=1)

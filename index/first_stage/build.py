@@ -94,7 +94,7 @@ def open_first_stage(index_dir: str, name: str, **options):
 
     Returns an object with search(query_side, n) -> (ids [Q, n] int64, scores [Q, n] float32),
     best first, padded with -1 / -inf, and `name`, `num_images`, `nbytes`. options: 'concepts'
-    takes nprobe and impute; 'sq' / 'permutation' take query_size.
+    takes nprobe; 'sq' / 'permutation' take query_size.
     """
     _check_names([name], SEARCH_NAMES, "open_first_stage")
     if name == "concepts":

@@ -12,12 +12,11 @@ One float per posting (4 bytes) instead of a quantized residual (C bytes or more
 
 Search: each real word probes its p nearest centroids (s = word·c); every posting of a probed
 list gives the (word, image) contribution s·w; per (word, image) the max is kept (approximate
-MaxSim's max over regions), then summed over words. A word that reaches no region of the image
-is imputed the word's p-th best centroid similarity times the mean live posting weight, an upper
-bound-like guess for regions in unprobed centroids (XTR's missing-similarity imputation; with
-impute=False a missing word adds 0, as PLAID's centroid interaction). Only images reached by at
-least one word are candidates. With nprobe = K and one centroid per region the scores equal exact
-MaxSim (tests/test_first_stage_concepts.py).
+MaxSim's max over regions), then summed over the words that reached the image (a word that
+reaches none of its regions adds 0, as PLAID's centroid interaction). Only images reached by at
+least one word are candidates. Imputing a missing word with its p-th centroid similarity (XTR)
+was measured in bench/first_stage.py and did not help, so it is not offered. With nprobe = K and
+one centroid per region the scores equal exact MaxSim (tests/test_first_stage_concepts.py).
 """
 
 from __future__ import annotations
@@ -158,27 +157,21 @@ class ConceptStage:
     name = NAME
 
     def __init__(self, centroids, lists: postings.InvertedLists, deleted, record: dict,
-                 nprobe: int | None = None, impute: bool = True):
+                 nprobe: int | None = None):
         self.centroids = np.asarray(centroids, np.float32)  # [K, C]
         self.lists = lists
         self.deleted = deleted  # [N] bool
         self.record = record
         self.num_images = record["num_images"]
         self.nprobe = int(nprobe or record["parameters"]["nprobe"])
-        self.impute = bool(impute)
-        # Over the live postings of the merged lists, so a stage that was added to or deleted
-        # from imputes exactly as one rebuilt on the final set.
-        live_weights = lists.weights[~deleted[lists.images]]
-        self.mean_weight = float(live_weights.mean(dtype=np.float64)) if live_weights.size \
-            else 0.0
 
     @classmethod
-    def load(cls, index_dir: str, nprobe: int | None = None, impute: bool = True):
+    def load(cls, index_dir: str, nprobe: int | None = None):
         record = records.read_record(index_dir, NAME)
         centroids = store.read_array(index_dir, f"{PREFIX}/centroids")
         lists = postings.read_lists(index_dir, LISTS_PREFIX, record)
         return cls(centroids, lists, tombstones.bitmap(index_dir, record["num_images"]), record,
-                   nprobe, impute)
+                   nprobe)
 
     @property
     def nbytes(self) -> int:
@@ -206,8 +199,6 @@ class ConceptStage:
         else:
             probed = np.broadcast_to(np.arange(probes), similarities.shape)
         probed_similarities = np.take_along_axis(similarities, probed, axis=2)  # [Q, T, p]
-        imputed = (probed_similarities.min(axis=2) * self.mean_weight if self.impute
-                   else np.zeros(mask.shape, np.float32)) * mask  # [Q, T]
         lengths = np.diff(self.lists.offsets)[probed].sum(axis=2) * mask  # [Q, T]
         ids = np.full((num_queries, n), query.PAD_ID, np.int64)
         scores = np.full((num_queries, n), query.PAD_SCORE, np.float32)
@@ -219,14 +210,14 @@ class ConceptStage:
             stop = max(start + 1, int(np.searchsorted(per_query, base + POSTINGS_PER_CHUNK,
                                                       side="right")))
             chunk = slice(start, stop)
-            ids[chunk], scores[chunk] = self._score_chunk(
-                probed[chunk], probed_similarities[chunk], mask[chunk], imputed[chunk], n)
+            ids[chunk], scores[chunk] = self._score_chunk(probed[chunk],
+                                                          probed_similarities[chunk], mask[chunk], n)
             start = stop
         return ids, scores
 
-    def _score_chunk(self, probed, probed_similarities, mask, imputed, n):
-        """probed / probed_similarities [q, T, p], mask / imputed [q, T] -> top n of the chunk."""
-        num_queries, num_words, probes = probed.shape
+    def _score_chunk(self, probed, probed_similarities, mask, n):
+        """probed / probed_similarities [q, T, p], mask [q, T] -> top n of the chunk."""
+        num_queries, num_words, _ = probed.shape
         word_of_probe = np.broadcast_to(np.arange(num_queries * num_words).reshape(
             num_queries, num_words, 1), probed.shape)
         real = np.broadcast_to(mask[:, :, None], probed.shape)
@@ -242,11 +233,10 @@ class ConceptStage:
         keys, contribution = keys[order], contribution[order]
         first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
         best = np.maximum.reduceat(contribution, first) if first.size else contribution[:0]
-        pair_keys, word_index = np.divmod(keys[first], num_words)
-        best = best - imputed.reshape(-1)[pair_keys // self.num_images * num_words + word_index]
-        # Sum over words per (query, image); the imputed total is added back per query.
+        # Sum over words per (query, image).
+        pair_keys = keys[first] // num_words
         pair_first = np.flatnonzero(np.concatenate([[True], pair_keys[1:] != pair_keys[:-1]]))
         totals = np.add.reduceat(best, pair_first) if pair_first.size else best[:0]
         query_index, images = np.divmod(pair_keys[pair_first], self.num_images)
-        totals = (totals + imputed.sum(axis=1)[query_index]).astype(np.float32)
-        return query.top_per_query(query_index, images, totals, num_queries, n)
+        return query.top_per_query(query_index, images, totals.astype(np.float32),
+                                   num_queries, n)

@@ -24,7 +24,8 @@ NAME = "exact"
 PREFIX = records.stage_prefix(NAME)
 ARRAYS = ("concepts", "region_mask", "global")
 IMAGE_BLOCK = 256  # images scored per step of the MaxSim scan
-QUERY_BLOCK = 32  # queries per compiled call (padded), so one compile serves every batch size
+QUERY_BLOCK = 32  # most queries per compiled call; fewer are padded to a power of two, so a
+# handful of compiles serves every batch size
 
 
 def _read(source, name: str, start: int, stop: int) -> np.ndarray:
@@ -188,7 +189,7 @@ class ExactStage:
         kept = min(n, self._alive.size)
         for start in range(0, num_queries, QUERY_BLOCK):
             stop = min(num_queries, start + QUERY_BLOCK)
-            pad = QUERY_BLOCK - (stop - start)
+            pad = min(QUERY_BLOCK, 1 << (stop - start - 1).bit_length()) - (stop - start)
             block_words = np.pad(words[start:stop], ((0, pad), (0, 0), (0, 0)))
             block_mask = np.pad(mask[start:stop], ((0, pad), (0, 0)))
             block_scores, block_ids = _maxsim_top(block_words, block_mask, self._concepts,
