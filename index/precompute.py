@@ -100,15 +100,20 @@ def precompute(workdir: str, data: str, split: str, index_dir: str, storage: str
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir (model config + checkpoints).")
-flags.DEFINE_string("data", None, "Corpus directory (precomp layout, TERAN or scenes).")
-flags.DEFINE_string("split", "test", "Split of the corpus to index.")
-flags.DEFINE_string("index", None, "INDEX directory to write.")
-flags.DEFINE_enum("storage", "bfloat16", ["float32", "bfloat16", "int8"],
-                  "Storage dtype of the activations (int8: per-region scale).")
-flags.DEFINE_integer("batch_size", 256, "Images per jitted batch.")
-flags.DEFINE_bool("overwrite", False, "Rebuild a finished INDEX.")
-flags.DEFINE_integer("shard_rows", 1024, "Images per shard file (and per resume unit).")
+
+
+def define_flags():
+    """Defined only when run as a binary, so importing `precompute` claims no flag names."""
+    flags.DEFINE_string("workdir", None, "Training workdir (model config + checkpoints).")
+    flags.DEFINE_string("data", None, "Corpus directory (precomp layout, TERAN or scenes).")
+    flags.DEFINE_string("split", "test", "Split of the corpus to index.")
+    flags.DEFINE_string("index", None, "INDEX directory to write.")
+    flags.DEFINE_enum("storage", "bfloat16", ["float32", "bfloat16", "int8"],
+                      "Storage dtype of the activations (int8: per-region scale).")
+    flags.DEFINE_integer("batch_size", 256, "Images per jitted batch.")
+    flags.DEFINE_bool("overwrite", False, "Rebuild a finished INDEX.")
+    flags.DEFINE_integer("shard_rows", 1024, "Images per shard file (and per resume unit).")
+    flags.mark_flags_as_required(["workdir", "data", "index"])
 
 
 def main(argv):
@@ -119,5 +124,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir", "data", "index"])
+    define_flags()
     app.run(main)

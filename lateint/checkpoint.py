@@ -38,11 +38,12 @@ class CheckpointStore:
         return self._manager.latest_step()
 
     def save(self, step: int, params, opt_state, meta: dict) -> None:
-        """Starts an async save; the previous one is finished first by Orbax."""
-        self._manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(meta)))
+        """Starts an async save (Orbax finishes the previous one first). opt_state may be None
+        for a params-only checkpoint (an exported model)."""
+        items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
+        if opt_state is not None:
+            items["opt_state"] = ocp.args.StandardSave(opt_state)
+        self._manager.save(step, args=ocp.args.Composite(**items))
 
     def restore(self, step: int, abstract_params, abstract_opt_state=None):
         """Restores against abstract targets (shapes/dtypes/shardings). Returns
@@ -117,3 +118,15 @@ class _QuietOrbax(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+def save_model(workdir: str, model: SplitEncoder, step: int = 0) -> str:
+    """Writes a loadable workdir (model config + a params-only checkpoint) for `model`, e.g. a
+    freshly imported pretrained model to index with before any training. Returns the
+    fingerprint."""
+    write_model_config(workdir, model.config)
+    fingerprint = model_fingerprint(model)
+    store = CheckpointStore(workdir, async_save=False)
+    store.save(step, nnx.state(model), None, {"step": step, "fingerprint": fingerprint})
+    store.close()
+    return fingerprint
