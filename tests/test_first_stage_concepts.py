@@ -133,7 +133,8 @@ def test_delete_equals_rebuild_without_the_deleted(corpus, built, tmp_path):
     data, queries = corpus
     index_dir = str(tmp_path / "deleted")
     centroids = open_first_stage(built, "concepts").centroids
-    build_stages(index_dir, ArraySource(*data), ["concepts"], {"concepts": {"centroids": centroids}})
+    build_stages(index_dir, ArraySource(*data), ["concepts"],
+                 {"concepts": {"centroids": centroids}})
     deleted = np.random.default_rng(5).choice(NUM_IMAGES, 40, replace=False)
     assert delete(index_dir, deleted) == 40
     kept = np.setdiff1d(np.arange(NUM_IMAGES), deleted)

@@ -1,4 +1,4 @@
-"""Spherical k-means: the centroid-count rule, cluster recovery (full and mini-batch), assignment."""
+"""Spherical k-means: the centroid-count rule, cluster recovery (full, mini-batch), assignment."""
 
 import numpy as np
 import pytest

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from index.first_stage import concepts, exact, records, sources, surrogate, tombstones
+from index.first_stage import concepts, exact, records, surrogate, tombstones
 
 BUILD_NAMES = ("concepts", "sq", "permutation", "exact")
 SEARCH_NAMES = BUILD_NAMES + ("exact_global",)
