@@ -1,0 +1,295 @@
+"""The HTTP JSON API over one Searcher (FastAPI): /search, /healthz, /metrics, the demo page.
+
+    app = create_app(searcher, ServerSettings(max_batch=16, max_wait_ms=5, max_queue=256))
+
+POST /search {query, k, options: {n, K, first_stage}} -> {query, results: [{id, score, rank,
+...}], timings_ms: {tokenize, text_tower, first_stage, maxsim, gather, joint, total, queue},
+settings, batch_size, candidates}. Requests are prepared (checked, tokenized) in the event loop,
+then queued to one MicroBatcher whose worker thread owns the Searcher. Errors: 400 unreadable
+body (not UTF-8), 413 body too large, 422 invalid request (the message names the field, the
+bound and the value), 503 queue full or shutting down (with Retry-After), 500 a failed batch.
+"""
+
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from typing import Annotated, Literal, Optional
+
+import fastapi
+from fastapi import encoders, exceptions, responses, routing
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from serve import demo
+from serve.batcher import BatcherClosed, MicroBatcher, QueueFull
+from serve.metrics import ServerMetrics
+from serve.searcher import Searcher
+
+ENDPOINTS = ("/search", "/healthz", "/metrics", "/", "/openapi.json", "/docs")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    max_batch: int = 16          # queries per micro-batch (1: no batching)
+    max_wait_ms: float = 5.0     # how long the oldest request waits for a batch to fill
+    max_queue: int = 256         # waiting requests beyond which /search answers 503
+    max_query_chars: int = 512   # longer queries are refused (tokens past the largest length
+                                 # bucket are cut anyway)
+    max_body_bytes: int = 16384
+    images_dir: str | None = None  # the corpus's images/ (PNG per image id) for the demo
+
+
+class AsciiJSONResponse(responses.JSONResponse):
+    """JSON with non-ASCII escaped: text echoed from a request (pydantic's error 'input', a
+    lone surrogate included) can always be encoded."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> responses.JSONResponse:
+    return AsciiJSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _CheckedBodyRoute(routing.APIRoute):
+    """Refuses bodies that are too large (413) or not UTF-8 (400) before JSON parsing, with a
+    message saying which, where FastAPI would say 'There was an error parsing the body'."""
+
+    max_body_bytes = ServerSettings.max_body_bytes
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        limit = self.max_body_bytes
+
+        async def checked(request: fastapi.Request):
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                return _error(413, f"request body: expected at most {limit} bytes, got "
+                                   f"{declared}")
+            body = await request.body()  # cached: the handler below reads it again
+            if len(body) > limit:
+                return _error(413, f"request body: expected at most {limit} bytes, got "
+                                   f"{len(body)}")
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return _error(400, f"request body: expected UTF-8 JSON, got byte "
+                                   f"0x{body[error.start]:02x} at position {error.start}")
+            return await handler(request)
+
+        return checked
+
+
+def _describe(errors) -> str:
+    """One line from pydantic's error list: 'body.k: Input should be ... (got 0)'."""
+    parts = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ())]
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "")
+            parts.append(f"body: invalid JSON at character {location[-1]}: {reason}")
+            continue
+        got = error.get("input")
+        shown = f" (got {got!r:.60})" if got is not None and error.get("type") != "missing" \
+            else ""
+        parts.append(f"{'.'.join(location)}: {error.get('msg', 'invalid')}{shown}")
+    return "; ".join(parts)
+
+
+def _whole_number(value):
+    """JSON integers, and numbers like 5.0 (JSON Schema's 'integer'); no strings or booleans.
+
+    A model-level 'before' validator rather than an Annotated one: the latter would hide the
+    ge/le bounds from the OpenAPI schema.
+    """
+    if value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected an integer, got {type(value).__name__}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def _count(low: int, high: int):
+    return Annotated[int, Field(ge=low, le=high)]
+
+
+def _models(searcher: Searcher, settings: ServerSettings):
+    """Request and response models whose bounds come from the searcher's buckets."""
+    buckets = searcher.buckets
+    stage_names = Literal[tuple(searcher.first_stage_names)]
+
+    class SearchOptions(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n: Optional[_count(1, buckets.max_n)] = Field(
+            None, description="first-stage candidates (default: max(default_n, K))")
+        K: Optional[_count(1, buckets.max_K)] = Field(
+            None, description="candidates reranked by the joint layers (K <= n)")
+        first_stage: Optional[stage_names] = Field(
+            None, description=f"default: {searcher.default_first_stage!r}")
+
+        _check_counts = field_validator("n", "K", mode="before")(_whole_number)
+
+    class SearchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        query: StrictStr = Field(min_length=1, max_length=settings.max_query_chars)
+        k: _count(1, buckets.max_K) = Field(10, title="k",
+                                            description="results returned (k <= K)")
+        options: SearchOptions = Field(default_factory=SearchOptions)
+
+        _check_k = field_validator("k", mode="before")(_whole_number)
+
+        @field_validator("query")
+        @classmethod
+        def _has_text(cls, value: str) -> str:
+            if not value.strip():
+                raise ValueError("expected text, got an empty or whitespace-only string")
+            return value
+
+    class Hit(BaseModel):
+        id: str
+        score: float
+        rank: int
+        index: int
+        maxsim: float
+        image_url: str
+
+    class Timings(BaseModel):
+        tokenize: float
+        text_tower: float
+        first_stage: float
+        maxsim: float
+        gather: float
+        joint: float
+        total: float
+        queue: float
+
+    class Settings(BaseModel):
+        k: int
+        n: int
+        K: int
+        first_stage: str
+
+    class SearchResponse(BaseModel):
+        query: str
+        results: list[Hit]
+        timings_ms: Timings
+        settings: Settings
+        batch_size: int
+        candidates: int
+
+    return SearchRequest, SearchResponse
+
+
+class _ErrorBody(BaseModel):
+    error: str
+
+
+def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) -> fastapi.FastAPI:
+    """The ASGI app; the micro-batcher's worker starts and stops with the app's lifespan."""
+    SearchRequest, SearchResponse = _models(searcher, settings)
+
+    def process(items):
+        """Runs in the batcher's worker: each result with the time its batch started."""
+        started = time.perf_counter()
+        return [(result, started) for result in searcher.run(items)]
+
+    metrics = ServerMetrics(lambda: batcher.depth, lambda: batcher.in_flight)
+    batcher = MicroBatcher(process, settings.max_batch, settings.max_wait_ms, settings.max_queue,
+                           on_batch=lambda info: metrics.observe_batch(info.size))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await asyncio.to_thread(batcher.close)  # answers every queued request first
+
+    app = fastapi.FastAPI(
+        title="lateint search", version="1",
+        description="Text-to-image retrieval with precomputed late interaction: first stage, "
+                    "exact MaxSim on stored concepts, joint layers over the top K.",
+        lifespan=lifespan, default_response_class=AsciiJSONResponse)
+    app.state.searcher, app.state.batcher, app.state.metrics = searcher, batcher, metrics
+    router = fastapi.APIRouter(route_class=type(
+        "CheckedBodyRoute", (_CheckedBodyRoute,), {"max_body_bytes": settings.max_body_bytes}))
+    error_responses = {status: {"model": _ErrorBody, "description": text} for status, text in (
+        (400, "body not UTF-8"), (413, "body too large"), (422, "invalid request"),
+        (500, "the batch failed"), (503, "queue full or shutting down"))}
+
+    @app.exception_handler(exceptions.RequestValidationError)
+    async def invalid_request(request, error):
+        return AsciiJSONResponse(
+            {"error": _describe(error.errors()),
+             "detail": encoders.jsonable_encoder(error.errors(), exclude={"ctx", "url"})},
+            status_code=422)
+
+    @app.middleware("http")
+    async def count_requests(request: fastapi.Request, call_next):
+        response = await call_next(request)
+        path = request.url.path
+        endpoint = path if path in ENDPOINTS else (
+            "/images/{image_id}" if path.startswith("/images/") else "other")
+        metrics.observe_request(endpoint, response.status_code)
+        return response
+
+    @router.post("/search", response_model=SearchResponse, responses=error_responses)
+    async def search(request: SearchRequest):
+        """Ranked images for a text query, with per-stage timings in milliseconds."""
+        began = time.perf_counter()
+        options = request.options
+        try:
+            prepared = searcher.prepare(request.query, request.k, options.n, options.K,
+                                        options.first_stage)
+        except ValueError as error:
+            return _error(422, str(error))
+        submitted = time.perf_counter()
+        try:
+            future = batcher.submit(prepared)
+        except (QueueFull, BatcherClosed) as error:
+            return _error(503, str(error), headers={"Retry-After": "1"})
+        try:
+            result, started = await asyncio.wrap_future(future)
+        except Exception as error:  # the whole batch failed: not the request's fault
+            return _error(500, f"search failed: {type(error).__name__}: {error}")
+        queue_ms = (started - submitted) * 1e3
+        metrics.observe_search(result.timings_ms, queue_ms / 1e3, time.perf_counter() - began)
+        return {
+            "query": result.query,
+            "results": [dict(dataclasses.asdict(hit), image_url=demo.image_url(hit.id))
+                        for hit in result.hits],
+            "timings_ms": dict(result.timings_ms, queue=queue_ms),
+            "settings": result.settings.to_dict(),
+            "batch_size": result.batch_size,
+            "candidates": result.candidates,
+        }
+
+    @router.get("/healthz", responses={503: {"model": _ErrorBody}})
+    async def healthz():
+        """Liveness and what this server serves; 503 while shutting down."""
+        if batcher.closing:
+            return _error(503, "shutting down")
+        buckets = searcher.buckets
+        return {"status": "ok", "images": searcher.num_images,
+                "model_step": int(searcher.meta["step"]),
+                "fingerprint": searcher.meta["fingerprint"],
+                "first_stages": list(searcher.first_stage_names),
+                "default_first_stage": searcher.default_first_stage,
+                "limits": {"max_k": buckets.max_K, "max_K": buckets.max_K,
+                           "max_n": buckets.max_n, "default_n": buckets.default_n,
+                           "default_K": buckets.default_K,
+                           "max_query_chars": settings.max_query_chars},
+                "queue_depth": batcher.depth, "compile_seconds": searcher.compile_seconds}
+
+    @router.get("/metrics", response_class=responses.PlainTextResponse)
+    async def prometheus_metrics():
+        """Prometheus text format."""
+        body, content_type = metrics.exposition()
+        return responses.Response(body, media_type=content_type)
+
+    app.include_router(router)
+    demo.add_routes(app, searcher.image_ids, settings.images_dir)
+    return app

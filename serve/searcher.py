@@ -1,0 +1,316 @@
+"""The staged online pipeline over one model and one INDEX.
+
+    searcher = Searcher.load(workdir, index_dir)
+    results = searcher.search(["two horses left of a dog"], k=10, n=256, K=32,
+                              first_stage="concepts")
+
+Per query batch: tokenize -> text tower -> first stage (n candidates) -> exact MaxSim on the
+stored concepts of those n -> top K -> TensorStore gather of the K stored activations -> joint
+layers over the K (padded to a K bucket with masked dummy rows, which are dropped) -> top k by
+joint score. Every array has a bucketed shape compiled at start-up (serve.compiled).
+
+A Searcher is not thread-safe: one thread owns it (serve.batcher's worker in the server).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from absl import logging
+
+from index import manifest as manifest_lib
+from index.first_stage import QuerySide
+from index.store import ActivationStore
+from lateint import pretrained
+from lateint.checkpoint import load_model
+from lateint.tokenizer import WordPieceTokenizer
+from serve import stages as stages_lib
+from serve.buckets import Buckets, StageSettings, bucket_for
+from serve.compiled import CompiledModel
+
+# Milliseconds per stage: 'maxsim' includes reading the n candidates' stored concepts, 'gather'
+# reading the K candidates' stored activations; 'total' = tokenize + the whole batch.
+STAGE_TIMINGS = ("tokenize", "text_tower", "first_stage", "maxsim", "gather", "joint", "total")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedQuery:
+    """A checked, tokenized query: token_ids [L] int32 (L real tokens, [CLS] ... [SEP])."""
+
+    text: str
+    token_ids: np.ndarray
+    settings: StageSettings
+    tokenize_ms: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    id: str          # external image id (INDEX/ids.txt)
+    index: int       # row in the INDEX, 0..N-1
+    score: float     # joint score (the final ranking)
+    maxsim: float    # the stage-2 MaxSim score that admitted it to the rerank
+    rank: int        # 1-based
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    query: str
+    hits: list[Hit]
+    settings: StageSettings
+    timings_ms: dict          # STAGE_TIMINGS -> milliseconds (shared by the batch but tokenize)
+    batch_size: int           # queries in the batch this one ran in
+    candidates: int           # images the first stage returned (<= n)
+
+
+def _milliseconds(began: float) -> float:
+    return (time.perf_counter() - began) * 1e3
+
+
+class Searcher:
+    """Answers text queries with the staged pipeline; see the module docstring."""
+
+    def __init__(self, model, meta: dict, store: ActivationStore, tokenizer: WordPieceTokenizer,
+                 buckets: Buckets = Buckets(), first_stages=None,
+                 default_first_stage: str | None = None):
+        """model: SplitEncoder; meta: load_model's (holds 'fingerprint' and 'step').
+
+        first_stages: names to load (default: every usable one on the INDEX); default_first_stage:
+        used when a request names none (default: 'concepts' when loaded, else 'exact').
+        """
+        config = model.config
+        manifest = store.manifest
+        manifest_lib.check_fingerprint(manifest, meta["fingerprint"])
+        index_json = f"{store.index_dir}/{manifest_lib.MANIFEST_FILE}"
+        for field, expected, got in (
+                ("split_layer", config.split_layer, manifest["split_layer"]),
+                ("shapes.hidden", config.stored_dim, store.hidden),
+                ("shapes.concept_dim", config.concept_dim, store.concept_dim)):
+            if expected != got:
+                raise ValueError(f"{index_json}: field {field!r} expected {expected} (the "
+                                 f"model's config), got {got}")
+        if buckets.max_length > config.max_position_embeddings:
+            raise ValueError(f"Buckets.query_lengths: the largest ({buckets.max_length}) exceeds "
+                             f"the model's max_position_embeddings "
+                             f"({config.max_position_embeddings})")
+        if tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(f"tokenizer vocabulary has {tokenizer.vocab_size} tokens, the "
+                             f"model's embedding table {config.vocab_size}")
+        if tuple(tokenizer.buckets) != buckets.query_lengths:
+            raise ValueError(f"tokenizer buckets {tokenizer.buckets} differ from "
+                             f"Buckets.query_lengths {buckets.query_lengths}")
+        self.model, self.meta, self.store = model, meta, store
+        self.tokenizer, self.buckets = tokenizer, buckets
+        tokenizer.encode(["warm up"])  # the first call costs milliseconds more than the next
+        self.image_ids = store.image_ids
+        self.num_images = store.num_images
+        names = first_stages or stages_lib.available_names(store.index_dir)
+        began = time.perf_counter()
+        self.stages = stages_lib.load_stages(store, names)
+        self.first_stage_names = tuple(self.stages)
+        if default_first_stage is None:
+            default_first_stage = "concepts" if "concepts" in self.stages else (
+                "exact" if "exact" in self.stages else self.first_stage_names[0])
+        if default_first_stage not in self.stages:
+            raise ValueError(f"default_first_stage: expected one of {list(self.stages)}, got "
+                             f"{default_first_stage!r}")
+        self.default_first_stage = default_first_stage
+        logging.info("loaded first stages %s in %.1f s", list(self.stages),
+                     time.perf_counter() - began)
+        self.compiled = CompiledModel(model, buckets, store.regions, store.hidden)
+        seconds = self.compiled.compile_all(log=logging.info)
+        began = time.perf_counter()
+        stages_lib.warm_up(self.stages, buckets.query_lengths, buckets.candidates,
+                           buckets.max_batch, store.concept_dim)
+        self.compile_seconds = seconds + time.perf_counter() - began
+        logging.info("compiled %d executables (B %s x T %s x n %s / K %s) in %.1f s; first "
+                     "stages warmed in %.1f s", self.compiled.executables,
+                     list(buckets.query_batches), list(buckets.query_lengths),
+                     list(buckets.candidates), list(buckets.rerank), seconds,
+                     time.perf_counter() - began)
+
+    @classmethod
+    def load(cls, workdir: str, index_dir: str, buckets: Buckets = Buckets(),
+             first_stages=None, default_first_stage: str | None = None,
+             tokenizer_dir: str | None = None) -> "Searcher":
+        """Loads the model from WORKDIR (lateint.checkpoint) and the finished INDEX; compiles.
+
+        tokenizer_dir: a HuggingFace BERT directory (default: MiniLM's, whose vocabulary every
+        model of this project uses).
+        """
+        began = time.perf_counter()
+        model, meta = load_model(workdir)
+        store = ActivationStore.open(index_dir)
+        tokenizer = WordPieceTokenizer.from_directory(
+            tokenizer_dir or pretrained.default_minilm_directory(), buckets=buckets.query_lengths)
+        logging.info("loaded %s (step %s, fingerprint %s) and INDEX %s (%d images) in %.1f s",
+                     workdir, meta["step"], meta["fingerprint"], index_dir, store.num_images,
+                     time.perf_counter() - began)
+        return cls(model, meta, store, tokenizer, buckets, first_stages, default_first_stage)
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    def settings(self, k: int, n: int | None = None, K: int | None = None,
+                 first_stage: str | None = None) -> StageSettings:
+        """Checks (k, n, K, first_stage) against the bounds (ValueError naming the field)."""
+        return self.buckets.resolve(k, n, K, first_stage, self.first_stage_names,
+                                    self.default_first_stage)
+
+    def prepare(self, query: str, k: int, n: int | None = None, K: int | None = None,
+                first_stage: str | None = None) -> PreparedQuery:
+        """Checks and tokenizes one query. Tokens past the largest length bucket are cut."""
+        began = time.perf_counter()
+        if not isinstance(query, str):
+            raise ValueError(f"query: expected a str, got {type(query).__name__}")
+        if not query.strip():
+            raise ValueError("query: expected text, got an empty or whitespace-only string")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"query: expected Unicode text, got a lone surrogate "
+                             f"{query[error.start]!r} at position {error.start}") from None
+        settings = self.settings(k, n, K, first_stage)
+        try:
+            token_ids, token_mask = self.tokenizer.encode([query])
+        except ValueError as error:
+            raise ValueError(f"query: {error}") from None
+        token_ids = token_ids[0, :int(token_mask[0].sum())].astype(np.int32)
+        return PreparedQuery(query, token_ids, settings, _milliseconds(began))
+
+    def search(self, queries: list[str], k, n=None, K=None, first_stage=None
+               ) -> list[SearchResult]:
+        """Answers several queries as one batch (split at the largest batch bucket).
+
+        k, n, K, first_stage: one value for every query, or a list with one per query.
+        """
+        if isinstance(queries, str) or not isinstance(queries, (list, tuple)) or not queries:
+            raise ValueError(f"queries: expected a non-empty list of str, got {queries!r:.80}")
+
+        def per_query(name, value):
+            if isinstance(value, (list, tuple)):
+                if len(value) != len(queries):
+                    raise ValueError(f"{name}: expected one value per query ({len(queries)}), "
+                                     f"got {len(value)}")
+                return list(value)
+            return [value] * len(queries)
+
+        options = zip(queries, *(per_query(name, value) for name, value in
+                                 (("k", k), ("n", n), ("K", K), ("first_stage", first_stage))))
+        return self.run([self.prepare(*values) for values in options])
+
+    def run(self, prepared: list[PreparedQuery]) -> list[SearchResult]:
+        """Runs prepared queries, in chunks of at most the largest batch bucket."""
+        results = []
+        for start in range(0, len(prepared), self.buckets.max_batch):
+            results += self._run_batch(prepared[start:start + self.buckets.max_batch])
+        return results
+
+    # ---- the pipeline ---------------------------------------------------------------------------
+
+    def _run_batch(self, queries: list[PreparedQuery]) -> list[SearchResult]:
+        began = time.perf_counter()
+        timings = {}
+        count = len(queries)
+        batch = bucket_for(count, self.buckets.query_batches, "query batch")
+        length = bucket_for(max(len(query.token_ids) for query in queries),
+                            self.buckets.query_lengths, "query length")
+        token_ids = np.full((batch, length), self.tokenizer.pad_id, np.int32)   # [B, T]
+        token_mask = np.zeros((batch, length), bool)                            # [B, T]
+        for row in range(batch):  # padding rows repeat the first query, then are dropped
+            ids = queries[row if row < count else 0].token_ids
+            token_ids[row, :len(ids)] = ids
+            token_mask[row, :len(ids)] = True
+
+        started = time.perf_counter()
+        tower = self.compiled.text_tower(token_ids, token_mask)
+        timings["text_tower"] = _milliseconds(started)
+
+        started = time.perf_counter()
+        candidates = self._first_stage(queries, tower)                   # Q x [<= n] int64
+        timings["first_stage"] = _milliseconds(started)
+
+        started = time.perf_counter()
+        top = [query.settings.K for query in queries]
+        shortlist, maxsim_scores = self._maxsim(tower, candidates, batch, top)  # Q x [<= K]
+        timings["maxsim"] = _milliseconds(started)
+
+        started = time.perf_counter()
+        stored, image_mask = self._gather(shortlist, batch)   # [B, Kb, R, H'], [B, Kb, R]
+        timings["gather"] = _milliseconds(started)
+
+        started = time.perf_counter()
+        joint = self.compiled.joint(tower.activations, tower.mask, stored, image_mask)  # [B, Kb]
+        timings["joint"] = _milliseconds(started)
+        batch_ms = _milliseconds(began)
+
+        results = []
+        for row, query in enumerate(queries):
+            scores = joint[row, :len(shortlist[row])]
+            order = np.argsort(-scores, kind="stable")[:query.settings.k]
+            hits = [Hit(id=self.image_ids[shortlist[row][position]],
+                        index=int(shortlist[row][position]), score=float(scores[position]),
+                        maxsim=float(maxsim_scores[row][position]), rank=rank + 1)
+                    for rank, position in enumerate(order)]
+            query_timings = dict(timings, tokenize=query.tokenize_ms,
+                                 total=query.tokenize_ms + batch_ms)
+            results.append(SearchResult(query.text, hits, query.settings, query_timings, count,
+                                        len(candidates[row])))
+        return results
+
+    def _first_stage(self, queries: list[PreparedQuery], tower) -> list[np.ndarray]:
+        """Each query's first-stage candidates: [<= n] int64 INDEX rows, best first."""
+        candidates: list[np.ndarray] = [np.zeros(0, np.int64)] * len(queries)
+        for name in sorted({query.settings.first_stage for query in queries}):
+            rows = [row for row, query in enumerate(queries) if query.settings.first_stage == name]
+            count = bucket_for(max(queries[row].settings.n for row in rows),
+                               self.buckets.candidates, "n")
+            side = QuerySide(tower.concepts[rows], tower.mask[rows], tower.global_vector[rows])
+            ids, _ = self.stages[name].search(side, count)                 # [q, n bucket]
+            for position, row in enumerate(rows):
+                found = ids[position, :queries[row].settings.n]
+                # Images added to a first stage after this store was written cannot be reranked.
+                candidates[row] = found[(found >= 0) & (found < self.num_images)]
+        return candidates
+
+    def _maxsim(self, tower, candidates: list[np.ndarray], batch: int, top: list[int]):
+        """Exact MaxSim on the stored concepts of each query's candidates; keeps the top K.
+
+        Returns (shortlist: Q x [<= K] int64 rows, scores: Q x [<= K] float32), best first.
+        """
+        count = bucket_for(max(1, max(len(ids) for ids in candidates)),
+                           self.buckets.candidates, "first-stage candidates")
+        image_concepts, image_mask = self._gather_rows(      # [B, n, R, C], [B, n, R]
+            candidates, batch, count, self.store.concept_dim, self.store.gather_concepts)
+        scores = self.compiled.maxsim(tower.concepts, tower.mask, image_concepts, image_mask)
+        shortlist, kept_scores = [], []
+        for row, ids in enumerate(candidates):
+            row_scores = scores[row, :len(ids)]
+            order = np.argsort(-row_scores, kind="stable")[:top[row]]
+            shortlist.append(ids[order])
+            kept_scores.append(row_scores[order])
+        return shortlist, kept_scores
+
+    def _gather(self, shortlist: list[np.ndarray], batch: int):
+        """Stored activations of each query's shortlist: ([B, Kb, R, H'], [B, Kb, R])."""
+        count = bucket_for(max(1, max(len(ids) for ids in shortlist)), self.buckets.rerank, "K")
+        return self._gather_rows(shortlist, batch, count, self.store.hidden, self.store.gather)
+
+    def _gather_rows(self, rows: list[np.ndarray], batch: int, count: int, width: int, gather):
+        """Reads each distinct image once with `gather(ids [U]) -> (values [U, R, width], mask
+        [U, R])` and lays them out as ([batch, count, R, width], [batch, count, R]); slots past a
+        query's list (and padding queries) hold zeros with an all-False mask."""
+        regions = self.store.regions
+        laid_out = np.zeros((batch, count, regions, width), np.float32)
+        laid_mask = np.zeros((batch, count, regions), bool)
+        unique = np.unique(np.concatenate(rows))
+        if not unique.size:
+            return laid_out, laid_mask
+        values, mask = gather(unique)
+        for row, ids in enumerate(rows):
+            if len(ids):
+                positions = np.searchsorted(unique, ids)
+                laid_out[row, :len(ids)] = values[positions]
+                laid_mask[row, :len(ids)] = mask[positions]
+        return laid_out, laid_mask
+

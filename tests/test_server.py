@@ -1,0 +1,234 @@
+"""serve.main end to end on 127.0.0.1: search, health, metrics, bad inputs, overload, SIGTERM.
+
+Two real server processes over one INDEX: `server` (roomy queue, micro-batches of 4) for the
+API, and `slow_server` (batches wait 1.5 s to fill, queue of 3) where queued requests stay in
+flight long enough to overflow the queue deterministically and to be caught by a SIGTERM.
+"""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from index.first_stage import build as first_stage_build
+from index.manifest import read_manifest
+from index.precompute import precompute
+from serve.launcher import ServerProcess
+
+BUCKET_FLAGS = ["--query_length_buckets=16", "--query_batch_buckets=1,4",
+                "--candidate_buckets=256", "--rerank_buckets=16,32", "--default_n=256",
+                "--default_K=16", "--max_query_chars=200"]
+
+
+@pytest.fixture(scope="module")
+def index_dir(tiny_workdir, scenes_dir, tmp_path_factory):
+    index_dir = str(tmp_path_factory.mktemp("server_index"))
+    precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64)
+    first_stage_build.build_from_index(index_dir, ["concepts"])
+    return index_dir
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_workdir, index_dir):
+    """Starts both servers at once (their compiles overlap), stops them at the end."""
+    main = ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS + [
+        "--max_batch=4", "--max_wait_ms=20", "--max_queue=64"]).start()
+    slow = ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS + [
+        "--max_batch=16", "--max_wait_ms=1500", "--max_queue=3"]).start()
+    try:
+        main.wait_ready()
+        slow.wait_ready()
+        yield main, slow
+    finally:
+        main.terminate()
+        slow.terminate()
+
+
+@pytest.fixture(scope="module")
+def server(servers):
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def slow_server(servers):
+    return servers[1]
+
+
+def _search(server, body, **keywords) -> httpx.Response:
+    return httpx.post(server.url + "/search", json=body, timeout=30, **keywords)
+
+
+async def _concurrent(url: str, bodies: list[dict]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as client:
+        return await asyncio.gather(*(client.post(url + "/search", json=body)
+                                      for body in bodies))
+
+
+def test_search_returns_ranked_images_with_stage_timings(server):
+    response = _search(server, {"query": "two horses", "k": 5})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    results = answer["results"]
+    assert [hit["rank"] for hit in results] == [1, 2, 3, 4, 5]
+    scores = [hit["score"] for hit in results]
+    assert scores == sorted(scores, reverse=True)
+    assert all(hit["id"].startswith("s5-test-") for hit in results)
+    assert all(hit["image_url"] == f"/images/{hit['id']}" for hit in results)
+    assert set(answer["timings_ms"]) == {"tokenize", "text_tower", "first_stage", "maxsim",
+                                         "gather", "joint", "total", "queue"}
+    assert answer["settings"] == {"k": 5, "n": 256, "K": 16, "first_stage": "concepts"}
+    # Explicit options, and the same answer twice (exact first stage: deterministic).
+    body = {"query": "a cat left of a dog", "k": 3,
+            "options": {"n": 200, "K": 32, "first_stage": "exact"}}
+    first, second = _search(server, body).json(), _search(server, body).json()
+    assert first["settings"] == {"k": 3, "n": 200, "K": 32, "first_stage": "exact"}
+    assert first["results"] == second["results"]
+    assert first["candidates"] == 200
+
+
+def test_health(server, index_dir):
+    health = httpx.get(server.url + "/healthz").json()
+    assert health["status"] == "ok" and health["images"] == 200
+    assert health["fingerprint"] == read_manifest(index_dir)["model_fingerprint"]
+    assert health["first_stages"] == ["concepts", "exact", "exact_global"]
+    assert health["limits"]["max_k"] == 32 and health["limits"]["max_n"] == 256
+
+
+def test_metrics_count_requests_stages_batches_and_queue(server):
+    _search(server, {"query": "three birds", "k": 2})
+    _search(server, {"query": "", "k": 2})
+    text = httpx.get(server.url + "/metrics").text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples['lateint_requests_total{endpoint="/search",status="200"}'] >= 1
+    assert samples['lateint_requests_total{endpoint="/search",status="422"}'] >= 1
+    for stage in ("tokenize", "text_tower", "first_stage", "maxsim", "gather", "joint",
+                  "total", "queue", "request"):
+        assert samples[f'lateint_stage_latency_seconds_count{{stage="{stage}"}}'] >= 1
+    assert samples["lateint_batch_size_count"] >= 1
+    assert samples["lateint_queue_depth"] == 0
+
+
+def test_openapi_schema_states_the_bounds(server):
+    schema = httpx.get(server.url + "/openapi.json").json()
+    request = schema["components"]["schemas"]["SearchRequest"]
+    assert request["required"] == ["query"]
+    assert request["properties"]["query"]["maxLength"] == 200
+    assert request["properties"]["k"]["maximum"] == 32
+    assert {"/search", "/healthz", "/metrics", "/images/{image_id}"} <= set(schema["paths"])
+
+
+BAD_REQUESTS = [
+    # (body: dict -> JSON, or bytes as is; content type; status; words the message must hold)
+    ({"query": "", "k": 5}, None, 422, "body.query: String should have at least 1 character"),
+    ({"query": " \t ", "k": 5}, None, 422, "empty or whitespace-only"),
+    ({"query": "horse " * 40}, None, 422, "at most 200 characters"),
+    ({"k": 5}, None, 422, "body.query: Field required"),
+    ({"query": 5}, None, 422, "body.query: Input should be a valid string"),
+    ({"query": None}, None, 422, "body.query"),
+    ({"query": "two horses", "k": 0}, None, 422, "body.k: Input should be greater than or equal"),
+    ({"query": "two horses", "k": 33}, None, 422, "body.k: Input should be less than or equal"),
+    ({"query": "two horses", "k": "5"}, None, 422, "body.k: Value error, expected an integer"),
+    ({"query": "two horses", "k": 2.5}, None, 422, "expected an integer, got 2.5"),
+    ({"query": "two horses", "k": True}, None, 422, "expected an integer, got bool"),
+    ({"query": "two horses", "options": {"n": 0}}, None, 422, "body.options.n"),
+    ({"query": "two horses", "options": {"n": 257}}, None, 422, "body.options.n"),
+    ({"query": "two horses", "options": {"K": 33}}, None, 422, "body.options.K"),
+    ({"query": "two horses", "options": {"first_stage": "sq"}}, None, 422,
+     "body.options.first_stage"),
+    ({"query": "two horses", "options": {"nprobe": 3}}, None, 422, "Extra inputs"),
+    ({"query": "two horses", "options": [1]}, None, 422, "body.options"),
+    ({"query": "two horses", "mode": "fast"}, None, 422, "body.mode: Extra inputs"),
+    ({"query": "two horses", "k": 20, "options": {"K": 10}}, None, 422,
+     "k: expected at most K=10"),
+    ({"query": "two horses", "options": {"K": 30, "n": 20}}, None, 422,
+     "K: expected at most n=20"),
+    (b'{"query": "a\\ud800"}', "application/json", 422, "body.query: Input should be a valid "
+     "string, unable to parse raw data as a unicode string"),
+    (b'{"query": ', "application/json", 422, "body: invalid JSON at character 10: Expecting"),
+    (b'[1, 2]', "application/json", 422, "body: Input should be a valid dictionary"),
+    (b'{"query": "caf\xe9"}', "application/json", 400, "expected UTF-8 JSON, got byte 0xe9"),
+    (b'{"query": "' + b"a" * 20000 + b'"}', "application/json", 413, "at most 16384 bytes"),
+    (b'{"query": "two horses"}', "text/plain", 422, "valid dictionary"),
+]
+
+
+@pytest.mark.parametrize("body, content_type, status, message", BAD_REQUESTS)
+def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(
+        server, body, content_type, status, message):
+    if isinstance(body, dict):
+        response = _search(server, body)
+    else:
+        response = httpx.post(server.url + "/search", content=body,
+                              headers={"content-type": content_type}, timeout=30)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"], response.text
+    assert _search(server, {"query": "two horses", "k": 1}).status_code == 200
+
+
+def test_images_are_served_for_index_ids_only(server):
+    image = httpx.get(server.url + "/images/s5-test-000007")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.content.startswith(b"\x89PNG\r\n\x1a\n")
+    for path in ("/images/s5-test-999999", "/images/..%2F..%2Fmanifest.json",
+                 "/images/%2Fetc%2Fpasswd"):
+        response = httpx.get(server.url + path)
+        assert response.status_code == 404, path
+
+
+def test_concurrent_requests_are_micro_batched(server):
+    bodies = [{"query": f"{count} horses", "k": 3} for count in ("one", "two", "three", "four")]
+    largest = 0
+    for _ in range(5):  # a loaded machine may spread one round over several batches
+        responses = asyncio.run(_concurrent(server.url, bodies))
+        assert [response.status_code for response in responses] == [200] * 4
+        largest = max(largest, *(response.json()["batch_size"] for response in responses))
+        if largest > 1:
+            break
+    assert 1 < largest <= 4
+
+
+def test_a_full_queue_answers_503_and_the_server_recovers(slow_server):
+    # The slow server holds a batch open 1.5 s, so at most 3 requests wait; the rest are shed.
+    responses = asyncio.run(_concurrent(
+        slow_server.url, [{"query": "two horses", "k": 2}] * 12))
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses.count(503) >= 9 and set(statuses) <= {200, 503}, statuses
+    refused = next(response for response in responses if response.status_code == 503)
+    assert "queue is full" in refused.json()["error"]
+    assert refused.headers["retry-after"] == "1"
+    assert _search(slow_server, {"query": "two horses", "k": 2}).status_code == 200
+    metrics = httpx.get(slow_server.url + "/metrics").text
+    assert 'lateint_requests_total{endpoint="/search",status="503"}' in metrics
+
+
+def test_sigterm_answers_in_flight_requests_then_exits_0(slow_server):
+    """Runs last in this module: it stops the slow server."""
+
+    async def scenario():
+        async with httpx.AsyncClient(timeout=60) as client:
+            pending = [asyncio.create_task(client.post(
+                slow_server.url + "/search", json={"query": f"{count} birds", "k": 2}))
+                for count in ("one", "two", "three")]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until all three wait in the queue
+                metrics = (await client.get(slow_server.url + "/metrics")).text
+                if "lateint_queue_depth 3.0" in metrics:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                pytest.fail("the three requests never queued up")
+            slow_server.process.terminate()  # SIGTERM
+            return await asyncio.gather(*pending)
+
+    responses = asyncio.run(scenario())
+    assert [response.status_code for response in responses] == [200] * 3
+    assert all(len(response.json()["results"]) == 2 for response in responses)
+    assert slow_server.process.wait(timeout=60) == 0, slow_server.log_tail()
+    log = slow_server.log_tail(20000)
+    assert "Finished server process" in log
+    assert "Traceback" not in log
