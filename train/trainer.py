@@ -15,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lateint import checkpoint, pretrained
 from lateint.config import ModelConfig
+from lateint.data import scenes
 from lateint.data.corpus import load_corpus
 from lateint.fingerprint import model_fingerprint
 from lateint.inference import Inference
@@ -105,8 +106,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f.write(config.to_json(indent=2))
     params, opt_state = jax.device_put((params, opt_state), replicated)
 
+    groups = None
+    if config.data.group_batches:
+        groups = scenes.read_groups(config.data.path, config.data.train_split,
+                                    train_corpus.image_ids)
     batches = TrainBatches(train_corpus, tokenizer, config.text_length, config.batch_size,
-                           config.seed)
+                           config.seed, groups)
     train_step = steps.make_train_step(graph, tx, config.loss)
     writer = MetricWriter(workdir)
     progress = Progress(config.num_steps, start_step, "steps", config.batch_size, "examples")

@@ -234,3 +234,21 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     app.run(main)
+
+
+def read_groups(directory: str, split: str, image_ids: list) -> np.ndarray:
+    """[N] int group index of each image (scenes sharing objects in other arrangements share a
+    group), read from `{split}_scenes.jsonl` and aligned to `image_ids`."""
+    path = os.path.join(directory, f"{split}_scenes.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: missing (group batching needs the scenes layouts)")
+    group_of = {}
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            record = json.loads(line)
+            group_of[record["id"]] = record["group"]
+    missing = [image_id for image_id in image_ids if image_id not in group_of]
+    if missing:
+        raise ValueError(f"{path}: no layout for {len(missing)} images, e.g. {missing[0]!r}")
+    labels = {}
+    return np.array([labels.setdefault(group_of[i], len(labels)) for i in image_ids], np.int64)

@@ -14,6 +14,7 @@ from train.configs import scenes_minilm
 def get_config():
     config = scenes_minilm.get_config()
     config.data.path = "data/coco_precomp"
+    config.data.group_batches = False  # COCO has no scene groups
     config.pretrained = "bert-base-uncased"  # a directory; override on the command line
     config.model = dict(num_layers=12, split_layer=10, concept_dim=256, compression_dim=128,
                         share_tower_weights=False, dtype="bfloat16")

@@ -13,8 +13,10 @@ import ml_collections
 def get_config():
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # group_batches: batches of whole scene groups (same objects, other arrangements), so the
+    # hard negatives mined in the batch are the ones only relations separate.
     config.data = ml_collections.ConfigDict(dict(
-        path="runs/scenes/data", train_split="train", dev_split="dev"))
+        path="runs/scenes/data", train_split="train", dev_split="dev", group_batches=True))
     # "minilm": the packaged all-MiniLM-L6-v2; "" : random init; else a HF BERT directory.
     config.pretrained = "minilm"
     # Sizes not given here come from the pretrained checkpoint and the data.
