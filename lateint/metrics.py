@@ -141,6 +141,64 @@ def recall_summary(ranks_t2i, ranks_i2t):
     return {key: summary[key] for key in SUMMARY_KEYS}
 
 
+def top_k_summary(ranks_t2i, ranks_i2t, t2i_known=None, i2t_known=None):
+    """recall_summary for scorers that order only their top results (e.g. a reranker's top K).
+
+    A rank >= `known` means "not among the top `known`" (its exact value is unknown), so R@K
+    for K > known, medr and meanr are None; rsum is None when any recall is. known=None: every
+    rank is exact (then the result equals recall_summary).
+
+    Args:
+      ranks_t2i: [M] 0-based ranks; ranks_i2t: [N] 0-based ranks.
+      t2i_known, i2t_known: None or the number of top results each direction orders.
+    Returns:
+      dict with the SUMMARY_KEYS, floats or None.
+    """
+    summary = {}
+    for direction, ranks, known in (("t2i", ranks_t2i, t2i_known), ("i2t", ranks_i2t, i2t_known)):
+        part = _direction_summary(ranks, direction)
+        if known is not None:
+            if known < 1:
+                raise ValueError(f"{direction}_known: expected None or >= 1, got {known}")
+            part.update({f"{direction}_r{level}": None for level in RECALL_LEVELS
+                         if level > known})
+            part.update({f"{direction}_medr": None, f"{direction}_meanr": None})
+        summary.update(part)
+    recalls = [summary[f"{direction}_r{level}"] for direction in DIRECTIONS
+               for level in RECALL_LEVELS]
+    summary["rsum"] = None if None in recalls else sum(recalls)
+    return {key: summary[key] for key in SUMMARY_KEYS}
+
+
+def ranks_image_subset_to_text(scores, images, caption_image):
+    """ranks_image_to_text for a subset of the images, each against every caption.
+
+    Captions of images outside the subset are negatives (the same tie rule).
+
+    Args:
+      scores: [S, M] float, image `images[s]` × caption.
+      images: [S] int, distinct image indices, each with at least one caption.
+      caption_image: [M] int, the image of each caption (any number of images).
+    Returns:
+      [S] int64 0-based ranks.
+    """
+    scores, images = np.asarray(scores), np.asarray(images)
+    caption_image = _check_caption_image(caption_image, int(np.max(caption_image, initial=0)) + 1)
+    if images.ndim != 1 or np.unique(images).size != images.size or scores.shape != (
+            images.size, caption_image.size):
+        raise ValueError(f"ranks_image_subset_to_text: expected distinct images [S] and scores "
+                         f"[S, M={caption_image.size}], got images {images.shape} (distinct: "
+                         f"{np.unique(images).size}) and scores {scores.shape}")
+    # Subset image s is row s; every other caption goes to one extra row S that is not ranked.
+    row = np.full(max(caption_image.max(initial=0), images.max(initial=0)) + 1, images.size)
+    row[images] = np.arange(images.size)
+    local = row[caption_image].astype(np.int64)  # [M]
+    if np.all(local < images.size):
+        return ranks_image_to_text(scores, local)
+    padded = np.concatenate([scores, np.zeros((1, scores.shape[1]), scores.dtype)])
+    return ranks_image_to_text(padded, local)[:images.size]
+
+
 def evaluate(scores, caption_image, image_to_text_scores=None):
     """Both directions over one score matrix.
 

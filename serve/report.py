@@ -1,0 +1,188 @@
+"""Output of serve.evaluate: JSON, Markdown tables and the rsum-vs-latency plot.
+
+Records are serve.evaluation's: one dict per scorer x N with 'recall' {protocol: summary|None},
+'latency_ms', 'bytes_per_image', 'exhaustive_subset', 'num_images', 'notes', ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from serve.evaluation import LATENCY_KEYS
+
+MISSING = "—"
+
+
+def label(record: dict) -> str:
+    """'joint_exhaustive', 'global', 'maxsim' or 'staged:<first stage>'."""
+    if record["scorer"] == "staged":
+        return f"staged:{record['first_stage']}"
+    return record["scorer"]
+
+
+def _plain(value):
+    """JSON-ready copies of NumPy scalars and arrays."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_json(path: str, payload) -> None:
+    """Writes payload as indented JSON (atomically: PATH.tmp then rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(_plain(payload), handle, indent=1)
+        handle.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def _number(value, digits: int = 1) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float) and value >= 10 ** 4:
+        return f"{value:.3g}"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def recall_table(records: list[dict], protocol: str = "full") -> str:
+    """One row per scorer x N: R@1/5/10 both directions, rsum, medr/meanr (protocol), the
+    t2i R@10 on the exhaustive model's query subset, latency per stage and bytes per image."""
+    header = ["scorer", "N", "t2i R@1", "R@5", "R@10", "i2t R@1", "R@5", "R@10", "rsum",
+              "t2i medr", "t2i meanr", "R@10 t2i (subset q)"]
+    header += [f"{key} ms" for key in LATENCY_KEYS] + ["bytes/image"]
+    rows = []
+    for record in records:
+        summary = record["recall"].get(protocol)
+        if summary is None:
+            continue
+        subset = record["exhaustive_subset"]
+        row = [label(record), str(record["num_images"])]
+        row += [_number(summary[key]) for key in (
+            "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum", "t2i_medr",
+            "t2i_meanr")]
+        row.append(f"{_number(subset['t2i_r10'])} ({subset['queries']})")
+        row += [_number(record["latency_ms"][key]) for key in LATENCY_KEYS]
+        row.append(f"{record['bytes_per_image']['total']:.0f}")
+        rows.append(row)
+    return _table(header, rows)
+
+
+def speedup_table(records: list[dict]) -> str:
+    """Per N and first stage: staged vs exhaustive joint t2i R@10 on the exhaustive model's
+    query subset (relative difference) and the per-query latency speedup."""
+    header = ["N", "first stage", "queries", "exhaustive R@10", "staged R@10", "relative",
+              "exhaustive ms", "staged ms", "speedup"]
+    rows = []
+    for count in sorted({record["num_images"] for record in records}):
+        group = [record for record in records if record["num_images"] == count]
+        exhaustive = [record for record in group if record["scorer"] == "joint_exhaustive"]
+        if not exhaustive:
+            continue
+        baseline = exhaustive[0]
+        base_recall = baseline["exhaustive_subset"]["t2i_r10"]
+        base_ms = baseline["latency_ms"]["total"]
+        for record in group:
+            if record["scorer"] != "staged":
+                continue
+            recall = record["exhaustive_subset"]["t2i_r10"]
+            relative = (None if recall is None or not base_recall
+                        else 100.0 * (recall - base_recall) / base_recall)
+            rows.append([str(count), record["first_stage"],
+                         str(record["exhaustive_subset"]["queries"]), _number(base_recall),
+                         _number(recall), "n/a" if relative is None else f"{relative:+.1f}%",
+                         _number(base_ms), _number(record["latency_ms"]["total"]),
+                         f"{base_ms / record['latency_ms']['total']:.0f}x"])
+    return _table(header, rows)
+
+
+def markdown(records: list[dict], protocols=("full", "1k5fold", "5k")) -> str:
+    """The tables of every protocol that has a value, then the speedup table and the notes."""
+    parts = []
+    for protocol in protocols:
+        if any(record["recall"].get(protocol) for record in records):
+            parts.append(f"Protocol `{protocol}`:\n\n" + recall_table(records, protocol))
+    parts.append("Staged pipeline vs the exhaustive joint model, on the exhaustive model's "
+                 "queries:\n\n" + speedup_table(records))
+    notes: dict[str, list[str]] = {}  # note -> the scorers (and N) it applies to
+    for record in records:
+        where = f"{label(record)} (N={record['num_images']})"
+        lines = list(record["notes"]) + [
+            f"first stage {name}: skipped, {reason}"
+            for name, reason in record.get("skipped_first_stages", {}).items()]
+        for line in lines:
+            notes.setdefault(line, []).append(where)
+    notes = [f"- {line}: {', '.join(dict.fromkeys(scorers))}" for line, scorers in notes.items()]
+    parts.append("Notes:\n\n" + "\n".join(notes))
+    return "\n\n".join(parts) + "\n"
+
+
+def plot(records: list[dict], path: str, protocol: str = "full") -> None:
+    """rsum against per-query latency (log x): one point per scorer and N; colour = scorer,
+    marker = N."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    names = sorted({label(record) for record in records})
+    sizes = sorted({record["num_images"] for record in records})
+    colours = {name: pyplot.get_cmap("tab10")(index % 10) for index, name in enumerate(names)}
+    markers = dict(zip(sizes, "osD^v<>ph*"))
+    figure, axes = pyplot.subplots(figsize=(8, 5.5))
+    for name in names:
+        for count in sizes:
+            points = [record for record in records if label(record) == name and
+                      record["num_images"] == count and record["recall"].get(protocol) and
+                      record["recall"][protocol]["rsum"] is not None]
+            for record in points:
+                axes.scatter(record["latency_ms"]["total"], record["recall"][protocol]["rsum"],
+                             color=colours[name], marker=markers[count], s=60,
+                             edgecolors="black", linewidths=0.5)
+        series = sorted((record["num_images"], record["latency_ms"]["total"],
+                         record["recall"][protocol]["rsum"]) for record in records
+                        if label(record) == name and record["recall"].get(protocol) and
+                        record["recall"][protocol]["rsum"] is not None)
+        if len(series) > 1:
+            axes.plot([point[1] for point in series], [point[2] for point in series],
+                      color=colours[name], linewidth=0.8, alpha=0.6)
+    for name in names:
+        axes.scatter([], [], color=colours[name], marker="s", label=name)
+    for count in sizes:
+        axes.scatter([], [], color="white", edgecolors="black", marker=markers[count],
+                     label=f"N = {count:,}")
+    axes.set_xscale("log")
+    axes.set_xlabel("per-query latency, ms (single queries, median; log scale)")
+    axes.set_ylabel(f"rsum (protocol {protocol})")
+    axes.set_title("Recall vs latency per scorer (lines join the same scorer across N)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+
+
+def samples_text(samples: list[dict]) -> str:
+    """Sample queries with their top-5 ids and scores, one block per query."""
+    lines = []
+    for sample in samples:
+        lines.append(f"query: {sample['query']!r} (true image {sample['true_image']}, first "
+                     f"stage {sample['first_stage']})")
+        for rank, hit in enumerate(sample["top5"], 1):
+            mark = "  <- true image" if hit["id"] == sample["true_image"] else ""
+            lines.append(f"  {rank}. {hit['id']}  {hit['score']:.4f}{mark}")
+    return "\n".join(lines)

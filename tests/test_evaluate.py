@@ -1,0 +1,166 @@
+"""serve.evaluation / serve.evaluate / serve.distractors end to end on the tiny scenes data, and
+the metric helpers they added to lateint.metrics, on hand-computed cases."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lateint import metrics
+
+
+# ---- lateint.metrics additions ------------------------------------------------------------------
+
+def test_top_k_summary_hand_computed():
+    t2i = np.array([0, 3, 7, 40])   # with 8 known: 40 only means "not in the top 8"
+    i2t = np.array([0, 1])
+    summary = metrics.top_k_summary(t2i, i2t, t2i_known=8)
+    assert (summary["t2i_r1"], summary["t2i_r5"]) == (25.0, 50.0)
+    assert summary["t2i_r10"] is None and summary["t2i_medr"] is None
+    assert summary["t2i_meanr"] is None and summary["rsum"] is None
+    assert (summary["i2t_r1"], summary["i2t_r5"], summary["i2t_medr"]) == (50.0, 100.0, 1.0)
+    summary = metrics.top_k_summary(t2i, i2t, t2i_known=10)
+    assert summary["t2i_r10"] == 75.0
+    assert summary["rsum"] == 25.0 + 50.0 + 75.0 + 50.0 + 100.0 + 100.0
+    assert metrics.top_k_summary(t2i, i2t) == metrics.recall_summary(t2i, i2t)
+    with pytest.raises(ValueError, match="t2i_known"):
+        metrics.top_k_summary(t2i, i2t, t2i_known=0)
+
+
+def test_image_subset_ranks_ties_and_several_positives():
+    caption_image = np.array([0, 0, 1, 1, 2])
+    scores = np.array([[0.5, 0.9, 0.9, 0.1, 0.9],    # image 2: caption 4 tied with 1 and 2
+                       [0.2, 0.8, 0.8, 0.3, 0.1]])   # image 0: best positive 0.8, tied with 2
+    ranks = metrics.ranks_image_subset_to_text(scores, np.array([2, 0]), caption_image)
+    np.testing.assert_array_equal(ranks, [2, 1])
+    full = np.random.default_rng(0).normal(size=(3, 5))
+    np.testing.assert_array_equal(
+        metrics.ranks_image_subset_to_text(full[[2, 0, 1]], np.array([2, 0, 1]), caption_image),
+        metrics.ranks_image_to_text(full, caption_image)[[2, 0, 1]])
+    with pytest.raises(ValueError, match="distinct images"):
+        metrics.ranks_image_subset_to_text(scores, np.array([0, 0]), caption_image)
+
+
+# ---- the harness on tiny data -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def index_dir(tiny_workdir, scenes_dir, tmp_path_factory):
+    from index.first_stage import build as first_stage_build
+    from index.precompute import precompute
+    index_dir = str(tmp_path_factory.mktemp("evaluate") / "index")
+    precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64)
+    first_stage_build.build_from_index(index_dir, ["concepts", "exact"],
+                                       {"concepts": {"num_centroids": 16}})
+    return index_dir
+
+
+def _settings(**overrides):
+    from serve.evaluation import Settings
+    values = dict(n=200, K=200, first_stages=("concepts", "sq", "exact"), max_queries=100,
+                  max_exhaustive_queries=100, max_exhaustive_pairs=20_000, latency_queries=2,
+                  recall_queries=20, sample_queries=2, batch_size=128)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_workdir, scenes_dir, index_dir):
+    from serve.evaluation import Evaluation
+    evaluation = Evaluation(tiny_workdir, scenes_dir, "test", _settings(), log=lambda _: None)
+    records, samples = evaluation.evaluate_index(index_dir)
+    return evaluation, records, samples
+
+
+def test_staged_with_n_and_K_equal_to_N_ranks_like_the_exhaustive_joint_model(evaluated):
+    evaluation, records, _ = evaluated
+    exhaustive = evaluation.ranks["joint_exhaustive"]
+    assert exhaustive.shape == (100,) and exhaustive.max() < 200  # all 100 queries
+    np.testing.assert_array_equal(evaluation.ranks["staged:exact"], exhaustive)
+    by_label = {(r["scorer"], r.get("first_stage")): r for r in records}
+    staged, joint = by_label["staged", "exact"], by_label["joint_exhaustive", None]
+    for key in ("t2i_r1", "t2i_r5", "t2i_r10"):
+        assert staged["recall"]["full"][key] == joint["recall"]["full"][key]
+        assert staged["exhaustive_subset"][key] == joint["exhaustive_subset"][key]
+    assert staged["first_stage_recall"]["value"] == 1.0  # exact n = N holds every image
+    # the MaxSim ranks are not the joint ranks: the test can tell the scorers apart
+    assert not np.array_equal(evaluation.ranks["maxsim"], exhaustive)
+
+
+def test_records_hold_every_scorer_with_nulls_where_undefined(evaluated):
+    _, records, samples = evaluated
+    labels = [(r["scorer"], r.get("first_stage")) for r in records]
+    assert labels == [("joint_exhaustive", None), ("global", None), ("maxsim", None),
+                      ("staged", "concepts"), ("staged", "exact")]
+    for record in records:
+        full = record["recall"]["full"]
+        assert set(full) == set(metrics.SUMMARY_KEYS)
+        assert record["recall"]["1k5fold"] is None and record["recall"]["5k"] is None
+        assert any("1k5fold" in note for note in record["notes"])  # 200 test images
+        assert record["num_images"] == 200 and record["distractors"] == 0
+        assert record["skipped_first_stages"] == {"sq": "not built in this INDEX (python -m "
+                                                        "index.build)"}
+        latency = record["latency_ms"]
+        assert latency["total"] > 0 and latency["encode"] > 0
+        assert record["bytes_per_image"]["total"] == sum(
+            value for key, value in record["bytes_per_image"].items() if key != "total")
+    staged = records[3]
+    assert staged["recall"]["full"]["t2i_medr"] is None and staged["recall"]["full"]["rsum"]
+    assert all(staged["latency_ms"][key] is not None for key in staged["latency_ms"])
+    assert records[1]["latency_ms"]["stage2"] is None  # global has no MaxSim stage
+    assert records[0]["recall"]["full"]["t2i_medr"] is not None
+    # float32 storage of the tiny model: R = 8 regions, H' = 32, C = 16
+    assert records[0]["bytes_per_image"]["activations"] == 8 * 32 * 4 + 8
+    assert records[1]["bytes_per_image"] == {"global": 16 * 4, "total": 16 * 4}
+    assert len(samples) == 2 and all(len(sample["top5"]) == 5 for sample in samples)
+
+
+def test_report_writes_json_markdown_and_plot(evaluated, tmp_path):
+    from serve import report
+    _, records, samples = evaluated
+    report.write_json(str(tmp_path / "results.json"), {"records": records})
+    loaded = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert [record["scorer"] for record in loaded] == [record["scorer"] for record in records]
+    text = report.markdown(loaded)
+    assert "| staged:concepts | 200 |" in text and "| joint_exhaustive | 200 |" in text
+    assert "| 200 | exact | 100 |" in text  # the speedup table row of the exact first stage
+    report.plot(loaded, str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "1." in report.samples_text(samples)
+
+
+def test_index_of_another_split_is_refused(evaluated, tiny_workdir, scenes_dir, tmp_path):
+    from index.precompute import precompute
+    evaluation = evaluated[0]
+    other = str(tmp_path / "dev_index")
+    precompute(tiny_workdir, scenes_dir, "dev", other, storage="float32", batch_size=64)
+    with pytest.raises(ValueError, match=r"ids.txt: .*24 images, fewer than the 200"):
+        evaluation.evaluate_index(other)
+
+
+def test_distractor_scaling_run_writes_every_N_and_resumes(tiny_workdir, scenes_dir, index_dir,
+                                                            tmp_path):
+    from serve import distractors, evaluate
+    with pytest.raises(ValueError, match="equals the seed"):
+        distractors.ensure_pool(str(tmp_path), 10, seed=5, data=scenes_dir)
+    out = str(tmp_path / "eval")
+    settings = _settings(K=16, n=64, first_stages=("concepts", "exact"), max_queries=20,
+                         max_exhaustive_queries=20, max_exhaustive_pairs=4000, sample_queries=1)
+    records, _ = evaluate.run(tiny_workdir, index_dir, scenes_dir, "test", settings, out,
+                              sizes=[200, 230], distractor_seed=6)
+    assert sorted({record["num_images"] for record in records}) == [200, 230]
+    scaled = [record for record in records if record["num_images"] == 230]
+    assert {record["distractors"] for record in scaled} == {30}
+    assert [(r["scorer"], r.get("first_stage")) for r in scaled][-2:] == [
+        ("staged", "concepts"), ("staged", "exact")]  # first stages built on the new index
+    from index.store import ActivationStore
+    store = ActivationStore.open(os.path.join(out, "scaling", "n230", "index"))
+    assert store.image_ids[:200] == ActivationStore.open(index_dir).image_ids
+    assert all(image_id.startswith("s6-") for image_id in store.image_ids[200:])
+    for name in ("results.json", "results.md", "rsum_latency.png", "n200.json", "n230.json"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    stamp = os.path.getmtime(os.path.join(out, "n230.json"))
+    again, _ = evaluate.run(tiny_workdir, index_dir, scenes_dir, "test", settings, out,
+                            sizes=[230], distractor_seed=6)
+    assert os.path.getmtime(os.path.join(out, "n230.json")) == stamp  # reused, not recomputed
+    assert len(again) == len(scaled)
