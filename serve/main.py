@@ -84,6 +84,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
     logging.info("devices: %s", jax.devices())
     buckets = Buckets(query_lengths=_integers(FLAGS.query_length_buckets),
                       query_batches=_integers(FLAGS.query_batch_buckets),

@@ -92,21 +92,26 @@ def test_reranked_candidates_are_the_exact_maxsim_top_K(searcher, index_dir):
 
 
 def test_a_batch_answers_like_single_queries(searcher):
-    together = searcher.search(QUERIES[:3], k=5, first_stage=["concepts", "exact", "concepts"],
-                               K=[16, 32, 8], n=[64, 256, 100])
+    together = searcher.search(QUERIES, k=5,
+                               first_stage=["concepts", "exact", "concepts", "exact_global"],
+                               K=[16, 32, 8, 16], n=[64, 256, 100, 16])
     for position, result in enumerate(together):
         alone = searcher.search([QUERIES[position]], k=5, first_stage=result.settings.first_stage,
                                 K=result.settings.K, n=result.settings.n)[0]
         assert [hit.id for hit in result.hits] == [hit.id for hit in alone.hits]
         np.testing.assert_allclose([hit.score for hit in result.hits],
                                    [hit.score for hit in alone.hits], atol=1e-5)
-        assert result.batch_size == 3 and alone.batch_size == 1
+        assert result.batch_size == 4 and alone.batch_size == 1
         assert set(result.timings_ms) == set(STAGE_TIMINGS)
     assert together[1].settings.K == 32 and len(together[2].hits) == 5
-    # More queries than the largest batch bucket (4) run as several batches.
-    many = searcher.search(QUERIES * 2 + QUERIES[:1], k=3)
-    assert [result.batch_size for result in many] == [4] * 8 + [1]
+    # Chunks of the batch buckets (1, 4): 11 = 4 + 4 + 3 (padded to 4: one padding row).
+    many = searcher.search(QUERIES * 2 + QUERIES[:3], k=3)
+    assert [result.batch_size for result in many] == [4] * 8 + [3] * 3
+    # 6 = 4 + 1 + 1 (2 padded to 4 would be half padding).
+    assert [result.batch_size for result in searcher.search(QUERIES + QUERIES[:2], k=3)] == \
+        [4] * 4 + [1] * 2
     assert [hit.id for hit in many[5].hits] == [hit.id for hit in many[1].hits]
+    assert [hit.id for hit in many[10].hits] == [hit.id for hit in many[2].hits]
 
 
 def test_concepts_first_stage_and_defaults(searcher):
