@@ -232,3 +232,64 @@ def test_sigterm_answers_in_flight_requests_then_exits_0(slow_server):
     log = slow_server.log_tail(20000)
     assert "Finished server process" in log
     assert "Traceback" not in log
+
+
+# ---- the micro-batcher alone (no model) ------------------------------------------------------
+
+def test_batcher_fills_batches_up_to_max_batch_and_keeps_order():
+    from serve.batcher import MicroBatcher
+
+    batches = []
+    batcher = MicroBatcher(lambda items: batches.append(list(items)) or [i * 10 for i in items],
+                           max_batch=4, max_wait_ms=200, max_queue=100)
+    futures = [batcher.submit(number) for number in range(10)]  # queued before the worker runs
+    batcher.start()
+    assert [future.result(timeout=10) for future in futures] == [i * 10 for i in range(10)]
+    batcher.close()
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_batcher_waits_at_most_max_wait_for_a_batch_to_fill():
+    from serve.batcher import MicroBatcher
+
+    batcher = MicroBatcher(lambda items: items, max_batch=8, max_wait_ms=50, max_queue=10)
+    batcher.start()
+    began = time.perf_counter()
+    assert batcher.submit("alone").result(timeout=10) == "alone"
+    assert 0.04 <= time.perf_counter() - began < 2.0
+    batcher.close()
+
+
+def test_batcher_failures_reach_every_caller_and_the_worker_survives():
+    from serve.batcher import MicroBatcher
+
+    def process(items):
+        if "bad" in items:
+            raise RuntimeError("model exploded")
+        return items
+
+    batcher = MicroBatcher(process, max_batch=2, max_wait_ms=100, max_queue=10)
+    failing = [batcher.submit("bad"), batcher.submit("good")]
+    batcher.start()
+    for future in failing:
+        with pytest.raises(RuntimeError, match="model exploded"):
+            future.result(timeout=10)
+    assert batcher.submit("fine").result(timeout=10) == "fine"
+    batcher.close()
+
+
+def test_batcher_sheds_load_and_drains_on_close():
+    from serve.batcher import BatcherClosed, MicroBatcher, QueueFull
+
+    batcher = MicroBatcher(lambda items: items, max_batch=8, max_wait_ms=10_000, max_queue=3)
+    queued = [batcher.submit(number) for number in range(3)]
+    with pytest.raises(QueueFull, match="3 waiting"):
+        batcher.submit(99)
+    assert batcher.depth == 3
+    batcher.start()
+    began = time.perf_counter()
+    batcher.close(timeout=30)  # closing flushes the open batch instead of waiting 10 s
+    assert time.perf_counter() - began < 5
+    assert [future.result(timeout=0) for future in queued] == [0, 1, 2]
+    with pytest.raises(BatcherClosed):
+        batcher.submit(4)
