@@ -2,8 +2,8 @@ r"""Evaluates one model: recall, per-stage latency and bytes per image of every 
 
     python -m serve.evaluate --workdir=DIR --index=INDEX --data=DATA --split=test \
         [--out=OUT] [--protocol=all|full|1k5fold|5k] [--sample_queries=3] [--n=256] [--K=32] \
-        [--first_stages=concepts,sq,permutation,exact] [--max_queries=0] \
-        [--max_exhaustive_queries=500] [--max_exhaustive_pairs=500000] \
+        [--first_stages=concepts,sq,permutation,exact] [--max_queries=1000] \
+        [--max_exhaustive_queries=200] [--max_exhaustive_pairs=100000] \
         [--num_images=1000,10000,100000 [--scale_dir=OUT/scaling] [--distractor_seed=...]]
 
 Prints sample queries with their top-5 from the staged pipeline, then the recall table. With
@@ -43,17 +43,18 @@ def define_flags():
                       "the split's images; all: every one that is defined.")
     flags.DEFINE_string("out", None, "Output directory (JSON, Markdown, PNG).")
     flags.DEFINE_integer("sample_queries", 3, "Sample queries printed with their top 5.")
-    flags.DEFINE_integer("max_queries", 0,
+    flags.DEFINE_integer("max_queries", 1000,
                          "Text->image queries (evenly spaced); 0: every caption.")
-    flags.DEFINE_integer("max_exhaustive_queries", 500,
+    flags.DEFINE_integer("max_exhaustive_queries", 200,
                          "Most queries of the exhaustive joint model.")
-    flags.DEFINE_integer("max_exhaustive_pairs", 500_000,
+    flags.DEFINE_integer("max_exhaustive_pairs", 100_000,
                          "Most (query, image) pairs of the exhaustive joint model per direction.")
     flags.DEFINE_integer("latency_queries", 20, "Single queries timed per scorer (median).")
     flags.DEFINE_list("first_stages", list(BUILD_NAMES), "First stages of the staged pipeline.")
     flags.DEFINE_integer("n", 256, "Staged pipeline: first-stage candidates.")
     flags.DEFINE_integer("K", 32, "Staged pipeline: images reranked by the joint layers.")
-    flags.DEFINE_integer("batch_size", 256, "Pairs / captions per jitted batch.")
+    flags.DEFINE_integer("batch_size", 256, "Captions per text-tower call; images per precompute "
+                         "batch of the distractor indexes.")
     flags.DEFINE_list("num_images", [],
                       "Corpus sizes N for distractor scaling (default: INDEX's own N).")
     flags.DEFINE_string("scale_dir", None,
