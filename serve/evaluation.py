@@ -11,7 +11,7 @@ record per first stage). t2i: the split's captions (or an evenly spaced subset) 
 INDEX images. i2t: the split's N0 images against its M captions through the same towers; it does
 not depend on N. Staged i2t reranks each image's MaxSim top-K captions with the joint layers (no
 first stage over captions exists). Staged t2i ranks are known within the top K only, so its
-medr/meanr are null. Latency: single queries, medians per stage (LATENCY_KEYS).
+medr/meanr are null. Latency: single queries, medians per stage (serve.latency, LATENCY_KEYS).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from lateint.inference import Inference
 from lateint.tokenizer import WordPieceTokenizer
 from serve import distractors
 from serve.buckets import Buckets
+from serve.latency import LATENCY_KEYS, Latency, milliseconds
 from serve.searcher import Searcher
 from train.evaluate import maxsim_matrix, rerank
 
 PROTOCOLS = ("full", "1k5fold", "5k")
-LATENCY_KEYS = ("encode", "stage1", "stage2", "gather", "joint", "total")
 RECALL_KEYS = tuple(f"t2i_r{level}" for level in metrics.RECALL_LEVELS)
 QUERY_BLOCK = 64      # captions per MaxSim block
 IMAGE_BLOCK = 4096    # images per MaxSim block ([64, 4096, T, R] float32 intermediates)
@@ -86,15 +86,6 @@ def bytes_per_image(store: ActivationStore) -> dict:
             "global": concept_dim * 4}
 
 
-def _median_timings(rows: list[dict]) -> dict:
-    return {key: None if rows[0].get(key) is None else float(np.median([row[key] for row in rows]))
-            for key in LATENCY_KEYS}
-
-
-def _milliseconds(began: float) -> float:
-    return (time.perf_counter() - began) * 1e3
-
-
 class Evaluation:
     """One model and one corpus split; evaluate_index runs every scorer on one INDEX."""
 
@@ -124,6 +115,9 @@ class Evaluation:
             f"{time.perf_counter() - began:.0f} s")
         self.queries = spaced(self.corpus.num_captions, settings.max_queries)   # [Q] captions
         self.query_images = self.corpus.caption_image[self.queries]             # [Q]
+        latency_rows = self.queries[spaced(self.queries.size, max(1, settings.latency_queries))]
+        self.latency = Latency([self.corpus.captions[row] for row in latency_rows], self.text,
+                               self.buckets, self.tokenizer, settings.K)
         self._i2t_cache: dict = {}
         self.ranks: dict = {}  # label -> t2i ranks [Q] on the last INDEX (N where unknown)
 
@@ -193,39 +187,6 @@ class Evaluation:
                              "t2i_of": self.corpus.num_captions},
                     notes=notes, t2i_ranks=t2i_ranks, **fields)
 
-    # ---- latency ------------------------------------------------------------------------------
-
-    def _encode_one(self, searcher: Searcher, caption: str):
-        """One query through the compiled tower (batch 1): (TowerOutput, tokenize+tower ms)."""
-        began = time.perf_counter()
-        ids = searcher.prepare(caption, k=self.settings.K).token_ids
-        lengths = self.buckets.query_lengths
-        token_ids = np.full((1, lengths[np.searchsorted(lengths, ids.size)]),
-                            self.tokenizer.pad_id, np.int32)
-        token_ids[0, :ids.size] = ids
-        tower = searcher.compiled.text_tower(token_ids, token_ids != self.tokenizer.pad_id)
-        return tower, _milliseconds(began)
-
-    def _latency_captions(self) -> list[str]:
-        rows = self.queries[spaced(self.queries.size, max(1, self.settings.latency_queries))]
-        return [self.corpus.captions[row] for row in rows]
-
-    def _scan_latency(self, searcher: Searcher, stage_name: str, stage_key: str) -> dict:
-        """encode + one exact stage over every image (global or MaxSim), single queries."""
-        stage, rows = searcher.stages[stage_name], []
-        for length in self.buckets.query_lengths:  # compile top 10 at every length first
-            side = QuerySide(self.text.concepts[:1, :1].repeat(length, 1),
-                             np.ones((1, length), bool), self.text.global_vector[:1])
-            stage.search(side, 10)
-        for caption in self._latency_captions():
-            tower, encode_ms = self._encode_one(searcher, caption)
-            began = time.perf_counter()
-            stage.search(QuerySide(tower.concepts, tower.mask, tower.global_vector), 10)
-            scan_ms = _milliseconds(began)
-            rows.append(dict(dict.fromkeys(LATENCY_KEYS), encode=encode_ms,
-                             total=encode_ms + scan_ms, **{stage_key: scan_ms}))
-        return _median_timings(rows)
-
     # ---- dual encoder and MaxSim --------------------------------------------------------------
 
     def _global(self, context) -> dict:
@@ -235,7 +196,7 @@ class Evaluation:
             self.query_images[start:start + 256]) for start in range(0, self.queries.size, 256)])
         matrix = text.global_vector @ image_global[:self.corpus.num_images].T    # [M, N0]
         i2t = metrics.ranks_image_to_text(matrix.T, self.corpus.caption_image)
-        latency = self._scan_latency(context["searcher"], "exact_global", "stage1")
+        latency = self.latency.scan(context["searcher"], "exact_global", "stage1")
         return self._record("global", ranks, i2t, latency,
                             {"global": context["parts"]["global"]}, [], matrix, settings={})
 
@@ -260,7 +221,7 @@ class Evaluation:
             ranks.append(metrics.ranks_text_to_image(scores, self.corpus.caption_image[rows]))
         matrix = self._split_maxsim(context)
         i2t = metrics.ranks_image_to_text(matrix.T, self.corpus.caption_image)
-        latency = self._scan_latency(context["searcher"], "exact", "stage2")
+        latency = self.latency.scan(context["searcher"], "exact", "stage2")
         return self._record("maxsim", np.concatenate(ranks), i2t, latency,
                             {"concepts": context["parts"]["concepts"]},
                             ["i2t: the t2i MaxSim matrix transposed (as train.evaluate)"], matrix,
@@ -293,17 +254,16 @@ class Evaluation:
         for start, stop in store.blocks():
             started = time.perf_counter()
             stored, image_mask = store.gather(np.arange(start, stop))   # [b, R, H'], [b, R]
-            gather_ms += _milliseconds(started)
+            gather_ms += milliseconds(started)
             for row, caption in enumerate(queries):
                 started = time.perf_counter()
                 scores[row, start:stop] = self._joint(np.full(stop - start, caption), stored,
                                                       image_mask)
-                joint_ms[row] += _milliseconds(started)
+                joint_ms[row] += milliseconds(started)
         ranks = metrics.ranks_text_to_image(scores, self.query_images[positions])
         self.log(f"joint_exhaustive t2i: {queries.size} queries x {store.num_images} images in "
                  f"{time.perf_counter() - began:.0f} s")
-        encode_ms = float(np.median([self._encode_one(context["searcher"], caption)[1]
-                                     for caption in self._latency_captions()[:3]]))
+        encode_ms = self.latency.encode(context["searcher"], 3)
         latency = dict(dict.fromkeys(LATENCY_KEYS), encode=encode_ms, gather=gather_ms,
                        joint=float(np.median(joint_ms)))
         latency["total"] = encode_ms + gather_ms + latency["joint"]
@@ -381,14 +341,7 @@ class Evaluation:
                 ranks[row] = int(np.sum(scores >= found[0])) - 1
         self.log(f"staged {name}: {self.queries.size} queries in "
                  f"{time.perf_counter() - began:.0f} s")
-        captions, rows = self._latency_captions(), []
-        searcher.search(captions[:1], **options)  # warm-up
-        for caption in captions:
-            timings = searcher.search([caption], **options)[0].timings_ms
-            rows.append(dict(encode=timings["tokenize"] + timings["text_tower"],
-                             stage1=timings["first_stage"], stage2=timings["maxsim"],
-                             gather=timings["gather"], joint=timings["joint"],
-                             total=timings["total"]))
+        latency = self.latency.staged(searcher, options)
         stage = searcher.stages[name]
         reference_rows = self.queries[spaced(self.queries.size, settings.recall_queries)]
         side = QuerySide(text.concepts[reference_rows], text.mask[reference_rows],
@@ -402,7 +355,7 @@ class Evaluation:
                  f"i2t: each image's exact MaxSim top-{settings.K} captions reranked by the joint "
                  "layers (no first stage over captions; the same for every staged row)"]
         return self._record(
-            "staged", ranks, self._staged_i2t(context), _median_timings(rows), parts, notes,
+            "staged", ranks, self._staged_i2t(context), latency, parts, notes,
             t2i_known=settings.K, first_stage=name, settings=options,
             first_stage_recall={"value": recall, "queries": int(reference_rows.size),
                                 "of": f"exact MaxSim top {settings.K} within the first "
