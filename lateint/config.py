@@ -37,6 +37,10 @@ class ModelConfig:
     share_tower_weights: bool = False
     # > 0: stored image activations are compressed H -> compression_dim (PreTTR's compressor).
     compression_dim: int = 0
+    # > 0: the joint score adds joint_residual x text->image MaxSim of the tower concepts (a skip
+    # connection around the joint layers) and the score head starts at zero, so an untrained
+    # reranker orders as MaxSim does and training learns the cross-attention correction.
+    joint_residual: float = 0.0
     # Computation dtype of matmuls ("float32" | "bfloat16"); parameters stay float32.
     dtype: str = "float32"
 
@@ -55,6 +59,8 @@ class ModelConfig:
             raise ValueError(
                 f"compression_dim must be in [0, hidden_size={self.hidden_size}], "
                 f"got {self.compression_dim}")
+        if self.joint_residual < 0:
+            raise ValueError(f"joint_residual must be >= 0, got {self.joint_residual}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 

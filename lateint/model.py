@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lateint import scoring
 from lateint.config import ModelConfig
 from lateint.layers import (RegionEmbeddings, TextEmbeddings, TransformerLayer, layer_norm,
                             dense, attention_bias)
@@ -45,10 +46,14 @@ class ConceptHead(nnx.Module):
         self.token_projection = dense(config.hidden_size, config.concept_dim, config, rngs)
         self.global_projection = dense(config.hidden_size, config.concept_dim, config, rngs)
 
+    def tokens(self, activations: jax.Array, mask: jax.Array) -> jax.Array:
+        """activations: [B, S, H], mask: [B, S]. Returns concepts [B, S, C], zero where masked."""
+        concepts = _l2_normalize(self.token_projection(activations).astype(jnp.float32))
+        return concepts * mask[..., None].astype(concepts.dtype)
+
     def __call__(self, activations: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         """activations: [B, S, H], mask: [B, S]. Returns (concepts [B, S, C], global [B, C])."""
-        concepts = _l2_normalize(self.token_projection(activations).astype(jnp.float32))
-        concepts = concepts * mask[..., None].astype(concepts.dtype)
+        concepts = self.tokens(activations, mask)
         pooled = self.global_projection(_masked_mean(activations, mask)).astype(jnp.float32)
         return concepts, _l2_normalize(pooled)
 
@@ -74,11 +79,14 @@ class ScoreHead(nnx.Module):
     """Relevance from the joint output: Linear([h_cls; h_cls * mean(h_regions)]) -> scalar.
 
     With no joint layers (l = L) this is a learned bilinear dual-encoder score; with joint
-    layers both halves have attended to the other modality.
+    layers both halves have attended to the other modality. With a MaxSim residual
+    (config.joint_residual > 0) the kernel starts at zero: the head learns a correction.
     """
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         self.dense = dense(2 * config.hidden_size, 1, config, rngs)
+        if config.joint_residual:
+            self.dense.kernel[...] = jnp.zeros_like(self.dense.kernel[...])
 
     def __call__(self, text_out: jax.Array, image_out: jax.Array,
                  image_mask: jax.Array) -> jax.Array:
@@ -154,7 +162,9 @@ class SplitEncoder(nnx.Module):
         """Scores P aligned (text, image) pairs from tower outputs.
 
         text_activations: [P, T, H], text_mask: [P, T], stored_image: [P, R, H'] (as stored,
-        i.e. after `compress`), image_mask: [P, R]. Returns [P] float32.
+        i.e. after `compress`), image_mask: [P, R]. Returns [P] float32: the score head over
+        the joint output, plus `joint_residual` x the pairs' text->image MaxSim of the tower
+        concepts when the config asks for it (a skip connection around the joint layers).
         """
         num_text = text_activations.shape[1]
         image = self.decompress(stored_image)
@@ -163,7 +173,19 @@ class SplitEncoder(nnx.Module):
         bias = attention_bias(mask, jnp.float32)
         for layer in self.joint_layers:
             x = layer(x, bias)
-        return self.score_head(x[:, :num_text], x[:, num_text:], image_mask.astype(bool))
+        score = self.score_head(x[:, :num_text], x[:, num_text:], image_mask.astype(bool))
+        if self.config.joint_residual:
+            score = score + self.config.joint_residual * self._residual_maxsim(
+                text_activations, text_mask, image, image_mask)
+        return score
+
+    def _residual_maxsim(self, text_activations, text_mask, image, image_mask) -> jax.Array:
+        """Text->image MaxSim of the pairs' tower concepts: text_activations [P, T, H], text_mask
+        [P, T], image [P, R, H] (decompressed), image_mask [P, R]. Returns [P] float32."""
+        text_mask, image_mask = text_mask.astype(bool), image_mask.astype(bool)
+        return scoring.maxsim_pairs(self.text_concepts.tokens(text_activations, text_mask),
+                                    text_mask, self.image_concepts.tokens(image, image_mask),
+                                    image_mask)
 
     def fused_towers(self, token_ids: jax.Array, token_mask: jax.Array, regions: jax.Array,
                      boxes: jax.Array, region_mask: jax.Array) -> tuple[jax.Array, jax.Array]:

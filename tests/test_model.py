@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from conftest import random_pairs, tiny_config
+from lateint import scoring
 from lateint.model import SplitEncoder
 
 SPLITS = [0, 1, 2, 3]  # l in {0, 1, L-1, L} for L = 3
@@ -20,10 +21,11 @@ def _separate_score(model, token_ids, token_mask, regions, boxes, region_mask):
 
 
 @pytest.mark.parametrize("split", SPLITS)
-@pytest.mark.parametrize("shared,compression", [(False, 0), (True, 0), (False, 8)])
-def test_precompute_equals_fused_forward(split, shared, compression, rng):
+@pytest.mark.parametrize("shared,compression,residual",
+                         [(False, 0, 0.0), (True, 0, 0.0), (False, 8, 0.0), (False, 8, 2.0)])
+def test_precompute_equals_fused_forward(split, shared, compression, residual, rng):
     config = tiny_config(split_layer=split, share_tower_weights=shared,
-                         compression_dim=compression)
+                         compression_dim=compression, joint_residual=residual)
     model = SplitEncoder(config, nnx.Rngs(split))
     inputs = random_pairs(config, rng, pairs=4)
     separate = np.asarray(_separate_score(model, *inputs))
@@ -110,3 +112,24 @@ def test_tower_outputs_are_normalised_and_masked(rng):
     np.testing.assert_array_equal(norms[~region_mask], 0.0)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(image.global_vector), axis=-1), 1.0,
                                atol=1e-5)
+
+
+def test_maxsim_residual_starts_as_maxsim_and_learns_a_correction(rng):
+    """joint_residual > 0: an untrained joint score is exactly residual x MaxSim of the tower
+    concepts (the head starts at zero), and the head still gets a gradient."""
+    config = tiny_config(split_layer=1, joint_residual=3.0)
+    model = SplitEncoder(config, nnx.Rngs(0))
+    token_ids, token_mask, regions, boxes, region_mask = map(
+        jnp.asarray, random_pairs(config, rng, pairs=4))
+    text = model.encode_text(token_ids, token_mask)
+    image = model.encode_image(regions, boxes, region_mask)
+    expected = 3.0 * scoring.maxsim_pairs(text.concepts, text.mask, image.concepts, image.mask)
+    got = model.joint_score(text.activations, text.mask, image.activations, image.mask)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5, rtol=0)
+
+    def head_output(head_model):
+        return jnp.sum(head_model.joint_score(text.activations, text.mask, image.activations,
+                                              image.mask) ** 2)
+
+    grads = nnx.grad(head_output)(model)
+    assert float(jnp.abs(grads.score_head.dense.kernel[...]).max()) > 0

@@ -23,7 +23,10 @@ def get_config():
     # Sizes not given here come from the pretrained checkpoint and the data.
     config.model = ml_collections.ConfigDict(dict(
         num_layers=4, split_layer=2, concept_dim=128, compression_dim=0,
-        share_tower_weights=False, dtype="float32"))
+        share_tower_weights=False, dtype="float32",
+        # The joint score = head(joint layers) + 4 x MaxSim (1 / loss.maxsim_temperature, so
+        # the residual's logits are on the MaxSim loss's scale at joint_temperature 1).
+        joint_residual=4.0))
     config.text_length = 32          # training captions are padded/truncated to this
     config.batch_size = 64
     config.num_steps = 400
