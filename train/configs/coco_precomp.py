@@ -17,7 +17,8 @@ def get_config():
     config.data.group_batches = False  # COCO has no scene groups
     config.pretrained = "bert-base-uncased"  # a directory; override on the command line
     config.model = dict(num_layers=12, split_layer=10, concept_dim=256, compression_dim=128,
-                        share_tower_weights=False, dtype="bfloat16")
+                        share_tower_weights=False, dtype="bfloat16",
+                        joint_residual=4.0)  # 0.0: a pure cross-attention score
     config.text_length = 48
     config.batch_size = 128
     config.num_steps = 60_000
