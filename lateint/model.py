@@ -167,13 +167,14 @@ class SplitEncoder(nnx.Module):
         concepts when the config asks for it (a skip connection around the joint layers).
         """
         num_text = text_activations.shape[1]
+        text_mask, image_mask = text_mask.astype(bool), image_mask.astype(bool)
         image = self.decompress(stored_image)
         x = jnp.concatenate([text_activations.astype(jnp.float32), image], axis=1)
-        mask = jnp.concatenate([text_mask.astype(bool), image_mask.astype(bool)], axis=1)
+        mask = jnp.concatenate([text_mask, image_mask], axis=1)
         bias = attention_bias(mask, jnp.float32)
         for layer in self.joint_layers:
             x = layer(x, bias)
-        score = self.score_head(x[:, :num_text], x[:, num_text:], image_mask.astype(bool))
+        score = self.score_head(x[:, :num_text], x[:, num_text:], image_mask)
         if self.config.joint_residual:
             score = score + self.config.joint_residual * self._residual_maxsim(
                 text_activations, text_mask, image, image_mask)
@@ -181,8 +182,8 @@ class SplitEncoder(nnx.Module):
 
     def _residual_maxsim(self, text_activations, text_mask, image, image_mask) -> jax.Array:
         """Text->image MaxSim of the pairs' tower concepts: text_activations [P, T, H], text_mask
-        [P, T], image [P, R, H] (decompressed), image_mask [P, R]. Returns [P] float32."""
-        text_mask, image_mask = text_mask.astype(bool), image_mask.astype(bool)
+        [P, T] bool, image [P, R, H] (decompressed), image_mask [P, R] bool. Returns [P]
+        float32."""
         return scoring.maxsim_pairs(self.text_concepts.tokens(text_activations, text_mask),
                                     text_mask, self.image_concepts.tokens(image, image_mask),
                                     image_mask)

@@ -10,7 +10,7 @@ import numpy as np
 
 from index.first_stage import QuerySide
 from lateint.tokenizer import WordPieceTokenizer
-from serve.buckets import Buckets
+from serve.buckets import Buckets, bucket_for
 from serve.searcher import Searcher
 
 LATENCY_KEYS = ("encode", "stage1", "stage2", "gather", "joint", "total")
@@ -40,9 +40,8 @@ class Latency:
         """One query through the compiled tower (batch 1): (TowerOutput, tokenize+tower ms)."""
         began = time.perf_counter()
         ids = searcher.prepare(caption, k=self.K).token_ids
-        lengths = self.buckets.query_lengths
-        token_ids = np.full((1, lengths[np.searchsorted(lengths, ids.size)]),
-                            self.tokenizer.pad_id, np.int32)
+        length = bucket_for(ids.size, self.buckets.query_lengths, "query length")
+        token_ids = np.full((1, length), self.tokenizer.pad_id, np.int32)
         token_ids[0, :ids.size] = ids
         tower = searcher.compiled.text_tower(token_ids, token_ids != self.tokenizer.pad_id)
         return tower, milliseconds(began)
