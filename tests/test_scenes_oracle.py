@@ -11,6 +11,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from lateint.data import scenes
@@ -182,7 +183,8 @@ def test_oracle_rejects_ungrammatical_captions(caption):
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("scenes"))
-    scenes.generate(out, num_train=120, num_dev=30, num_test=30, seed=3, images=False)
+    scenes.generate(out, num_train=120, num_dev=30, num_test=30, seed=3, images=False,
+                    region_features="pixels")
     return out
 
 
@@ -231,3 +233,55 @@ def test_captions_vary(generated):
     assert len(set(captions)) >= 0.95 * len(captions)
     words = {word for caption in captions for word in re.findall(r"[a-z0-9]+", caption.lower())}
     assert {"left", "right", "above", "below", "small", "large", "two"} <= words
+
+
+# ---- the library's caption semantics and rewrites, checked against this oracle ---------------
+
+def test_library_semantics_agree_with_the_oracle_on_every_caption_and_scene(generated):
+    from lateint.data import semantics
+    for split in ("train", "test"):
+        records = _records(generated, split)
+        captions = [caption for record in records for caption in record["captions"]]
+        truth = semantics.SceneTruth.from_records(records).truth_matrix(captions)    # [M, N]
+        expected = np.array([[caption_true(record["objects"], caption) for record in records]
+                             for caption in captions])
+        np.testing.assert_array_equal(truth, expected)
+        assert truth[np.arange(len(captions)), np.arange(len(captions)) // 5].all()
+        assert 0 < truth.mean() < 0.5  # captions are true of some other scenes, not of most
+
+
+def test_library_semantics_on_the_hand_built_scene():
+    from lateint.data import semantics
+    truth = semantics.SceneTruth.from_records([{"objects": HAND_SCENE}])
+    for caption, expected in [("a cat left of two dogs", True), ("a cat right of a dog", False),
+                              ("the dog right of the cat", False),
+                              ("the big number seven is above two dogs", True),
+                              ("a seven above the cat, while a dog above the 7", False)]:
+        assert bool(truth.holds(semantics.parse(caption))[0]) is expected, caption
+    assert semantics.kind(semantics.parse("two dogs right of the cat")) == "count"
+    assert semantics.kind(semantics.parse("a cat left of a dog")) == "relation"
+    assert semantics.kind(semantics.parse("an image with a cat and two dogs")) == "inventory"
+    for bad in ["a lion above a cat", "two dog", "the cat sits with a dog"]:
+        with pytest.raises(semantics.CaptionError):
+            semantics.parse(bad)
+
+
+def test_relational_rewrites_are_false_of_their_scene_and_keep_the_words(generated):
+    from lateint.data import rewrites, semantics
+    records = _records(generated, "train")
+    truth = semantics.SceneTruth.from_records(records)
+    made = 0
+    for index, record in enumerate(records):
+        for caption in record["captions"]:
+            negatives = rewrites.relational_negatives(caption, truth.subset(np.array([index])),
+                                                      seed=index)
+            relational = any(claim[0] == "relation" for claim in parse_caption(caption))
+            assert relational or not negatives
+            for negative in negatives:
+                assert not caption_true(record["objects"], negative), (caption, negative)
+                nouns = lambda text: sorted(  # noqa: E731
+                    phrase[2] for claim in parse_caption(text) for phrase in claim[1::2]
+                    if isinstance(phrase, tuple))
+                assert nouns(negative) == nouns(caption)  # same objects, other relations
+            made += len(negatives)
+    assert made >= 2 * len(records)
