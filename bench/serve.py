@@ -61,7 +61,8 @@ def build_small_setup(folder: str, images: int) -> tuple[str, str]:
 
     data, workdir, index_dir = (os.path.join(folder, name) for name in ("data", "model", "index"))
     began = time.perf_counter()
-    scenes.generate(data, num_train=64, num_dev=16, num_test=images, seed=3, images=False)
+    scenes.generate(data, num_train=64, num_dev=16, num_test=images, seed=3, images=False,
+                    region_features="pixels")
     config = tiny.get_config()
     config.data.path = data
     config.model.update(hidden_size=128, num_heads=4, mlp_dim=512, num_layers=3, split_layer=1,

@@ -31,7 +31,7 @@ from index import precompute as precompute_lib
 from index.first_stage import build as first_stage_build
 from index.first_stage import records
 from index.store import ActivationStore
-from lateint.data import load_corpus, scenes
+from lateint.data import load_corpus, scene_features, scenes
 from lateint.data.npy_writer import NpyStreamWriter
 from lateint.data.precomp import precomp_paths
 
@@ -80,7 +80,11 @@ def ensure_pool(scale_dir: str, count: int, seed: int, data: str | None = None,
                          f"--distractor_seed")
     pool_dir = os.path.join(scale_dir, "pool")
     record = _read_json(os.path.join(pool_dir, POOL_FILE))
-    if record and record["seed"] == seed and record["count"] >= count:
+    # Distractors get the corpus's own region features (its frozen encoder, or raw crops).
+    encoder = scene_features.load_encoder(data) if data is not None else None
+    features = "pixels" if encoder is None else encoder.fingerprint()
+    if record and record["seed"] == seed and record["count"] >= count and \
+            record.get("region_features", "pixels") == features:
         log(f"distractor pool {pool_dir}: reusing {record['count']} scenes (seed {seed})")
         return pool_dir
     os.makedirs(pool_dir, exist_ok=True)
@@ -90,9 +94,12 @@ def ensure_pool(scale_dir: str, count: int, seed: int, data: str | None = None,
     began = time.perf_counter()
     stats = scenes.generate_split(pool_dir, POOL_SPLIT, count, seed, images=False,
                                   progress_seconds=30.0)
+    if encoder is not None:
+        scene_features.encode_split(pool_dir, POOL_SPLIT, encoder)
     seconds = time.perf_counter() - began
     _write_json(os.path.join(pool_dir, POOL_FILE),
                 {"seed": seed, "count": count, "split": POOL_SPLIT, "seconds": seconds,
+                 "region_features": features,
                  "mean_regions": stats["mean_regions"]})
     log(f"distractor pool: {count} scenes in {seconds:.0f} s")
     return pool_dir

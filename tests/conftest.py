@@ -44,9 +44,10 @@ def random_pairs(config: ModelConfig, rng, pairs=3, text_length=9, regions=5):
 @pytest.fixture(scope="session")
 def scenes_dir(tmp_path_factory):
     """A small scenes corpus (train 64, dev 24, test 200) shared by the pipeline tests."""
-    from lateint.data import scenes
+    from lateint.data import region_encoder, scenes
     out = str(tmp_path_factory.mktemp("scenes_small"))
-    scenes.generate(out, num_train=64, num_dev=24, num_test=200, seed=5, images=True)
+    scenes.generate(out, num_train=64, num_dev=24, num_test=200, seed=5, images=True,
+                    encoder_config=region_encoder.EncoderConfig(steps=40, batch_size=64))
     return out
 
 

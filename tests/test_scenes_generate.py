@@ -11,16 +11,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lateint.data import load_corpus, scenes, sprites
+from lateint.data import load_corpus, region_encoder, scene_features, scenes, sprites
 from lateint.data.layout import SceneConfig
 
 SPLITS = ("train", "dev", "test")
 COUNTS = {"train": 40, "dev": 12, "test": 12}
 
 
-def _generate(out, seed=7, images=True):
+FAST_ENCODER = region_encoder.EncoderConfig(steps=30, batch_size=64)
+
+
+def _generate(out, seed=7, images=True, region_features="cnn"):
     return scenes.generate(str(out), COUNTS["train"], COUNTS["dev"], COUNTS["test"], seed=seed,
-                           images=images)
+                           images=images, region_features=region_features,
+                           encoder_config=FAST_ENCODER)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,7 @@ def test_same_seed_gives_identical_files(generated, tmp_path):
 
 
 def test_other_seed_gives_other_scenes(generated, tmp_path):
-    _generate(tmp_path, seed=8, images=False)
+    _generate(tmp_path, seed=8, images=False, region_features="pixels")
     for name in ("train_caps.txt", "train_ims.npy"):
         assert not filecmp.cmp(os.path.join(generated, name), os.path.join(tmp_path, name),
                                shallow=False)
@@ -62,7 +66,7 @@ def _sprite_hash(source, instance):
 
 def test_sprite_instances_are_disjoint_across_splits(generated, tmp_path):
     # A distractor corpus made with another seed must not reuse train sprites in test either.
-    _generate(tmp_path, seed=99, images=False)
+    _generate(tmp_path, seed=99, images=False, region_features="pixels")
     used = {}
     for out in (generated, str(tmp_path)):
         for split in SPLITS:
@@ -133,8 +137,10 @@ def test_layouts_are_valid(generated):
 def test_reader_round_trip_matches_layout_and_images(generated):
     for split in SPLITS:
         corpus = load_corpus(generated, split)
+        pixels = np.load(scene_features.pixels_path(generated, split))   # the raw crops
         records = _records(generated, split)
-        assert corpus.regions.shape == (COUNTS[split], 8, 256)
+        assert corpus.regions.shape == (COUNTS[split], 8, 128)
+        assert pixels.shape == (COUNTS[split], 8, 256)
         assert isinstance(corpus.regions, np.memmap)
         assert corpus.image_ids == [record["id"] for record in records]
         assert corpus.captions == [c for record in records for c in record["captions"]]
@@ -142,7 +148,7 @@ def test_reader_round_trip_matches_layout_and_images(generated):
         for index, record in enumerate(records):
             count = record["num_regions"]
             assert corpus.region_counts[index] == count
-            assert not corpus.regions[index, count:].any() and not corpus.boxes[index, count:].any()
+            assert not pixels[index, count:].any() and not corpus.boxes[index, count:].any()
             canvas = np.asarray(Image.open(os.path.join(generated, "images",
                                                         record["id"] + ".png")), np.float32) / 255
             size = record["canvas_size"]
@@ -154,16 +160,45 @@ def test_reader_round_trip_matches_layout_and_images(generated):
                 pixel_box = tuple(int(round(value * size)) for value in obj["box"])
                 crop = Image.fromarray(canvas).resize((16, 16), Image.Resampling.BILINEAR,
                                                       box=pixel_box)
-                np.testing.assert_allclose(corpus.regions[index, obj["region"]],
+                np.testing.assert_allclose(pixels[index, obj["region"]],
                                            np.asarray(crop).reshape(-1), atol=0.01)
                 # Sprite ink is brighter than the faint background texture.
-                assert corpus.regions[index, obj["region"]].max() > 0.5
+                assert pixels[index, obj["region"]].max() > 0.5
+
+
+def test_region_features_come_from_the_encoder_trained_on_train_only(generated, tmp_path):
+    encoder = scene_features.load_encoder(generated)
+    info = json.loads(open(os.path.join(generated, "scenes_info.json")).read())
+    assert info["region_features"] == "cnn" and info["feature_dim"] == 128
+    # It trained on (and held out part of) exactly the train split's real regions ...
+    train_regions = sum(record["num_regions"] for record in _records(generated, "train"))
+    report = encoder.report
+    assert report["train_regions"] + report["held_out_regions"] == train_regions
+    assert 0.0 <= report["held_out_class_accuracy"] <= 1.0
+    # ... and every split's features are that encoder's output on the split's own crops.
+    for split in SPLITS:
+        corpus = load_corpus(generated, split)
+        pixels = np.load(scene_features.pixels_path(generated, split))
+        np.testing.assert_array_equal(np.asarray(corpus.regions),
+                                      encoder.encode(pixels, np.asarray(corpus.boxes)))
+    # Raw pixels stay one flag away, with the same layouts and captions.
+    _generate(tmp_path, images=False, region_features="pixels")
+    raw = load_corpus(str(tmp_path), "test")
+    assert raw.regions.shape == (COUNTS["test"], 8, 256)
+    np.testing.assert_array_equal(raw.regions, np.load(scene_features.pixels_path(generated,
+                                                                                   "test")))
+    assert not os.path.exists(tmp_path / scene_features.ENCODER_DIR)
+
+
+def test_cnn_features_need_a_train_split(tmp_path):
+    with pytest.raises(ValueError, match="num_train must be >= 1"):
+        scenes.generate(str(tmp_path), 0, 2, 2, seed=1, images=False)
 
 
 def test_binary_writes_the_layout_and_summary(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "lateint.data.scenes", f"--out={tmp_path}", "--num_train=4",
-         "--num_dev=2", "--num_test=0", "--seed=1", "--images=false"],
+         "--num_dev=2", "--num_test=0", "--seed=1", "--images=false", "--encoder_steps=5"],
         capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(
             os.path.abspath(__file__))))
     assert result.returncode == 0, result.stderr
@@ -173,6 +208,7 @@ def test_binary_writes_the_layout_and_summary(tmp_path):
     assert load_corpus(str(tmp_path), "dev").num_images == 2
     info = json.loads((tmp_path / "scenes_info.json").read_text())
     assert info["seed"] == 1 and info["counts"]["train"] == 4
+    assert "region encoder:" in result.stdout and info["region_features"] == "cnn"
 
 
 def test_binary_rejects_stray_arguments(tmp_path):

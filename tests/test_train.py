@@ -23,7 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("scenes"))
-    scenes.generate(out, num_train=48, num_dev=16, num_test=0, seed=3, images=False)
+    scenes.generate(out, num_train=48, num_dev=16, num_test=0, seed=3, images=False,
+                    region_features="pixels")
     return out
 
 

@@ -1,21 +1,24 @@
 """The scenes benchmark: relational scenes from real sprites, written in the precomp layout.
 
     python -m lateint.data.scenes --out=DIR --num_train=5000 --num_dev=1000 --num_test=1000 \
-        --seed=0 [--images=false]
+        --seed=0 [--images=false] [--region_features=cnn|pixels]
 
 Each scene places 2-5 sprites (MNIST / scikit-learn digits, animal-mnist silhouettes; see
 lateint.data.sprites) on a 128 x 128 canvas, small or large. Its regions are the sprites' crops
 plus 0-3 distractor crops (background, shifted boxes, unions of two objects), each resized to
-16 x 16 pixel features (F = 256), padded to R = 8, with boxes (x1, y1, x2, y2, area) in [0, 1].
+16 x 16 pixels, padded to R = 8, with boxes (x1, y1, x2, y2, area) in [0, 1]. By default a
+frozen CNN pretrained on the train split's crops (lateint.data.scene_features) turns each crop
+into F = 128 features, like a detector's; `--region_features=pixels` keeps the raw F = 256.
 Five captions per scene (lateint.data.captions). Scenes come in groups of `group_size` that share
 the same sprites at the same sizes in different arrangements, so only relations separate them.
 
 Output in DIR, per split S (readable with `lateint.data.load_corpus(DIR, S)`):
 
-    S_ims.npy [N, 8, 256] float32, S_boxes.npy [N, 8, 5], S_region_counts.npy [N] int32,
+    S_ims.npy [N, 8, F] float32 (S_pixels.npy [N, 8, 256]: the raw crops), S_boxes.npy [N, 8, 5], S_region_counts.npy [N] int32,
     S_caps.txt (5 lines per scene), S_ids.txt, S_scenes.jsonl (one layout per scene: objects
     with class, sprite source/instance, size, box and region index; distractors; captions),
-    images/{id}.png (with --images), scenes_info.json (config, seed, counts).
+    images/{id}.png (with --images), scenes_info.json (config, seed, counts, region features),
+    region_encoder/ (the frozen region encoder, with its held-out accuracy and cost).
 
 Everything is a function of (seed, split, group index): the same seed gives identical files.
 """
@@ -30,7 +33,8 @@ from absl import app, flags, logging
 
 from lateint.data import captions as captions_lib
 from lateint.data import layout as layout_lib
-from lateint.data import render
+from lateint.data import region_encoder, render
+from lateint.data import scene_features
 from lateint.data import sprites as sprites_lib
 from lateint.data.precomp import PrecompWriter
 
@@ -171,15 +175,25 @@ def _write_scenes(bank: sprites_lib.SpriteBank, split: str, num_scenes: int, see
 
 def generate(out_dir: str, num_train: int, num_dev: int, num_test: int, seed: int,
              config: layout_lib.SceneConfig = layout_lib.SceneConfig(), images: bool = True,
-             progress_seconds: float = 10.0) -> dict:
+             progress_seconds: float = 10.0, region_features: str = "cnn",
+             encoder_config=None) -> dict:
     """Writes the train/dev/test splits (skipping empty ones) and scenes_info.json.
 
-    Returns {"splits": {split: stats}, "setup_seconds": sprite loading, "seconds": total}.
+    region_features: "cnn" (a frozen encoder trained on this train split's crops, which then
+    needs num_train > 0) or "pixels" (raw crops); encoder_config: a
+    region_encoder.EncoderConfig (None: its defaults). Returns {"splits": {split: stats},
+    "setup_seconds": sprite loading, "encoder": its report or None, "seconds": total}.
     Sprites are disjoint across splits for any seeds (lateint.data.sprites), so a distractor
     corpus made with another seed keeps test sprites out of train.
     """
     if seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed}")
+    if region_features not in scene_features.FEATURE_KINDS:
+        raise ValueError(f"region_features: expected one of {scene_features.FEATURE_KINDS}, "
+                         f"got {region_features!r}")
+    if region_features == "cnn" and num_train < 1:
+        raise ValueError("region_features='cnn' trains the region encoder on the train split: "
+                         "num_train must be >= 1 (or use region_features='pixels')")
     config.check()
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
@@ -193,12 +207,20 @@ def generate(out_dir: str, num_train: int, num_dev: int, num_test: int, seed: in
         if count:
             stats[split] = generate_split(out_dir, split, count, seed, config, images,
                                           progress_seconds)
+    encoder_report = None
+    if region_features == "cnn":
+        encoder = scene_features.train_on_split(out_dir, "train", encoder_config)
+        for split in stats:
+            scene_features.encode_split(out_dir, split, encoder)
+        encoder_report = encoder.report
     info = {"seed": seed, "counts": counts, "images": images,
-            "config": dataclasses.asdict(config), "feature_dim": config.feature_dim,
-            "captions_per_scene": 5}
+            "config": dataclasses.asdict(config), "region_features": region_features,
+            "feature_dim": (encoder.feature_dim if region_features == "cnn"
+                            else config.feature_dim),
+            "region_encoder": encoder_report, "captions_per_scene": 5}
     with open(os.path.join(out_dir, "scenes_info.json"), "w", encoding="utf-8") as file:
         json.dump(info, file, indent=2)
-    return {"splits": stats, "setup_seconds": setup_seconds,
+    return {"splits": stats, "setup_seconds": setup_seconds, "encoder": encoder_report,
             "seconds": time.perf_counter() - start}
 
 
@@ -213,6 +235,10 @@ def define_flags():
     flags.DEFINE_integer("num_test", 1000, "Test scenes.")
     flags.DEFINE_integer("seed", 0, "Seed; the same seed gives identical files.")
     flags.DEFINE_bool("images", True, "Also write images/{id}.png per scene (slow at 100k+).")
+    flags.DEFINE_integer("encoder_steps", 400, "Training steps of the region encoder.")
+    flags.DEFINE_enum("region_features", "cnn", list(scene_features.FEATURE_KINDS),
+                      "cnn: features of a frozen region encoder pretrained on the train split; "
+                      "pixels: the raw 16x16 crops.")
 
 
 def main(argv):
@@ -221,7 +247,9 @@ def main(argv):
     if not FLAGS.out:
         raise app.UsageError("--out is required")
     result = generate(FLAGS.out, FLAGS.num_train, FLAGS.num_dev, FLAGS.num_test, FLAGS.seed,
-                      images=FLAGS.images, progress_seconds=5.0)
+                      images=FLAGS.images, progress_seconds=5.0,
+                      region_features=FLAGS.region_features,
+                      encoder_config=region_encoder.EncoderConfig(steps=FLAGS.encoder_steps))
     total = sum(split["scenes"] for split in result["splits"].values())
     writing = sum(split["seconds"] for split in result["splits"].values())
     parts = ", ".join(f"{name} {split['scenes']} ({split['mean_regions']:.1f} regions/scene)"
@@ -229,6 +257,11 @@ def main(argv):
     print(f"scenes: wrote {total} scenes to {FLAGS.out} in {result['seconds']:.1f} s "
           f"(sprites {result['setup_seconds']:.1f} s, then {total / max(writing, 1e-9):.0f} "
           f"scenes/s): {parts}")
+    if result["encoder"]:
+        report = result["encoder"]
+        print(f"region encoder: {report['train_seconds']:.0f} s on {report['train_regions']} "
+              f"train regions; held-out accuracy class {report['held_out_class_accuracy']:.3f}, "
+              f"size {report['held_out_size_accuracy']:.3f}")
 
 
 if __name__ == "__main__":
@@ -236,19 +269,26 @@ if __name__ == "__main__":
     app.run(main)
 
 
-def read_groups(directory: str, split: str, image_ids: list) -> np.ndarray:
-    """[N] int group index of each image (scenes sharing objects in other arrangements share a
-    group), read from `{split}_scenes.jsonl` and aligned to `image_ids`."""
+def read_records(directory: str, split: str, image_ids: list) -> list:
+    """The scene layouts of `{split}_scenes.jsonl` aligned to `image_ids` (one dict each)."""
     path = os.path.join(directory, f"{split}_scenes.jsonl")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: missing (group batching needs the scenes layouts)")
-    group_of = {}
+        raise FileNotFoundError(f"{path}: missing (group batching, caption semantics and the "
+                                f"oracle metrics need the scenes layouts)")
+    by_id = {}
     with open(path, encoding="utf-8") as file:
         for line in file:
             record = json.loads(line)
-            group_of[record["id"]] = record["group"]
-    missing = [image_id for image_id in image_ids if image_id not in group_of]
+            by_id[record["id"]] = record
+    missing = [image_id for image_id in image_ids if image_id not in by_id]
     if missing:
         raise ValueError(f"{path}: no layout for {len(missing)} images, e.g. {missing[0]!r}")
+    return [by_id[image_id] for image_id in image_ids]
+
+
+def read_groups(directory: str, split: str, image_ids: list) -> np.ndarray:
+    """[N] int group index of each image (scenes sharing objects in other arrangements share a
+    group), read from `{split}_scenes.jsonl` and aligned to `image_ids`."""
     labels = {}
-    return np.array([labels.setdefault(group_of[i], len(labels)) for i in image_ids], np.int64)
+    return np.array([labels.setdefault(record["group"], len(labels))
+                     for record in read_records(directory, split, image_ids)], np.int64)
