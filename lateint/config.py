@@ -41,6 +41,18 @@ class ModelConfig:
     # connection around the joint layers) and the score head starts at zero, so an untrained
     # reranker orders as MaxSim does and training learns the cross-attention correction.
     joint_residual: float = 0.0
+    # Box geometry into the region embedding: "linear" (one projection of x1, y1, x2, y2, area)
+    # or "mlp" (a 2-layer MLP over those plus centre and size, at the feature projection's scale).
+    box_embedding: str = "linear"
+    # True: the image tower's attention gets a learned per-head bias from the relative geometry
+    # of each region pair (Relation-Networks style), so region activations encode what lies left
+    # of / above / ... them before anything is stored. Offline only: the stored format is unchanged.
+    geometry_bias: bool = False
+    # > 0: the joint layers' attention between each word and each region gets a bias of a
+    # learned per-head scale (initialised to this value) x the cosine of their tower concepts,
+    # so from the first joint layer on a word attends to the regions MaxSim aligns it with (and
+    # fetches their geometry) instead of having to discover the alignment from scratch.
+    joint_alignment_bias: float = 0.0
     # Computation dtype of matmuls ("float32" | "bfloat16"); parameters stay float32.
     dtype: str = "float32"
 
@@ -59,8 +71,12 @@ class ModelConfig:
             raise ValueError(
                 f"compression_dim must be in [0, hidden_size={self.hidden_size}], "
                 f"got {self.compression_dim}")
+        if self.joint_alignment_bias < 0:
+            raise ValueError(f"joint_alignment_bias must be >= 0, got {self.joint_alignment_bias}")
         if self.joint_residual < 0:
             raise ValueError(f"joint_residual must be >= 0, got {self.joint_residual}")
+        if self.box_embedding not in ("linear", "mlp"):
+            raise ValueError(f"box_embedding must be 'linear' or 'mlp', got {self.box_embedding!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 

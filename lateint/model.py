@@ -16,8 +16,8 @@ from flax import nnx
 
 from lateint import scoring
 from lateint.config import ModelConfig
-from lateint.layers import (RegionEmbeddings, TextEmbeddings, TransformerLayer, layer_norm,
-                            dense, attention_bias)
+from lateint.layers import (GeometryBias, RegionEmbeddings, TextEmbeddings, TransformerLayer,
+                            attention_bias, dense, layer_norm)
 
 
 class TowerOutput(NamedTuple):
@@ -116,6 +116,10 @@ class SplitEncoder(nnx.Module):
         self.image_concepts = ConceptHead(config, rngs)
         self.compressor = Compressor(config, rngs) if config.compression_dim else None
         self.score_head = ScoreHead(config, rngs)
+        self.geometry = GeometryBias(config, rngs) if config.geometry_bias else None
+        self.alignment_scale = (nnx.Param(jnp.full((config.num_heads,),
+                                                   config.joint_alignment_bias, jnp.float32))
+                                if config.joint_alignment_bias else None)
 
     @property
     def image_tower_layers(self):
@@ -137,7 +141,9 @@ class SplitEncoder(nnx.Module):
         """regions: [B, R, F] float, boxes: [B, R, box_dim], region_mask: [B, R] bool."""
         region_mask = region_mask.astype(bool)
         x = self.region_embeddings(regions.astype(jnp.float32), boxes.astype(jnp.float32))
-        bias = attention_bias(region_mask, jnp.float32)
+        bias = attention_bias(region_mask, jnp.float32)                  # [B, 1, 1, R]
+        if self.geometry is not None:
+            bias = bias + self.geometry(boxes)                           # [B, heads, R, R]
         for layer in self.image_tower_layers:
             x = layer(x, bias)
         concepts, global_vector = self.image_concepts(x, region_mask)
@@ -171,22 +177,31 @@ class SplitEncoder(nnx.Module):
         image = self.decompress(stored_image)
         x = jnp.concatenate([text_activations.astype(jnp.float32), image], axis=1)
         mask = jnp.concatenate([text_mask, image_mask], axis=1)
-        bias = attention_bias(mask, jnp.float32)
+        bias = attention_bias(mask, jnp.float32)                          # [P, 1, 1, T+R]
+        concepts = None
+        if self.config.joint_residual or self.alignment_scale is not None:
+            concepts = (self.text_concepts.tokens(text_activations, text_mask),   # [P, T, C]
+                        self.image_concepts.tokens(image, image_mask))            # [P, R, C]
+        if self.alignment_scale is not None:
+            bias = bias + self._alignment_bias(*concepts)                  # [P, h, T+R, T+R]
         for layer in self.joint_layers:
             x = layer(x, bias)
         score = self.score_head(x[:, :num_text], x[:, num_text:], image_mask)
         if self.config.joint_residual:
-            score = score + self.config.joint_residual * self._residual_maxsim(
-                text_activations, text_mask, image, image_mask)
+            score = score + self.config.joint_residual * scoring.maxsim_pairs(
+                concepts[0], text_mask, concepts[1], image_mask)
         return score
 
-    def _residual_maxsim(self, text_activations, text_mask, image, image_mask) -> jax.Array:
-        """Text->image MaxSim of the pairs' tower concepts: text_activations [P, T, H], text_mask
-        [P, T] bool, image [P, R, H] (decompressed), image_mask [P, R] bool. Returns [P]
-        float32."""
-        return scoring.maxsim_pairs(self.text_concepts.tokens(text_activations, text_mask),
-                                    text_mask, self.image_concepts.tokens(image, image_mask),
-                                    image_mask)
+    def _alignment_bias(self, text_concepts: jax.Array, image_concepts: jax.Array) -> jax.Array:
+        """text_concepts [P, T, C], image_concepts [P, R, C] -> [P, heads, T+R, T+R]: per-head
+        scale x concept cosine on the word->region and region->word blocks, 0 elsewhere."""
+        num_text, num_regions = text_concepts.shape[1], image_concepts.shape[1]
+        similarity = jnp.einsum("ptc,prc->ptr", text_concepts, image_concepts)   # [P, T, R]
+        scaled = self.alignment_scale[...][None, :, None, None] * similarity[:, None]
+        words_to_regions = jnp.pad(scaled, ((0, 0), (0, 0), (0, num_regions), (num_text, 0)))
+        regions_to_words = jnp.pad(jnp.swapaxes(scaled, 2, 3),
+                                   ((0, 0), (0, 0), (num_text, 0), (0, num_text)))
+        return words_to_regions + regions_to_words
 
     def fused_towers(self, token_ids: jax.Array, token_mask: jax.Array, regions: jax.Array,
                      boxes: jax.Array, region_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -206,13 +221,18 @@ class SplitEncoder(nnx.Module):
         is_text = jnp.arange(x.shape[1]) < num_text                        # [T+R]
         same_modality = is_text[:, None] == is_text[None, :]               # [T+R, T+R]
         block_bias = attention_bias(mask[:, None, :] & same_modality[None], jnp.float32)
+        image_bias = block_bias                                            # [P, 1|h, S, S]
+        if self.geometry is not None:  # the region block only, as in encode_image
+            geometry = self.geometry(boxes)                                # [P, h, R, R]
+            image_bias = block_bias + jnp.pad(geometry, ((0, 0), (0, 0), (num_text, 0),
+                                                         (num_text, 0)))
         for index, text_layer in enumerate(self.text_layers):
-            text_out = text_layer(x, block_bias)
             if self.config.share_tower_weights:
-                x = text_out
-            else:
-                image_out = self.image_layers[index](x, block_bias)
-                x = jnp.where(is_text[None, :, None], text_out, image_out)
+                x = text_layer(x, image_bias)
+                continue
+            text_out = text_layer(x, block_bias)
+            image_out = self.image_layers[index](x, image_bias)
+            x = jnp.where(is_text[None, :, None], text_out, image_out)
         return x[:, :num_text], x[:, num_text:]
 
     def fused_score(self, token_ids: jax.Array, token_mask: jax.Array, regions: jax.Array,

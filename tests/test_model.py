@@ -133,3 +133,50 @@ def test_maxsim_residual_starts_as_maxsim_and_learns_a_correction(rng):
 
     grads = nnx.grad(head_output)(model)
     assert float(jnp.abs(grads.score_head.dense.kernel[...]).max()) > 0
+
+
+def _geometry_model(split: int, shared: bool = False) -> SplitEncoder:
+    """A model with the relative-geometry bias and the box MLP; its bias output layer (zero at
+    init, so that an untrained bias changes nothing) is randomised to make the bias matter."""
+    config = tiny_config(split_layer=split, share_tower_weights=shared, geometry_bias=True,
+                         box_embedding="mlp", joint_residual=2.0, joint_alignment_bias=3.0)
+    model = SplitEncoder(config, nnx.Rngs(split))
+    kernel = model.geometry.output.kernel
+    kernel[...] = jax.random.normal(jax.random.key(3), kernel[...].shape)
+    return model
+
+
+@pytest.mark.parametrize("split,shared", [(1, False), (2, False), (2, True), (3, False)])
+def test_geometry_bias_keeps_both_contracts(split, shared, rng):
+    model = _geometry_model(split, shared)
+    inputs = random_pairs(model.config, rng, pairs=4)
+    separate = np.asarray(_separate_score(model, *inputs))
+    fused = np.asarray(model.fused_score(*map(jnp.asarray, inputs)))
+    np.testing.assert_allclose(separate, fused, atol=1e-5, rtol=0)
+    token_ids, token_mask, regions, boxes, region_mask = inputs
+    text_a, image_a = model.fused_towers(token_ids, token_mask, regions, boxes, region_mask)
+    text_b, image_b = model.fused_towers(token_ids[::-1], token_mask[::-1], regions, boxes,
+                                         region_mask)
+    np.testing.assert_array_equal(np.asarray(image_a), np.asarray(image_b))
+
+
+def test_geometry_bias_sees_relative_positions_and_ignores_padding(rng):
+    model = _geometry_model(2)
+    token_ids, token_mask, regions, boxes, region_mask = random_pairs(model.config, rng, pairs=2)
+    region_mask[:] = True
+    bias = np.asarray(model.geometry(jnp.asarray(boxes)))
+    assert bias.shape == (2, model.config.num_heads, boxes.shape[1], boxes.shape[1])
+    assert np.abs(bias).max() > 1e-2
+    # mirror every box left-right: the relative geometry changes, so do the activations ...
+    mirrored = boxes.copy()
+    mirrored[..., 0], mirrored[..., 2] = 1.0 - boxes[..., 2], 1.0 - boxes[..., 0]
+    a = model.encode_image(regions, boxes, region_mask).activations
+    b = model.encode_image(regions, mirrored, region_mask).activations
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+    # ... while a padded region's box never reaches a real region
+    region_mask[:, -1] = False
+    moved = boxes.copy()
+    moved[:, -1] = [0.0, 0.0, 1.0, 1.0, 1.0]
+    c = model.encode_image(regions, boxes, region_mask).activations[:, :-1]
+    d = model.encode_image(regions, moved, region_mask).activations[:, :-1]
+    np.testing.assert_allclose(np.asarray(c), np.asarray(d), atol=1e-6)
