@@ -145,3 +145,28 @@ def import_bert(model, directory: str) -> list[str]:
     for offset, layer in enumerate(model.joint_layers):
         importer.layer(layer, config.split_layer + offset)
     return sorted(set(importer.tensors) - importer.used - {"embeddings.position_ids"})
+
+
+def import_word_embeddings(model, directory: str, scale: float = 0.03) -> dict:
+    """Initialises `model`'s word embeddings [V, H] from a BERT checkpoint's [V, H_bert] table
+    by PCA (its top-H principal directions), rescaled to `scale` standard deviation.
+
+    For a model narrower than the checkpoint: words keep the pretrained table's neighbourhoods
+    (synonyms and related words stay close), so a phrasing unseen in training still lands near
+    the words it resembles. Returns {"explained_variance": fraction kept, "vocab": V}.
+    """
+    table = read_bert_tensors(directory).get("embeddings.word_embeddings.weight")
+    if table is None:
+        raise KeyError(f"{directory}/model.safetensors: no embeddings.word_embeddings.weight")
+    target = model.text_embeddings.word.embedding
+    vocab, hidden = target[...].shape
+    if table.shape[0] != vocab or table.shape[1] < hidden:
+        raise ValueError(f"{directory}: word embeddings {table.shape} cannot initialise a "
+                         f"[{vocab}, {hidden}] table (same vocabulary, at least {hidden} dims)")
+    centred = table.astype(np.float64) - table.mean(axis=0, keepdims=True)
+    _, singular, directions = np.linalg.svd(centred, full_matrices=False)
+    projected = centred @ directions[:hidden].T                           # [V, H]
+    projected *= scale / projected.std()
+    target[...] = jnp.asarray(projected, jnp.float32)
+    kept = float(np.sum(singular[:hidden] ** 2) / np.sum(singular ** 2))
+    return {"explained_variance": kept, "vocab": int(vocab)}

@@ -17,6 +17,7 @@ uses INDEX; other N get SCALE_DIR/n{N}/index = the split's images + generated di
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -97,6 +98,21 @@ def _scaled_index(evaluation: Evaluation, index_dir: str, count: int, options: d
     return scaled
 
 
+def index_digest(index_dir: str) -> str:
+    """A digest of every JSON record in INDEX (manifest, first-stage records): a rebuilt stage
+    or another storage mode changes it, so cached results are never reused for them."""
+    digest = hashlib.sha256()
+    for root, folders, files in os.walk(index_dir):
+        folders.sort()
+        for name in sorted(files):
+            if name.endswith(".json"):
+                path = os.path.join(root, name)
+                digest.update(os.path.relpath(path, index_dir).encode())
+                with open(path, "rb") as handle:
+                    digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
 def run(workdir: str, index_dir: str, data: str, split: str, settings: Settings,
         out: str | None = None, sizes=(), scale_dir: str | None = None,
         distractor_seed: int = -1, rerun: bool = False) -> tuple[list, list]:
@@ -111,7 +127,8 @@ def run(workdir: str, index_dir: str, data: str, split: str, settings: Settings,
                    batch_size=settings.batch_size)
     key = json.loads(json.dumps(dict(  # as a JSON round trip returns it (tuples -> lists)
         dataclasses.asdict(settings), fingerprint=evaluation.meta["fingerprint"],
-        data=os.path.abspath(data), split=split)))
+        data=os.path.abspath(data), split=split, index=os.path.abspath(index_dir),
+        index_state=index_digest(index_dir))))
     records, samples = [], None
     for count in sizes:
         path = os.path.join(out, f"n{count}.json") if out else None

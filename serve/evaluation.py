@@ -32,6 +32,7 @@ from lateint.tokenizer import WordPieceTokenizer
 from serve import distractors
 from serve.buckets import Buckets
 from serve.latency import LATENCY_KEYS, Latency, milliseconds
+from serve.relational_eval import RelationalTruth
 from serve.searcher import Searcher
 from train.evaluate import maxsim_matrix, rerank
 
@@ -73,6 +74,11 @@ def spaced(total: int, count: int) -> np.ndarray:
     """min(count, total) evenly spaced distinct indices of [0, total), ascending; count 0: all."""
     count = min(total, count) if count else total
     return np.unique(np.linspace(0, total - 1, count).round().astype(np.int64))
+
+
+def top_images(scores: np.ndarray, k: int = 10) -> np.ndarray:
+    """[Q, N] scores -> [Q, min(k, N)] best image indices (ties: the lower index first)."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def bytes_per_image(store: ActivationStore) -> dict:
@@ -120,6 +126,8 @@ class Evaluation:
                                self.buckets, self.tokenizer, settings.K)
         self._i2t_cache: dict = {}
         self.ranks: dict = {}  # label -> t2i ranks [Q] on the last INDEX (N where unknown)
+        # Scenes corpora: oracle recall and partner accuracy (None for COCO-style data).
+        self.relational = RelationalTruth.load(data, split, self.corpus)
 
     def evaluate_index(self, index_dir: str) -> tuple[list[dict], list[dict]]:
         """Every scorer on INDEX; returns (records, sample queries with their top 5)."""
@@ -141,6 +149,7 @@ class Evaluation:
         records = [self._exhaustive(context), self._global(context), self._maxsim(context)]
         records += [self._staged(context, name) for name in staged]
         subset = records[0].pop("query_positions")
+        self._add_relational(records, context, subset)
         common = {"num_images": store.num_images, "corpus_images": self.corpus.num_images,
                   "distractors": store.num_images - self.corpus.num_images,
                   "storage": store.storage_dtype, "index": index_dir,
@@ -157,6 +166,41 @@ class Evaluation:
                                                **{key: summary[key] for key in RECALL_KEYS})
             record.update(common)
         return records, self._samples(searcher, "concepts" if "concepts" in staged else "exact")
+
+    def _add_relational(self, records: list, context: dict, subset: np.ndarray) -> None:
+        """Oracle R@K (from each record's "top_images" [Q, 10]) and partner accuracy per scorer;
+        the joint score's partner accuracy is shared by joint_exhaustive and every staged row."""
+        for record in records:
+            top = record.pop("top_images")
+            if self.relational is None:
+                continue
+            queries = self.queries[subset] if record["scorer"] == "joint_exhaustive" \
+                else self.queries
+            record["oracle"] = dict(self.relational.oracle(queries, top),
+                                    queries=int(queries.size))
+            record["partner"] = self._partner(record["scorer"], context)
+
+    def _partner(self, scorer: str, context: dict) -> dict:
+        key = ("partner", "joint" if scorer in ("staged", "joint_exhaustive") else scorer,
+               context["store"].storage_dtype)
+        if key in self._i2t_cache:
+            return self._i2t_cache[key]
+        text = self.text
+        if key[1] == "global":
+            def pair_scores(captions, images):
+                return np.sum(text.global_vector[captions] *
+                              context["image_global"][images], axis=-1)
+        elif key[1] == "maxsim":
+            matrix = self._split_maxsim(context)
+
+            def pair_scores(captions, images):
+                return matrix[captions, images]
+        else:
+            def pair_scores(captions, images):
+                stored, image_mask = context["store"].gather(images)
+                return self._joint(captions, stored, image_mask)
+        self._i2t_cache[key] = self.relational.partner(pair_scores)
+        return self._i2t_cache[key]
 
     def _record(self, scorer, t2i_ranks, i2t_ranks, latency, parts, notes, matrix=None,
                 t2i_known=None, **fields) -> dict:
@@ -191,14 +235,18 @@ class Evaluation:
 
     def _global(self, context) -> dict:
         text, image_global = self.text, context["image_global"]
-        ranks = np.concatenate([metrics.ranks_text_to_image(
-            text.global_vector[self.queries[start:start + 256]] @ image_global.T,  # [256, N]
-            self.query_images[start:start + 256]) for start in range(0, self.queries.size, 256)])
+        ranks, top = [], []
+        for start in range(0, self.queries.size, 256):
+            scores = text.global_vector[self.queries[start:start + 256]] @ image_global.T
+            ranks.append(metrics.ranks_text_to_image(scores, self.query_images[start:start + 256]))
+            top.append(top_images(scores))                                         # [256, 10]
+        ranks = np.concatenate(ranks)
         matrix = text.global_vector @ image_global[:self.corpus.num_images].T    # [M, N0]
         i2t = metrics.ranks_image_to_text(matrix.T, self.corpus.caption_image)
         latency = self.latency.scan(context["searcher"], "exact_global", "stage1")
         return self._record("global", ranks, i2t, latency,
-                            {"global": context["parts"]["global"]}, [], matrix, settings={})
+                            {"global": context["parts"]["global"]}, [], matrix, settings={},
+                            top_images=np.concatenate(top))
 
     def _split_maxsim(self, context) -> np.ndarray:
         """[M, N0] MaxSim of every caption against the split's images (computed once)."""
@@ -211,7 +259,7 @@ class Evaluation:
 
     def _maxsim(self, context) -> dict:
         text, concepts, mask = self.text, context["concepts"], context["region_mask"]
-        ranks = []
+        ranks, top = [], []
         for start in range(0, self.queries.size, QUERY_BLOCK):
             rows = self.queries[start:start + QUERY_BLOCK]
             scores = np.concatenate([maxsim_matrix(                                # [q, N]
@@ -219,13 +267,14 @@ class Evaluation:
                 mask[low:low + IMAGE_BLOCK], QUERY_BLOCK)
                 for low in range(0, concepts.shape[0], IMAGE_BLOCK)], axis=1)
             ranks.append(metrics.ranks_text_to_image(scores, self.corpus.caption_image[rows]))
+            top.append(top_images(scores))
         matrix = self._split_maxsim(context)
         i2t = metrics.ranks_image_to_text(matrix.T, self.corpus.caption_image)
         latency = self.latency.scan(context["searcher"], "exact", "stage2")
         return self._record("maxsim", np.concatenate(ranks), i2t, latency,
                             {"concepts": context["parts"]["concepts"]},
                             ["i2t: the t2i MaxSim matrix transposed (as train.evaluate)"], matrix,
-                            settings={})
+                            settings={}, top_images=np.concatenate(top))
 
     # ---- joint layers -------------------------------------------------------------------------
 
@@ -281,7 +330,8 @@ class Evaluation:
         record = self._record("joint_exhaustive", all_ranks, i2t_ranks, latency,
                               {"activations": context["parts"]["activations"]}, notes,
                               scores[:, :self.corpus.num_images] if full else None,
-                              settings={}, query_positions=positions)
+                              settings={}, query_positions=positions,
+                              top_images=top_images(scores))
         if not full:  # the 'full' summary must come from the subset's own ranks
             record["recall"]["full"] = metrics.top_k_summary(ranks, i2t_ranks)
         record["queries"].update(t2i=int(queries.size), i2t=int(images.size))
@@ -334,8 +384,11 @@ class Evaluation:
         began = time.perf_counter()
         results = searcher.search([self.corpus.captions[row] for row in self.queries], **options)
         ranks = np.full(self.queries.size, context["store"].num_images, np.int64)  # >= K
+        top = np.full((self.queries.size, 10), context["store"].num_images, np.int64)
         for row, (result, image) in enumerate(zip(results, self.query_images)):
             scores = np.array([hit.score for hit in result.hits])
+            found_top = [hit.index for hit in result.hits][:10]
+            top[row, :len(found_top)] = found_top
             found = [hit.score for hit in result.hits if hit.index == image]
             if found:  # the metrics' tie rule: every tie counts against the query
                 ranks[row] = int(np.sum(scores >= found[0])) - 1
@@ -356,7 +409,7 @@ class Evaluation:
                  "layers (no first stage over captions; the same for every staged row)"]
         return self._record(
             "staged", ranks, self._staged_i2t(context), latency, parts, notes,
-            t2i_known=settings.K, first_stage=name, settings=options,
+            t2i_known=settings.K, first_stage=name, settings=options, top_images=top,
             first_stage_recall={"value": recall, "queries": int(reference_rows.size),
                                 "of": f"exact MaxSim top {settings.K} within the first "
                                       f"{settings.n} candidates"})

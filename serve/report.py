@@ -82,6 +82,28 @@ def recall_table(records: list[dict], protocol: str = "full") -> str:
     return _table(header, rows)
 
 
+def relational_table(records: list[dict]) -> str:
+    """Scenes corpora: one row per scorer (at the split's own N): strict t2i R@1/R@10, oracle
+    R@1/R@10 (overall and R@1 per caption kind), partner accuracy and ms per query."""
+    header = ["scorer", "N", "queries", "strict R@1", "strict R@10", "oracle R@1", "oracle R@10",
+              "oracle R@1 inventory", "relation", "count", "partner acc", "ms/query"]
+    rows = []
+    for record in records:
+        oracle, partner = record.get("oracle"), record.get("partner")
+        if not oracle:
+            continue
+        strict = (record["exhaustive_subset"] if record["scorer"] == "joint_exhaustive"
+                  else record["recall"]["full"])
+        rows.append([label(record), str(record["num_images"]), str(oracle["queries"]),
+                     _number(strict["t2i_r1"]), _number(strict["t2i_r10"]),
+                     _number(oracle["oracle_r1"]), _number(oracle["oracle_r10"])]
+                    + [_number(oracle.get(f"oracle_r1/{kind}"))
+                       for kind in ("inventory", "relation", "count")]
+                    + [_number(partner["partner_accuracy"]),
+                       _number(record["latency_ms"]["total"])])
+    return _table(header, rows) if rows else ""
+
+
 def speedup_table(records: list[dict]) -> str:
     """Per N and first stage: staged vs exhaustive joint t2i R@10 on the exhaustive model's
     query subset (relative difference) and the per-query latency speedup."""
@@ -113,6 +135,12 @@ def speedup_table(records: list[dict]) -> str:
 def markdown(records: list[dict], protocols=("full", "1k5fold", "5k")) -> str:
     """The tables of every protocol that has a value, then the speedup table and the notes."""
     parts = []
+    relational = relational_table(records)
+    if relational:
+        parts.append("Relations (oracle recall: a hit when a top image is a scene the caption is "
+                     "true of; partner accuracy: caption vs its scene's group partner, chance "
+                     "50; strict recall of joint_exhaustive on its query subset):\n\n"
+                     + relational)
     for protocol in protocols:
         if any(record["recall"].get(protocol) for record in records):
             parts.append(f"Protocol `{protocol}`:\n\n" + recall_table(records, protocol))

@@ -115,6 +115,45 @@ def test_records_hold_every_scorer_with_nulls_where_undefined(evaluated):
     assert len(samples) == 2 and all(len(sample["top5"]) == 5 for sample in samples)
 
 
+def test_relational_metrics_recomputed_from_scores_and_layouts(evaluated, scenes_dir):
+    """Oracle R@K and partner accuracy in the records equal a direct recomputation from the
+    scores and the layouts; the joint score's partner accuracy is shared by staged and
+    exhaustive rows (it is one scorer)."""
+    from lateint.data import scenes, semantics
+    evaluation, records, _ = evaluated
+    corpus = evaluation.corpus
+    layouts = scenes.read_records(scenes_dir, "test", corpus.image_ids)
+    truth = semantics.SceneTruth.from_records(layouts).truth_matrix(corpus.captions)
+    by_label = {(r["scorer"], r.get("first_stage")): r for r in records}
+    global_record = by_label["global", None]
+    from index.store import ActivationStore
+    store = ActivationStore.open(global_record["index"])
+    image_global = store.read_global(0, store.num_images)
+    scores = evaluation.text.global_vector[evaluation.queries] @ image_global.T       # [Q, N]
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    hits = np.take_along_axis(truth[evaluation.queries], top, axis=1)
+    for level in (1, 5, 10):
+        assert global_record["oracle"][f"oracle_r{level}"] == pytest.approx(
+            100 * hits[:, :level].any(axis=1).mean())
+    # partner accuracy by brute force over the group partners
+    wins, pairs = 0.0, 0
+    all_scores = evaluation.text.global_vector @ image_global.T                       # [M, N]
+    for caption, image in enumerate(corpus.caption_image):
+        for other in range(corpus.num_images):
+            if other != image and layouts[other]["group"] == layouts[image]["group"] and \
+                    not truth[caption, other]:
+                pairs += 1
+                wins += (all_scores[caption, image] > all_scores[caption, other]) + 0.5 * (
+                    all_scores[caption, image] == all_scores[caption, other])
+    assert pairs > 100 and global_record["partner"]["partner_pairs"] == pairs
+    assert global_record["partner"]["partner_accuracy"] == pytest.approx(100 * wins / pairs)
+    joint = by_label["joint_exhaustive", None]["partner"]
+    assert by_label["staged", "exact"]["partner"] == joint
+    assert joint != by_label["maxsim", None]["partner"]
+    assert by_label["staged", "exact"]["oracle"]["oracle_r10"] >= \
+        by_label["staged", "exact"]["recall"]["full"]["t2i_r10"]
+
+
 def test_report_writes_json_markdown_and_plot(evaluated, tmp_path):
     from serve import report
     _, records, samples = evaluated
@@ -124,6 +163,10 @@ def test_report_writes_json_markdown_and_plot(evaluated, tmp_path):
     text = report.markdown(loaded)
     assert "| staged:concepts | 200 |" in text and "| joint_exhaustive | 200 |" in text
     assert "| 200 | exact | 100 |" in text  # the speedup table row of the exact first stage
+    relations = report.relational_table(loaded)
+    staged = [r for r in loaded if r.get("first_stage") == "exact"][0]
+    assert f"| staged:exact | 200 | 100 | {staged['recall']['full']['t2i_r1']:.1f} |" in relations
+    assert f"{staged['partner']['partner_accuracy']:.1f}" in relations and relations in text
     report.plot(loaded, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "1." in report.samples_text(samples)

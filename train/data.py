@@ -10,8 +10,37 @@ from __future__ import annotations
 
 import numpy as np
 
+from lateint.data import rewrites, semantics
 from lateint.data.corpus import RegionCorpus
+from lateint.progress import Progress
 from lateint.tokenizer import WordPieceTokenizer
+
+
+class CaptionSemantics:
+    """What the scenes layouts add to a batch: which captions are true of which images, and
+    relational rewrites of each caption that are false of its own image.
+
+    truth: SceneTruth of the N training scenes (aligned with the corpus images); claims: the
+    parsed claims of each of the M captions; negatives: [M] lists of rewrite strings.
+    """
+
+    def __init__(self, corpus: RegionCorpus, records: list, negatives_per_caption: int,
+                 seed: int):
+        self.truth = semantics.SceneTruth.from_records(records)
+        self.claims = [semantics.parse(caption) for caption in corpus.captions]
+        self.negatives = []
+        progress = Progress(len(corpus.captions), 0, "captions")
+        for index, caption in enumerate(corpus.captions):
+            scene = self.truth.subset(corpus.caption_image[index:index + 1])
+            self.negatives.append(rewrites.relational_negatives(
+                caption, scene, negatives_per_caption, seed=seed * 1_000_003 + index))
+            if (index + 1) % 5000 == 0:
+                progress.log(index + 1, "relational rewrites")
+
+    def positives(self, captions: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """[B, B] bool: caption captions[i] is true of image images[j]."""
+        scenes = self.truth.subset(images)
+        return np.stack([scenes.holds(self.claims[c]) for c in captions])
 
 
 class TrainBatches:
@@ -21,7 +50,9 @@ class TrainBatches:
     """
 
     def __init__(self, corpus: RegionCorpus, tokenizer: WordPieceTokenizer, text_length: int,
-                 batch_size: int, seed: int, groups: np.ndarray | None = None):
+                 batch_size: int, seed: int, groups: np.ndarray | None = None,
+                 caption_semantics: CaptionSemantics | None = None,
+                 text_negatives: int = 0):
         if batch_size > corpus.num_images:
             raise ValueError(f"batch_size {batch_size} exceeds the {corpus.num_images} training "
                              "images (a batch holds distinct images)")
@@ -36,6 +67,14 @@ class TrainBatches:
             raise ValueError(f"image {corpus.image_ids[missing]!r} has no caption")
         self._caption_order = order
         self._caption_offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.semantics = caption_semantics
+        self.text_negatives = text_negatives if caption_semantics is not None else 0
+        if self.text_negatives:
+            flat = [text for texts in caption_semantics.negatives for text in texts]
+            self._negative_offsets = np.concatenate(
+                [[0], np.cumsum([len(texts) for texts in caption_semantics.negatives])])
+            self._negative_ids, self._negative_mask = tokenizer.encode(
+                flat or ["[PAD]"], length=text_length)
         self._group_members = None
         if groups is not None:
             if len(groups) != corpus.num_images:
@@ -63,10 +102,30 @@ class TrainBatches:
         captions = self._caption_order[starts + (rng.random(len(images)) * (stops - starts)
                                                  ).astype(np.int64)]
         mask = self.corpus.region_mask[images]
-        return {
+        batch = {
             "token_ids": self.token_ids[captions],
             "token_mask": self.token_mask[captions],
             "regions": np.asarray(self.corpus.regions[images], np.float32),
             "boxes": np.asarray(self.corpus.boxes[images], np.float32),
             "region_mask": mask,
         }
+        if self.semantics is not None:
+            batch["positives"] = self.semantics.positives(captions, images)
+        if self.text_negatives:
+            batch.update(self._negatives(captions, rng))
+        return batch
+
+    def _negatives(self, captions: np.ndarray, rng: np.random.Generator) -> dict:
+        """n = text_negatives rewrites per caption (drawn without replacement; slots beyond a
+        caption's rewrites are invalid): ids/mask [B, n, T], valid [B, n]."""
+        count = self.text_negatives
+        starts = self._negative_offsets[captions]
+        available = self._negative_offsets[captions + 1] - starts                    # [B]
+        keys = rng.random((len(captions), max(int(available.max(initial=0)), count)))
+        keys = np.where(np.arange(keys.shape[1])[None] < available[:, None], keys, 2.0)
+        slots = np.argsort(keys, axis=1)[:, :count]                                   # [B, n]
+        valid = slots < available[:, None]
+        rows = np.where(valid, starts[:, None] + slots, 0)
+        return {"negative_token_ids": self._negative_ids[rows],
+                "negative_token_mask": self._negative_mask[rows] & valid[..., None],
+                "negative_valid": valid}

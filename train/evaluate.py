@@ -6,7 +6,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lateint import metrics, scoring
+from lateint import metrics, relational_metrics, scoring
+from lateint.data import semantics
 from lateint.data.corpus import RegionCorpus
 from lateint.inference import Inference, batch_ranges
 from lateint.tokenizer import WordPieceTokenizer
@@ -44,8 +45,11 @@ def rerank(base: np.ndarray, candidates: np.ndarray, joint: np.ndarray) -> np.nd
 
 
 def dev_recall(inference: Inference, corpus: RegionCorpus, tokenizer: WordPieceTokenizer,
-               text_length: int, rerank_k: int, batch_size: int = 128) -> dict:
-    """Returns {scorer: recall summary} for 'global', 'maxsim' and 'rerank'."""
+               text_length: int, rerank_k: int, batch_size: int = 128,
+               records: list | None = None) -> dict:
+    """Returns {scorer: recall summary} for 'global', 'maxsim' and 'rerank'. With the scenes
+    layouts (`records`, aligned to the images) each summary also holds oracle R@K and partner
+    accuracy, overall and per caption kind (lateint.relational_metrics)."""
     token_ids, token_mask = tokenizer.encode(corpus.captions, length=text_length)
     text = inference.encode_text(token_ids, token_mask, batch_size)
     image, stored = inference.encode_images(
@@ -68,17 +72,51 @@ def dev_recall(inference: Inference, corpus: RegionCorpus, tokenizer: WordPieceT
                                        text.mask[i2t.reshape(-1)], stored[images],
                                        image.mask[images], batch_size).reshape(i2t.shape)
     caption_image = corpus.caption_image
-    return {
+    reranked = rerank(maxsim_scores, t2i, joint_t2i)
+    results = {
         "global": metrics.evaluate(global_scores, caption_image),
         "maxsim": metrics.evaluate(maxsim_scores, caption_image),
-        "rerank": metrics.evaluate(rerank(maxsim_scores, t2i, joint_t2i), caption_image,
+        "rerank": metrics.evaluate(reranked, caption_image,
                                    rerank(maxsim_scores.T, i2t, joint_i2t)),
     }
+    if records is not None:
+        def joint_pairs(captions, images):
+            return inference.joint_scores(text.activations[captions], text.mask[captions],
+                                          stored[images], image.mask[images], batch_size)
+        add_relational(results, {"global": global_scores, "maxsim": maxsim_scores,
+                                 "rerank": reranked}, joint_pairs, corpus, records)
+    return results
+
+
+def add_relational(results: dict, matrices: dict, joint_pairs, corpus: RegionCorpus,
+                   records: list) -> None:
+    """Adds oracle recall (from each scorer's [M, N] matrix) and partner accuracy to
+    results[scorer]. The joint scorer ('rerank') scores its partner pairs with
+    joint_pairs(captions [P], images [P]) -> [P], since a partner need not be in its top K."""
+    truth = semantics.SceneTruth.from_records(records).truth_matrix(corpus.captions)  # [M, N]
+    kinds = relational_metrics.caption_kinds(corpus.captions)
+    labels = {}
+    groups = np.array([labels.setdefault(record["group"], len(labels)) for record in records])
+    captions, own, partner = relational_metrics.partner_pairs(groups, corpus.caption_image,
+                                                              truth)
+    for scorer, scores in matrices.items():
+        results[scorer].update(relational_metrics.oracle_recall(
+            relational_metrics.top_images(scores, 10), truth, kinds))
+        if scorer == "rerank":
+            pair_own, pair_partner = joint_pairs(captions, own), joint_pairs(captions, partner)
+        else:
+            pair_own, pair_partner = scores[captions, own], scores[captions, partner]
+        results[scorer].update(relational_metrics.partner_accuracy(pair_own, pair_partner,
+                                                                   kinds[captions]))
 
 
 def format_table(results: dict) -> str:
-    """A Markdown table of R@1/5/10 both directions and rsum per scorer."""
+    """A Markdown table of R@1/5/10 both directions and rsum per scorer (and oracle R@1 per
+    caption kind and partner accuracy when the results hold them)."""
     keys = ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum"]
+    keys += [key for key in ("oracle_r1", "oracle_r1/inventory", "oracle_r1/relation",
+                             "oracle_r1/count", "partner_accuracy")
+             if all(key in summary for summary in results.values())]
     lines = ["| scorer | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for scorer, summary in results.items():
         lines.append(f"| {scorer} | " + " | ".join(f"{summary[key]:.1f}" for key in keys) + " |")

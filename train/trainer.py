@@ -23,7 +23,7 @@ from lateint.model import SplitEncoder
 from lateint.progress import Progress, format_seconds
 from lateint.tokenizer import WordPieceTokenizer
 from train import evaluate, steps
-from train.data import TrainBatches
+from train.data import CaptionSemantics, TrainBatches
 from train.writer import MetricWriter
 
 
@@ -71,6 +71,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_corpus = load_corpus(config.data.path, config.data.train_split)
     dev_corpus = evaluate.subset(load_corpus(config.data.path, config.data.dev_split),
                                  config.eval_images)
+    dev_records = None
+    if config.data.get("semantics", False):
+        dev_records = scenes.read_records(config.data.path, config.data.dev_split,
+                                          dev_corpus.image_ids)
     model_config = build_model_config(config, bert_dir, train_corpus)
     _check_same_model(workdir, model_config)
     tokenizer = _tokenizer(bert_dir, config.text_length)
@@ -82,8 +86,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if bert_dir:
         unused = pretrained.import_bert(model, bert_dir)
         logging.info("initialised from %s (unused tensors: %d)", bert_dir, len(unused))
+    word_embeddings = config.get("word_embeddings", "")
+    if word_embeddings:
+        found = pretrained.import_word_embeddings(model, resolve_pretrained(word_embeddings))
+        logging.info("word embeddings: PCA of %s to H=%d (%.1f%% of the variance)",
+                     word_embeddings, model_config.hidden_size, 100 * found["explained_variance"])
     graph, params = nnx.split(model)
-    tx, schedule = steps.make_optimizer(config.optimizer, config.num_steps)
+    frozen = None
+    if config.get("freeze_word_embeddings", False):
+        frozen = jax.tree_util.tree_map_with_path(
+            lambda path, _: "text_embeddings/word" in "/".join(
+                str(getattr(key, "key", key)) for key in path), params)
+    tx, schedule = steps.make_optimizer(config.optimizer, config.num_steps, frozen)
     opt_state = tx.init(params)
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -110,8 +124,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.data.group_batches:
         groups = scenes.read_groups(config.data.path, config.data.train_split,
                                     train_corpus.image_ids)
+    caption_semantics = None
+    if config.data.get("semantics", False):
+        began = time.perf_counter()
+        caption_semantics = CaptionSemantics(
+            train_corpus, scenes.read_records(config.data.path, config.data.train_split,
+                                              train_corpus.image_ids),
+            config.loss.get("text_negatives", 0), config.seed)
+        logging.info("caption semantics: %d captions parsed, %d relational rewrites in %.1f s",
+                     train_corpus.num_captions,
+                     sum(len(texts) for texts in caption_semantics.negatives),
+                     time.perf_counter() - began)
     batches = TrainBatches(train_corpus, tokenizer, config.text_length, config.batch_size,
-                           config.seed, groups)
+                           config.seed, groups, caption_semantics,
+                           config.loss.get("text_negatives", 0))
     train_step = steps.make_train_step(graph, tx, config.loss)
     writer = MetricWriter(workdir)
     progress = Progress(config.num_steps, start_step, "steps", config.batch_size, "examples")
@@ -125,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         started = time.perf_counter()
         inference = Inference(nnx.merge(graph, jax.device_get(params)))
         found = evaluate.dev_recall(inference, dev_corpus, tokenizer, config.text_length,
-                                    config.rerank_k)
+                                    config.rerank_k, records=dev_records)
         writer.write(step, {f"dev/{scorer}/{key}": value for scorer, summary in found.items()
                             for key, value in summary.items()})
         logging.info("dev recall at step %d (%d images, %.1fs):\n%s", step,
@@ -148,7 +174,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             scalars.update(learning_rate=float(schedule(step)), steps_per_second=progress.rate(done),
                            examples_per_second=progress.rate(done) * config.batch_size)
             writer.write(done, scalars)
-            progress.log(done, f"loss {loss:.4f} joint_acc {scalars['joint_accuracy']:.2f}")
+            progress.log(done, f"loss {loss:.4f} joint_acc {scalars['joint_accuracy']:.2f}" + (
+                f" text_neg_acc {scalars['text_negative_accuracy']:.2f}"
+                if "text_negative_accuracy" in scalars else ""))
         if done % config.checkpoint_every == 0 or done == config.num_steps:
             save(done)
         if done % config.eval_every == 0 and done != config.num_steps:
