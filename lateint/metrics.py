@@ -2,25 +2,21 @@
 
 Shapes: M captions, N images. `caption_image [M]` holds the index of each caption's image.
 
-Tie conventions (`ties=`, both directions):
-- "pessimistic" (the default of the rank functions and `evaluate`): the rank of a positive is
-  the number of *negatives* scoring greater than or equal to it, i.e. every tie between a
-  positive and a negative is ordered with the negative first, so a constant scorer gets the worst
-  possible ranks, never perfect ones; the result does not depend on the order of the columns.
-- "scan": SCAN's / VSE++'s / TERAN's `i2t` and `t2i` exactly: `order = np.argsort(row)[::-1]`
-  (NumPy's default sort of the row as given) and the rank is the position of the (first)
-  positive in `order`, so ties fall wherever the sort puts them. The COCO protocols
-  (`coco_5k`, `coco_1k_5fold`) use it by default, on float64 scores as SCAN's `evalrank` computes
-  its `sims`, so their numbers compare with published tables. NumPy's tie order can depend on
-  the dtype and the CPU's sort kernels; pass the same array to reproduce SCAN's run bit for bit.
-Without ties both conventions give the same ranks. Ranks are 0-based; R@K counts rank < K; medr
-and meanr are reported 1-based as in papers (VSE++ / SCAN: medr = floor(median(rank)) + 1,
-meanr = mean(rank) + 1).
+Tie conventions (`ties=`), equal without ties:
+- "pessimistic" (default of the rank functions and `evaluate`): a positive's rank is the number
+  of *negatives* scoring >= it, so a constant scorer gets the worst ranks, never perfect ones.
+- "scan": SCAN's / VSE++'s / TERAN's `i2t` and `t2i` exactly: the position of the (first)
+  positive in `np.argsort(row)[::-1]`, ties wherever NumPy's sort puts them (which can depend on
+  dtype and CPU). `coco_5k` / `coco_1k_5fold` default to it, on float64 like `evalrank`'s sims.
+Ranks are 0-based; R@K counts rank < K; medr = floor(median(rank)) + 1 and meanr = mean(rank) + 1
+as VSE++ / SCAN report them.
 """
 
 from typing import Callable, Union
 
 import numpy as np
+
+from lateint.first_stage_recall import first_stage_recall  # noqa: F401  (part of this API)
 
 DIRECTIONS = ("t2i", "i2t")  # text→image (image retrieval), image→text (caption retrieval)
 RECALL_LEVELS = (1, 5, 10)
@@ -306,13 +302,9 @@ def coco_1k_5fold(scores: ScoreSource, caption_image, image_to_text_scores=None,
     fold_size (the result is then "1K-style", not the published protocol). With N = 1000 (the
     Flickr30k test split) it is the single-fold 1K evaluation.
 
-    With the standard layout (caption i of image i // 5, what every lateint reader returns) and
-    ties="scan" this is SCAN's `evalrank(..., fold5=True)`: fold k ranks captions
-    [5000k, 5000(k+1)) against images [1000k, 1000(k+1)) with its `i2t` / `t2i`, and every
-    value (R@K, medr, meanr) is the mean over folds; rsum here is the mean of the fold rsums, i.e.
-    the sum of the six mean recalls SCAN prints. (SCAN's own "rsum:" line after the folds prints
-    mean_metrics[10] * 6, and index 10 of its result rows is the i2t average recall, so that line
-    is 2 x (i2t R@1 + R@5 + R@10), not the rsum; VSE++ prints 6 x the rsum.)
+    With caption i of image i // 5 (every lateint reader's layout) and ties="scan" this is SCAN's
+    `evalrank(..., fold5=True)`, every value the mean over folds; rsum = the sum of the six mean
+    recalls (SCAN's printed fold-5 "rsum:" is 2 x the i2t recall sum: docs/coco.md).
 
     Args:
       scores: [M, N] caption × image matrix, or a function (caption_indices [m], image_indices
@@ -370,10 +362,8 @@ def coco_1k_5fold(scores: ScoreSource, caption_image, image_to_text_scores=None,
 def coco_5k(scores, caption_image, image_to_text_scores=None, ties="scan"):
     """COCO 5K protocol: both directions over the full 5000-image test split.
 
-    With the standard layout (25,000 captions, caption i of image i // 5) and ties="scan" this is
-    SCAN's / TERAN's `evalrank(..., fold5=False)` on the 5,000-image test split (SCAN's
-    'testall'): `i2t` and `t2i` over the whole [5000, 25000] matrix, rsum the sum of the six
-    recalls.
+    With caption i of image i // 5 and ties="scan" this is SCAN's / TERAN's `evalrank(...,
+    fold5=False)` on the 5,000-image test split (SCAN's 'testall').
 
     Args:
       scores: [M, 5000] float, caption × image.
@@ -393,43 +383,3 @@ def coco_5k(scores, caption_image, image_to_text_scores=None, ties="scan"):
     if image_to_text_scores is not None:
         image_to_text_scores = _as_evalrank_sims(image_to_text_scores, ties)
     return evaluate(_as_evalrank_sims(scores, ties), caption_image, image_to_text_scores, ties)
-
-
-def first_stage_recall(candidates, reference):
-    """Fraction of the exact top-k found among a first stage's candidates, averaged over queries.
-
-    Args:
-      candidates: [Q, n] int item ids from the first stage; negative ids are padding (no match).
-      reference: [Q, k] int exact top-k ids, non-negative and distinct within a row.
-    Returns:
-      float in [0, 1]: mean over queries of |reference ∩ candidates| / k.
-    """
-    candidates = np.asarray(candidates)
-    reference = np.asarray(reference)
-    if candidates.ndim != 2 or reference.ndim != 2:
-        raise ValueError(
-            f"first_stage_recall: expected candidates [Q, n] and reference [Q, k], got "
-            f"{candidates.shape} and {reference.shape}"
-        )
-    if candidates.shape[0] != reference.shape[0]:
-        raise ValueError(
-            f"first_stage_recall: candidates has Q={candidates.shape[0]} rows but reference has "
-            f"Q={reference.shape[0]}"
-        )
-    if reference.shape[0] == 0 or reference.shape[1] == 0:
-        raise ValueError(f"reference: expected a non-empty [Q, k] array, got {reference.shape}")
-    if reference.min() < 0:
-        raise ValueError(
-            "reference: expected non-negative ids (padding is allowed in candidates only)"
-        )
-    ordered = np.sort(reference, axis=1)
-    if np.any(ordered[:, 1:] == ordered[:, :-1]):
-        row = int(np.flatnonzero(np.any(ordered[:, 1:] == ordered[:, :-1], axis=1))[0])
-        raise ValueError(f"reference: row {row} repeats an id: {reference[row].tolist()}")
-    found = 0
-    for start in range(0, reference.shape[0], _BLOCK_ROWS):
-        block_reference = reference[start:start + _BLOCK_ROWS]  # [b, k]
-        block_candidates = candidates[start:start + _BLOCK_ROWS]  # [b, n]
-        matches = block_reference[:, :, None] == block_candidates[:, None, :]  # [b, k, n]
-        found += int(np.sum(np.any(matches, axis=2)))
-    return found / reference.size
