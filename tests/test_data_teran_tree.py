@@ -1,21 +1,11 @@
 """TERAN's real directory tree (mesnico/TERAN data.py and README), read through load_corpus.
 
-The fixtures are written as TERAN's loaders read them:
-
-    data/coco/annotations/coco_{train,restval,dev,test}_ids.npy    annotation ids (get_paths)
-    data/coco/annotations/captions_{train,val}2014.json            COCO(json): anns, imgs
-    data/coco/features_36/bu_att/{image_id}.npz ['feat'], bu_box/{image_id}.npy   (pixels)
-    data/f30k/annotations/dataset_flickr30k.json                   FlickrDataset(json)
-    data/f30k/images/sizes.pkl                                     pickle of image.size per image
-    data/f30k/features_36/bu_att/{i}.npz, bu_box/{i}.npy           i = position in the json
-
-and the expected values apply TERAN's own rules: caption k = anns[ids[k]]['caption'], its image
+The fixtures (tests/real_layouts.py) are written as TERAN's loaders read them, and the expected values apply TERAN's own rules: caption k = anns[ids[k]]['caption'], its image
 anns[ids[k]]['image_id'], boxes / np.tile([width, height], 2); Flickr img_id = the position.
 """
 
 import json
 import os
-import pickle
 import shutil
 
 import numpy as np
@@ -24,57 +14,7 @@ import pytest
 from lateint.data import load_corpus
 from lateint.data.options import DataPath
 from lateint.data.teran import convert_teran_to_precomp
-
-F = 6
-rng = np.random.default_rng(0)
-
-
-def _features(folder, image_id, count, width, height):
-    os.makedirs(os.path.join(folder, "bu_att"), exist_ok=True)
-    os.makedirs(os.path.join(folder, "bu_box"), exist_ok=True)
-    feat = rng.normal(size=(count, F)).astype(np.float32)
-    corners = np.sort(rng.uniform(size=(count, 2, 2)), axis=1)
-    boxes = np.concatenate([corners[:, 0], corners[:, 1]], 1) * [width, height, width, height]
-    np.savez(os.path.join(folder, "bu_att", f"{image_id}.npz"), feat=feat)
-    np.save(os.path.join(folder, "bu_box", f"{image_id}.npy"), boxes)
-    return feat, boxes / np.tile([width, height], 2)
-
-
-# image id -> (width, height, region count, number of captions); split -> images.
-COCO_IMAGES = {
-    "train": {9: (640, 480, 3, 5), 25: (500, 375, 2, 6)},
-    "restval": {30: (480, 640, 4, 5)},
-    "dev": {41: (640, 427, 2, 5), 42: (427, 640, 3, 5), 43: (500, 500, 2, 5)},
-    "test": {71: (640, 480, 2, 5), 72: (333, 500, 5, 6), 73: (612, 612, 3, 5)},
-}
-
-
-def write_coco(root):
-    """TERAN's data/coco; returns {image id: (feat, normalised boxes)}."""
-    annotations = os.path.join(root, "annotations")
-    os.makedirs(annotations)
-    expected, next_id = {}, 1000
-    files = {"captions_train2014.json": ("train",),
-             "captions_val2014.json": ("restval", "dev", "test")}
-    for json_name, splits in files.items():
-        content = {"images": [], "annotations": []}
-        for split in splits:
-            ids = []
-            for image_id, (width, height, count, sentences) in COCO_IMAGES[split].items():
-                content["images"].append({"id": image_id, "width": width, "height": height,
-                                          "file_name": f"COCO_{image_id:012d}.jpg"})
-                for k in range(sentences):
-                    content["annotations"].append(
-                        {"id": next_id, "image_id": image_id,
-                         "caption": f"Image {image_id} caption {k}. "})
-                    ids.append(next_id)
-                    next_id += 1
-                expected[image_id] = _features(os.path.join(root, "features_36"), image_id,
-                                               count, width, height)
-            np.save(os.path.join(annotations, f"coco_{split}_ids.npy"), np.asarray(ids))
-        with open(os.path.join(annotations, json_name), "w") as file:
-            json.dump(content, file)
-    return expected
+from real_layouts import write_coco, write_f30k
 
 
 def teran_coco_reference(root, split):
@@ -170,27 +110,6 @@ def test_convert_coco_tree_to_precomp(coco, tmp_path):
     np.testing.assert_array_equal(converted.regions, direct.regions)
 
 
-FLICKR = [("train", (500, 333), 2), ("val", (375, 500), 3), ("test", (500, 375), 4),
-          ("test", (333, 500), 2), ("val", (500, 400), 1)]
-
-
-def write_f30k(root):
-    os.makedirs(os.path.join(root, "annotations"))
-    os.makedirs(os.path.join(root, "images"))
-    images, sizes, expected = [], [], {}
-    for position, (split, size, count) in enumerate(FLICKR):
-        images.append({"split": split, "filename": f"{1000 + position}.jpg", "imgid": position,
-                       "sentences": [{"raw": f" flickr {position} sentence {k}\n", "tokens": []}
-                                     for k in range(5)]})
-        sizes.append(size)   # PIL image.size: (width, height)
-        expected[position] = _features(os.path.join(root, "features_36"), position, count, *size)
-    with open(os.path.join(root, "annotations", "dataset_flickr30k.json"), "w") as file:
-        json.dump({"dataset": "flickr30k", "images": images}, file)
-    with open(os.path.join(root, "images", "sizes.pkl"), "wb") as file:
-        pickle.dump(sizes, file)
-    return expected
-
-
 def test_f30k_tree_with_sizes_in_the_images_folder(tmp_path):
     root = str(tmp_path / "data" / "f30k")
     expected = write_f30k(root)
@@ -215,3 +134,26 @@ def test_f30k_sizes_elsewhere_need_the_option(tmp_path):
                                                 r"pass sizes= \(--data_sizes=PATH\)"):
         load_corpus(root, "test")
     assert load_corpus(DataPath(root, sizes=moved), "test").num_images == 2
+
+
+@pytest.mark.parametrize("name, pattern", [
+    ("bu_att/72.npz", r"bu_att/72.npz: expected an .npz archive with key 'feat', got an "
+                      r"unreadable file"),
+    ("bu_box/72.npy", r"bu_box/72.npy: expected a readable .npy / .npz array"),
+])
+def test_truncated_per_image_files_name_the_file(coco, name, pattern):
+    root, _ = coco
+    path = os.path.join(root, "features_36", name)
+    with open(path, "r+b") as file:
+        file.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match=pattern):
+        load_corpus(root, "test")
+
+
+def test_non_utf8_annotations_name_the_file(coco):
+    root, _ = coco
+    with open(os.path.join(root, "annotations", "captions_val2014.json"), "ab") as file:
+        file.write(b"\xff")
+    with pytest.raises(ValueError, match=r"captions_val2014.json: expected UTF-8 JSON, got byte "
+                                         r"0xff"):
+        load_corpus(root, "test")

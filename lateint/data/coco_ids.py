@@ -24,7 +24,7 @@ from lateint.data.corpus import clean_caption
 from lateint.data.karpathy import KarpathySplit, read_json
 
 TRAIN_JSON, VAL_JSON = "captions_train2014.json", "captions_val2014.json"
-# Our split name -> the (ids file stem, annotation file) pairs it concatenates, as TERAN's get_paths.
+# Our split name -> the (ids file stem, annotation file) pairs it reads, as TERAN's get_paths.
 SPLIT_FILES = {
     "train": (("train", TRAIN_JSON), ("restval", VAL_JSON)),
     "train+restval": (("train", TRAIN_JSON), ("restval", VAL_JSON)),

@@ -186,24 +186,42 @@ def _npz_feature_shape(path: str) -> tuple:
     """Shape of the 'feat' member of an .npz, read from its header without loading the data."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: missing region features ({FEATURE_FOLDER}/{{id}}.npz)")
-    with zipfile.ZipFile(path) as archive:
-        if "feat.npy" not in archive.namelist():
-            raise ValueError(f"{path}: expected key 'feat', got keys "
-                             f"{[name[:-4] for name in archive.namelist()]}")
-        with archive.open("feat.npy") as member:
-            version = np.lib.format.read_magic(member)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, _ = read_header(member)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "feat.npy" not in archive.namelist():
+                raise ValueError(f"{path}: expected key 'feat', got keys "
+                                 f"{[name[:-4] for name in archive.namelist()]}")
+            with archive.open("feat.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(member)
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise ValueError(f"{path}: expected an .npz archive with key 'feat', got an unreadable "
+                         f"file ({error}); the download or extraction was probably cut "
+                         f"short") from error
     if len(shape) != 2 or shape[0] < 1:
         raise ValueError(f"{path}: 'feat': expected shape [n, F] with n >= 1, got {shape}")
     return shape
 
 
+def _load_file(path: str, load):
+    """load() of one per-image file, its errors re-raised as ValueError naming `path`."""
+    try:
+        return load()
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: expected a readable .npy / .npz array, got: {error} (a "
+                         f"truncated download or extraction?)") from error
+
+
+def _npz_feat(path: str) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as archive:
+        return archive["feat"]
+
+
 def _read_image(feature_path: str, box_path: str, size: np.ndarray, feature_dim: int):
     """Returns (regions [n, F] float32, boxes [n, 5] float32 normalised) for one image."""
-    with np.load(feature_path, allow_pickle=False) as archive:
-        features = archive["feat"]
+    features = _load_file(feature_path, lambda: _npz_feat(feature_path))
     if not np.issubdtype(features.dtype, np.floating) or features.ndim != 2 or \
             features.shape[1] != feature_dim:
         raise ValueError(f"{feature_path}: 'feat': expected float [n, {feature_dim}], got "
@@ -212,7 +230,7 @@ def _read_image(feature_path: str, box_path: str, size: np.ndarray, feature_dim:
         raise ValueError(f"{feature_path}: 'feat': expected finite features, got NaN or Inf")
     if not os.path.exists(box_path):
         raise FileNotFoundError(f"{box_path}: missing boxes for {feature_path}")
-    boxes = np.load(box_path, allow_pickle=False)
+    boxes = _load_file(box_path, lambda: np.load(box_path, allow_pickle=False))
     if boxes.shape != (features.shape[0], 4) or not np.issubdtype(boxes.dtype, np.number):
         raise ValueError(f"{box_path}: expected [{features.shape[0]}, 4] pixel boxes (one per "
                          f"region of {os.path.basename(feature_path)}), got {boxes.dtype} "
