@@ -102,3 +102,10 @@ def apply_to_config(config, flag_values: flags.FlagValues = flags.FLAGS) -> None
         for name in OPTION_NAMES:
             if flag_values[f"data_{name}"].value is not None:
                 config.data[name] = flag_values[f"data_{name}"].value
+
+
+def cache_key(path) -> dict:
+    """{"data_options": options} for a result cache key, {} when `path` carries none (so keys of
+    runs without --data_* flags stay what they were)."""
+    options = path_options(path)
+    return {"data_options": options} if options else {}
