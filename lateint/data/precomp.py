@@ -73,8 +73,9 @@ def _read_header(path: str, what: str):
                 shape, _, dtype = np.lib.format.read_array_header_1_0(file)
             elif version == (2, 0):
                 shape, _, dtype = np.lib.format.read_array_header_2_0(file)
-            else:
-                shape, _, dtype = np.lib.format._read_array_header(file, version)
+            else:  # 3.0 (UTF-8 field names): no public header reader; numpy parses it
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+                return array.shape, array.dtype, array.offset
             return shape, dtype, file.tell()
     except (EOFError, ValueError, SyntaxError) as error:
         got = "an empty file" if size == 0 else f"{size} bytes without a complete .npy header"
