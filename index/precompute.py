@@ -22,6 +22,7 @@ from index import codecs
 from index import manifest as manifest_lib
 from index.store import ActivationStore
 from lateint.checkpoint import load_model
+from lateint.data import options as data_options
 from lateint.data.corpus import load_corpus
 from lateint.inference import Inference, batch_ranges
 from lateint.progress import Progress, format_seconds
@@ -105,7 +106,7 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Defined only when run as a binary, so importing `precompute` claims no flag names."""
     flags.DEFINE_string("workdir", None, "Training workdir (model config + checkpoints).")
-    flags.DEFINE_string("data", None, "Corpus directory (precomp layout, TERAN or scenes).")
+    data_options.define_flags()  # --data and the shared --data_* reader options
     flags.DEFINE_string("split", "test", "Split of the corpus to index.")
     flags.DEFINE_string("index", None, "INDEX directory to write.")
     flags.DEFINE_enum("storage", "bfloat16", ["float32", "bfloat16", "int8"],
@@ -119,7 +120,7 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    precompute(FLAGS.workdir, FLAGS.data, FLAGS.split, FLAGS.index, FLAGS.storage,
+    precompute(FLAGS.workdir, data_options.from_flags(), FLAGS.split, FLAGS.index, FLAGS.storage,
                FLAGS.batch_size, FLAGS.overwrite, FLAGS.shard_rows)
 
 

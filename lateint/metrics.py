@@ -2,16 +2,21 @@
 
 Shapes: M captions, N images. `caption_image [M]` holds the index of each caption's image.
 
-Tie rule (both directions): the rank of a positive is the number of *negatives* scoring
-greater than or equal to it, i.e. every tie between a positive and a negative is ordered with the
-negative first (pessimistic), so a constant scorer gets the worst possible ranks, never perfect
-ones. Ranks are 0-based; R@K counts rank < K; medr and meanr are reported 1-based as in papers
-(VSE++ / SCAN: medr = floor(median(rank)) + 1, meanr = mean(rank) + 1).
+Tie conventions (`ties=`), equal without ties:
+- "pessimistic" (default of the rank functions and `evaluate`): a positive's rank is the number
+  of *negatives* scoring >= it, so a constant scorer gets the worst ranks, never perfect ones.
+- "scan": SCAN's / VSE++'s / TERAN's `i2t` and `t2i` exactly: the position of the (first)
+  positive in `np.argsort(row)[::-1]`, ties wherever NumPy's sort puts them (which can depend on
+  dtype and CPU). `coco_5k` / `coco_1k_5fold` default to it, on float64 like `evalrank`'s sims.
+Ranks are 0-based; R@K counts rank < K; medr = floor(median(rank)) + 1 and meanr = mean(rank) + 1
+as VSE++ / SCAN report them.
 """
 
 from typing import Callable, Union
 
 import numpy as np
+
+from lateint.first_stage_recall import first_stage_recall  # noqa: F401  (part of this API)
 
 DIRECTIONS = ("t2i", "i2t")  # text→image (image retrieval), image→text (caption retrieval)
 RECALL_LEVELS = (1, 5, 10)
@@ -24,6 +29,9 @@ SUMMARY_KEYS = tuple(
 
 # Rows per block when comparing scores, to bound the [rows, columns] temporaries.
 _BLOCK_ROWS = 256
+# Elements per block of the "scan" convention's argsort ([rows, columns] int64 temporaries).
+_SORT_BLOCK_ELEMENTS = 1 << 22
+TIES = ("pessimistic", "scan")
 
 ScoreSource = Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]]
 
@@ -52,24 +60,52 @@ def _check_caption_image(caption_image, num_images):
     return caption_image
 
 
-def ranks_text_to_image(scores, caption_image):
+def _check_ties(ties):
+    if ties not in TIES:
+        raise ValueError(f"ties: expected one of {list(TIES)}, got {ties!r}")
+
+
+def _sort_block_rows(columns):
+    return max(1, _SORT_BLOCK_ELEMENTS // max(1, columns))
+
+
+def _scan_positions(block):
+    """[b, n] scores -> [b, n] int64: each column's position in np.argsort(row)[::-1]."""
+    order = np.argsort(block, axis=1)  # ascending, NumPy's default kind, as SCAN's code
+    positions = np.empty_like(order)
+    rows = np.arange(block.shape[0])[:, None]
+    positions[rows, order] = block.shape[1] - 1 - np.arange(block.shape[1])[None, :]
+    return positions
+
+
+def ranks_text_to_image(scores, caption_image, ties="pessimistic"):
     """0-based rank of each caption's true image among all images.
 
-    Rank = number of other images scoring >= the true image (ties count against the caption).
+    ties="pessimistic": rank = number of other images scoring >= the true image (ties count
+    against the caption); "scan": the position of the true image in np.argsort(row)[::-1].
 
     Args:
       scores: [M, N] float, caption × image.
       caption_image: [M] int, the true image of each caption.
+      ties: "pessimistic" or "scan" (see the module docstring).
     Returns:
       [M] int64 ranks.
     """
+    _check_ties(ties)
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores: expected [M, N] captions × images, got shape {scores.shape}")
     caption_image = _check_caption_image(caption_image, scores.shape[1])
     scores = _check_scores("scores", scores, (caption_image.shape[0], scores.shape[1]))
-    positive = scores[np.arange(scores.shape[0]), caption_image]  # [M]
     ranks = np.empty(scores.shape[0], np.int64)
+    if ties == "scan":
+        step = _sort_block_rows(scores.shape[1])
+        for start in range(0, scores.shape[0], step):
+            positions = _scan_positions(scores[start:start + step])  # [b, N]
+            rows = np.arange(positions.shape[0])
+            ranks[start:start + step] = positions[rows, caption_image[start:start + step]]
+        return ranks
+    positive = scores[np.arange(scores.shape[0]), caption_image]  # [M]
     for start in range(0, scores.shape[0], _BLOCK_ROWS):
         block = scores[start:start + _BLOCK_ROWS]  # [b, N]
         at_least = np.sum(block >= positive[start:start + _BLOCK_ROWS, None], axis=1)
@@ -77,18 +113,21 @@ def ranks_text_to_image(scores, caption_image):
     return ranks
 
 
-def ranks_image_to_text(scores, caption_image):
+def ranks_image_to_text(scores, caption_image, ties="pessimistic"):
     """0-based rank of each image's best caption among all captions.
 
-    Rank = number of captions of *other* images scoring >= the image's best-scoring caption:
-    the position of the first positive when ties are ordered negatives first.
+    ties="pessimistic": rank = number of captions of *other* images scoring >= the image's
+    best-scoring caption, the position of the first positive when ties are ordered negatives
+    first; "scan": the first position of one of its captions in np.argsort(row)[::-1].
 
     Args:
       scores: [N, M] float, image × caption.
       caption_image: [M] int, the image of each caption; every image needs at least one caption.
+      ties: "pessimistic" or "scan" (see the module docstring).
     Returns:
       [N] int64 ranks.
     """
+    _check_ties(ties)
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores: expected [N, M] images × captions, got shape {scores.shape}")
@@ -103,6 +142,15 @@ def ranks_image_to_text(scores, caption_image):
             "caption, so image→text ranks are undefined"
         )
     ranks = np.empty(num_images, np.int64)
+    if ties == "scan":
+        step = _sort_block_rows(scores.shape[1])
+        for start in range(0, num_images, step):
+            positions = _scan_positions(scores[start:start + step])  # [b, M]
+            images = np.arange(start, start + positions.shape[0])
+            positive = caption_image[None, :] == images[:, None]  # [b, M]
+            ranks[start:start + step] = np.min(np.where(positive, positions, scores.shape[1]),
+                                               axis=1)
+        return ranks
     for start in range(0, num_images, _BLOCK_ROWS):
         block = scores[start:start + _BLOCK_ROWS]  # [b, M]
         images = np.arange(start, start + block.shape[0])
@@ -170,7 +218,7 @@ def top_k_summary(ranks_t2i, ranks_i2t, t2i_known=None, i2t_known=None):
     return {key: summary[key] for key in SUMMARY_KEYS}
 
 
-def ranks_image_subset_to_text(scores, images, caption_image):
+def ranks_image_subset_to_text(scores, images, caption_image, ties="pessimistic"):
     """ranks_image_to_text for a subset of the images, each against every caption.
 
     Captions of images outside the subset are negatives (the same tie rule).
@@ -179,6 +227,7 @@ def ranks_image_subset_to_text(scores, images, caption_image):
       scores: [S, M] float, image `images[s]` × caption.
       images: [S] int, distinct image indices, each with at least one caption.
       caption_image: [M] int, the image of each caption (any number of images).
+      ties: "pessimistic" or "scan".
     Returns:
       [S] int64 0-based ranks.
     """
@@ -194,12 +243,12 @@ def ranks_image_subset_to_text(scores, images, caption_image):
     row[images] = np.arange(images.size)
     local = row[caption_image].astype(np.int64)  # [M]
     if np.all(local < images.size):
-        return ranks_image_to_text(scores, local)
+        return ranks_image_to_text(scores, local, ties)
     padded = np.concatenate([scores, np.zeros((1, scores.shape[1]), scores.dtype)])
-    return ranks_image_to_text(padded, local)[:images.size]
+    return ranks_image_to_text(padded, local, ties)[:images.size]
 
 
-def evaluate(scores, caption_image, image_to_text_scores=None):
+def evaluate(scores, caption_image, image_to_text_scores=None, ties="pessimistic"):
     """Both directions over one score matrix.
 
     Args:
@@ -207,6 +256,7 @@ def evaluate(scores, caption_image, image_to_text_scores=None):
       caption_image: [M] int.
       image_to_text_scores: optional [N, M] image × caption; defaults to scores.T (use it for
         asymmetric scorers such as image→text MaxSim).
+      ties: "pessimistic" or "scan" (see the module docstring).
     Returns:
       recall_summary dict.
     """
@@ -214,9 +264,15 @@ def evaluate(scores, caption_image, image_to_text_scores=None):
     if image_to_text_scores is None:
         image_to_text_scores = scores.T
     return recall_summary(
-        ranks_text_to_image(scores, caption_image),
-        ranks_image_to_text(image_to_text_scores, caption_image),
+        ranks_text_to_image(scores, caption_image, ties),
+        ranks_image_to_text(image_to_text_scores, caption_image, ties),
     )
+
+
+def _as_evalrank_sims(scores, ties):
+    """SCAN's evalrank ranks float64 `sims` (np.zeros filled shard by shard): under "scan" the
+    protocols sort float64 too, so NumPy breaks ties as in that run."""
+    return np.asarray(scores, np.float64) if ties == "scan" else scores
 
 
 def _fold_scores(source, name, caption_indices, image_indices, transpose):
@@ -237,13 +293,18 @@ def _fold_scores(source, name, caption_indices, image_indices, transpose):
 
 
 def coco_1k_5fold(scores: ScoreSource, caption_image, image_to_text_scores=None,
-                  num_images=None, fold_size=1000):
+                  num_images=None, fold_size=1000, ties="scan"):
     """COCO 1K protocol: mean of the summaries over folds of `fold_size` images and their captions.
 
     Fold k holds images [fold_size·k, fold_size·(k+1)) and every caption of those images; scores
     are ranked within the fold only. The standard protocol is 5 folds of 1000 over the 5000-image
     test split; other sizes are allowed for small benchmarks as long as N is a multiple of
-    fold_size (the result is then "1K-style", not the published protocol).
+    fold_size (the result is then "1K-style", not the published protocol). With N = 1000 (the
+    Flickr30k test split) it is the single-fold 1K evaluation.
+
+    With caption i of image i // 5 (every lateint reader's layout) and ties="scan" this is SCAN's
+    `evalrank(..., fold5=True)`, every value the mean over folds; rsum = the sum of the six mean
+    recalls (SCAN's printed fold-5 "rsum:" is 2 x the i2t recall sum: docs/coco.md).
 
     Args:
       scores: [M, N] caption × image matrix, or a function (caption_indices [m], image_indices
@@ -253,9 +314,11 @@ def coco_1k_5fold(scores: ScoreSource, caption_image, image_to_text_scores=None,
         caption_indices [m]) -> [n, m]; defaults to the transpose of `scores`.
       num_images: N; required when `scores` is a function, checked against the matrix otherwise.
       fold_size: images per fold.
+      ties: "scan" (SCAN's argsort, on float64 as its evalrank; the default) or "pessimistic".
     Returns:
       recall_summary dict averaged over folds (medr and meanr too, as VSE++ reports them).
     """
+    _check_ties(ties)
     caption_image = np.asarray(caption_image)
     if not callable(scores):
         scores = np.asarray(scores)
@@ -284,70 +347,39 @@ def coco_1k_5fold(scores: ScoreSource, caption_image, image_to_text_scores=None,
         caption_indices = np.flatnonzero(
             (caption_image >= first) & (caption_image < first + fold_size))
         local_caption_image = caption_image[caption_indices] - first
-        fold_t2i = _fold_scores(scores, "scores", caption_indices, image_indices, False)
+        fold_t2i = _as_evalrank_sims(
+            _fold_scores(scores, "scores", caption_indices, image_indices, False), ties)
         if image_to_text_scores is None:
             fold_i2t = fold_t2i.T
         else:
-            fold_i2t = _fold_scores(image_to_text_scores, "image_to_text_scores",
-                                    caption_indices, image_indices, True)
-        summaries.append(evaluate(fold_t2i, local_caption_image, fold_i2t))
+            fold_i2t = _as_evalrank_sims(_fold_scores(
+                image_to_text_scores, "image_to_text_scores", caption_indices, image_indices,
+                True), ties)
+        summaries.append(evaluate(fold_t2i, local_caption_image, fold_i2t, ties))
     return {key: float(np.mean([summary[key] for summary in summaries])) for key in SUMMARY_KEYS}
 
 
-def coco_5k(scores, caption_image, image_to_text_scores=None):
+def coco_5k(scores, caption_image, image_to_text_scores=None, ties="scan"):
     """COCO 5K protocol: both directions over the full 5000-image test split.
+
+    With caption i of image i // 5 and ties="scan" this is SCAN's / TERAN's `evalrank(...,
+    fold5=False)` on the 5,000-image test split (SCAN's 'testall').
 
     Args:
       scores: [M, 5000] float, caption × image.
       caption_image: [M] int.
       image_to_text_scores: optional [5000, M]; defaults to scores.T.
+      ties: "scan" (SCAN's argsort, on float64 as its evalrank; the default) or "pessimistic".
     Returns:
       recall_summary dict. For corpora of other sizes call `evaluate`.
     """
+    _check_ties(ties)
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[1] != 5000:
         raise ValueError(
             f"coco_5k: expected scores [M, 5000] captions × images, got shape {scores.shape}; "
             "use lateint.metrics.evaluate for other corpus sizes"
         )
-    return evaluate(scores, caption_image, image_to_text_scores)
-
-
-def first_stage_recall(candidates, reference):
-    """Fraction of the exact top-k found among a first stage's candidates, averaged over queries.
-
-    Args:
-      candidates: [Q, n] int item ids from the first stage; negative ids are padding (no match).
-      reference: [Q, k] int exact top-k ids, non-negative and distinct within a row.
-    Returns:
-      float in [0, 1]: mean over queries of |reference ∩ candidates| / k.
-    """
-    candidates = np.asarray(candidates)
-    reference = np.asarray(reference)
-    if candidates.ndim != 2 or reference.ndim != 2:
-        raise ValueError(
-            f"first_stage_recall: expected candidates [Q, n] and reference [Q, k], got "
-            f"{candidates.shape} and {reference.shape}"
-        )
-    if candidates.shape[0] != reference.shape[0]:
-        raise ValueError(
-            f"first_stage_recall: candidates has Q={candidates.shape[0]} rows but reference has "
-            f"Q={reference.shape[0]}"
-        )
-    if reference.shape[0] == 0 or reference.shape[1] == 0:
-        raise ValueError(f"reference: expected a non-empty [Q, k] array, got {reference.shape}")
-    if reference.min() < 0:
-        raise ValueError(
-            "reference: expected non-negative ids (padding is allowed in candidates only)"
-        )
-    ordered = np.sort(reference, axis=1)
-    if np.any(ordered[:, 1:] == ordered[:, :-1]):
-        row = int(np.flatnonzero(np.any(ordered[:, 1:] == ordered[:, :-1], axis=1))[0])
-        raise ValueError(f"reference: row {row} repeats an id: {reference[row].tolist()}")
-    found = 0
-    for start in range(0, reference.shape[0], _BLOCK_ROWS):
-        block_reference = reference[start:start + _BLOCK_ROWS]  # [b, k]
-        block_candidates = candidates[start:start + _BLOCK_ROWS]  # [b, n]
-        matches = block_reference[:, :, None] == block_candidates[:, None, :]  # [b, k, n]
-        found += int(np.sum(np.any(matches, axis=2)))
-    return found / reference.size
+    if image_to_text_scores is not None:
+        image_to_text_scores = _as_evalrank_sims(image_to_text_scores, ties)
+    return evaluate(_as_evalrank_sims(scores, ties), caption_image, image_to_text_scores, ties)

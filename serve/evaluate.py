@@ -27,6 +27,7 @@ from absl import app, flags, logging
 
 from index.first_stage import BUILD_NAMES
 from index.store import ActivationStore
+from lateint.data import options as data_options
 from serve import distractors, report
 from serve.evaluation import PROTOCOLS, Evaluation, Settings
 
@@ -37,7 +38,7 @@ def define_flags():
     """Defined only when run as a binary, so importing `run` claims no flag names."""
     flags.DEFINE_string("workdir", None, "Training workdir (model config + checkpoints).")
     flags.DEFINE_string("index", None, "Finished INDEX of the split (index.precompute).")
-    flags.DEFINE_string("data", None, "Corpus directory holding the split.")
+    data_options.define_flags()  # --data and the shared --data_* reader options
     flags.DEFINE_string("split", "test", "Split whose captions are the queries.")
     flags.DEFINE_enum("protocol", "all", ("all",) + PROTOCOLS,
                       "full: rank against every INDEX image; 1k5fold / 5k: COCO protocols over "
@@ -128,7 +129,7 @@ def run(workdir: str, index_dir: str, data: str, split: str, settings: Settings,
     key = json.loads(json.dumps(dict(  # as a JSON round trip returns it (tuples -> lists)
         dataclasses.asdict(settings), fingerprint=evaluation.meta["fingerprint"],
         data=os.path.abspath(data), split=split, index=os.path.abspath(index_dir),
-        index_state=index_digest(index_dir))))
+        index_state=index_digest(index_dir), **data_options.cache_key(data))))
     records, samples = [], None
     for count in sizes:
         path = os.path.join(out, f"n{count}.json") if out else None
@@ -172,9 +173,9 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--first_stages: expected names among {list(BUILD_NAMES)}, "
                              f"got {unknown}")
-    records, samples = run(FLAGS.workdir, FLAGS.index, FLAGS.data, FLAGS.split, settings,
-                           FLAGS.out, FLAGS.num_images, FLAGS.scale_dir, FLAGS.distractor_seed,
-                           FLAGS.rerun)
+    records, samples = run(FLAGS.workdir, FLAGS.index, data_options.from_flags(), FLAGS.split,
+                           settings, FLAGS.out, FLAGS.num_images, FLAGS.scale_dir,
+                           FLAGS.distractor_seed, FLAGS.rerun)
     if jax.process_index() != 0:
         return
     print("Sample queries (staged pipeline, top 5):")

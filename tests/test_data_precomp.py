@@ -52,7 +52,7 @@ def test_scan_layout_round_trip(tmp_path):
 
 def test_one_caption_per_image_and_per_caption_ids(tmp_path):
     _write_scan(tmp_path, captions_per_image=1, ids="caption")
-    corpus = load_precomp(str(tmp_path), "test")
+    corpus = load_precomp(str(tmp_path), "test")  # M == N: SCAN's im_div = 1
     np.testing.assert_array_equal(corpus.caption_image, np.arange(N))
     assert corpus.image_ids == [str(1000 + i) for i in range(N)]
 
@@ -91,7 +91,7 @@ def test_writer_round_trip_with_variable_counts(tmp_path):
             writer.add(regions, boxes.astype(np.float32), [f"c{index}a", f"c{index}b"],
                        f"id{index}")
             expected.append((regions, boxes))
-    corpus = load_corpus(str(tmp_path), "train")
+    corpus = load_corpus(str(tmp_path), "train", captions_per_image=2)
     np.testing.assert_array_equal(corpus.region_counts, counts)
     for index, (regions, boxes) in enumerate(expected):
         np.testing.assert_array_equal(corpus.regions[index, :counts[index]], regions)
@@ -101,7 +101,7 @@ def test_writer_round_trip_with_variable_counts(tmp_path):
     np.testing.assert_array_equal(corpus.caption_image, np.arange(10) // 2)
     # write_precomp re-writes a loaded corpus identically.
     write_precomp(str(tmp_path / "copy"), "train", corpus)
-    again = load_corpus(str(tmp_path / "copy"), "train")
+    again = load_corpus(str(tmp_path / "copy"), "train", captions_per_image=0)
     np.testing.assert_array_equal(again.regions, corpus.regions)
     assert again.image_ids == corpus.image_ids and again.captions == corpus.captions
 
@@ -129,12 +129,15 @@ def _break(tmp_path, **overrides):
 @pytest.mark.parametrize("mutate, error, pattern", [
     # caption count not a multiple of the image count
     (lambda d: open(os.path.join(d, "test_caps.txt"), "a").write("one more\n"), ValueError,
-     r"test_caps.txt: expected a caption count that is a positive multiple of the 4 images"
-     r".*got 21 captions"),
+     r"test_caps.txt: expected 5 captions per image \(20; caption i -> image i // 5, as "
+     r"SCAN/VSE\+\+ read it\) or one per image \(4\) for the 4 images of .*test_ims.npy, got 21 "
+     r"captions \(5.25 per image\); pass captions_per_image=K"),
     (lambda d: os.remove(os.path.join(d, "test_caps.txt")), FileNotFoundError,
      r"test_caps.txt: missing"),
-    (lambda d: np.save(os.path.join(d, "test_ims.npy"), np.zeros((N, R * F), np.float32)),
-     ValueError, r"test_ims.npy: regions: expected a 3-D array \[N, R, F\], got shape \(4, 60\)"),
+    (lambda d: np.save(os.path.join(d, "test_ims.npy"), np.zeros((N, R, F, 1), np.float32)),
+     ValueError, r"test_ims.npy: regions: expected a 3-D array \[N, R, F\] \(SCAN regions\) or a "
+                 r"2-D array \[N, D\] \(VSE\+\+; \[5N, D\] for 10-crop\), got shape "
+                 r"\(4, 6, 10, 1\)"),
     (lambda d: np.save(os.path.join(d, "test_ims.npy"), np.zeros((N, R, F), np.float64)),
      ValueError, r"test_ims.npy: regions: expected dtype float32, got float64"),
     (lambda d: np.save(os.path.join(d, "test_boxes.npy"), np.zeros((N, R + 1, 5), np.float32)),

@@ -20,7 +20,7 @@ def _karpathy(images):
     return {"dataset": "coco", "images": images}
 
 
-def _entry(cocoid, split, position, sentences=2):
+def _entry(cocoid, split, position, sentences=5):
     return {"split": split, "filename": f"COCO_{cocoid}.jpg", "imgid": position,
             "cocoid": int(cocoid), "sentences": [
                 {"raw": f"photo {cocoid}  number {k}.", "tokens": [], "imgid": position}
@@ -81,8 +81,9 @@ def test_teran_round_trip(tmp_path, sizes):
         np.testing.assert_allclose(corpus.boxes[index, :count, :4], boxes, atol=1e-6)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         np.testing.assert_allclose(corpus.boxes[index, :count, 4], area, atol=1e-6)
-    assert corpus.captions[:2] == ["photo 11 number 0.", "photo 11 number 1."]
-    np.testing.assert_array_equal(corpus.caption_image, [0, 0, 1, 1, 2, 2])
+    # Raw sentences keep their inner spacing, as the same caption in a precomp file would.
+    assert corpus.captions[:2] == ["photo 11  number 0.", "photo 11  number 1."]
+    np.testing.assert_array_equal(corpus.caption_image, np.arange(15) // 5)
 
 
 def test_flickr_ids_are_positions(tmp_path):
@@ -126,11 +127,14 @@ def _nan_features(directory):
     (lambda d: np.savez(os.path.join(d, "bu_att", "22.npz"), feat=np.zeros((5, F + 1))),
      ValueError, r"bu_att: expected one feature dim F across images, got \[12, 13\]"),
     (lambda d: os.remove(os.path.join(d, "image_sizes.json")), FileNotFoundError,
-     r"expected image sizes to normalise the pixel boxes in one of: .*image_sizes.json"),
+     r"expected image sizes to normalise the pixel boxes in one of: .*image_sizes.json.*; pass "
+     r"sizes= \(--data_sizes=PATH\)"),
     (lambda d: json.dump({"11": [640, 480]}, open(os.path.join(d, "image_sizes.json"), "w")),
      ValueError, r"image_sizes.json: expected a \[width, height\] entry for image id '22'"),
     (lambda d: os.remove(os.path.join(d, "dataset_coco.json")), FileNotFoundError,
-     r"expected a Karpathy split file dataset_coco.json or dataset_flickr30k.json"),
+     r"expected the captions of these TERAN features, a Karpathy split file dataset_coco.json or "
+     r"dataset_flickr30k.json, or COCO's coco_\{split\}_ids.npy \+ captions_\*2014.json, in one "
+     r"of: .*; pass annotations= \(--data_annotations=PATH\)"),
 ])
 def test_broken_teran_inputs(tmp_path, mutate, error, pattern):
     _write_teran(str(tmp_path))
@@ -162,17 +166,19 @@ def test_sizes_pickle_cannot_run_code(tmp_path):
 
 def test_karpathy_splits_and_aliases(tmp_path):
     path = str(tmp_path / "dataset_coco.json")
-    entries = [_entry("1", "train", 0), _entry("2", "restval", 1, sentences=5),
-               _entry("3", "val", 2), _entry("4", "test", 3)]
+    entries = [_entry("1", "train", 0, sentences=2), _entry("2", "restval", 1, sentences=5),
+               _entry("3", "val", 2, sentences=2), _entry("4", "test", 3, sentences=2)]
     with open(path, "w") as file:
         json.dump(_karpathy(entries), file)
-    assert load_karpathy(path, "train").image_ids == ["1"]
+    assert load_karpathy(path, "train_only").image_ids == ["1"]
     both = load_karpathy(path, "train+restval")
     assert both.image_ids == ["1", "2"] and len(both.captions) == 7
     np.testing.assert_array_equal(both.caption_image, [0, 0, 1, 1, 1, 1, 1])
+    # The standard 'train' is train + restval (SCAN's 113,287 COCO images).
+    assert load_karpathy(path, "train").image_ids == ["1", "2"]
     np.testing.assert_array_equal(both.positions, [0, 1])
     assert load_karpathy(path, "dev").image_ids == ["3"]
-    assert load_karpathy(path, "test").captions == ["photo 4 number 0.", "photo 4 number 1."]
+    assert load_karpathy(path, "test").captions == ["photo 4  number 0.", "photo 4  number 1."]
     assert both.dataset == "coco" and both.filenames == ["COCO_1.jpg", "COCO_2.jpg"]
 
 
@@ -185,7 +191,7 @@ def test_karpathy_splits_and_aliases(tmp_path):
     (_karpathy([{"split": "test", "cocoid": 1, "sentences": [{"tokens": []}]}]), "test",
      r"images\[0\].sentences\[0\]: expected a non-empty 'raw' string"),
     (_karpathy([{"split": "test", "sentences": [{"raw": "x"}]}]), "test",
-     r"images\[0\]: expected a 'cocoid' or 'imgid' field"),
+     r"images\[0\]: expected a 'cocoid', 'imgid' or 'filename' field"),
     (_karpathy([]), "validation", r"split: expected one of .*got 'validation'"),
 ])
 def test_broken_karpathy_files(tmp_path, content, split, pattern):

@@ -15,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lateint import checkpoint, pretrained
 from lateint.config import ModelConfig
+from lateint.data import options as data_options
 from lateint.data import scenes
 from lateint.data.corpus import load_corpus
 from lateint.fingerprint import model_fingerprint
@@ -68,8 +69,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("devices: %s", jax.devices())
     os.makedirs(workdir, exist_ok=True)
     bert_dir = resolve_pretrained(config.pretrained)
-    train_corpus = load_corpus(config.data.path, config.data.train_split)
-    dev_corpus = evaluate.subset(load_corpus(config.data.path, config.data.dev_split),
+    data = data_options.from_config(config.data)  # config.data.path + its reader options
+    train_corpus = load_corpus(data, config.data.train_split)
+    dev_corpus = evaluate.subset(load_corpus(data, config.data.dev_split),
                                  config.eval_images)
     dev_records = None
     if config.data.get("semantics", False):

@@ -14,6 +14,15 @@ BOX_TOLERANCE = 1e-4
 # Full NaN/Inf scans of memory-mapped features read the whole file; above this many bytes
 # `check_finite_regions` checks a deterministic sample of images unless asked for a full scan.
 FULL_SCAN_BYTES = 4 << 30
+# What SCAN's and VSE++'s `line.strip()` on a bytes line removes: ASCII whitespace only.
+CAPTION_STRIP = " \t\n\r\x0b\x0c"
+
+
+def clean_caption(text: str) -> str:
+    """One caption as every reader returns it, so a caption is the same string in every format:
+    a leading UTF-8 BOM and the leading/trailing ASCII whitespace SCAN strips are removed; line
+    breaks inside (a few COCO captions have them) become spaces; inner spacing is kept."""
+    return text.lstrip("\ufeff").replace("\r", " ").replace("\n", " ").strip(CAPTION_STRIP)
 
 
 @dataclasses.dataclass
@@ -164,22 +173,42 @@ def _read_rows(regions: np.ndarray, start: int, count: int) -> np.ndarray:
 def load_corpus(path: str, split: str, **options) -> RegionCorpus:
     """Loads split `split` of the corpus at `path`, detecting the format from the files.
 
-    - `{path}/{split}_ims.npy` present: SCAN/VSE precomp (`lateint.data.precomp.load_precomp`);
-    - `{path}/bu_att/` present: TERAN bottom-up features (`lateint.data.teran.load_teran`).
-    `options` pass through to the reader. Raises FileNotFoundError listing what was looked for.
+    - `{path}/{split}_ims.npy` present: SCAN/VSE++ precomp (`lateint.data.precomp.load_precomp`);
+    - `{path}/bu_att/` or `{path}/features_*/bu_att/` present: TERAN bottom-up features, with
+      its annotations and image sizes found in TERAN's tree (`lateint.data.teran.load_teran`).
+    `options`: reader options (see `lateint.data.options`), merged over those a
+    `lateint.data.options.DataPath` carries; None values mean the reader's default. Raises
+    FileNotFoundError listing what was looked for, ValueError for an option the format lacks.
     """
     # The readers import RegionCorpus from this module, so they are imported here, not at the top.
+    from lateint.data import options as options_lib
     from lateint.data import precomp, teran
 
+    merged = options_lib.path_options(path)
+    merged.update(options)
+    merged = {name: value for name, value in merged.items() if value is not None}
+    path = str(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a directory (expected a corpus directory holding "
-                                f"{split}_ims.npy (precomp) or bu_att/ (TERAN))")
+                                f"{split}_ims.npy (precomp), bu_att/ or features_*/bu_att/ "
+                                f"(TERAN))")
     if os.path.exists(os.path.join(path, f"{split}_ims.npy")):
-        return precomp.load_precomp(path, split, **options)
-    if os.path.isdir(os.path.join(path, teran.FEATURE_FOLDER)):
-        return teran.load_teran(path, split, **options)
+        _refuse_options(merged, precomp.OPTIONS, path, "a SCAN/VSE++ precomp directory")
+        return precomp.load_precomp(path, split, **merged)
+    tree = teran.find_tree(path)
+    if tree is not None:
+        _refuse_options(merged, teran.OPTIONS, path, "TERAN features")
+        return teran.load_teran(path, split, **merged)
     present = sorted(os.listdir(path))
     shown = ", ".join(present[:12]) + (", ..." if len(present) > 12 else "")
     raise FileNotFoundError(
-        f"{path}: no corpus for split {split!r}: expected {split}_ims.npy (SCAN/VSE precomp) or "
-        f"{teran.FEATURE_FOLDER}/ + {teran.BOX_FOLDER}/ (TERAN); found: {shown or 'nothing'}")
+        f"{path}: no corpus for split {split!r}: expected {split}_ims.npy (SCAN/VSE++ precomp), "
+        f"{teran.FEATURE_FOLDER}/ + {teran.BOX_FOLDER}/ or features_*/{teran.FEATURE_FOLDER}/ "
+        f"(TERAN); found: {shown or 'nothing'}")
+
+
+def _refuse_options(options: dict, accepted: tuple, path: str, what: str) -> None:
+    unused = sorted(set(options) - set(accepted))
+    if unused:
+        raise ValueError(f"{path}: holds {what}, which takes the options {list(accepted)}; got "
+                         f"{unused} (the --data_{unused[0]} flag does not apply to it)")

@@ -1,11 +1,15 @@
-r"""COCO (or Flickr30k) bottom-up-attention features, 36 x 2048 regions, bert-base-sized.
+r"""COCO bottom-up-attention features (36 x 2048 regions), a bert-base-sized split encoder.
 
-For users with a GPU/TPU. Point `data.path` at a SCAN precomp directory (train_ims.npy,
-train_caps.txt, dev_*, test_*) and `pretrained` at a HuggingFace bert-base-uncased directory
-(config.json, model.safetensors, vocab.txt):
+For users with a GPU/TPU (docs/coco.md: downloads, every step, memory, time). `--data` takes
+SCAN's coco_precomp folder (train_ims.npy [113287, 36, 2048], train_caps.txt, dev_*, testall_*)
+or TERAN's tree (data/coco: features_36/bu_att, annotations/coco_*_ids.npy); `pretrained` a
+HuggingFace bert-base-uncased directory (config.json, model.safetensors, vocab.txt):
 
-  python -m train.main --config=train/configs/coco_precomp.py --workdir=runs/coco \
-      --config.data.path=/data/coco_precomp --config.pretrained=/models/bert-base-uncased
+  python -m train.main --config=train/configs/coco_precomp.py --workdir=runs/coco/model \
+      --data=data/coco_precomp --config.pretrained=/models/bert-base-uncased
+
+The data follow the standard protocol (lateint.data.options): train = Karpathy train + restval
+(113,287 images), 5 captions per image, validation on the first 1,000 dev images.
 """
 
 from train.configs import scenes_minilm
@@ -14,7 +18,11 @@ from train.configs import scenes_minilm
 def get_config():
     config = scenes_minilm.get_config()
     config.data.path = "data/coco_precomp"
-    config.data.group_batches = False  # COCO has no scene groups
+    config.data.train_split = "train"
+    config.data.dev_split = "dev"
+    config.data.captions_per_image = 5   # the standard protocol (0: every caption)
+    config.data.dev_images = 1000        # SCAN / TERAN validate on the first 1,000 dev images
+    config.data.group_batches = False    # COCO has no scene groups
     config.pretrained = "bert-base-uncased"  # a directory; override on the command line
     config.model = dict(num_layers=12, split_layer=10, concept_dim=256, compression_dim=128,
                         share_tower_weights=False, dtype="bfloat16",
