@@ -122,18 +122,32 @@ def build(index_dir: str, source, *, num_centroids: int | None = None, centroids
             raise ValueError(f"{NAME}: centroids expected [K, {source.concept_dim}], "
                              f"got {centroids.shape}")
         parameters["centroid_rule"] = "given"
+    record = _write_generation(index_dir, source, centroids, block_rows, log, {
+        "state": "ready", "parameters": parameters, "regions": source.regions,
+        "concept_dim": source.concept_dim})
+    log(f"{NAME}: {record['base_postings']} postings over {centroids.shape[0]} lists for "
+        f"{source.num_images} images")
+    return record
+
+
+def _write_generation(index_dir: str, source, centroids, block_rows: int, log,
+                      record: dict) -> dict:
+    """Writes the dictionary and the lists of `source` as a new generation, commits `record`
+    updated with them and returns it. The dictionary lives per generation (dictionary/g<n>),
+    so a rebuild or a recluster never changes what a published generation reads."""
     lists, images, weights = _source_postings(source, centroids, 0, block_rows, log)
     inverted = postings.InvertedLists.from_postings(lists, images, weights, centroids.shape[0])
-    store.write_array(index_dir, f"{PREFIX}/centroids", centroids)
     generation = postings.next_generation(index_dir, LISTS_PREFIX)
-    record = postings.write_base(index_dir, LISTS_PREFIX, generation, inverted)
-    record.update(state="ready", parameters=parameters, num_images=source.num_images,
-                  regions=source.regions, concept_dim=source.concept_dim,
+    name = f"{PREFIX}/dictionary/g{generation}"
+    store.write_array(index_dir, name, centroids)
+    record = dict(record, **postings.write_base(index_dir, LISTS_PREFIX, generation, inverted),
+                  centroids=name, num_images=source.num_images,
                   num_centroids=centroids.shape[0])
     records.write_record(index_dir, NAME, record)
     postings.remove_stale_generations(index_dir, LISTS_PREFIX, generation)
-    log(f"{NAME}: {inverted.num_postings} postings over {centroids.shape[0]} lists for "
-        f"{source.num_images} images")
+    kept = {entry["centroids"].rsplit("/", 1)[1] for entry in
+            records.published_records(index_dir, NAME) + [record] if "centroids" in entry}
+    postings.remove_folders(index_dir, f"{PREFIX}/dictionary", keep=kept)
     return record
 
 
@@ -141,15 +155,29 @@ def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BL
         log=None) -> dict:
     """Appends the postings of images start..start+B-1 (assigned to the existing centroids)."""
     log = log or (lambda message: None)
-    record = records.read_record(index_dir, NAME)
-    sources.check_source(source, record["concept_dim"], record["regions"], NAME)
-    centroids = store.read_array(index_dir, f"{PREFIX}/centroids")
-    lists, images, weights = _source_postings(source, centroids, start, block_rows, log)
-    committed = postings.append_postings(index_dir, LISTS_PREFIX, record, lists, images, weights)
-    record = dict(record, **committed, num_images=start + source.num_images)
-    records.write_record(index_dir, NAME, record)
-    postings.remove_stale_generations(index_dir, LISTS_PREFIX, record["generation"])
-    return record
+    return postings.add_postings(index_dir, NAME, source, start, lambda record: _source_postings(
+        source, read_centroids(index_dir, record), start, block_rows, log))
+
+
+def read_centroids(index_dir: str, record: dict) -> np.ndarray:
+    """The record's dictionary [K, C] float32 (index.compact --recluster writes a new one)."""
+    return store.read_array(index_dir, record.get("centroids", f"{PREFIX}/centroids"))
+
+
+def recluster(index_dir: str, source, record: dict, block_rows: int = sources.DEFAULT_BLOCK_ROWS,
+              log=None) -> dict:
+    """Retrains the dictionary over `source` (k-means with the record's K, seed and iterations)
+    and rewrites the lists as a new generation; returns the committed record."""
+    log = log or (lambda message: None)
+    parameters = record["parameters"]
+    vectors, total = _training_vectors(source, parameters["max_training_vectors"],
+                                       parameters["seed"], block_rows)
+    log(f"{NAME}: reclustering {record['num_centroids']} centroids over {vectors.shape[0]} of "
+        f"{total} regions")
+    centroids = kmeans.train_centroids(vectors, min(record["num_centroids"], vectors.shape[0]),
+                                       seed=parameters["seed"],
+                                       iterations=parameters["iterations"], log=log)
+    return _write_generation(index_dir, source, centroids, block_rows, log, record)
 
 
 class ConceptStage:
@@ -167,12 +195,12 @@ class ConceptStage:
         self.nprobe = int(nprobe or record["parameters"]["nprobe"])
 
     @classmethod
-    def load(cls, index_dir: str, nprobe: int | None = None):
-        record = records.read_record(index_dir, NAME)
-        centroids = store.read_array(index_dir, f"{PREFIX}/centroids")
+    def load(cls, index_dir: str, nprobe: int | None = None, manifest: dict | None = None):
+        """manifest: read the generation it publishes (default: the stage.json record)."""
+        record = records.committed_record(index_dir, NAME, manifest)
         lists = postings.read_lists(index_dir, LISTS_PREFIX, record)
-        return cls(centroids, lists, tombstones.bitmap(index_dir, record["num_images"]), record,
-                   nprobe)
+        return cls(read_centroids(index_dir, record), lists,
+                   tombstones.bitmap(index_dir, record["num_images"], manifest), record, nprobe)
 
     @property
     def nbytes(self) -> int:
