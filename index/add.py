@@ -24,7 +24,7 @@ from index import generation
 from index import manifest as manifest_lib
 from index import precompute as precompute_lib
 from index.first_stage import build as first_stage_build
-from index.first_stage import sources, tombstones
+from index.first_stage import concepts, sources, tombstones
 from index.store import ActivationStore
 from lateint.progress import format_seconds
 
@@ -113,6 +113,8 @@ def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: 
         new_rows = sources.RowWindow(store, start, stop)
         for name, record in first_stage_build.add(index_dir, new_rows, start, log=log).items():
             log(f"index.add: first stage {name!r} now holds {record['num_images']} images")
+            if name == "concepts":
+                log(f"index.add: concept dictionary: {concepts.recluster_advice(record)}")
     added = dict(journal, images=stop - start, generation=journal["from_generation"] + 1)
     source = dict(manifest.get("source") or {})
     source["added"] = list(source.get("added", [])) + [

@@ -62,6 +62,19 @@ def test_add_and_delete_search_like_a_rebuild_before_compaction(changed, rebuilt
         np.testing.assert_array_equal(got[name][1], scores, err_msg=name)
 
 
+def test_add_records_how_well_the_first_dictionary_fits_the_new_images(changed):
+    from index.first_stage import concepts, records
+    index_dir, _ = changed
+    record = records.committed_record(index_dir, "concepts", read_manifest(index_dir))
+    fit = record["fit"]
+    assert fit["added_postings"] > 0 and 0 < fit["added"] <= 1 and 0 < fit["trained"] <= 1
+    assert "added postings vs" in concepts.recluster_advice(record)
+    worse = dict(record, fit=dict(fit, trained=0.85, added=0.85 - 0.06))
+    assert concepts.recluster_advice(worse).endswith("index.compact --recluster is advised")
+    close = dict(record, fit=dict(fit, trained=0.85, added=0.85 - 0.04))
+    assert concepts.recluster_advice(close).endswith("the dictionary still fits")
+
+
 def test_compact_equals_a_rebuild_with_the_first_dictionary(changed, rebuilt):
     index_dir, deleted_ids = changed
     manifest = compact_index(index_dir)

@@ -270,12 +270,19 @@ def update_stage(index_dir: str, stage: str, source, start: int, change) -> dict
     return record
 
 
-def add_postings(index_dir: str, stage: str, source, start: int, image_postings) -> dict:
+def add_postings(index_dir: str, stage: str, source, start: int, image_postings,
+                 extra_fields=None) -> dict:
     """`update_stage` for an inverted-list stage: image_postings(record) -> (lists [P],
-    images [P], weights [P]) of the new images, appended as a delta (append_postings)."""
+    images [P], weights [P]) of the new images, appended as a delta (append_postings);
+    extra_fields(record, weights) -> more record fields to commit with them."""
     prefix = records.generations_prefix(stage)
-    return update_stage(index_dir, stage, source, start, lambda record: append_postings(
-        index_dir, prefix, record, *image_postings(record)))
+
+    def change(record):
+        lists, images, weights = image_postings(record)
+        fields = append_postings(index_dir, prefix, record, lists, images, weights)
+        return dict(fields, **(extra_fields(record, weights) if extra_fields else {}))
+
+    return update_stage(index_dir, stage, source, start, change)
 
 
 def compact_postings(index_dir: str, stage: str, record: dict, alive, extra=None) -> dict:
