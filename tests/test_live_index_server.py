@@ -1,7 +1,8 @@
 """A real server on 127.0.0.1 keeps answering while the INDEX changes under it.
 
-Bounded load (3 clients, each one request at a time) runs while index.add adds images and
-index.delete deletes the top hits, each followed by POST /admin/reload: 0 errors, every answer
+Bounded load (3 clients, each one request at a time) runs while index.add adds images (then
+POST /admin/reload) and the index.delete binary deletes the top hits (its --reload_url tells
+the server): 0 errors, every answer
 names one generation (header and body agree, a client never sees it go back), and once the
 delete's generation answers, the deleted ids never appear again.
 """
@@ -14,9 +15,8 @@ import numpy as np
 import pytest
 
 from index.add import add_images
-from index.delete import delete_images
 from index.manifest import read_manifest
-from live_index_helpers import build_index, write_subset
+from live_index_helpers import build_index, run_binary, write_subset
 from serve.launcher import ServerProcess
 
 BUCKET_FLAGS = ["--query_length_buckets=16", "--query_batch_buckets=1,4",
@@ -66,7 +66,7 @@ def index_dir(tiny_workdir, scenes_dir, tmp_path_factory):
 
 
 def test_add_and_delete_under_load_without_errors_or_mixed_generations(tiny_workdir,
-                                                                       index_dir):
+                                                                       index_dir, tmp_path):
     first = read_manifest(index_dir)["generation"]
     with ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS).start() as server:
         health = server.wait_ready()
@@ -86,9 +86,13 @@ def test_add_and_delete_under_load_without_errors_or_mixed_generations(tiny_work
                              timeout=60).json()
             assert top["generation"] == first + 1
             deleted = {hit["id"] for hit in top["results"][:5]}
-            delete_images(index_dir, sorted(deleted))
-            assert _reload(server)["generation"] == first + 2
-            switched = time.monotonic()
+            id_file = tmp_path / "deleted.txt"
+            id_file.write_text("".join(f"{image_id}\n" for image_id in sorted(deleted)))
+            result = run_binary("index.delete", f"--index={index_dir}", f"--ids={id_file}",
+                                f"--reload_url={server.url}/admin/reload")
+            assert result.returncode == 0, result.stderr[-2000:]
+            switched = time.monotonic()  # the binary returns once the server reloaded
+            assert httpx.get(server.url + "/healthz").json()["generation"] == first + 2
             time.sleep(3.0)  # keep the load on the new generation
         finally:
             stop.set()
@@ -114,3 +118,29 @@ def test_add_and_delete_under_load_without_errors_or_mixed_generations(tiny_work
             assert not deleted & set(ids), f"deleted ids {deleted & set(ids)} answered"
     # The deleted images did answer before their generation: the check above can fail.
     assert any(deleted & set(ids) for _, generation, ids in answers if generation == first + 1)
+
+
+def test_reload_answers_loopback_clients_only(tiny_workdir, index_dir):
+    import asyncio
+
+    from serve.app import create_app
+    from serve.buckets import Buckets
+    from serve.searcher import Searcher
+
+    searcher = Searcher.load(tiny_workdir, index_dir, Buckets(
+        query_lengths=(16,), query_batches=(1,), candidates=(64,), rerank=(16,), default_n=64,
+        default_K=16))
+    app = create_app(searcher)
+
+    async def reload_from(host: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=(host, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://lateint") as client:
+            return await client.post("/admin/reload")
+
+    refused = asyncio.run(reload_from("192.0.2.7"))
+    assert refused.status_code == 403 and "loopback" in refused.json()["error"]
+    answered = asyncio.run(reload_from("127.0.0.1"))
+    assert answered.status_code == 200, answered.text
+    generation = read_manifest(index_dir)["generation"]
+    assert answered.json()["generation"] == generation == searcher.generation
+    assert answered.headers["x-index-generation"] == str(generation)
