@@ -20,6 +20,11 @@ Manifest fields (format_version 1):
   counts             {images: N, regions: real (unmasked) regions or null until complete}
   ids                {file: 'ids.txt', count: N, sha256: hex of the file}
   source             free-form JSON describing the corpus (the writer's business)
+Written by index.add / delete / compact (index.generation; absent: generation 0):
+  generation         int, one more at every published change
+  first_stage        {stage: its stage.json record as published in this generation}
+  tombstones         {generation, count} of the published tombstone set, or null
+  previous           {arrays, ids, first_stage, tombstones} of the generation before
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
 IDS_FILE = "ids.txt"
 ARRAY_ROLES = ("activations", "activation_scale", "region_mask", "concepts", "global")
+# What generations add to an INDEX (index.generation): compacted arrays, ids, the journals.
+GENERATION_ENTRIES = ("store", "ids", "add.json", "compact.json")
 
 _REQUIRED = {
     "format_version": int,
@@ -167,6 +174,10 @@ def validate_manifest(manifest: dict, manifest_path: str = MANIFEST_FILE) -> dic
                              f"expected roles among {list(ARRAY_ROLES)}")
         _check_relative(path, f"arrays.{role}", manifest_path)
     _check_relative(manifest["ids"]["file"], "ids.file", manifest_path)
+    generation = manifest.get("generation", 0)
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise ValueError(f"{manifest_path}: field 'generation' expected an int >= 0, "
+                         f"got {generation!r}")
     return manifest
 
 
@@ -249,8 +260,9 @@ def array_layout(manifest: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 
 # ---- external ids -------------------------------------------------------------------------
 
-def write_ids(index_dir: str, image_ids) -> dict:
-    """Writes INDEX/ids.txt (one id per line) and returns the manifest's 'ids' entry."""
+def write_ids(index_dir: str, image_ids, file: str = IDS_FILE) -> dict:
+    """Writes INDEX/<file> (default ids.txt; one id per line) and returns the manifest's 'ids'
+    entry."""
     lines = []
     for position, image_id in enumerate(image_ids):
         image_id = str(image_id)
@@ -258,9 +270,11 @@ def write_ids(index_dir: str, image_ids) -> dict:
             raise ValueError(f"image id at position {position} contains a line break: {image_id!r}")
         lines.append(image_id)
     text = "".join(line + "\n" for line in lines)
-    atomic_write_text(os.path.join(index_dir, IDS_FILE), text)
+    path = os.path.join(index_dir, file)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write_text(path, text)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return {"file": IDS_FILE, "count": len(lines), "sha256": digest}
+    return {"file": file, "count": len(lines), "sha256": digest}
 
 
 def read_ids(index_dir: str, manifest: dict) -> list[str]:
@@ -311,6 +325,13 @@ def mark_completed(index_dir: str, start: int, stop: int) -> None:
     """Records [start, stop) as written and durable (atomic rewrite of INDEX/progress.json)."""
     ranges = merge_ranges(completed_ranges(index_dir) + [(start, stop)])
     text = json.dumps({"completed": [list(pair) for pair in ranges]}) + "\n"
+    atomic_write_text(os.path.join(index_dir, PROGRESS_FILE), text)
+
+
+def reset_completed(index_dir: str, stop: int) -> None:
+    """Journals exactly [0, stop) as written (a published generation of `stop` images), so
+    ranges journaled past it by an abandoned index.add are not trusted."""
+    text = json.dumps({"completed": [[0, int(stop)]] if stop else []}) + "\n"
     atomic_write_text(os.path.join(index_dir, PROGRESS_FILE), text)
 
 

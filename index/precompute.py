@@ -52,23 +52,21 @@ def _open_for_writing(index_dir: str, corpus, model, meta: dict, storage: str, s
         overwrite=overwrite, shard_rows=shard_rows)
 
 
-def precompute(workdir: str, data: str, split: str, index_dir: str, storage: str = "bfloat16",
-               batch_size: int = 256, overwrite: bool = False, shard_rows: int = 1024) -> dict:
-    """Writes (or finishes) INDEX for `split` of the corpus at `data`. Returns the manifest."""
+def load_model_and_corpus(workdir: str, data: str, split: str):
+    """(model, meta, corpus), refusing a corpus whose feature width the model does not take."""
     model, meta = load_model(workdir)
     corpus = load_corpus(data, split)
-    config = model.config
-    if corpus.feature_dim != config.region_feature_dim:
+    if corpus.feature_dim != model.config.region_feature_dim:
         raise ValueError(f"{data} split {split!r}: region features have {corpus.feature_dim} "
-                         f"dims, the model in {workdir} expects {config.region_feature_dim}")
-    source = {"data": os.path.relpath(os.path.abspath(data), os.path.abspath(index_dir)),
-              "split": split, "checkpoint_step": int(meta["step"])}
-    store = _open_for_writing(index_dir, corpus, model, meta, storage, source, overwrite,
-                              shard_rows)
-    if store is None:
-        logging.info("%s is already complete; nothing to do (--overwrite rebuilds it)",
-                     index_dir)
-        return manifest_lib.read_manifest(index_dir)
+                         f"dims, the model in {workdir} expects {model.config.region_feature_dim}")
+    return model, meta, corpus
+
+
+def encode_pending(store: ActivationStore, model, corpus, batch_size: int,
+                   first_row: int = 0) -> tuple[int, Progress]:
+    """Encodes every unit `store.pending_ranges()` lists and journals it; store row r holds
+    corpus image r - first_row (index.add appends after the published rows). Returns (images
+    encoded, Progress)."""
     mesh = Mesh(np.array(jax.devices()), ("data",))
     if batch_size % mesh.size:
         raise ValueError(f"batch_size {batch_size} is not divisible by {mesh.size} devices")
@@ -81,21 +79,38 @@ def precompute(workdir: str, data: str, split: str, index_dir: str, storage: str
     region_mask = corpus.region_mask
     for unit_start, unit_stop in pending:
         for start, stop in batch_ranges(unit_stop - unit_start, batch_size):
-            start, stop = unit_start + start, unit_start + stop
+            start, stop = unit_start + start - first_row, unit_start + stop - first_row
             tower, stored = inference.encode_images(
                 np.asarray(corpus.regions[start:stop], np.float32),
                 np.asarray(corpus.boxes[start:stop], np.float32), region_mask[start:stop],
                 batch_size)
-            store.write_batch(start, {"activations": stored, "region_mask": tower.mask,
-                                      "concepts": tower.concepts,
-                                      "global": tower.global_vector})
+            store.write_batch(first_row + start, {
+                "activations": stored, "region_mask": tower.mask, "concepts": tower.concepts,
+                "global": tower.global_vector})
             done += stop - start
         store.mark_completed(unit_start, unit_stop)
         progress.log(done)
+    return total, progress
+
+
+def precompute(workdir: str, data: str, split: str, index_dir: str, storage: str = "bfloat16",
+               batch_size: int = 256, overwrite: bool = False, shard_rows: int = 1024) -> dict:
+    """Writes (or finishes) INDEX for `split` of the corpus at `data`. Returns the manifest."""
+    model, meta, corpus = load_model_and_corpus(workdir, data, split)
+    config = model.config
+    source = {"data": os.path.relpath(os.path.abspath(data), os.path.abspath(index_dir)),
+              "split": split, "checkpoint_step": int(meta["step"])}
+    store = _open_for_writing(index_dir, corpus, model, meta, storage, source, overwrite,
+                              shard_rows)
+    if store is None:
+        logging.info("%s is already complete; nothing to do (--overwrite rebuilds it)",
+                     index_dir)
+        return manifest_lib.read_manifest(index_dir)
+    total, progress = encode_pending(store, model, corpus, batch_size)
     manifest = store.finalize()
     logging.info("precomputed %d images (%d regions) into %s in %s (%.1f images/s); storage %s,"
                  " %d bytes per stored region", total, manifest["counts"]["regions"], index_dir,
-                 format_seconds(progress.elapsed), progress.rate(done), storage,
+                 format_seconds(progress.elapsed), progress.rate(total), storage,
                  codecs.bytes_per_region(storage, config.stored_dim))
     return manifest
 

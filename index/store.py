@@ -60,9 +60,15 @@ class ActivationStore:
         self._layout = manifest_lib.array_layout(manifest)  # {role: (shape, dtype)}
         for role, array in self._arrays.items():
             found = (tuple(array.shape), np.dtype(array.dtype.numpy_dtype))
-            if found != self._layout[role]:
+            shape, dtype = self._layout[role]
+            # index.add grows the arrays before it publishes the manifest that counts the new
+            # rows: rows past the manifest's N exist but are not this generation's.
+            if found[1:] != (dtype,) or found[0][1:] != shape[1:] or found[0][0] < shape[0]:
                 raise ValueError(f"index.store: array {role!r} in {index_dir!r}: (shape, dtype) "
                                  f"expected {self._layout[role]} (manifest), got {found}")
+            if found[0][0] > shape[0]:
+                self._arrays[role] = array[:shape[0]]
+        self.first_new_row = 0  # rows below it belong to a published generation (extend)
         self._image_ids: list[str] | None = None
 
     # -- opening ------------------------------------------------------------------------------
@@ -94,7 +100,8 @@ class ActivationStore:
             raise FileExistsError(f"{manifest_path} exists; pass overwrite=True to rebuild")
         os.makedirs(index_dir, exist_ok=True)
         for entry in [manifest_lib.MANIFEST_FILE, manifest_lib.PROGRESS_FILE,
-                      manifest_lib.IDS_FILE, "first_stage", "activation_scale", *arrays]:
+                      manifest_lib.IDS_FILE, "first_stage", "activation_scale", *arrays,
+                      *manifest_lib.GENERATION_ENTRIES]:
             path = os.path.join(index_dir, entry)  # manifest first: a crash leaves no manifest
             if os.path.isdir(path):
                 shutil.rmtree(path)
@@ -118,6 +125,39 @@ class ActivationStore:
             raise FileExistsError(f"index {index_dir!r} is already complete; nothing to resume")
         context = codecs.io_context(sync_writes=sync_writes)
         return cls(index_dir, manifest, True, context, inflight_bytes)
+
+    @classmethod
+    def extend(cls, index_dir: str, ids: dict, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+               sync_writes: bool = True) -> "ActivationStore":
+        """Opens a finished INDEX of N images for writing rows [N, ids['count']) (index.add).
+
+        ids: the manifest 'ids' entry of the grown index (manifest.write_ids). Every array is
+        resized to the new count; readers do not see the new rows, since the published manifest
+        still says N. The writer's manifest (in memory only) describes the grown index:
+        `pending_ranges`, `write_batch` and `mark_completed` then work as for precompute (the
+        first unit starts at N, maybe inside a shard), and index.generation publishes it.
+        """
+        manifest = manifest_lib.read_manifest(index_dir)
+        total, published = int(ids["count"]), manifest["shapes"]["images"]
+        if total <= published:
+            raise ValueError(f"extend: {index_dir!r} holds {published} images; the grown index "
+                             f"must hold more, got {total}")
+        context = codecs.io_context(sync_writes=sync_writes)
+        for path in manifest["arrays"].values():
+            array = _open_existing(index_dir, path, context)
+            if array.shape[0] != total:  # rows past N are unpublished: shrinking them is safe
+                array.resize(exclusive_max=[total] + list(array.shape[1:])).result()
+        grown = dict(manifest, complete=False, ids=dict(ids),
+                     shapes=dict(manifest["shapes"], images=total),
+                     counts=dict(manifest["counts"], images=total, regions=None))
+        store = cls(index_dir, grown, True, context, inflight_bytes)
+        store.first_new_row = published
+        return store
+
+    def count_regions(self, start: int, stop: int) -> int:
+        """Real regions in rows [start, stop)."""
+        return sum(int(self._read_rows("region_mask", low, min(stop, low + self.shard_rows))
+                       .sum()) for low in range(int(start), int(stop), self.shard_rows))
 
     @classmethod
     def open(cls, index_dir: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> "ActivationStore":
@@ -230,14 +270,17 @@ class ActivationStore:
                              f"{self.shard_rows}")
         units = []
         for start, stop in manifest_lib.missing_ranges(self.index_dir, self.num_images):
-            units += [(low, min(stop, low + unit_rows)) for low in range(start, stop, unit_rows)]
+            # Cut at multiples of unit_rows: only a range starting at first_new_row (index.add)
+            # begins inside a unit.
+            edges = [start] + list(range((start // unit_rows + 1) * unit_rows, stop, unit_rows))
+            units += [(low, min(stop, high)) for low, high in zip(edges, edges[1:] + [stop])]
         return units
 
     def mark_completed(self, start: int, stop: int) -> None:
         """Flushes, then journals [start, stop) as done. The range must be shard-aligned, so a
         resumed run rewrites whole shard files and never keeps a half-written one."""
         self._require_writable("mark_completed")
-        aligned = start % self.shard_rows == 0 and (
+        aligned = (start % self.shard_rows == 0 or start == self.first_new_row) and (
             stop % self.shard_rows == 0 or stop == self.num_images)
         if not (0 <= start < stop <= self.num_images) or not aligned:
             raise ValueError(f"mark_completed: [{start}, {stop}) must be a non-empty range in "
@@ -257,9 +300,7 @@ class ActivationStore:
         if missing:
             raise RuntimeError(f"finalize: image ranges {missing} of {self.index_dir!r} were "
                                f"never marked completed")
-        regions = 0
-        for start, stop in self.blocks():
-            regions += int(self._read_rows("region_mask", start, stop).sum())
+        regions = self.count_regions(0, self.num_images)
         self.manifest = dict(self.manifest, complete=True, finalized=manifest_lib.now_utc(),
                              counts=dict(self.manifest["counts"], regions=regions))
         manifest_lib.write_manifest(self.index_dir, self.manifest)
@@ -282,6 +323,11 @@ class ActivationStore:
         activations = codecs.decode(values["activations"], self.storage_dtype,
                                     values.get("activation_scale"))
         return activations, values["region_mask"]
+
+    def read_stored(self, role: str, ids) -> np.ndarray:
+        """ids [K] int -> rows of array `role` as stored (no decoding; index.compact copies)."""
+        ids = self._check_ids(ids)
+        return self._read_many({role: self._arrays[role].oindex[ids]}, ids)[role]
 
     def gather_concepts(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """ids [K] int -> (concepts [K, R, C] float32, region_mask [K, R] bool)."""

@@ -8,6 +8,11 @@ settings, batch_size, candidates}. Requests are prepared (checked, tokenized) in
 then queued to one MicroBatcher whose worker thread owns the Searcher. Errors: 400 unreadable
 body (not UTF-8), 413 body too large, 422 invalid request (the message names the field, the
 bound and the value), 503 queue full or shutting down (with Retry-After), 500 a failed batch.
+
+POST /admin/reload (loopback clients only, else 403) loads the INDEX's newest generation
+(index.add / delete / compact) while requests keep being answered by the old one, then swaps;
+every response carries the generation that answered it (header X-Index-Generation, and field
+'generation' in /search and /healthz bodies).
 """
 
 
@@ -27,7 +32,9 @@ from serve.batcher import BatcherClosed, MicroBatcher, QueueFull
 from serve.metrics import ServerMetrics
 from serve.searcher import Searcher
 
-ENDPOINTS = ("/search", "/healthz", "/metrics", "/", "/openapi.json", "/docs")
+ENDPOINTS = ("/search", "/healthz", "/metrics", "/", "/openapi.json", "/docs", "/admin/reload")
+GENERATION_HEADER = "X-Index-Generation"
+LOOPBACK = ("127.0.0.1", "::1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +188,7 @@ def _models(searcher: Searcher, settings: ServerSettings):
         settings: Settings
         batch_size: int
         candidates: int
+        generation: int
 
     return SearchRequest, SearchResponse
 
@@ -236,6 +244,12 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
         metrics.observe_request(endpoint, response.status_code)
         return response
 
+    @app.middleware("http")
+    async def tag_generation(request: fastapi.Request, call_next):
+        response = await call_next(request)  # /search sets the header of its own answer
+        response.headers.setdefault(GENERATION_HEADER, str(searcher.generation))
+        return response
+
     @router.post("/search", response_model=SearchResponse, responses=error_responses)
     async def search(request: SearchRequest):
         """Ranked images for a text query, with per-stage timings in milliseconds."""
@@ -257,7 +271,7 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
             return _error(500, f"search failed: {type(error).__name__}: {error}")
         queue_ms = (started - submitted) * 1e3
         metrics.observe_search(result.timings_ms, queue_ms / 1e3, time.perf_counter() - began)
-        return {
+        return AsciiJSONResponse({
             "query": result.query,
             "results": [dict(dataclasses.asdict(hit), image_url=demo.image_url(hit.id))
                         for hit in result.hits],
@@ -265,15 +279,33 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
             "settings": result.settings.to_dict(),
             "batch_size": result.batch_size,
             "candidates": result.candidates,
-        }
+            "generation": result.generation,
+        }, headers={GENERATION_HEADER: str(result.generation)})
+
+    reload_lock = asyncio.Lock()
+
+    @router.post("/admin/reload", responses={403: {"model": _ErrorBody},
+                                             500: {"model": _ErrorBody}})
+    async def reload(request: fastapi.Request):
+        """Serves the INDEX's newest generation; loopback clients only."""
+        if request.client is None or request.client.host not in LOOPBACK:
+            return _error(403, "/admin/reload: only loopback clients may reload")
+        async with reload_lock:
+            try:
+                answer = await asyncio.to_thread(searcher.reload)
+            except Exception as error:  # the served generation stays
+                return _error(500, f"reload failed, still serving generation "
+                                   f"{searcher.generation}: {type(error).__name__}: {error}")
+        return AsciiJSONResponse(answer, headers={GENERATION_HEADER: str(answer["generation"])})
 
     @router.get("/healthz", responses={503: {"model": _ErrorBody}})
     async def healthz():
         """Liveness and what this server serves; 503 while shutting down."""
         if batcher.closing:
             return _error(503, "shutting down")
-        buckets = searcher.buckets
-        return {"status": "ok", "images": searcher.num_images,
+        buckets, view = searcher.buckets, searcher.view  # one generation for the whole body
+        return AsciiJSONResponse({
+                "status": "ok", "images": view.num_images, "generation": view.generation,
                 "model_step": int(searcher.meta["step"]),
                 "fingerprint": searcher.meta["fingerprint"],
                 "first_stages": list(searcher.first_stage_names),
@@ -282,7 +314,8 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
                            "max_n": buckets.max_n, "default_n": buckets.default_n,
                            "default_K": buckets.default_K,
                            "max_query_chars": settings.max_query_chars},
-                "queue_depth": batcher.depth, "compile_seconds": searcher.compile_seconds}
+                "queue_depth": batcher.depth, "compile_seconds": searcher.compile_seconds},
+            headers={GENERATION_HEADER: str(view.generation)})
 
     @router.get("/metrics", response_class=responses.PlainTextResponse)
     async def prometheus_metrics():

@@ -9,12 +9,16 @@ stored concepts of those n -> top K -> TensorStore gather of the K stored activa
 layers over the K (padded to a K bucket with masked dummy rows, which are dropped) -> top k by
 joint score. Every array has a bucketed shape compiled at start-up (serve.compiled).
 
-A Searcher is not thread-safe: one thread owns it (serve.batcher's worker in the server).
+A Searcher is not thread-safe: one thread owns it (serve.batcher's worker in the server). The
+exception is `reload`, which another thread may call while it answers: it loads the INDEX's new
+generation (index.add / delete / compact) beside the old one and swaps one reference; each batch
+takes that reference once, so no answer mixes two generations.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 
 import numpy as np
@@ -62,6 +66,21 @@ class SearchResult:
     timings_ms: dict          # STAGE_TIMINGS -> milliseconds (shared by the batch but tokenize)
     batch_size: int           # queries in the batch this one ran in
     candidates: int           # images the first stage returned (<= n)
+    generation: int = 0       # the INDEX generation that answered
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexView:
+    """One generation of the INDEX as the pipeline reads it."""
+
+    store: ActivationStore
+    stages: dict              # {name: first stage}, loaded and warmed
+    image_ids: list           # [N] external ids
+    generation: int
+
+    @property
+    def num_images(self) -> int:
+        return self.store.num_images
 
 
 def _milliseconds(began: float) -> float:
@@ -80,16 +99,7 @@ class Searcher:
         used when a request names none (default: 'concepts' when loaded, else 'exact').
         """
         config = model.config
-        manifest = store.manifest
-        manifest_lib.check_fingerprint(manifest, meta["fingerprint"])
-        index_json = f"{store.index_dir}/{manifest_lib.MANIFEST_FILE}"
-        for field, expected, got in (
-                ("split_layer", config.split_layer, manifest["split_layer"]),
-                ("shapes.hidden", config.stored_dim, store.hidden),
-                ("shapes.concept_dim", config.concept_dim, store.concept_dim)):
-            if expected != got:
-                raise ValueError(f"{index_json}: field {field!r} expected {expected} (the "
-                                 f"model's config), got {got}")
+        self._check_index(model, meta, store)
         if buckets.max_length > config.max_position_embeddings:
             raise ValueError(f"Buckets.query_lengths: the largest ({buckets.max_length}) exceeds "
                              f"the model's max_position_embeddings "
@@ -100,15 +110,17 @@ class Searcher:
         if tuple(tokenizer.buckets) != buckets.query_lengths:
             raise ValueError(f"tokenizer buckets {tokenizer.buckets} differ from "
                              f"Buckets.query_lengths {buckets.query_lengths}")
-        self.model, self.meta, self.store = model, meta, store
+        self.model, self.meta = model, meta
         self.tokenizer, self.buckets = tokenizer, buckets
+        self.index_dir = store.index_dir
+        self._reload_lock = threading.Lock()
         tokenizer.encode(["warm up"])  # the first call costs milliseconds more than the next
-        self.image_ids = store.image_ids
-        self.num_images = store.num_images
-        names = first_stages or stages_lib.available_names(store.index_dir)
+        names = first_stages or stages_lib.available_names(store.index_dir, store.manifest)
         began = time.perf_counter()
-        self.stages = stages_lib.load_stages(store, names)
-        self.first_stage_names = tuple(self.stages)
+        stages = stages_lib.load_stages(store, names)
+        self.first_stage_names = tuple(stages)
+        self.view = IndexView(store, stages, store.image_ids,
+                              int(store.manifest.get("generation", 0)))
         if default_first_stage is None:
             default_first_stage = "concepts" if "concepts" in self.stages else (
                 "exact" if "exact" in self.stages else self.first_stage_names[0])
@@ -129,6 +141,56 @@ class Searcher:
                      list(buckets.query_batches), list(buckets.query_lengths),
                      list(buckets.candidates), list(buckets.rerank), seconds,
                      time.perf_counter() - began)
+
+    # The generation being served (each batch reads `self.view` once).
+    store = property(lambda self: self.view.store)
+    stages = property(lambda self: self.view.stages)
+    image_ids = property(lambda self: self.view.image_ids)
+    num_images = property(lambda self: self.view.num_images)
+    generation = property(lambda self: self.view.generation)
+
+    @staticmethod
+    def _check_index(model, meta: dict, store: ActivationStore) -> None:
+        """Refuses an INDEX of another model: fingerprint, split layer and widths."""
+        config, manifest = model.config, store.manifest
+        manifest_lib.check_fingerprint(manifest, meta["fingerprint"])
+        index_json = f"{store.index_dir}/{manifest_lib.MANIFEST_FILE}"
+        for field, expected, got in (
+                ("split_layer", config.split_layer, manifest["split_layer"]),
+                ("shapes.hidden", config.stored_dim, store.hidden),
+                ("shapes.concept_dim", config.concept_dim, store.concept_dim)):
+            if expected != got:
+                raise ValueError(f"{index_json}: field {field!r} expected {expected} (the "
+                                 f"model's config), got {got}")
+
+    def reload(self) -> dict:
+        """Loads the INDEX's published generation if it is not the one served, warms its first
+        stages, then swaps it in; the old one answers until then. Thread-safe against `run`.
+
+        Returns {'generation', 'previous_generation', 'images', 'seconds'}. Raises (keeping the
+        served generation) when the new one cannot be loaded, e.g. a first stage it dropped.
+        """
+        with self._reload_lock:
+            began = time.perf_counter()
+            served = self.view
+            store = ActivationStore.open(self.index_dir)
+            generation = int(store.manifest.get("generation", 0))
+            if generation != served.generation:
+                self._check_index(self.model, self.meta, store)
+                if store.regions != served.store.regions:  # the compiled shapes depend on R
+                    raise ValueError(f"{self.index_dir}: generation {generation} has "
+                                     f"{store.regions} regions per image, the served one "
+                                     f"{served.store.regions}; restart the server")
+                stages = stages_lib.load_stages(store, self.first_stage_names)
+                stages_lib.warm_up(stages, self.buckets.query_lengths, self.buckets.candidates,
+                                   self.buckets.max_batch, store.concept_dim)
+                self.view = IndexView(store, stages, store.image_ids, generation)
+                logging.info("reloaded %s: generation %d -> %d, %d images, in %.1f s",
+                             self.index_dir, served.generation, generation, store.num_images,
+                             time.perf_counter() - began)
+            return {"generation": self.view.generation,
+                    "previous_generation": served.generation,
+                    "images": self.view.num_images, "seconds": time.perf_counter() - began}
 
     @classmethod
     def load(cls, workdir: str, index_dir: str, buckets: Buckets = Buckets(),
@@ -209,6 +271,7 @@ class Searcher:
         With batch buckets (1, 4, 16): 13 queries run as 16 (3 padding rows), 9 as 4 + 4 + 1,
         3 as 4 (1 padding row). Results come back in the order of `prepared`.
         """
+        view = self.view  # one generation for every query of this call
         groups: dict[int, list[int]] = {}
         for position, query in enumerate(prepared):
             length = bucket_for(len(query.token_ids), self.buckets.query_lengths, "query length")
@@ -220,7 +283,7 @@ class Searcher:
                 size = self._chunk_size(len(positions) - start)
                 chunk = positions[start:start + size]
                 for position, result in zip(chunk, self._run_batch(
-                        [prepared[position] for position in chunk])):
+                        [prepared[position] for position in chunk], view)):
                     results[position] = result
                 start += size
         return results
@@ -235,7 +298,7 @@ class Searcher:
 
     # ---- the pipeline ---------------------------------------------------------------------------
 
-    def _run_batch(self, queries: list[PreparedQuery]) -> list[SearchResult]:
+    def _run_batch(self, queries: list[PreparedQuery], view: IndexView) -> list[SearchResult]:
         began = time.perf_counter()
         timings = {}
         count = len(queries)
@@ -254,16 +317,16 @@ class Searcher:
         timings["text_tower"] = _milliseconds(started)
 
         started = time.perf_counter()
-        candidates = self._first_stage(queries, tower)                   # Q x [<= n] int64
+        candidates = self._first_stage(queries, tower, view)             # Q x [<= n] int64
         timings["first_stage"] = _milliseconds(started)
 
         started = time.perf_counter()
         top = [query.settings.K for query in queries]
-        shortlist, maxsim_scores = self._maxsim(tower, candidates, batch, top)  # Q x [<= K]
+        shortlist, maxsim_scores = self._maxsim(tower, candidates, batch, top, view)  # Q x [<=K]
         timings["maxsim"] = _milliseconds(started)
 
         started = time.perf_counter()
-        stored, image_mask = self._gather(shortlist, batch)   # [B, Kb, R, H'], [B, Kb, R]
+        stored, image_mask = self._gather(shortlist, batch, view)  # [B, Kb, R, H'], [B, Kb, R]
         timings["gather"] = _milliseconds(started)
 
         started = time.perf_counter()
@@ -275,17 +338,18 @@ class Searcher:
         for row, query in enumerate(queries):
             scores = joint[row, :len(shortlist[row])]
             order = np.argsort(-scores, kind="stable")[:query.settings.k]
-            hits = [Hit(id=self.image_ids[shortlist[row][position]],
+            hits = [Hit(id=view.image_ids[shortlist[row][position]],
                         index=int(shortlist[row][position]), score=float(scores[position]),
                         maxsim=float(maxsim_scores[row][position]), rank=rank + 1)
                     for rank, position in enumerate(order)]
             query_timings = dict(timings, tokenize=query.tokenize_ms,
                                  total=query.tokenize_ms + batch_ms)
             results.append(SearchResult(query.text, hits, query.settings, query_timings, count,
-                                        len(candidates[row])))
+                                        len(candidates[row]), view.generation))
         return results
 
-    def _first_stage(self, queries: list[PreparedQuery], tower) -> list[np.ndarray]:
+    def _first_stage(self, queries: list[PreparedQuery], tower, view: IndexView
+                     ) -> list[np.ndarray]:
         """Each query's first-stage candidates: [<= n] int64 INDEX rows, best first."""
         candidates: list[np.ndarray] = [np.zeros(0, np.int64)] * len(queries)
         for name in sorted({query.settings.first_stage for query in queries}):
@@ -293,14 +357,15 @@ class Searcher:
             count = bucket_for(max(queries[row].settings.n for row in rows),
                                self.buckets.candidates, "n")
             side = QuerySide(tower.concepts[rows], tower.mask[rows], tower.global_vector[rows])
-            ids, _ = self.stages[name].search(side, count)                 # [q, n bucket]
+            ids, _ = view.stages[name].search(side, count)                 # [q, n bucket]
             for position, row in enumerate(rows):
                 found = ids[position, :queries[row].settings.n]
                 # Images added to a first stage after this store was written cannot be reranked.
-                candidates[row] = found[(found >= 0) & (found < self.num_images)]
+                candidates[row] = found[(found >= 0) & (found < view.num_images)]
         return candidates
 
-    def _maxsim(self, tower, candidates: list[np.ndarray], batch: int, top: list[int]):
+    def _maxsim(self, tower, candidates: list[np.ndarray], batch: int, top: list[int],
+                view: IndexView):
         """Exact MaxSim on the stored concepts of each query's candidates; keeps the top K.
 
         Returns (shortlist: Q x [<= K] int64 rows, scores: Q x [<= K] float32), best first.
@@ -308,7 +373,7 @@ class Searcher:
         count = bucket_for(max(1, max(len(ids) for ids in candidates)),
                            self.buckets.candidates, "first-stage candidates")
         image_concepts, image_mask = self._gather_rows(      # [B, n, R, C], [B, n, R]
-            candidates, batch, count, self.store.concept_dim, self.store.gather_concepts)
+            candidates, batch, count, view.store.concept_dim, view.store.gather_concepts)
         scores = self.compiled.maxsim(tower.concepts, tower.mask, image_concepts, image_mask)
         shortlist, kept_scores = [], []
         for row, ids in enumerate(candidates):
@@ -318,16 +383,16 @@ class Searcher:
             kept_scores.append(row_scores[order])
         return shortlist, kept_scores
 
-    def _gather(self, shortlist: list[np.ndarray], batch: int):
+    def _gather(self, shortlist: list[np.ndarray], batch: int, view: IndexView):
         """Stored activations of each query's shortlist: ([B, Kb, R, H'], [B, Kb, R])."""
         count = bucket_for(max(1, max(len(ids) for ids in shortlist)), self.buckets.rerank, "K")
-        return self._gather_rows(shortlist, batch, count, self.store.hidden, self.store.gather)
+        return self._gather_rows(shortlist, batch, count, view.store.hidden, view.store.gather)
 
     def _gather_rows(self, rows: list[np.ndarray], batch: int, count: int, width: int, gather):
         """Reads each distinct image once with `gather(ids [U]) -> (values [U, R, width], mask
         [U, R])` and lays them out as ([batch, count, R, width], [batch, count, R]); slots past a
         query's list (and padding queries) hold zeros with an all-False mask."""
-        regions = self.store.regions
+        regions = self.view.store.regions  # equal in every generation (checked at reload)
         laid_out = np.zeros((batch, count, regions, width), np.float32)
         laid_mask = np.zeros((batch, count, regions), bool)
         unique = np.unique(np.concatenate(rows))

@@ -28,14 +28,14 @@ def _exact_from_store(store: ActivationStore, kind: str, arrays: dict):
         arrays["global"] = store.read_global(0, store.num_images).astype(np.float32)  # [N, C]
     record = {"num_images": store.num_images, "concept_dim": store.concept_dim,
               "regions": store.regions}
-    return exact_stage.ExactStage(arrays, tombstones.bitmap(store.index_dir, store.num_images),
-                                  record, kind)
+    return exact_stage.ExactStage(
+        arrays, tombstones.bitmap(store.index_dir, store.num_images, store.manifest), record, kind)
 
 
-def available_names(index_dir: str) -> list[str]:
-    """Search names usable on this INDEX: the built stages plus the exact ones, in
-    SEARCH_NAMES order."""
-    built = set(built_stages(index_dir))
+def available_names(index_dir: str, manifest: dict | None = None) -> list[str]:
+    """Search names usable on this INDEX (the generation `manifest` publishes, if given): the
+    built stages plus the exact ones, in SEARCH_NAMES order."""
+    built = set(built_stages(index_dir, manifest))
     if "exact" in built:
         built.add("exact_global")
     return [name for name in SEARCH_NAMES if name in built or name in EXACT_NAMES]
@@ -48,20 +48,20 @@ def load_stages(store: ActivationStore, names) -> dict:
     lets a stage's own error (e.g. an interrupted build) through.
     """
     index_dir = store.index_dir
-    usable = available_names(index_dir)
+    usable = available_names(index_dir, store.manifest)
     names = list(names)
     unknown = [name for name in names if name not in usable]
     if unknown or not names:
         raise ValueError(f"first stages {names}: expected a non-empty subset of {usable} for "
                          f"INDEX {index_dir!r} (build others with python -m index.build "
                          f"--index={index_dir} --first_stage=...)")
-    built = set(built_stages(index_dir))
+    built = set(built_stages(index_dir, store.manifest))
     stages, shared_arrays = {}, {}
     for name in names:
         if name in EXACT_NAMES and "exact" not in built:
             stages[name] = _exact_from_store(store, name, shared_arrays)
         else:
-            stages[name] = open_first_stage(index_dir, name)
+            stages[name] = open_first_stage(index_dir, name, store.manifest)
     return stages
 
 

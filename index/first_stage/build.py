@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from index.first_stage import concepts, exact, records, surrogate, tombstones
+from index.first_stage import concepts, exact, postings, records, surrogate, tombstones
 
 BUILD_NAMES = ("concepts", "sq", "permutation", "exact")
 SEARCH_NAMES = BUILD_NAMES + ("exact_global",)
@@ -47,8 +47,11 @@ def build_stages(index_dir: str, source, names, options: dict | None = None, log
     return built
 
 
-def built_stages(index_dir: str) -> list[str]:
-    """Names of the stages with a record in INDEX (ready or interrupted)."""
+def built_stages(index_dir: str, manifest: dict | None = None) -> list[str]:
+    """Names of the stages with a record in INDEX (ready or interrupted); with `manifest`, those
+    its generation publishes (records.committed_record)."""
+    if manifest is not None and "first_stage" in manifest:
+        return [name for name in BUILD_NAMES if name in manifest["first_stage"]]
     return [name for name in BUILD_NAMES if records.stage_exists(index_dir, name)]
 
 
@@ -89,27 +92,48 @@ def delete(index_dir: str, image_ids) -> int:
     return tombstones.delete(index_dir, image_ids, count)
 
 
-def open_first_stage(index_dir: str, name: str, **options):
+def compact_stage(index_dir: str, manifest: dict, name: str, alive, recluster_source=None,
+                  log=None) -> dict:
+    """Rewrites stage `name` as `manifest` publishes it without the images where alive [N] bool
+    is False, renumbered in order (index.compact); 'concepts' keeps its dictionary unless
+    recluster_source (the compacted images' vectors) is given. Returns the committed record."""
+    record = records.committed_record(index_dir, name, manifest)
+    if name == "exact":
+        return exact.compact(index_dir, record, alive, log=log)
+    if name == "concepts" and recluster_source is not None:
+        return concepts.recluster(index_dir, recluster_source, record, log=log)
+    return postings.compact_postings(index_dir, name, record, alive)
+
+
+def open_first_stage(index_dir: str, name: str, manifest: dict | None = None, **options):
     """Loads a built stage for search.
 
     Returns an object with search(query_side, n) -> (ids [Q, n] int64, scores [Q, n] float32),
-    best first, padded with -1 / -inf, and `name`, `num_images`, `nbytes`. options: 'concepts'
-    takes nprobe; 'sq' / 'permutation' take query_size.
+    best first, padded with -1 / -inf, and `name`, `num_images`, `nbytes`. manifest: load the
+    generation it publishes (serve passes its store's). options: 'concepts' takes nprobe;
+    'sq' / 'permutation' take query_size.
     """
     _check_names([name], SEARCH_NAMES, "open_first_stage")
     if name == "concepts":
-        return concepts.ConceptStage.load(index_dir, **options)
+        return concepts.ConceptStage.load(index_dir, manifest=manifest, **options)
     if name in ("exact", "exact_global"):
-        return exact.ExactStage.load(index_dir, name, **options)
-    return surrogate.SurrogateStage.load(index_dir, name, **options)
+        return exact.ExactStage.load(index_dir, name, manifest=manifest, **options)
+    return surrogate.SurrogateStage.load(index_dir, name, manifest=manifest, **options)
 
 
 def build_from_index(index_dir: str, names, options: dict | None = None, log=None) -> dict:
     """Builds the named stages from a finished INDEX's stored vectors (index.store)."""
     from index import store  # the store pulls TensorStore; only this entry point needs it
 
+    from index import generation  # the manifest switch; imports this module
+
     activation_store = store.ActivationStore.open(index_dir)
     (log or (lambda message: None))(
         f"{index_dir}: {activation_store.num_images} images, {activation_store.regions} regions "
         f"of {activation_store.concept_dim} concept dims")
-    return build_stages(index_dir, activation_store, names, options, log)
+    manifest = generation.adopt(index_dir, activation_store.manifest)
+    built = build_stages(index_dir, activation_store, names, options, log)
+    # Publish the (re)built stages with the others as the next generation: a server that
+    # reloads sees them all at once, and no published folder was removed by the build.
+    generation.commit(index_dir, manifest, generation.writer_state(index_dir))
+    return built

@@ -80,20 +80,40 @@ def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BL
         log=None) -> dict:
     """Appends images start..start+B-1; compacts first if a killed add left extra rows."""
     log = log or (lambda message: None)
-    record = records.read_record(index_dir, NAME)
-    sources.check_source(source, record["concept_dim"], record["regions"], NAME)
-    base = postings.generation_prefix(PREFIX, record["generation"])
-    stored = store.read_array(index_dir, f"{base}/region_mask").shape[0]
-    if stored != record["num_images"]:
-        log(f"{NAME}: {stored - record['num_images']} uncommitted rows; compacting")
-        kept = sources.ArraySource(**dict(zip(("concepts", "region_mask", "global_vectors"),
-                                              _read_arrays(index_dir, record).values())))
-        record = dict(record, generation=postings.next_generation(index_dir, PREFIX))
-        _write_rows(index_dir, record["generation"], kept, block_rows, True, log)
-    _write_rows(index_dir, record["generation"], source, block_rows, False, log)
-    record = dict(record, num_images=start + source.num_images)
+
+    def append(record):
+        base = postings.generation_prefix(PREFIX, record["generation"])
+        stored = store.read_array(index_dir, f"{base}/region_mask").shape[0]
+        generation = record["generation"]
+        if stored != record["num_images"]:
+            log(f"{NAME}: {stored - record['num_images']} uncommitted rows; compacting")
+            generation = _rewrite(index_dir, record, np.ones(record["num_images"], bool),
+                                  block_rows, log)
+        _write_rows(index_dir, generation, source, block_rows, False, log)
+        return {"generation": generation}
+
+    return postings.update_stage(index_dir, NAME, source, start, append)
+
+
+def _rewrite(index_dir: str, record: dict, alive, block_rows: int, log) -> int:
+    """Copies the record's rows where alive [N] is True into a new generation; returns it."""
+    arrays = _read_arrays(index_dir, record)
+    kept = sources.ArraySource(arrays["concepts"][alive], arrays["region_mask"][alive],
+                               arrays["global"][alive])
+    generation = postings.next_generation(index_dir, PREFIX)
+    _write_rows(index_dir, generation, kept, block_rows, True, log)
+    return generation
+
+
+def compact(index_dir: str, record: dict, alive, block_rows: int = sources.DEFAULT_BLOCK_ROWS,
+            log=None) -> dict:
+    """Rewrites `record`'s rows without the images where alive [N] is False (renumbered, in
+    order) as a new generation; commits and returns the record."""
+    log = log or (lambda message: None)
+    generation = _rewrite(index_dir, record, np.asarray(alive, bool), block_rows, log)
+    record = dict(record, generation=generation, num_images=int(np.sum(alive)))
     records.write_record(index_dir, NAME, record)
-    postings.remove_stale_generations(index_dir, PREFIX, record["generation"])
+    postings.remove_stale_generations(index_dir, PREFIX, generation)
     return record
 
 
@@ -127,6 +147,22 @@ def _maxsim_top(words, word_mask, concepts, region_mask, alive, n):
     return scores, jnp.where(jnp.isneginf(scores), -1, ids)
 
 
+GLOBAL_BLOCK_VALUES = 1 << 24  # floats of the [Q, block, C] product formed at once
+
+
+def _global_scores(queries, vectors) -> np.ndarray:
+    """queries [Q, C] . vectors [N, C] -> [Q, N] float32, each score summed over C the same way
+    wherever its image sits: a matrix product's rounding depends on N and on the image's
+    column, which would make the scores of an INDEX differ from its rebuild's after deletions
+    renumber the images (tests/test_live_index.py)."""
+    scores = np.empty((queries.shape[0], vectors.shape[0]), np.float32)
+    block = max(1, GLOBAL_BLOCK_VALUES // max(1, queries.size))
+    for start in range(0, vectors.shape[0], block):
+        stop = min(vectors.shape[0], start + block)
+        scores[:, start:stop] = (queries[:, None, :] * vectors[None, start:stop]).sum(-1)
+    return scores
+
+
 class ExactStage:
     """Brute force. kind 'exact': MaxSim of word and region concepts; 'exact_global': global
     dot products. search(query_side, n) -> (ids [Q, n], scores [Q, n])."""
@@ -153,14 +189,15 @@ class ExactStage:
             self._alive = jnp.asarray(alive.reshape(-1, IMAGE_BLOCK))
 
     @classmethod
-    def load(cls, index_dir: str, kind: str = "exact"):
+    def load(cls, index_dir: str, kind: str = "exact", manifest: dict | None = None):
+        """manifest: read the generation it publishes (default: the stage.json record)."""
         if kind not in ("exact", "exact_global"):
             raise ValueError(f"ExactStage.load: kind expected 'exact' or 'exact_global', "
                              f"got {kind!r}")
-        record = records.read_record(index_dir, NAME)
+        record = records.committed_record(index_dir, NAME, manifest)
         names = ARRAYS if kind == "exact" else ("global",)
         return cls(_read_arrays(index_dir, record, names),
-                   tombstones.bitmap(index_dir, record["num_images"]), record, kind)
+                   tombstones.bitmap(index_dir, record["num_images"], manifest), record, kind)
 
     @property
     def nbytes(self) -> int:
@@ -179,7 +216,7 @@ class ExactStage:
         query_side = query.check_query_side(query_side, self.concept_dim, self.name)
         n = query.check_count(n, self.name)
         if self.kind == "exact_global":
-            scores = query_side.global_vector @ self.global_vectors.T  # [Q, N]
+            scores = _global_scores(query_side.global_vector, self.global_vectors)  # [Q, N]
             alive = np.broadcast_to(~self.deleted[None, :], scores.shape)
             return query.top_dense(scores.astype(np.float32), alive, n)
         words, mask = query_side.concepts, query_side.mask

@@ -28,7 +28,7 @@ import shutil
 import numpy as np
 
 from index import store
-from index.first_stage import records
+from index.first_stage import records, sources
 
 COMPACT_FRACTION = 0.25  # compact once the delta exceeds this fraction of the base
 MIN_COMPACT_POSTINGS = 1 << 16  # ... and this many postings
@@ -117,6 +117,22 @@ class InvertedLists:
         images[old_positions], weights[old_positions] = self.images, self.weights
         images[new_positions], weights[new_positions] = later.images, later.weights
         return InvertedLists(offsets, images, weights)
+
+    def select(self, alive) -> "InvertedLists":
+        """Drops the postings of images where alive [N] bool is False and renumbers the others
+        0..alive.sum()-1 in order; the map is monotone, so the result equals `from_postings`
+        over the surviving images."""
+        alive = np.asarray(alive, bool)
+        if self.num_postings and self.images.max() >= alive.shape[0]:
+            raise ValueError(f"InvertedLists.select: alive covers {alive.shape[0]} images, "
+                             f"postings reach image {self.images.max()}")
+        renumbered = np.cumsum(alive) - 1
+        keep = alive[self.images]
+        list_of_posting = np.repeat(np.arange(self.num_lists), np.diff(self.offsets))
+        offsets = np.zeros_like(self.offsets)
+        np.cumsum(np.bincount(list_of_posting[keep], minlength=self.num_lists), out=offsets[1:])
+        return InvertedLists(offsets, renumbered[self.images[keep]].astype(np.int32),
+                             self.weights[keep])
 
     def gather(self, lists) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every posting of the given lists, vectorised.
@@ -226,10 +242,56 @@ def append_postings(index_dir: str, prefix: str, record: dict, lists, images,
 
 
 def remove_stale_generations(index_dir: str, prefix: str, keep: int) -> None:
-    """Deletes `<prefix>/g*` folders other than generation `keep` (after its record commit)."""
+    """Deletes `<prefix>/g*` folders other than generation `keep` (after its record commit) and
+    those the INDEX manifest still publishes (records.referenced_generations)."""
+    kept = {int(keep)} | records.referenced_generations(index_dir, prefix)
+    remove_folders(index_dir, prefix, {f"g{generation}" for generation in kept})
+
+
+def remove_folders(index_dir: str, prefix: str, keep) -> None:
+    """Deletes the `<prefix>/g<n>` entries whose name is not in `keep`."""
     folder = records.folder(index_dir, prefix)
     if not os.path.isdir(folder):
         return
     for entry in os.listdir(folder):
-        if entry.startswith("g") and entry[1:].isdigit() and int(entry[1:]) != keep:
+        if entry.startswith("g") and entry[1:].isdigit() and entry not in keep:
             shutil.rmtree(os.path.join(folder, entry))
+
+
+def update_stage(index_dir: str, stage: str, source, start: int, change) -> dict:
+    """The body every stage's `add` shares: reads the stage's record, checks `source` against
+    it, lets change(record) -> record fields (generation, ...) write images start..start+B-1,
+    commits the record with num_images start + B, then removes stale generations."""
+    record = records.read_record(index_dir, stage)
+    sources.check_source(source, record["concept_dim"], record["regions"], stage)
+    record = dict(record, **change(record), num_images=start + source.num_images)
+    records.write_record(index_dir, stage, record)
+    remove_stale_generations(index_dir, records.generations_prefix(stage), record["generation"])
+    return record
+
+
+def add_postings(index_dir: str, stage: str, source, start: int, image_postings,
+                 extra_fields=None) -> dict:
+    """`update_stage` for an inverted-list stage: image_postings(record) -> (lists [P],
+    images [P], weights [P]) of the new images, appended as a delta (append_postings);
+    extra_fields(record, weights) -> more record fields to commit with them."""
+    prefix = records.generations_prefix(stage)
+
+    def change(record):
+        lists, images, weights = image_postings(record)
+        fields = append_postings(index_dir, prefix, record, lists, images, weights)
+        return dict(fields, **(extra_fields(record, weights) if extra_fields else {}))
+
+    return update_stage(index_dir, stage, source, start, change)
+
+
+def compact_postings(index_dir: str, stage: str, record: dict, alive, extra=None) -> dict:
+    """Folds `record`'s delta into a new base without the images where alive [N] is False
+    (renumbered), commits the stage record and returns it. extra: record fields to set."""
+    prefix = records.generations_prefix(stage)
+    lists = read_lists(index_dir, prefix, record).select(alive)
+    fields = write_base(index_dir, prefix, next_generation(index_dir, prefix), lists)
+    record = dict(record, **fields, **(extra or {}), num_images=int(np.sum(alive)))
+    records.write_record(index_dir, stage, record)
+    remove_stale_generations(index_dir, prefix, record["generation"])
+    return record

@@ -64,3 +64,27 @@ def check_source(source, concept_dim: int | None, regions: int | None, stage: st
                              f"(the built stage), got {got}")
     if source.num_images < 1:
         raise ValueError(f"first stage {stage!r}: the source holds no images")
+
+
+class RowWindow:
+    """Rows [start, stop) of another source (e.g. the images index.add appended to the
+    activation store), renumbered from 0, with the same reader interface."""
+
+    def __init__(self, source, start: int, stop: int):
+        if not 0 <= start <= stop <= source.num_images:
+            raise ValueError(f"RowWindow: rows [{start}, {stop}) outside [0, "
+                             f"{source.num_images}) of the source")
+        self.source, self.start, self.stop = source, int(start), int(stop)
+
+    num_images = property(lambda self: self.stop - self.start)
+    regions = property(lambda self: self.source.regions)
+    concept_dim = property(lambda self: self.source.concept_dim)
+
+    def read_concepts(self, start: int, stop: int) -> np.ndarray:
+        return self.source.read_concepts(self.start + start, self.start + stop)
+
+    def read_region_mask(self, start: int, stop: int) -> np.ndarray:
+        return self.source.read_region_mask(self.start + start, self.start + stop)
+
+    def read_global(self, start: int, stop: int) -> np.ndarray:
+        return self.source.read_global(self.start + start, self.start + stop)

@@ -113,16 +113,8 @@ def add(index_dir: str, source, start: int, kind: str,
         block_rows: int = sources.DEFAULT_BLOCK_ROWS, log=None) -> dict:
     """Appends the postings of images start..start+B-1."""
     log = log or (lambda message: None)
-    record = records.read_record(index_dir, kind)
-    sources.check_source(source, record["concept_dim"], record["regions"], kind)
-    terms, images, frequencies = _source_postings(source, record["parameters"], start,
-                                                  block_rows, log)
-    prefix = f"{records.stage_prefix(kind)}/lists"
-    committed = postings.append_postings(index_dir, prefix, record, terms, images, frequencies)
-    record = dict(record, **committed, num_images=start + source.num_images)
-    records.write_record(index_dir, kind, record)
-    postings.remove_stale_generations(index_dir, prefix, record["generation"])
-    return record
+    return postings.add_postings(index_dir, kind, source, start, lambda record: _source_postings(
+        source, record["parameters"], start, block_rows, log))
 
 
 class SurrogateStage:
@@ -140,10 +132,13 @@ class SurrogateStage:
         self.query_size = int(query_size or self.parameters["query_size"])
 
     @classmethod
-    def load(cls, index_dir: str, kind: str, query_size: int | None = None):
-        record = records.read_record(index_dir, kind)
-        lists = postings.read_lists(index_dir, f"{records.stage_prefix(kind)}/lists", record)
-        return cls(lists, tombstones.bitmap(index_dir, record["num_images"]), record, query_size)
+    def load(cls, index_dir: str, kind: str, query_size: int | None = None,
+             manifest: dict | None = None):
+        """manifest: read the generation it publishes (default: the stage.json record)."""
+        record = records.committed_record(index_dir, kind, manifest)
+        lists = postings.read_lists(index_dir, records.generations_prefix(kind), record)
+        return cls(lists, tombstones.bitmap(index_dir, record["num_images"], manifest), record,
+                   query_size)
 
     @property
     def nbytes(self) -> int:

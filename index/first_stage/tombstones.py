@@ -4,6 +4,9 @@ Stored as the sorted ids [D] int64 in INDEX/first_stage/tombstones/g<generation>
 INDEX/first_stage/tombstones/tombstones.json naming the committed generation. A delete writes the
 whole new set as the next generation, commits the json, then removes the old folder, so a killed
 delete leaves the old set intact. Stages turn it into a bitmap [N] bool at load.
+
+Readers of an INDEX that changed generation take the set its manifest publishes (field
+'tombstones': this json record, or null for none; `committed_bitmap`), not the newest json.
 """
 
 from __future__ import annotations
@@ -25,13 +28,24 @@ def _record_path(index_dir: str) -> str:
     return os.path.join(records.folder(index_dir, PREFIX), RECORD_FILE)
 
 
-def read_deleted(index_dir: str) -> np.ndarray:
-    """Sorted distinct deleted image ids [D] int64 (empty when nothing was deleted)."""
+def current_record(index_dir: str) -> dict | None:
+    """The newest committed tombstones.json ({'generation', 'count'}), None when absent."""
     path = _record_path(index_dir)
     if not os.path.exists(path):
-        return np.zeros(0, np.int64)
+        return None
     with open(path, encoding="utf-8") as handle:
-        record = json.load(handle)
+        return json.load(handle)
+
+
+def read_deleted(index_dir: str, record: dict | None = None) -> np.ndarray:
+    """Sorted distinct deleted image ids [D] int64 (empty when nothing was deleted).
+
+    record: the tombstones record to read (default: the newest tombstones.json).
+    """
+    path = _record_path(index_dir)
+    record = record or current_record(index_dir)
+    if record is None:
+        return np.zeros(0, np.int64)
     deleted = store.read_array(index_dir, f"{PREFIX}/g{record['generation']}/deleted")
     if deleted.shape != (record["count"],):
         raise ValueError(f"{path}: field 'count' is {record['count']} but the deleted array "
@@ -39,9 +53,14 @@ def read_deleted(index_dir: str) -> np.ndarray:
     return deleted
 
 
-def bitmap(index_dir: str, num_images: int) -> np.ndarray:
-    """Tombstones as [num_images] bool, True for deleted images."""
-    deleted = read_deleted(index_dir)
+def bitmap(index_dir: str, num_images: int, manifest: dict | None = None) -> np.ndarray:
+    """Tombstones as [num_images] bool, True for deleted images: the set `manifest` publishes
+    when it has a 'tombstones' field, else the newest tombstones.json."""
+    if manifest is not None and "tombstones" in manifest:
+        deleted = read_deleted(index_dir, manifest["tombstones"]) if manifest["tombstones"] \
+            else np.zeros(0, np.int64)
+    else:
+        deleted = read_deleted(index_dir)
     mask = np.zeros(num_images, bool)
     mask[deleted[deleted < num_images]] = True
     return mask
@@ -65,13 +84,22 @@ def delete(index_dir: str, image_ids, num_images: int) -> int:
     new = np.union1d(old, image_ids).astype(np.int64)
     if new.size == old.size:
         return 0
-    path = _record_path(index_dir)
-    generation = 0
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            generation = json.load(handle)["generation"] + 1
-    store.write_array(index_dir, f"{PREFIX}/g{generation}/deleted", new)
-    manifest_lib.atomic_write_text(path, json.dumps({"generation": generation,
-                                                     "count": int(new.size)}) + "\n")
-    postings.remove_stale_generations(index_dir, PREFIX, generation)
+    write_set(index_dir, new)
     return int(new.size - old.size)
+
+
+def clear(index_dir: str) -> dict:
+    """Commits an empty set as the next generation (after index.compact renumbered the images,
+    the old ids mean nothing); returns the new record."""
+    return write_set(index_dir, np.zeros(0, np.int64))
+
+
+def write_set(index_dir: str, deleted: np.ndarray) -> dict:
+    """Commits `deleted` [D] int64 (sorted, distinct) as the next generation; returns its record."""
+    record = current_record(index_dir)
+    generation = 0 if record is None else record["generation"] + 1
+    store.write_array(index_dir, f"{PREFIX}/g{generation}/deleted", deleted)
+    record = {"generation": generation, "count": int(deleted.size)}
+    manifest_lib.atomic_write_text(_record_path(index_dir), json.dumps(record) + "\n")
+    postings.remove_stale_generations(index_dir, PREFIX, generation)
+    return record
