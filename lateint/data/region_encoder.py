@@ -132,13 +132,16 @@ class RegionEncoder:
         return out.reshape(num, regions, self.feature_dim)
 
     def save(self, directory: str) -> None:
+        """Parameters and config+report in `directory`; the training time is left out, so the
+        same inputs give byte-identical files."""
         os.makedirs(directory, exist_ok=True)
         leaves = {"/".join(map(str, path)): np.asarray(value)
                   for path, value in nnx.to_flat_state(self._params)}
         np.savez(os.path.join(directory, PARAMS_FILE + ".partial.npz"), **leaves)
         os.replace(os.path.join(directory, PARAMS_FILE + ".partial.npz"),
                    os.path.join(directory, PARAMS_FILE))
-        info = {"config": dataclasses.asdict(self.config), "report": self.report}
+        report = {key: value for key, value in self.report.items() if key != "train_seconds"}
+        info = {"config": dataclasses.asdict(self.config), "report": report}
         with open(os.path.join(directory, INFO_FILE), "w", encoding="utf-8") as file:
             json.dump(info, file, indent=2)
 

@@ -217,7 +217,9 @@ def generate(out_dir: str, num_train: int, num_dev: int, num_test: int, seed: in
             "config": dataclasses.asdict(config), "region_features": region_features,
             "feature_dim": (encoder.feature_dim if region_features == "cnn"
                             else config.feature_dim),
-            "region_encoder": encoder_report, "captions_per_scene": 5}
+            "region_encoder": encoder_report and {  # timings vary: printed, never stored
+                key: value for key, value in encoder_report.items() if key != "train_seconds"},
+            "captions_per_scene": 5}
     with open(os.path.join(out_dir, "scenes_info.json"), "w", encoding="utf-8") as file:
         json.dump(info, file, indent=2)
     return {"splits": stats, "setup_seconds": setup_seconds, "encoder": encoder_report,
@@ -260,8 +262,9 @@ def main(argv):
     if result["encoder"]:
         report = result["encoder"]
         print(f"region encoder: {report['train_seconds']:.0f} s on {report['train_regions']} "
-              f"train regions; held-out accuracy class {report['held_out_class_accuracy']:.3f}, "
-              f"size {report['held_out_size_accuracy']:.3f}")
+              f"train regions; held-out accuracy class "
+              f"{report.get('held_out_class_accuracy', float('nan')):.3f}, size "
+              f"{report.get('held_out_size_accuracy', float('nan')):.3f}")
 
 
 if __name__ == "__main__":
