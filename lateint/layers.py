@@ -164,14 +164,20 @@ class GeometryBias(nnx.Module):
     def __call__(self, boxes: jax.Array) -> jax.Array:
         """boxes [B, R, 5] -> bias [B, heads, R, R] float32 (query axis, then key axis)."""
         b = box_features(boxes.astype(jnp.float32))
-        query, key = b[:, :, None, :], b[:, None, :, :]                     # [B, R, 1|R, 9]
-        eps = 1e-3
-        pair = jnp.stack([
-            key[..., 0] - query[..., 2], query[..., 0] - key[..., 2],
-            key[..., 1] - query[..., 3], query[..., 1] - key[..., 3],
-            key[..., 5] - query[..., 5], key[..., 6] - query[..., 6],
-            jnp.log((key[..., 7] + eps) / (query[..., 7] + eps)),
-            jnp.log((key[..., 8] + eps) / (query[..., 8] + eps))], axis=-1)  # [B, R, R, 8]
-        scaled = pair * jnp.asarray([4.0] * 6 + [1.0] * 2, jnp.float32)
+        scaled = pair_geometry(b[:, :, None, :], b[:, None, :, :])         # [B, R, R, 8]
         logits = self.output(jax.nn.gelu(self.hidden(scaled), approximate=False))
         return logits.transpose(0, 3, 1, 2)
+
+
+def pair_geometry(query: jax.Array, key: jax.Array) -> jax.Array:
+    """Relative geometry of box pairs from `box_features` [..., 9] (broadcasting) -> [..., 8]:
+    signed edge gaps k.x1 - q.x2, q.x1 - k.x2, k.y1 - q.y2, q.y1 - k.y2 (positive exactly when
+    k lies right of / left of / below / above q) and centre offsets, x4; log size ratios."""
+    eps = 1e-3
+    pair = jnp.stack([
+        key[..., 0] - query[..., 2], query[..., 0] - key[..., 2],
+        key[..., 1] - query[..., 3], query[..., 1] - key[..., 3],
+        key[..., 5] - query[..., 5], key[..., 6] - query[..., 6],
+        jnp.log(jnp.maximum(key[..., 7], eps) / jnp.maximum(query[..., 7], eps)),
+        jnp.log(jnp.maximum(key[..., 8], eps) / jnp.maximum(query[..., 8], eps))], axis=-1)
+    return pair * jnp.asarray([4.0] * 6 + [1.0] * 2, jnp.float32)

@@ -200,7 +200,7 @@ class SplitEncoder(nnx.Module):
         scaled = self.alignment_scale[...][None, :, None, None] * similarity[:, None]
         words_to_regions = jnp.pad(scaled, ((0, 0), (0, 0), (0, num_regions), (num_text, 0)))
         regions_to_words = jnp.pad(jnp.swapaxes(scaled, 2, 3),
-                                   ((0, 0), (0, 0), (num_text, 0), (0, num_text)))
+                                   ((0, 0), (0, 0), (num_text, 0), (0, num_regions)))
         return words_to_regions + regions_to_words
 
     def fused_towers(self, token_ids: jax.Array, token_mask: jax.Array, regions: jax.Array,

@@ -34,7 +34,7 @@ def get_config():
         box_embedding="mlp", geometry_bias=True, joint_alignment_bias=4.0))
     config.text_length = 32
     config.batch_size = 32
-    config.num_steps = 800
+    config.num_steps = 600
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=1e-3, warmup_steps=60, weight_decay=0.01, grad_clip_norm=1.0))
     config.loss = ml_collections.ConfigDict(dict(
@@ -45,7 +45,7 @@ def get_config():
     config.log_every = 20
     config.checkpoint_every = 200
     config.keep_checkpoints = 2
-    config.eval_every = 400
+    config.eval_every = 600           # the final evaluation only (~1 CPU minute)
     config.eval_images = 500
     config.rerank_k = 10
     return config
