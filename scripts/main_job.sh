@@ -24,11 +24,11 @@ else
     --num_test=1000 --seed=0
 fi
 
-step "3/6 train train/configs/scenes_minilm.py into $run_dir/model (resumes)"
+step "3/6 train train/configs/scenes_relations.py into $run_dir/model (resumes)"
 if [ -f "$run_dir/model/dev_recall.json" ]; then
   echo "already trained"
 else
-  "$python" -m train.main --config=train/configs/scenes_minilm.py --workdir="$run_dir/model" \
+  "$python" -m train.main --config=train/configs/scenes_relations.py --workdir="$run_dir/model" \
     --config.data.path="$run_dir/data"
 fi
 
@@ -39,11 +39,14 @@ step "4/6 precompute the test split into $run_dir/index (resumes; no-op when com
 step "5/6 build the first stages"
 "$python" -m index.build --index="$run_dir/index" --first_stage=concepts,sq,permutation,exact
 
-step "6/6 evaluate on the test split"
+step "6/6 evaluate on the test split (every scorer; the exhaustive cross-encoder on 100 queries)"
 "$python" -m serve.evaluate --workdir="$run_dir/model" --index="$run_dir/index" \
-  --data="$run_dir/data" --split=test --out="$run_dir/eval" --sample_queries=3
+  --data="$run_dir/data" --split=test --out="$run_dir/eval" --sample_queries=2 \
+  --max_exhaustive_queries=100
+echo "(full tables: $run_dir/eval/results.md, or rerun with --full_tables)"
 
 echo
-echo "done in $(( $(date +%s) - started ))s. Serve this index with:"
+echo "done in $(( $(date +%s) - started ))s. Model: $run_dir/model, INDEX: $run_dir/index."
+echo "Serve this index with:"
 echo "  $python -m serve.main --workdir=$run_dir/model --index=$run_dir/index --port=8080"
 echo "then open http://127.0.0.1:8080/ (demo page) or POST http://127.0.0.1:8080/search"

@@ -64,6 +64,8 @@ def define_flags():
     flags.DEFINE_integer("distractor_seed", -1,
                          "Seed of the distractor scenes (-1: the corpus's seed + 1).")
     flags.DEFINE_bool("rerun", False, "Re-evaluate N values whose OUT/n{N}.json exists.")
+    flags.DEFINE_bool("full_tables", False, "Print every table (protocols, speedups, notes); "
+                      "by default a short summary (the full tables go to OUT/results.md).")
     flags.mark_flags_as_required(["workdir", "index", "data"])
 
 
@@ -178,10 +180,13 @@ def main(argv):
                            FLAGS.distractor_seed, FLAGS.rerun)
     if jax.process_index() != 0:
         return
-    print("Sample queries (staged pipeline, top 5):")
-    print(report.samples_text(samples))
-    print()
-    print(report.markdown(records))
+    if FLAGS.full_tables:
+        print("Sample queries (staged pipeline, top 5):")
+        print(report.samples_text(samples))
+        print()
+        print(report.markdown(records))
+    else:
+        print(report.summary(records, samples))
     if FLAGS.out:
         print(f"wrote {FLAGS.out}/results.json, results.md, rsum_latency.png")
 

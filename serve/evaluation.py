@@ -420,7 +420,12 @@ class Evaluation:
         rows = self.queries[spaced(self.queries.size, self.settings.sample_queries)]
         results = searcher.search([self.corpus.captions[row] for row in rows],
                                   k=min(5, self.settings.K), first_stage=first_stage)
+        def hit_record(row, hit):
+            found = {"id": hit.id, "score": hit.score}
+            if self.relational is not None and hit.index < self.corpus.num_images:
+                found["caption_true"] = bool(self.relational.truth[row, hit.index])
+            return found
         return [{"query": result.query, "first_stage": first_stage,
                  "true_image": self.corpus.image_ids[self.corpus.caption_image[row]],
-                 "top5": [{"id": hit.id, "score": hit.score} for hit in result.hits]}
+                 "top5": [hit_record(row, hit) for hit in result.hits]}
                 for row, result in zip(rows, results)]

@@ -204,13 +204,28 @@ def plot(records: list[dict], path: str, protocol: str = "full") -> None:
     pyplot.close(figure)
 
 
-def samples_text(samples: list[dict]) -> str:
-    """Sample queries with their top-5 ids and scores, one block per query."""
+def samples_text(samples: list[dict], top: int = 5) -> str:
+    """Sample queries with their top ids and scores, one block per query (scenes corpora: each
+    hit marked with whether the caption is true of it)."""
     lines = []
     for sample in samples:
-        lines.append(f"query: {sample['query']!r} (true image {sample['true_image']}, first "
+        lines.append(f"query: {sample['query']!r} (written for {sample['true_image']}, first "
                      f"stage {sample['first_stage']})")
-        for rank, hit in enumerate(sample["top5"], 1):
-            mark = "  <- true image" if hit["id"] == sample["true_image"] else ""
-            lines.append(f"  {rank}. {hit['id']}  {hit['score']:.4f}{mark}")
+        for rank, hit in enumerate(sample["top5"][:top], 1):
+            marks = []
+            if hit["id"] == sample["true_image"]:
+                marks.append("the image it was written for")
+            if "caption_true" in hit:
+                marks.append("caption true of it" if hit["caption_true"] else "caption false")
+            lines.append(f"  {rank}. {hit['id']}  {hit['score']:.4f}"
+                         + (f"  ({'; '.join(marks)})" if marks else ""))
     return "\n".join(lines)
+
+
+def summary(records: list[dict], samples: list[dict]) -> str:
+    """The short printout: one row per scorer (relations table on scenes corpora, else strict
+    recall of the full protocol), two sample queries with their top 3."""
+    table = relational_table(records)
+    if not table:
+        table = recall_table(records, "full")
+    return table + "\n\nSample queries (top 3):\n" + samples_text(samples[:2], top=3)
