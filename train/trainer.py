@@ -113,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batches = TrainBatches(train_corpus, tokenizer, config.text_length, config.batch_size,
                            config.seed, groups)
     train_step = steps.make_train_step(graph, tx, config.loss)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(config.num_steps, start_step, "steps", config.batch_size, "examples")
     results = {}
 
