@@ -358,3 +358,43 @@ def test_a_refused_index_is_one_line_and_exit_status_2(tiny_workdir, index_dir, 
     assert len(refusal) == 1, completed.stderr[-3000:]
     assert refusal[0].startswith(f"{binary}: refused INDEX: ")
     assert "manifest.json: field 'complete' is false" in refusal[0]
+
+
+def test_batcher_admits_by_expected_queue_time_and_drops_expired_items():
+    import threading
+
+    from serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
+
+    gate = threading.Event()
+
+    def process(items):
+        gate.wait()
+        return items
+
+    batcher = MicroBatcher(process, max_batch=2, max_wait_ms=0, max_queue=100)
+    batcher.start()
+    opener = threading.Timer(0.2, gate.set)  # fires after >= 0.2 s, never before
+    opener.start()
+    assert batcher.submit("measured").result(timeout=30) == "measured"
+    per_batch = batcher.health().batch_seconds
+    assert per_batch >= 0.2
+    gate.clear()
+    running = batcher.submit("running")  # an idle batcher always admits
+    while batcher.health().busy_seconds == 0:
+        time.sleep(0.01)
+    queued = [batcher.submit(f"queued {n}", deadline=time.perf_counter() + 3600)
+              for n in range(4)]
+    with pytest.raises(Overloaded, match="overloaded: 4 requests wait ahead"):
+        batcher.submit("late", deadline=time.perf_counter() + 2 * per_batch)  # 3 batches ahead
+    # Admitted (its deadline allows for the queue ahead), then the deadline passes in the queue
+    # while the gate is closed: answered DeadlineExceeded without being processed.
+    deadline = time.perf_counter() + 4 * per_batch
+    stale = batcher.submit("stale", deadline=deadline)
+    while time.perf_counter() <= deadline:
+        time.sleep(0.01)
+    gate.set()
+    assert running.result(timeout=30) == "running"
+    assert [future.result(timeout=30) for future in queued] == [f"queued {n}" for n in range(4)]
+    with pytest.raises(DeadlineExceeded, match="past its deadline"):
+        stale.result(timeout=30)
+    batcher.close()

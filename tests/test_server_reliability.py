@@ -3,8 +3,9 @@ served by uvicorn on 127.0.0.1 in this process, with a gate the test opens in fr
 worker (no timing windows: every assertion holds however slow the machine is).
 
 Covers: a damaged store (500 naming the array and range, no server path; /healthz 503 with the
-reason while /livez stays 200), a stuck worker, and deadline admission (--request_timeout_ms):
-requests that cannot be answered in time get a 503 instead of waiting.
+reason while /livez stays 200), a stuck worker, deadline admission (--request_timeout_ms):
+requests that cannot be answered in time get a 503 instead of waiting, and the SIGTERM drain:
+connections made after the signal, while a request is still open, are still answered.
 """
 
 import asyncio
@@ -19,6 +20,7 @@ import uvicorn
 from serve.app import ServerSettings, create_app
 from serve.buckets import Buckets
 from serve.launcher import free_port
+from serve.main import DrainingServer
 from serve.searcher import Searcher
 
 BUCKETS = Buckets(query_lengths=(16,), query_batches=(1, 4), candidates=(256,), rerank=(16,),
@@ -44,12 +46,15 @@ class GatedSearcher:
 
 
 class InProcessServer:
-    def __init__(self, searcher, settings: ServerSettings):
+    """serve.main's server (DrainingServer) over `searcher`, in a thread of this process."""
+
+    def __init__(self, searcher, settings: ServerSettings, drain_s: float = 60.0):
         self.app = create_app(searcher, settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
+        self.server = DrainingServer(uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"),
+            self.app.state.readiness, drain_s)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -156,3 +161,37 @@ def test_requests_past_the_deadline_get_503_and_a_stuck_worker_shows_in_healthz(
         assert any("overloaded" in response.json()["error"] for response in responses)
         assert _search(server.url).status_code == 200  # and the server recovers
         assert httpx.get(server.url + "/healthz", timeout=60).status_code == 200
+
+
+def test_sigterm_drains_answering_new_connections_with_connection_close(searcher):
+    import signal
+
+    gated = GatedSearcher(searcher)
+    with InProcessServer(gated, ServerSettings(request_timeout_ms=0)) as server:
+        gated.gate.clear()
+
+        async def scenario():
+            async with httpx.AsyncClient(timeout=60) as client:
+                held = asyncio.create_task(client.post(server.url + "/search",
+                                                       json={"query": "one dog", "k": 2}))
+                while not gated.entered.is_set():  # the request is open, held at the gate
+                    await asyncio.sleep(0.01)
+                server.server.handle_exit(signal.SIGTERM, None)  # what the signal handler does
+                async with httpx.AsyncClient(timeout=60) as fresh:  # a new connection
+                    health = await fresh.get(server.url + "/healthz")
+                    alive = await fresh.get(server.url + "/livez")
+                    late = asyncio.create_task(fresh.post(server.url + "/search",
+                                                          json={"query": "two dogs", "k": 2}))
+                    await asyncio.sleep(0)
+                    while server.app.state.batcher.depth == 0 and not late.done():
+                        await asyncio.sleep(0.01)  # until the late request waits in the queue
+                    gated.gate.set()
+                    return await held, health, alive, await late
+
+        held, health, alive, late = asyncio.run(scenario())
+        assert health.status_code == 503 and "shutting down" in health.json()["error"]
+        assert alive.status_code == 200
+        assert held.status_code == 200 and late.status_code == 200, late.text
+        assert late.headers["connection"] == "close"
+        server.thread.join(60)  # nothing open any more: the drain ends, the server stops
+        assert not server.thread.is_alive()
