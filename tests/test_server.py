@@ -56,7 +56,8 @@ def servers(tiny_workdir, index_dir, images_dir):
         "--max_batch=4", "--max_wait_ms=20", "--max_queue=64",
         f"--images_dir={images_dir}"]).start()
     slow = ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS + [
-        "--max_batch=16", "--max_wait_ms=1500", "--max_queue=3"]).start()
+        "--max_batch=16", "--max_wait_ms=1500", "--max_queue=3",
+        "--request_timeout_ms=30000"]).start()  # its batches wait 1.5 s by design
     try:
         main.wait_ready()
         slow.wait_ready()
