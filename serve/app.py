@@ -10,7 +10,8 @@ then queued to one MicroBatcher whose worker thread owns the Searcher. Errors (J
 counted in lateint_requests_total): 400 unreadable body (not UTF-8), 413 body too large, 415 not
 JSON, 422 invalid request (the message names the field, the bound and the value; NaN, Infinity and
 1e999 included), 503 queue full, overloaded (it could not be answered within
-`request_timeout_ms`), past its deadline, or shutting down (with Retry-After), 500 a failed batch
+`request_timeout_ms`; shed by serve.front_door before the body is parsed), past its deadline
+(counted from arrival), or shutting down (with Retry-After), 500 a failed batch
 (naming the array and image range for a damaged store, never a server path; details go to the
 log). /healthz is readiness (serve.health), /livez liveness. No /docs: Swagger UI would load from
 a CDN; /openapi.json is the schema.
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from serve import demo
 from serve.batcher import BatcherClosed, DeadlineExceeded, MicroBatcher, QueueFull
+from serve.front_door import FrontDoor
 from serve.health import PROBE_QUERY, Readiness, public_reason
 from serve.metrics import ServerMetrics
 from serve.request_checks import AsciiJSONResponse, CheckedBodyRoute, describe, error, finite
@@ -187,26 +189,19 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
         return AsciiJSONResponse({"error": describe(validation_error.errors()),
                                   "detail": errors}, status_code=422)
 
-    @app.middleware("http")
-    async def count_requests(request: fastapi.Request, call_next):
-        try:
-            response = await call_next(request)
-        except Exception:  # counted and answered in JSON like every other error
-            logging.exception("unhandled error answering %s %s", request.method,
-                              request.url.path)
-            response = error(500, "internal error (details in the server log)")
-        if readiness.draining:  # let keep-alive clients go before the listener closes
-            response.headers["connection"] = "close"
-        path = request.url.path
-        endpoint = path if path in ENDPOINTS else (
-            "/images/{image_id}" if path.startswith("/images/") else "other")
-        metrics.observe_request(endpoint, response.status_code)
-        return response
+    def shed(now: float) -> str | None:
+        """Why a search arriving now is refused before its body is read (None: let it in)."""
+        refusal = batcher.refusal(now, None if timeout is None else now + timeout)
+        return None if refusal is None else refusal[1]
+
+    # Counts every answer, sheds before parsing, starts the deadline clock on arrival.
+    app.add_middleware(FrontDoor, shed=shed, metrics=metrics, readiness=readiness,
+                       endpoints=ENDPOINTS)
 
     @router.post("/search", response_model=SearchResponse, responses=error_responses)
-    async def search(request: SearchRequest):
+    async def search(request: SearchRequest, http_request: fastapi.Request):
         """Ranked images for a text query, with per-stage timings in milliseconds."""
-        began = time.perf_counter()
+        began = getattr(http_request.state, "arrived", None) or time.perf_counter()
         options = request.options
         try:
             prepared = searcher.prepare(request.query, request.k, options.n, options.K,

@@ -137,21 +137,31 @@ class MicroBatcher:
         running_left = 0.0 if busy_since is None else max(0.0, per_batch - (now - busy_since))
         return now + running_left + (len(self._queue) // self.max_batch + 1) * per_batch
 
+    def refusal(self, now: float, deadline: float | None = None):
+        """(exception class, message) if an item submitted now with `deadline` would be
+        refused, else None. Lock-free reads: callers that shed before submitting (the server's
+        front door) may be off by an item, submit() itself decides under the lock."""
+        if self._closing:
+            return BatcherClosed, "the server is shutting down; not accepting new requests"
+        if len(self._queue) >= self.max_queue:
+            return QueueFull, f"request queue is full ({self.max_queue} waiting); retry later"
+        if deadline is not None and self.expected_finish(now) > deadline:
+            return Overloaded, (
+                f"overloaded: {len(self._queue)} requests wait ahead at "
+                f"~{self._batch_seconds * 1e3:.0f} ms per batch of up to {self.max_batch}, "
+                f"more than the {(deadline - now) * 1e3:.0f} ms left to answer; retry later")
+        return None
+
     def submit(self, item, deadline: float | None = None) -> concurrent.futures.Future:
         """Queues `item`; returns a Future of its result. deadline: time.perf_counter() by
         which it must be answered. Raises QueueFull, Overloaded or BatcherClosed."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._condition:
-            if self._closing:
-                raise BatcherClosed("the server is shutting down; not accepting new requests")
-            if len(self._queue) >= self.max_queue:
-                raise QueueFull(f"request queue is full ({self.max_queue} waiting); retry later")
             now = time.perf_counter()
-            if deadline is not None and self.expected_finish(now) > deadline:
-                raise Overloaded(
-                    f"overloaded: {len(self._queue)} requests wait ahead at "
-                    f"~{self._batch_seconds * 1e3:.0f} ms per batch of up to {self.max_batch}, "
-                    f"more than the {(deadline - now) * 1e3:.0f} ms left to answer; retry later")
+            refusal = self.refusal(now, deadline)
+            if refusal is not None:
+                kind, message = refusal
+                raise kind(message)
             self._queue.append(_Waiting(item, future, now,
                                         float("inf") if deadline is None else deadline))
             self._condition.notify()
