@@ -4,7 +4,9 @@ Prints one JSON object: for each concurrency level (default 1, 32, 128, 400) a p
 --phase_seconds in which that many closed-loop clients send /search requests (a client that gets
 a 503 waits its Retry-After, capped at --max_retry_after_s, like a polite client). Per phase:
 requests, status counts, client timeouts and connection errors, latency p50/p99/max of every
-answer and of the 200s, the shed share (503s / requests), and GET /healthz right after. At the
+answer and of the 200s as the clients saw them, the same from the server's own histogram
+(arrival at the app to answer: the difference is time in the kernel, uvicorn and the clients,
+which share the machine), the shed share (503s / requests), and GET /healthz right after. At the
 end: /livez, then SIGTERM and the exit status. Targets (issue 13): no status but 200 and 503, no
 timeouts, p99 <= 3x p50 at concurrency 32, 503s answered within the deadline, alive afterwards.
 
@@ -46,6 +48,42 @@ flags.DEFINE_float("request_timeout_ms", 2000.0, "The server's --request_timeout
 flags.DEFINE_float("client_timeout_s", 30.0, "A client gives up (a 'timeout') after this.")
 flags.DEFINE_float("max_retry_after_s", 1.0, "Longest wait of a client after a 503.")
 flags.DEFINE_integer("max_queue", 256, "The server's --max_queue.")
+
+
+def _server_buckets(url: str) -> dict:
+    """{status: {le seconds: cumulative count}} of lateint_search_latency_seconds."""
+    buckets: dict = collections.defaultdict(dict)
+    for line in httpx.get(url + "/metrics", timeout=FLAGS.client_timeout_s).text.splitlines():
+        if not line.startswith("lateint_search_latency_seconds_bucket{"):
+            continue
+        labels, value = line[line.index("{") + 1:line.index("}")], float(line.rsplit(" ", 1)[1])
+        fields = dict(part.split("=", 1) for part in labels.split(","))
+        le = float(fields["le"].strip('"'))  # "+Inf" -> inf
+        buckets[fields["status"].strip('"')][le] = value
+    return buckets
+
+
+def _server_view(before: dict, after: dict, deadline_ms: float) -> dict:
+    """Per status, from the server's histogram: answers in the phase, the bucket bounds that
+    hold the median and the 99th percentile (ms), and the share answered within the deadline."""
+    view = {}
+    for status, cumulative in after.items():
+        bounds = sorted(cumulative)
+        counts = [cumulative[le] - before.get(status, {}).get(le, 0.0) for le in bounds]
+        total = counts[-1]
+        if total <= 0:
+            continue
+
+        def bound(quantile):
+            return next(round(le * 1e3, 1) for le, count in zip(bounds, counts)
+                        if count >= quantile * total)
+
+        within = max((count for le, count in zip(bounds, counts) if le * 1e3 <= deadline_ms),
+                     default=0.0)
+        view[status] = {"answers": int(total), "p50_at_most_ms": bound(0.5),
+                        "p99_at_most_ms": bound(0.99),
+                        "within_deadline_share": round(within / total, 3)}
+    return view
 
 
 def _percentiles(values: list[float]) -> dict:
@@ -121,8 +159,11 @@ def run(workdir: str, index_dir: str, levels: list[int]) -> dict:
         asyncio.run(phase(server.url, queries, 4, 2.0, FLAGS.k, options))  # warm-up, untimed
         phases = []
         for concurrency in levels:
+            before = _server_buckets(server.url)
             row = asyncio.run(phase(server.url, queries, concurrency, FLAGS.phase_seconds,
                                     FLAGS.k, options))
+            row["server_side"] = _server_view(before, _server_buckets(server.url),
+                                              FLAGS.request_timeout_ms)
             logging.info("c=%d: %s", concurrency, json.dumps(row))
             phases.append(row)
         alive = httpx.get(server.url + "/livez", timeout=30).status_code == 200

@@ -13,9 +13,9 @@ owns the accelerator: only the worker ever calls it). `process(items) -> results
 result per item, in order; if it raises, every item of that batch gets the exception.
 
 Admission by time, not only by queue length: an item submitted with a deadline is refused at once
-(Overloaded, a QueueFull) when the queue ahead of it, at the measured time per batch (an
-exponential moving average), would not let it finish by then; an item whose deadline passes
-while it waits is answered DeadlineExceeded instead of being processed. `health()` says what a
+(Overloaded, a QueueFull) when the queue ahead of it, at the measured time per item (an
+exponential moving average of batch time / batch size), would not let it finish by then; an item
+whose deadline passes while it waits is answered DeadlineExceeded instead of being processed. `health()` says what a
 readiness check needs: worker alive, how long the current batch has run, the last failure.
 """
 
@@ -53,7 +53,7 @@ class Health(NamedTuple):
 
     worker_alive: bool
     busy_seconds: float           # how long the batch being processed has run (0: idle)
-    batch_seconds: float          # moving average of the time per batch (0: none yet)
+    item_seconds: float           # moving average of a batch's time per item (0: none yet)
     depth: int
     last_success: float | None    # when the last batch succeeded
     last_failure: float | None    # when the last batch failed, and why
@@ -97,7 +97,7 @@ class MicroBatcher:
         self._closing = False
         self._in_flight = 0  # items handed to process() and not yet answered
         self._busy_since: float | None = None
-        self._batch_seconds = 0.0
+        self._item_seconds = 0.0
         self._last_success: float | None = None
         self._last_failure: float | None = None
         self._failure: BaseException | None = None
@@ -123,19 +123,22 @@ class MicroBatcher:
         now = time.perf_counter()
         busy_since = self._busy_since
         return Health(self._thread.is_alive(), 0.0 if busy_since is None else now - busy_since,
-                      self._batch_seconds, len(self._queue), self._last_success,
+                      self._item_seconds, len(self._queue), self._last_success,
                       self._last_failure, self._failure)
 
     def expected_finish(self, now: float) -> float:
-        """When an item submitted now would be answered, from the queue ahead of it and the
-        measured time per batch. An idle batcher answers `now`: the item starts at once, and
-        the batch it runs in refreshes the estimate (one slow batch must not refuse forever)."""
-        per_batch = self._batch_seconds
+        """When an item submitted now would be answered: the rest of the running batch, then
+        every waiting item and this one, at the measured time per item (batches are measured
+        as time / size, so the estimate follows the throughput whatever the batch sizes). An
+        idle batcher answers `now`: the item starts at once, and the batch it runs in refreshes
+        the estimate (one slow batch must not refuse forever)."""
+        per_item = self._item_seconds
         busy_since = self._busy_since
         if busy_since is None and not self._queue:
             return now
-        running_left = 0.0 if busy_since is None else max(0.0, per_batch - (now - busy_since))
-        return now + running_left + (len(self._queue) // self.max_batch + 1) * per_batch
+        running_left = 0.0 if busy_since is None else max(
+            0.0, self._in_flight * per_item - (now - busy_since))
+        return now + running_left + (len(self._queue) + 1) * per_item
 
     def refusal(self, now: float, deadline: float | None = None):
         """(exception class, message) if an item submitted now with `deadline` would be
@@ -148,8 +151,8 @@ class MicroBatcher:
         if deadline is not None and self.expected_finish(now) > deadline:
             return Overloaded, (
                 f"overloaded: {len(self._queue)} requests wait ahead at "
-                f"~{self._batch_seconds * 1e3:.0f} ms per batch of up to {self.max_batch}, "
-                f"more than the {(deadline - now) * 1e3:.0f} ms left to answer; retry later")
+                f"~{self._item_seconds * 1e3:.0f} ms each, more than the "
+                f"{(deadline - now) * 1e3:.0f} ms left to answer; retry later")
         return None
 
     def submit(self, item, deadline: float | None = None) -> concurrent.futures.Future:
@@ -227,8 +230,9 @@ class MicroBatcher:
                 for waiting, result in zip(batch, results):
                     waiting.future.set_result(result)
             elapsed = time.perf_counter() - began
-            self._batch_seconds = elapsed if not self._batch_seconds else (
-                BATCH_TIME_SMOOTHING * elapsed + (1 - BATCH_TIME_SMOOTHING) * self._batch_seconds)
+            per_item = elapsed / len(batch)
+            self._item_seconds = per_item if not self._item_seconds else (
+                BATCH_TIME_SMOOTHING * per_item + (1 - BATCH_TIME_SMOOTHING) * self._item_seconds)
             self._busy_since = None
             self._in_flight = 0
             if self.on_batch is not None:

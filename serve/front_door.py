@@ -7,8 +7,9 @@
   at concurrency 400).
 - Starts each request's deadline clock on arrival (`scope['state']['arrived']`), before the body
   is parsed.
-- Counts every answer in lateint_requests_total, and answers an exception that escapes the app
-  with a JSON 500 (counted too).
+- Counts every answer in lateint_requests_total (and the time from arrival to answer of every
+  search in lateint_search_latency_seconds, by status), and answers an exception that escapes
+  the app with a JSON 500 (counted too).
 - While draining after SIGTERM, adds `Connection: close` to every response.
 """
 
@@ -71,6 +72,8 @@ class FrontDoor:
             status["code"] = 500
         finally:
             self.metrics.observe_request(label, status["code"])
+            if label == "/search":
+                self.metrics.observe_search_answer(status["code"], time.perf_counter() - arrived)
 
 
 async def _drain_body(receive) -> None:

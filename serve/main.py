@@ -120,7 +120,8 @@ def serve(workdir: str, index_dir: str, host: str, port: int, buckets: Buckets,
     logging.info("demo images from %s", settings.images_dir or "(none: no images/ found)")
     application = create_app(searcher, settings)
     server = DrainingServer(uvicorn.Config(
-        application, host=host, port=port, log_level="info",
+        application, host=host, port=port, log_level="info", access_log=False,  # a log
+        # line per request costs the event loop CPU under load; /metrics counts them all
         timeout_graceful_shutdown=shutdown_timeout_s, lifespan="on"),
         application.state.readiness, drain_s)
     logging.info("serving on http://%s:%d (batch %d, wait %.1f ms, queue %d, deadline %g ms)",

@@ -136,6 +136,8 @@ def test_metrics_count_requests_stages_batches_and_queue(server):
                   "total", "queue", "request"):
         assert samples[f'lateint_stage_latency_seconds_count{{stage="{stage}"}}'] >= 1
     assert samples["lateint_batch_size_count"] >= 1
+    assert samples['lateint_search_latency_seconds_count{status="200"}'] >= 1
+    assert samples['lateint_search_latency_seconds_count{status="422"}'] >= 3
     assert samples["lateint_queue_depth"] == 0
 
 
@@ -374,11 +376,14 @@ def test_batcher_admits_by_expected_queue_time_and_drops_expired_items():
 
     batcher = MicroBatcher(process, max_batch=2, max_wait_ms=0, max_queue=100)
     batcher.start()
+    measured = batcher.submit("measured")
+    while batcher.health().busy_seconds == 0:  # the batch has started, held at the gate
+        time.sleep(0.01)
     opener = threading.Timer(0.2, gate.set)  # fires after >= 0.2 s, never before
     opener.start()
-    assert batcher.submit("measured").result(timeout=30) == "measured"
-    per_batch = batcher.health().batch_seconds
-    assert per_batch >= 0.2
+    assert measured.result(timeout=30) == "measured"
+    per_item = batcher.health().item_seconds  # a batch of one item
+    assert per_item >= 0.2
     gate.clear()
     running = batcher.submit("running")  # an idle batcher always admits
     while batcher.health().busy_seconds == 0:
@@ -386,10 +391,10 @@ def test_batcher_admits_by_expected_queue_time_and_drops_expired_items():
     queued = [batcher.submit(f"queued {n}", deadline=time.perf_counter() + 3600)
               for n in range(4)]
     with pytest.raises(Overloaded, match="overloaded: 4 requests wait ahead"):
-        batcher.submit("late", deadline=time.perf_counter() + 2 * per_batch)  # 3 batches ahead
+        batcher.submit("late", deadline=time.perf_counter() + 2 * per_item)  # 5 items ahead
     # Admitted (its deadline allows for the queue ahead), then the deadline passes in the queue
     # while the gate is closed: answered DeadlineExceeded without being processed.
-    deadline = time.perf_counter() + 4 * per_batch
+    deadline = time.perf_counter() + 7 * per_item  # 6 ahead of it, with the running one
     stale = batcher.submit("stale", deadline=deadline)
     while time.perf_counter() <= deadline:
         time.sleep(0.01)

@@ -149,9 +149,9 @@ def test_requests_past_the_deadline_get_503_and_a_stuck_worker_shows_in_healthz(
         batcher = server.app.state.batcher
         while batcher.health().busy_seconds:  # until the held batch (>= 300 ms) is done
             threading.Event().wait(0.01)
-        # That batch took >= 300 ms, so the moving average per batch is >= 0.3 x 300 ms: with
-        # 12 requests queued ahead (4 batches of 4), a new one cannot finish within 300 ms and
-        # is refused at once, before it waits.
+        # That batch of one took >= 300 ms, so the moving average per item is >= 0.3 x 300 ms:
+        # with 4 or more requests queued ahead, a new one cannot finish within 300 ms and is
+        # refused at once, before it waits.
         gated.gate.clear()
         gated.entered.clear()
 
