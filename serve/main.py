@@ -63,6 +63,9 @@ flags.DEFINE_float("shutdown_timeout_s", 60.0, "Longest wait for in-flight reque
 flags.mark_flags_as_required(["workdir", "index"])
 
 
+KEEP_ALIVE_SECONDS = 75
+
+
 def _integers(values) -> tuple[int, ...]:
     return tuple(int(value) for value in values)
 
@@ -122,7 +125,11 @@ def serve(workdir: str, index_dir: str, host: str, port: int, buckets: Buckets,
     server = DrainingServer(uvicorn.Config(
         application, host=host, port=port, log_level="info", access_log=False,  # a log
         # line per request costs the event loop CPU under load; /metrics counts them all
-        timeout_graceful_shutdown=shutdown_timeout_s, lifespan="on"),
+        timeout_graceful_shutdown=shutdown_timeout_s, lifespan="on",
+        # Longer than clients keep idle connections (httpx: 5 s, uvicorn's default too): a
+        # server closing an idle keep-alive connection as the client reuses it resets that
+        # request (bench/load.py saw one ReadError per phase at concurrency 128 and 400).
+        timeout_keep_alive=KEEP_ALIVE_SECONDS),
         application.state.readiness, drain_s)
     logging.info("serving on http://%s:%d (batch %d, wait %.1f ms, queue %d, deadline %g ms)",
                  host, port, settings.max_batch, settings.max_wait_ms, settings.max_queue,
