@@ -171,7 +171,7 @@ def main(argv):
             setup = f"{workdir} + {index_dir}"
         queries = corpus_queries(index_dir)
         load_before = os.getloadavg()
-        common = ["--max_queue=4096", *FLAGS.server_flag]
+        common = ["--max_queue=4096", "--request_timeout_ms=0", *FLAGS.server_flag]
         modes = [("unbatched", common + ["--max_batch=1", "--max_wait_ms=0"]),
                  ("batched", common + [f"--max_batch={FLAGS.max_batch}",
                                        f"--max_wait_ms={FLAGS.max_wait_ms}"])]

@@ -5,12 +5,14 @@
         [--permutation_size=32]
 
 Reads the stored concept and global vectors through index.store and writes each stage under
-INDEX/first_stage/<name>/ (see index/first_stage/).
+INDEX/first_stage/<name>/ (see index/first_stage/). A refused INDEX (unfinished, damaged
+manifest) prints one line naming the file and the field and exits with status 2.
 """
 
 from absl import app, flags, logging
 import jax
 
+from index import manifest as manifest_lib
 from index.first_stage import build as first_stage_build
 
 FLAGS = flags.FLAGS
@@ -40,8 +42,8 @@ def main(argv):
     }
     if jax.process_index() != 0:
         return
-    first_stage_build.build_from_index(FLAGS.index, FLAGS.first_stage, options,
-                                       log=logging.info)
+    manifest_lib.exit_on_refusal("index.build", first_stage_build.build_from_index, FLAGS.index,
+                                 FLAGS.first_stage, options, log=logging.info)
 
 
 if __name__ == "__main__":

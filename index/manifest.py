@@ -25,6 +25,8 @@ Written by index.add / delete / compact (index.generation; absent: generation 0)
   first_stage        {stage: its stage.json record as published in this generation}
   tombstones         {generation, count} of the published tombstone set, or null
   previous           {arrays, ids, first_stage, tombstones} of the generation before
+  corpus             (optional) the corpus fingerprint: {split, images, regions, feature_dim,
+                      ids_sha256, content_sha256, sampled_images} (index.corpus_fingerprint)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import datetime
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -45,6 +48,8 @@ IDS_FILE = "ids.txt"
 ARRAY_ROLES = ("activations", "activation_scale", "region_mask", "concepts", "global")
 # What generations add to an INDEX (index.generation): compacted arrays, ids, the journals.
 GENERATION_ENTRIES = ("store", "ids", "add.json", "compact.json")
+CORPUS_FIELDS = ("split", "images", "regions", "feature_dim", "ids_sha256", "content_sha256",
+                 "sampled_images")
 
 _REQUIRED = {
     "format_version": int,
@@ -69,8 +74,17 @@ _REQUIRED_NESTED = {
 }
 
 
-class IncompleteIndexError(RuntimeError):
+class IndexRefusedError(ValueError):
+    """An INDEX that must not be used or resumed: damaged or invalid manifest, ids or journal,
+    another model's or another corpus's index. The message names the file and the field;
+    binaries print it as one line and exit with EXIT_REFUSED (`exit_on_refusal`)."""
+
+
+class IncompleteIndexError(IndexRefusedError, RuntimeError):
     """The index directory has no manifest, or its manifest is not marked complete."""
+
+
+EXIT_REFUSED = 2  # exit status of a binary that refused its INDEX (absl's usage errors use 1)
 
 
 def now_utc() -> str:
@@ -99,7 +113,7 @@ def atomic_write_text(path: str, text: str) -> None:
 def _check_relative(path: str, field: str, manifest_path: str) -> None:
     parts = path.replace("\\", "/").split("/")
     if not path or os.path.isabs(path) or ".." in parts:
-        raise ValueError(
+        raise IndexRefusedError(
             f"{manifest_path}: field {field!r} must be a relative path inside the index, "
             f"got {path!r}"
         )
@@ -122,22 +136,23 @@ def array_path(index_dir: str, name: str) -> str:
 def validate_manifest(manifest: dict, manifest_path: str = MANIFEST_FILE) -> dict:
     """Checks fields, types and consistency; raises ValueError naming file, field, expected, got."""
     if not isinstance(manifest, dict):
-        raise ValueError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
+        raise IndexRefusedError(f"{manifest_path}: expected a JSON object, got "
+                                f"{type(manifest).__name__}")
     for field, kind in _REQUIRED.items():
         if field not in manifest:
-            raise ValueError(f"{manifest_path}: missing field {field!r}")
+            raise IndexRefusedError(f"{manifest_path}: missing field {field!r}")
         value = manifest[field]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(
+            raise IndexRefusedError(
                 f"{manifest_path}: field {field!r} expected {kind.__name__}, "
                 f"got {type(value).__name__} {value!r}"
             )
     for field, keys in _REQUIRED_NESTED.items():
         for key in keys:
             if key not in manifest[field]:
-                raise ValueError(f"{manifest_path}: missing field '{field}.{key}'")
+                raise IndexRefusedError(f"{manifest_path}: missing field '{field}.{key}'")
     if manifest["format_version"] != FORMAT_VERSION:
-        raise ValueError(
+        raise IndexRefusedError(
             f"{manifest_path}: format_version expected {FORMAT_VERSION}, "
             f"got {manifest['format_version']}"
         )
@@ -145,45 +160,54 @@ def validate_manifest(manifest: dict, manifest_path: str = MANIFEST_FILE) -> dic
     for key, allowed in (("activations_dtype", codecs.STORAGE_DTYPES),
                          ("concepts_dtype", codecs.CONCEPT_DTYPES)):
         if storage[key] not in allowed:
-            raise ValueError(
+            raise IndexRefusedError(
                 f"{manifest_path}: field 'storage.{key}' expected one of {list(allowed)}, "
                 f"got {storage[key]!r}"
             )
     for field, least in (("shapes", 0), ("layout", 1)):
         for key, value in manifest[field].items():
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"{manifest_path}: field '{field}.{key}' expected an int >= "
-                                 f"{least}, got {value!r}")
+                raise IndexRefusedError(f"{manifest_path}: field '{field}.{key}' expected an "
+                                        f"int >= {least}, got {value!r}")
     images = manifest["shapes"]["images"]
     for field in ("counts.images", "ids.count"):
         outer, inner = field.split(".")
         if manifest[outer][inner] != images:
-            raise ValueError(
+            raise IndexRefusedError(
                 f"{manifest_path}: field {field!r} expected {images} (shapes.images), "
                 f"got {manifest[outer][inner]!r}"
             )
     regions = manifest["counts"]["regions"]
     if manifest["complete"] and (not isinstance(regions, int) or isinstance(regions, bool)):
-        raise ValueError(f"{manifest_path}: field 'counts.regions' expected an int once complete, "
-                         f"got {regions!r}")
+        raise IndexRefusedError(f"{manifest_path}: field 'counts.regions' expected an int once "
+                                f"complete, got {regions!r}")
     if storage["activations_dtype"] == "int8" and "activation_scale" not in manifest["arrays"]:
-        raise ValueError(f"{manifest_path}: int8 storage needs field 'arrays.activation_scale'")
+        raise IndexRefusedError(f"{manifest_path}: int8 storage needs field "
+                                "'arrays.activation_scale'")
     for role, path in manifest["arrays"].items():
         if role not in ARRAY_ROLES:
-            raise ValueError(f"{manifest_path}: field 'arrays' has unknown array role {role!r}; "
-                             f"expected roles among {list(ARRAY_ROLES)}")
+            raise IndexRefusedError(f"{manifest_path}: field 'arrays' has unknown array role "
+                                    f"{role!r}; expected roles among {list(ARRAY_ROLES)}")
         _check_relative(path, f"arrays.{role}", manifest_path)
     _check_relative(manifest["ids"]["file"], "ids.file", manifest_path)
     generation = manifest.get("generation", 0)
     if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
-        raise ValueError(f"{manifest_path}: field 'generation' expected an int >= 0, "
+        raise IndexRefusedError(f"{manifest_path}: field 'generation' expected an int >= 0, "
                          f"got {generation!r}")
+    corpus = manifest.get("corpus")
+    if corpus is not None:  # optional: indexes written before corpus fingerprints lack it
+        missing = [key for key in CORPUS_FIELDS
+                   if not isinstance(corpus, dict) or key not in corpus]
+        if missing:
+            raise IndexRefusedError(f"{manifest_path}: field 'corpus' expected an object with "
+                                    f"{list(CORPUS_FIELDS)}, missing {missing}")
     return manifest
 
 
 def new_manifest(*, ids: dict, arrays: dict, model_fingerprint: str, split_layer: int,
                  storage_dtype: str, compression_dim: int, concepts_dtype: str, regions: int,
-                 hidden: int, concept_dim: int, shard_rows: int, source) -> dict:
+                 hidden: int, concept_dim: int, shard_rows: int, source,
+                 corpus: dict | None = None) -> dict:
     """A validated manifest with `complete: false` for len(ids) images (see the module doc)."""
     images = ids["count"]
     manifest = {
@@ -198,6 +222,8 @@ def new_manifest(*, ids: dict, arrays: dict, model_fingerprint: str, split_layer
         "arrays": dict(arrays), "counts": {"images": images, "regions": None},
         "ids": dict(ids), "source": source,
     }
+    if corpus is not None:
+        manifest["corpus"] = dict(corpus)
     return validate_manifest(manifest, MANIFEST_FILE)
 
 
@@ -223,7 +249,7 @@ def read_manifest(index_dir: str, require_complete: bool = True) -> dict:
         try:
             manifest = json.load(handle)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON: {error}") from error
+            raise IndexRefusedError(f"{path}: not valid JSON: {error}") from error
     validate_manifest(manifest, path)
     if require_complete and not manifest["complete"]:
         raise IncompleteIndexError(
@@ -234,10 +260,10 @@ def read_manifest(index_dir: str, require_complete: bool = True) -> dict:
 
 
 def check_fingerprint(manifest: dict, fingerprint: str) -> None:
-    """Raises ValueError naming both fingerprints when the index was built by another model."""
+    """Raises IndexRefusedError naming both fingerprints when another model built the index."""
     stored = manifest.get("model_fingerprint")
     if stored != fingerprint:
-        raise ValueError(
+        raise IndexRefusedError(
             f"index model fingerprint {stored!r} does not match the loaded checkpoint's "
             f"fingerprint {fingerprint!r}: rebuild the index with this checkpoint"
         )
@@ -285,10 +311,11 @@ def read_ids(index_dir: str, manifest: dict) -> list[str]:
         data = handle.read()
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
-        raise ValueError(f"{path}: sha256 expected {entry['sha256']}, got {digest} (file changed)")
+        raise IndexRefusedError(f"{path}: sha256 expected {entry['sha256']}, got {digest} "
+                                "(file changed)")
     ids = data.decode("utf-8").split("\n")[:-1]
     if len(ids) != entry["count"]:
-        raise ValueError(f"{path}: expected {entry['count']} ids, got {len(ids)}")
+        raise IndexRefusedError(f"{path}: expected {entry['count']} ids, got {len(ids)}")
     return ids
 
 
@@ -317,7 +344,8 @@ def completed_ranges(index_dir: str) -> list[tuple[int, int]]:
             journal = json.load(handle)
             ranges = journal["completed"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: expected {{'completed': [[start, stop], ...]}}: {error}")
+            raise IndexRefusedError(f"{path}: expected {{'completed': [[start, stop], ...]}}: "
+                                    f"{error}")
     return merge_ranges(ranges)
 
 
@@ -353,3 +381,16 @@ def _describe_progress(index_dir: str, total: int) -> str:
     except ValueError as error:
         return f"progress journal unreadable: {error}"
     return f"{min(done, total)} of {total} images recorded in {PROGRESS_FILE}"
+
+
+def exit_on_refusal(binary: str, function, *args, **keywords):
+    """Runs function(*args, **keywords); a refused INDEX (IndexRefusedError, which names the
+    file and the field) becomes one line on stderr and exit status EXIT_REFUSED, not a
+    traceback. Every binary that opens an INDEX runs its work through this."""
+    try:
+        return function(*args, **keywords)
+    except IndexRefusedError as error:
+        message = " ".join(str(error).split())  # one line, whatever the message held
+        sys.stderr.write(f"{binary}: refused INDEX: {message}\n")
+        sys.stderr.flush()
+        raise SystemExit(EXIT_REFUSED) from None

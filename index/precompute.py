@@ -7,6 +7,9 @@ Each shard-aligned unit of images is encoded (region embeddings + layers 0..l-1 
 global heads, jitted, batch split over the devices of a mesh), written through
 `index.store.ActivationStore`, then journaled; a restarted run skips journaled units, so the
 finished store equals an uninterrupted run's. A finished INDEX is left alone unless --overwrite.
+A resume, and a rerun over a finished INDEX, are refused (one line, exit status 2) unless the
+model fingerprint, the corpus fingerprint (index.corpus_fingerprint: split, shapes, ids and a
+content digest) and --storage match the manifest's: a resume can never mix two corpora.
 """
 
 from __future__ import annotations
@@ -18,29 +21,44 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from index import codecs
+from index import codecs, corpus_fingerprint
 from index import manifest as manifest_lib
 from index.store import ActivationStore
 from lateint.checkpoint import load_model
-from lateint.data import options as data_options
 from lateint.data.corpus import load_corpus
+from lateint.data import options as data_options
 from lateint.inference import Inference, batch_ranges
 from lateint.progress import Progress, format_seconds
 
 
-def _open_for_writing(index_dir: str, corpus, model, meta: dict, storage: str, source: dict,
-                      overwrite: bool, shard_rows: int) -> ActivationStore | None:
-    """Creates, resumes or (finished and not overwrite) returns None."""
+def _check_same_inputs(manifest_path: str, manifest: dict, meta: dict, fingerprint: dict,
+                       data: str, storage: str) -> None:
+    """Refuses (IndexRefusedError naming both sides) an INDEX, finished or not, written by
+    another model, from another corpus or with another storage mode than this run's."""
+    if manifest["model_fingerprint"] != meta["fingerprint"]:
+        raise manifest_lib.IndexRefusedError(
+            f"{manifest_path}: field 'model_fingerprint' is {manifest['model_fingerprint']!r}, "
+            f"the checkpoint in --workdir has {meta['fingerprint']!r}: written by another model; "
+            "pass --overwrite to rebuild it with this one")
+    corpus_fingerprint.check_corpus(manifest_path, manifest.get("corpus"), fingerprint, data)
+    stored = manifest["storage"]["activations_dtype"]
+    if stored != storage:
+        raise manifest_lib.IndexRefusedError(
+            f"{manifest_path}: field 'storage.activations_dtype' is {stored!r}, --storage is "
+            f"{storage!r}; pass --overwrite to rebuild")
+
+
+def _open_for_writing(index_dir: str, data: str, corpus, model, meta: dict, storage: str,
+                      source: dict, fingerprint: dict, overwrite: bool,
+                      shard_rows: int) -> ActivationStore | None:
+    """Creates, resumes or (finished and not overwrite) returns None. A resume, and a rerun
+    over a finished INDEX, must be for the same model, corpus and storage mode."""
     manifest_path = os.path.join(index_dir, manifest_lib.MANIFEST_FILE)
     if os.path.exists(manifest_path) and not overwrite:
         manifest = manifest_lib.read_manifest(index_dir, require_complete=False)
+        _check_same_inputs(manifest_path, manifest, meta, fingerprint, data, storage)
         if manifest["complete"]:
             return None
-        manifest_lib.check_fingerprint(manifest, meta["fingerprint"])
-        if manifest["storage"]["activations_dtype"] != storage:
-            raise ValueError(f"{manifest_path}: an unfinished index with storage "
-                             f"{manifest['storage']['activations_dtype']!r}; --storage={storage!r}"
-                             " differs (pass --overwrite to start over)")
         logging.info("resuming %s", index_dir)
         return ActivationStore.resume(index_dir)
     config = model.config
@@ -49,7 +67,7 @@ def _open_for_writing(index_dir: str, corpus, model, meta: dict, storage: str, s
         hidden=config.stored_dim, concept_dim=config.concept_dim,
         model_fingerprint=meta["fingerprint"], split_layer=config.split_layer,
         storage_dtype=storage, compression_dim=config.compression_dim, source=source,
-        overwrite=overwrite, shard_rows=shard_rows)
+        corpus=fingerprint, overwrite=overwrite, shard_rows=shard_rows)
 
 
 def load_model_and_corpus(workdir: str, data: str, split: str):
@@ -100,8 +118,9 @@ def precompute(workdir: str, data: str, split: str, index_dir: str, storage: str
     config = model.config
     source = {"data": os.path.relpath(os.path.abspath(data), os.path.abspath(index_dir)),
               "split": split, "checkpoint_step": int(meta["step"])}
-    store = _open_for_writing(index_dir, corpus, model, meta, storage, source, overwrite,
-                              shard_rows)
+    fingerprint = corpus_fingerprint.corpus_fingerprint(corpus, split)
+    store = _open_for_writing(index_dir, data, corpus, model, meta, storage, source, fingerprint,
+                              overwrite, shard_rows)
     if store is None:
         logging.info("%s is already complete; nothing to do (--overwrite rebuilds it)",
                      index_dir)
@@ -135,8 +154,10 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    precompute(FLAGS.workdir, data_options.from_flags(), FLAGS.split, FLAGS.index, FLAGS.storage,
-               FLAGS.batch_size, FLAGS.overwrite, FLAGS.shard_rows)
+    manifest_lib.exit_on_refusal("index.precompute", precompute, FLAGS.workdir,
+                                 data_options.from_flags(), FLAGS.split, FLAGS.index,
+                                 FLAGS.storage, FLAGS.batch_size, FLAGS.overwrite,
+                                 FLAGS.shard_rows)
 
 
 if __name__ == "__main__":

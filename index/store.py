@@ -22,6 +22,20 @@ from index.arrays import open_existing as _open_existing
 
 # ---- the activation store -----------------------------------------------------------------
 
+class StoreReadError(OSError):
+    """An INDEX array is unreadable for an image range. str() names the directory and the
+    TensorStore error (for logs); `public_message` names only the array, the image range and the
+    first bad image, which is what a server may tell its clients (no server paths)."""
+
+    def __init__(self, role: str, start: int, stop: int, bad: int | None, index_dir: str,
+                 cause: Exception, scope: str):
+        self.role, self.start, self.stop, self.bad = role, start, stop, bad
+        self.public_message = (f"index array {role!r} is unreadable for images [{start}, {stop})"
+                               f" ({scope}), first bad image {bad}")
+        super().__init__(f"index.store: array {role!r} of {index_dir!r} is unreadable for images "
+                         f"[{start}, {stop}) ({scope}), first bad image {bad}: {cause}")
+
+
 WRITE_KEYS = ("activations", "region_mask", "concepts", "global")
 DEFAULT_SHARD_ROWS = 1024  # rows per shard file; measured in bench/store.py
 DEFAULT_INFLIGHT_BYTES = 256 << 20
@@ -64,8 +78,9 @@ class ActivationStore:
             # index.add grows the arrays before it publishes the manifest that counts the new
             # rows: rows past the manifest's N exist but are not this generation's.
             if found[1:] != (dtype,) or found[0][1:] != shape[1:] or found[0][0] < shape[0]:
-                raise ValueError(f"index.store: array {role!r} in {index_dir!r}: (shape, dtype) "
-                                 f"expected {self._layout[role]} (manifest), got {found}")
+                raise manifest_lib.IndexRefusedError(
+                    f"index.store: array {role!r} in {index_dir!r}: (shape, dtype) expected "
+                    f"{self._layout[role]} (manifest), got {found}")
             if found[0][0] > shape[0]:
                 self._arrays[role] = array[:shape[0]]
         self.first_new_row = 0  # rows below it belong to a published generation (extend)
@@ -77,12 +92,14 @@ class ActivationStore:
     def create(cls, index_dir: str, *, image_ids, regions: int, hidden: int, concept_dim: int,
                model_fingerprint: str, split_layer: int, storage_dtype: str = "bfloat16",
                compression_dim: int = 0, concepts_dtype: str = "float32", source=None,
+               corpus: dict | None = None,
                shard_rows: int = DEFAULT_SHARD_ROWS, overwrite: bool = False,
                inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
                sync_writes: bool = True) -> "ActivationStore":
         """Creates an empty, incomplete index of len(image_ids) images with fixed shapes.
 
-        hidden is the stored width H' (the compressed width when compression_dim > 0). Refuses an
+        hidden is the stored width H' (the compressed width when compression_dim > 0); corpus is
+        the corpus fingerprint (index.corpus_fingerprint) resumes are checked against. Refuses an
         existing index unless overwrite, which deletes its arrays, journal and first stages.
         """
         image_ids = [str(image_id) for image_id in image_ids]
@@ -92,7 +109,8 @@ class ActivationStore:
         fields = dict(arrays=arrays, model_fingerprint=model_fingerprint, split_layer=split_layer,
                       storage_dtype=storage_dtype, compression_dim=compression_dim,
                       concepts_dtype=concepts_dtype, regions=regions, hidden=hidden,
-                      concept_dim=concept_dim, shard_rows=shard_rows, source=source)
+                      concept_dim=concept_dim, shard_rows=shard_rows, source=source,
+                      corpus=corpus)
         provisional = {"file": manifest_lib.IDS_FILE, "count": len(image_ids), "sha256": ""}
         manifest_lib.new_manifest(ids=provisional, **fields)  # bad arguments fail before deleting
         manifest_path = os.path.join(index_dir, manifest_lib.MANIFEST_FILE)
@@ -402,8 +420,6 @@ class ActivationStore:
                     break
             start = int(shard) * shard_rows
             stop = min(self.num_images, start + shard_rows)
-            return OSError(f"index.store: array {role!r} of {self.index_dir!r} is unreadable for "
-                           f"images [{start}, {stop}) (one shard file), first bad image {bad}: "
-                           f"{error}")
-        return OSError(f"index.store: array {role!r} of {self.index_dir!r}: reading images "
-                       f"[{ids.min()}, {ids.max() + 1}) failed: {error}")
+            return StoreReadError(role, start, stop, bad, self.index_dir, error, "one shard file")
+        return StoreReadError(role, int(ids.min()), int(ids.max()) + 1, None, self.index_dir,
+                              error, "reading failed")

@@ -17,20 +17,26 @@ DEFAULT_BUCKETS = (16, 32, 64)
 
 
 class WordPieceTokenizer:
-    """Text -> ([B, T] int32 ids, [B, T] bool mask) with T a bucket length.
+    """Text -> ([B, T] int32 ids, [B, T] bool mask) with T a bucket length, or any length the
+    caller asks for up to the model's positions.
 
-    Sequences are `[CLS] tokens [SEP]`, truncated to the largest bucket (keeping `[SEP]`).
+    Sequences are `[CLS] tokens [SEP]`, truncated to the largest bucket, or to an explicit
+    `length` above it (keeping `[SEP]`).
     """
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, buckets: Sequence[int] = DEFAULT_BUCKETS):
+    def __init__(self, tokenizer: tokenizers.Tokenizer, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                 max_positions: int | None = None):
+        """max_positions: the model's position embeddings (None: unbounded); an explicit
+        `length` above it is refused."""
         buckets = tuple(sorted(int(b) for b in buckets))
         if not buckets or buckets[0] < 3:
             raise ValueError(f"buckets must be non-empty lengths >= 3, got {buckets}")
         self.buckets = buckets
         self.max_length = buckets[-1]
+        self.max_positions = max_positions
         self._tokenizer = tokenizer
         self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=self.max_length)
+        self._tokenizer.no_truncation()  # cut here, at the largest bucket or `length`
         self.pad_id = self._token_id("[PAD]")
         self.cls_id = self._token_id("[CLS]")
         self.sep_id = self._token_id("[SEP]")
@@ -44,7 +50,8 @@ class WordPieceTokenizer:
     @classmethod
     def from_directory(cls, directory: str,
                        buckets: Sequence[int] = DEFAULT_BUCKETS) -> "WordPieceTokenizer":
-        """Loads tokenizer.json if present, else builds WordPiece from vocab.txt."""
+        """Loads tokenizer.json if present, else builds WordPiece from vocab.txt; the model's
+        positions come from config.json's max_position_embeddings when there is one."""
         tokenizer_json = os.path.join(directory, "tokenizer.json")
         vocab_txt = os.path.join(directory, "vocab.txt")
         if os.path.exists(tokenizer_json):
@@ -61,7 +68,12 @@ class WordPieceTokenizer:
             raise FileNotFoundError(
                 f"{directory}: no tokenizer.json or vocab.txt (a HuggingFace BERT directory "
                 "holds one of them)")
-        return cls(tokenizer, buckets)
+        max_positions = None
+        config_json = os.path.join(directory, "config.json")
+        if os.path.exists(config_json):
+            with open(config_json) as f:
+                max_positions = json.load(f).get("max_position_embeddings")
+        return cls(tokenizer, buckets, max_positions)
 
     @property
     def vocab_size(self) -> int:
@@ -78,10 +90,15 @@ class WordPieceTokenizer:
                ) -> tuple[np.ndarray, np.ndarray]:
         """texts: B strings. Returns (ids [B, T] int32, mask [B, T] bool).
 
-        T is `length` if given (one of the buckets or larger), else the smallest bucket that
-        holds the longest text. Raises ValueError for an empty batch, non-str items, or texts
-        with no tokens.
+        T is `length` if given (one of the buckets or larger, up to max_positions: texts are then
+        cut at max(length, largest bucket) tokens), else the smallest bucket that holds the
+        longest text (texts cut at the largest bucket). Raises ValueError for an empty batch,
+        non-str items, texts with no tokens, a length beyond max_positions, or a length shorter
+        than a text that the largest bucket would hold.
         """
+        if length is not None and self.max_positions and length > self.max_positions:
+            raise ValueError(f"length {length} exceeds the model's {self.max_positions} "
+                             "positions (max_position_embeddings)")
         if isinstance(texts, str):
             raise ValueError("encode takes a sequence of strings, got a single str")
         texts = list(texts)
@@ -93,7 +110,8 @@ class WordPieceTokenizer:
             if not text.strip():
                 raise ValueError(f"text {position} is empty or whitespace only")
         encodings = self._tokenizer.encode_batch(texts)
-        lengths = [len(encoding.ids) for encoding in encodings]
+        cut = self.max_length if length is None else max(int(length), self.max_length)
+        lengths = [min(len(encoding.ids), cut) for encoding in encodings]
         for position, count in enumerate(lengths):
             if count <= 2:
                 raise ValueError(f"text {position} ({texts[position][:40]!r}) has no tokens")
@@ -102,8 +120,11 @@ class WordPieceTokenizer:
             raise ValueError(f"length {width} is shorter than the longest text ({max(lengths)})")
         ids = np.full((len(texts), width), self.pad_id, np.int32)
         for row, encoding in enumerate(encodings):
-            token_ids = encoding.ids[:width]
-            if token_ids[-1] != self.sep_id:  # truncated by `length`: keep [SEP] last
+            token_ids = encoding.ids
+            if len(token_ids) > cut:  # keep [SEP] last
+                token_ids = token_ids[:cut - 1] + [self.sep_id]
+            token_ids = token_ids[:width]
+            if token_ids[-1] != self.sep_id:  # cut by a `length` below the largest bucket
                 token_ids = token_ids[:-1] + [self.sep_id]
             ids[row, :len(token_ids)] = token_ids
         return ids, ids != self.pad_id

@@ -1,13 +1,20 @@
-"""The HTTP JSON API over one Searcher (FastAPI): /search, /healthz, /metrics, the demo page.
+"""The HTTP JSON API over one Searcher (FastAPI): /search, /healthz, /livez, /metrics, the
+demo page.
 
     app = create_app(searcher, ServerSettings(max_batch=16, max_wait_ms=5, max_queue=256))
 
 POST /search {query, k, options: {n, K, first_stage}} -> {query, results: [{id, score, rank,
 ...}], timings_ms: {tokenize, text_tower, first_stage, maxsim, gather, joint, total, queue},
 settings, batch_size, candidates}. Requests are prepared (checked, tokenized) in the event loop,
-then queued to one MicroBatcher whose worker thread owns the Searcher. Errors: 400 unreadable
-body (not UTF-8), 413 body too large, 422 invalid request (the message names the field, the
-bound and the value), 503 queue full or shutting down (with Retry-After), 500 a failed batch.
+then queued to one MicroBatcher whose worker thread owns the Searcher. Errors (JSON bodies, all
+counted in lateint_requests_total): 400 unreadable body (not UTF-8), 413 body too large, 415 not
+JSON, 422 invalid request (the message names the field, the bound and the value; NaN, Infinity and
+1e999 included), 503 queue full, overloaded (it could not be answered within
+`request_timeout_ms`; shed by serve.front_door before the body is parsed), past its deadline
+(counted from arrival), or shutting down (with Retry-After), 500 a failed batch
+(naming the array and image range for a damaged store, never a server path; details go to the
+log). /healthz is readiness (serve.health), /livez liveness. No /docs: Swagger UI would load from
+a CDN; /openapi.json is the schema.
 
 POST /admin/reload (loopback clients only, else 403) loads the INDEX's newest generation
 (index.add / delete / compact) while requests keep being answered by the old one, then swaps;
@@ -19,22 +26,27 @@ every response carries the generation that answered it (header X-Index-Generatio
 import asyncio
 import contextlib
 import dataclasses
-import json
+import logging
 import time
 from typing import Annotated, Literal, Optional
 
 import fastapi
-from fastapi import encoders, exceptions, responses, routing
+from fastapi import encoders, exceptions, responses
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from serve import demo
-from serve.batcher import BatcherClosed, MicroBatcher, QueueFull
+from serve.batcher import BatcherClosed, DeadlineExceeded, MicroBatcher, QueueFull
+from serve.front_door import FrontDoor
+from serve.health import PROBE_QUERY, Readiness, public_reason
 from serve.metrics import ServerMetrics
+from serve.request_checks import AsciiJSONResponse, CheckedBodyRoute, describe, error, finite
 from serve.searcher import Searcher
 
-ENDPOINTS = ("/search", "/healthz", "/metrics", "/", "/openapi.json", "/docs", "/admin/reload")
+ENDPOINTS = ("/search", "/healthz", "/livez", "/metrics", "/", "/openapi.json",
+             "/admin/reload")
 GENERATION_HEADER = "X-Index-Generation"
 LOOPBACK = ("127.0.0.1", "::1")
+RETRY = {"Retry-After": "1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,64 +58,9 @@ class ServerSettings:
                                  # bucket are cut anyway)
     max_body_bytes: int = 16384
     images_dir: str | None = None  # the corpus's images/ (PNG per image id) for the demo
-
-
-class AsciiJSONResponse(responses.JSONResponse):
-    """JSON with non-ASCII escaped: text echoed from a request (pydantic's error 'input', a
-    lone surrogate included) can always be encoded."""
-
-    def render(self, content) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False,
-                          separators=(",", ":")).encode("ascii")
-
-
-def _error(status: int, message: str, headers: dict | None = None) -> responses.JSONResponse:
-    return AsciiJSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-class _CheckedBodyRoute(routing.APIRoute):
-    """Refuses bodies that are too large (413) or not UTF-8 (400) before JSON parsing, with a
-    message saying which, where FastAPI would say 'There was an error parsing the body'."""
-
-    max_body_bytes = ServerSettings.max_body_bytes
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-        limit = self.max_body_bytes
-
-        async def checked(request: fastapi.Request):
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                return _error(413, f"request body: expected at most {limit} bytes, got "
-                                   f"{declared}")
-            body = await request.body()  # cached: the handler below reads it again
-            if len(body) > limit:
-                return _error(413, f"request body: expected at most {limit} bytes, got "
-                                   f"{len(body)}")
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError as error:
-                return _error(400, f"request body: expected UTF-8 JSON, got byte "
-                                   f"0x{body[error.start]:02x} at position {error.start}")
-            return await handler(request)
-
-        return checked
-
-
-def _describe(errors) -> str:
-    """One line from pydantic's error list: 'body.k: Input should be ... (got 0)'."""
-    parts = []
-    for error in errors:
-        location = [str(part) for part in error.get("loc", ())]
-        if error.get("type") == "json_invalid":
-            reason = (error.get("ctx") or {}).get("error", "")
-            parts.append(f"body: invalid JSON at character {location[-1]}: {reason}")
-            continue
-        got = error.get("input")
-        shown = f" (got {got!r:.60})" if got is not None and error.get("type") != "missing" \
-            else ""
-        parts.append(f"{'.'.join(location)}: {error.get('msg', 'invalid')}{shown}")
-    return "; ".join(parts)
+    request_timeout_ms: float = 2000.0  # a search not answerable by then gets a fast 503
+                                        # (0: no deadline, admission by queue length only)
+    stuck_seconds: float = 30.0  # a batch running longer makes /healthz answer 503
 
 
 def _whole_number(value):
@@ -209,6 +166,9 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
     metrics = ServerMetrics(lambda: batcher.depth, lambda: batcher.in_flight)
     batcher = MicroBatcher(process, settings.max_batch, settings.max_wait_ms, settings.max_queue,
                            on_batch=lambda info: metrics.observe_batch(info.size))
+    readiness = Readiness(batcher, lambda: searcher.prepare(PROBE_QUERY, 1, None, None, None),
+                          settings.stuck_seconds)
+    timeout = settings.request_timeout_ms / 1e3 if settings.request_timeout_ms > 0 else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -220,29 +180,32 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
         title="lateint search", version="1",
         description="Text-to-image retrieval with precomputed late interaction: first stage, "
                     "exact MaxSim on stored concepts, joint layers over the top K.",
-        lifespan=lifespan, default_response_class=AsciiJSONResponse)
+        lifespan=lifespan, default_response_class=AsciiJSONResponse, docs_url=None,
+        redoc_url=None)
     app.state.searcher, app.state.batcher, app.state.metrics = searcher, batcher, metrics
+    app.state.readiness = readiness  # serve.main sets readiness.draining on SIGTERM
     router = fastapi.APIRouter(route_class=type(
-        "CheckedBodyRoute", (_CheckedBodyRoute,), {"max_body_bytes": settings.max_body_bytes}))
+        "CheckedBodyRoute", (CheckedBodyRoute,), {"max_body_bytes": settings.max_body_bytes}))
     error_responses = {status: {"model": _ErrorBody, "description": text} for status, text in (
-        (400, "body not UTF-8"), (413, "body too large"), (422, "invalid request"),
-        (500, "the batch failed"), (503, "queue full or shutting down"))}
+        (400, "body not UTF-8"), (413, "body too large"), (415, "body not JSON"),
+        (422, "invalid request"), (500, "the batch failed"),
+        (503, "queue full, overloaded, past its deadline, or shutting down"))}
 
     @app.exception_handler(exceptions.RequestValidationError)
-    async def invalid_request(request, error):
-        return AsciiJSONResponse(
-            {"error": _describe(error.errors()),
-             "detail": encoders.jsonable_encoder(error.errors(), exclude={"ctx", "url"})},
-            status_code=422)
+    async def invalid_request(request, validation_error):
+        errors = finite(encoders.jsonable_encoder(validation_error.errors(),
+                                                  exclude={"ctx", "url"}))
+        return AsciiJSONResponse({"error": describe(validation_error.errors()),
+                                  "detail": errors}, status_code=422)
 
-    @app.middleware("http")
-    async def count_requests(request: fastapi.Request, call_next):
-        response = await call_next(request)
-        path = request.url.path
-        endpoint = path if path in ENDPOINTS else (
-            "/images/{image_id}" if path.startswith("/images/") else "other")
-        metrics.observe_request(endpoint, response.status_code)
-        return response
+    def shed(now: float) -> str | None:
+        """Why a search arriving now is refused before its body is read (None: let it in)."""
+        refusal = batcher.refusal(now, None if timeout is None else now + timeout)
+        return None if refusal is None else refusal[1]
+
+    # Counts every answer, sheds before parsing, starts the deadline clock on arrival.
+    app.add_middleware(FrontDoor, shed=shed, metrics=metrics, readiness=readiness,
+                       endpoints=ENDPOINTS)
 
     @app.middleware("http")
     async def tag_generation(request: fastapi.Request, call_next):
@@ -251,24 +214,34 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
         return response
 
     @router.post("/search", response_model=SearchResponse, responses=error_responses)
-    async def search(request: SearchRequest):
+    async def search(request: SearchRequest, http_request: fastapi.Request):
         """Ranked images for a text query, with per-stage timings in milliseconds."""
-        began = time.perf_counter()
+        began = getattr(http_request.state, "arrived", None) or time.perf_counter()
         options = request.options
         try:
             prepared = searcher.prepare(request.query, request.k, options.n, options.K,
                                         options.first_stage)
-        except ValueError as error:
-            return _error(422, str(error))
+        except ValueError as invalid:
+            return error(422, str(invalid))
         submitted = time.perf_counter()
+        deadline = None if timeout is None else began + timeout
         try:
-            future = batcher.submit(prepared)
-        except (QueueFull, BatcherClosed) as error:
-            return _error(503, str(error), headers={"Retry-After": "1"})
+            future = batcher.submit(prepared, deadline)
+        except (QueueFull, BatcherClosed) as refusal:
+            return error(503, str(refusal), headers=RETRY)
         try:
-            result, started = await asyncio.wrap_future(future)
-        except Exception as error:  # the whole batch failed: not the request's fault
-            return _error(500, f"search failed: {type(error).__name__}: {error}")
+            waiting = asyncio.wrap_future(future)
+            if deadline is not None:  # past it, answer now; the worker skips a cancelled item
+                waiting = asyncio.wait_for(waiting, max(0.0, deadline - time.perf_counter()))
+            result, started = await waiting
+        except (asyncio.TimeoutError, DeadlineExceeded):
+            future.cancel()
+            return error(503, f"not answered within request_timeout_ms="
+                              f"{settings.request_timeout_ms:g}; retry later", headers=RETRY)
+        except Exception as failure:  # the whole batch failed: not the request's fault
+            logging.error("search %r failed: %s: %s", request.query[:80],
+                          type(failure).__name__, failure)
+            return error(500, public_reason(failure))
         queue_ms = (started - submitted) * 1e3
         metrics.observe_search(result.timings_ms, queue_ms / 1e3, time.perf_counter() - began)
         return AsciiJSONResponse({
@@ -298,11 +271,19 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
                                    f"{searcher.generation}: {type(error).__name__}: {error}")
         return AsciiJSONResponse(answer, headers={GENERATION_HEADER: str(answer["generation"])})
 
+    @router.get("/livez")
+    async def livez():
+        """Liveness: 200 while the process and its event loop run (also while draining)."""
+        return {"status": "alive"}
+
     @router.get("/healthz", responses={503: {"model": _ErrorBody}})
     async def healthz():
-        """Liveness and what this server serves; 503 while shutting down."""
-        if batcher.closing:
-            return _error(503, "shutting down")
+        """Readiness (serve.health): 200 and what this server serves when a search can be
+        answered now; 503 with every reason otherwise."""
+        reasons = await readiness.check()
+        if reasons:
+            return AsciiJSONResponse({"error": "; ".join(reasons), "status": "unavailable",
+                                      "reasons": reasons}, status_code=503, headers=RETRY)
         buckets, view = searcher.buckets, searcher.view  # one generation for the whole body
         return AsciiJSONResponse({
                 "status": "ok", "images": view.num_images, "generation": view.generation,
@@ -314,7 +295,8 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
                            "max_n": buckets.max_n, "default_n": buckets.default_n,
                            "default_K": buckets.default_K,
                            "max_query_chars": settings.max_query_chars},
-                "queue_depth": batcher.depth, "compile_seconds": searcher.compile_seconds},
+                "queue_depth": batcher.depth, "compile_seconds": searcher.compile_seconds,
+                "request_timeout_ms": settings.request_timeout_ms},
             headers={GENERATION_HEADER: str(view.generation)})
 
     @router.get("/metrics", response_class=responses.PlainTextResponse)

@@ -25,6 +25,7 @@ import time
 import jax
 from absl import app, flags, logging
 
+from index import manifest as manifest_lib
 from index.first_stage import BUILD_NAMES
 from index.store import ActivationStore
 from lateint.data import options as data_options
@@ -175,9 +176,10 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--first_stages: expected names among {list(BUILD_NAMES)}, "
                              f"got {unknown}")
-    records, samples = run(FLAGS.workdir, FLAGS.index, data_options.from_flags(), FLAGS.split,
-                           settings, FLAGS.out, FLAGS.num_images, FLAGS.scale_dir,
-                           FLAGS.distractor_seed, FLAGS.rerun)
+    records, samples = manifest_lib.exit_on_refusal(  # a refused INDEX: one line, exit 2
+        "serve.evaluate", run, FLAGS.workdir, FLAGS.index, data_options.from_flags(), FLAGS.split,
+        settings, FLAGS.out, FLAGS.num_images, FLAGS.scale_dir, FLAGS.distractor_seed,
+        FLAGS.rerun)
     if jax.process_index() != 0:
         return
     if FLAGS.full_tables:

@@ -2,10 +2,15 @@ r"""The online server: HTTP JSON search, demo page, Prometheus metrics.
 
   python -m serve.main --workdir=runs/scenes/model --index=runs/scenes/index --port=8080 \
       [--host=127.0.0.1] [--images_dir=DIR] [--max_batch=16] [--max_wait_ms=5] [--max_queue=256]
+      [--request_timeout_ms=2000] [--drain_s=2]
 
 Loads the model and the INDEX, compiles every shape bucket (logging the time), then serves
-POST /search, GET /healthz, GET /metrics, GET /openapi.json and the demo page at /. SIGTERM or
-Ctrl-C: stop accepting connections, answer the requests already received, exit 0.
+POST /search, GET /healthz (readiness), GET /livez, GET /metrics, GET /openapi.json and the demo
+page at /. A refused INDEX (unfinished, damaged, another model's) prints one line naming the file
+and the field and exits 2. SIGTERM or Ctrl-C: /healthz turns 503 and every response says
+`Connection: close` for up to --drain_s (until no request is open), so connections already made
+are answered and closed by the server, not reset; then the listener closes, the requests already
+received are answered, and the process exits 0. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import time
 
 import jax
 import uvicorn
 from absl import app, flags, logging
 
+from index import manifest as manifest_lib
 from serve import demo
 from serve.app import ServerSettings, create_app
 from serve.buckets import Buckets
@@ -48,8 +55,15 @@ flags.DEFINE_integer("max_batch", 16, "Queries per micro-batch (1 disables batch
 flags.DEFINE_float("max_wait_ms", 5.0, "Longest wait of a request for its batch to fill.")
 flags.DEFINE_integer("max_queue", 256, "Waiting requests beyond which /search answers 503.")
 flags.DEFINE_integer("max_query_chars", 512, "Longest accepted query, in characters.")
+flags.DEFINE_float("request_timeout_ms", 2000.0, "A search that cannot be answered within this "
+                   "gets a fast 503 (admission by expected queue time); 0: no deadline.")
+flags.DEFINE_float("drain_s", 2.0, "After SIGTERM, keep answering (with Connection: close) for at "
+                   "most this long before the listener closes.")
 flags.DEFINE_float("shutdown_timeout_s", 60.0, "Longest wait for in-flight requests at exit.")
 flags.mark_flags_as_required(["workdir", "index"])
+
+
+KEEP_ALIVE_SECONDS = 75
 
 
 def _integers(values) -> tuple[int, ...]:
@@ -62,21 +76,64 @@ def _exit_cleanly(signal_number, frame):
     raise SystemExit(0)
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose first SIGTERM/SIGINT drains before the usual graceful shutdown.
+
+    Draining: the app's readiness says "shutting down" and its responses carry Connection:
+    close, while the listener stays open, until no HTTP request is open (checked every 0.1 s
+    tick, after at least one tick) or `drain_s` have passed. uvicorn's own shutdown closes the
+    listener and every idle keep-alive connection at once, so a client sending on one of them, or
+    a connection still in the accept backlog, was reset.
+    """
+
+    def __init__(self, config: uvicorn.Config, readiness, drain_s: float):
+        super().__init__(config)
+        self.readiness = readiness
+        self.drain_s = float(drain_s)
+        self._drain_until: float | None = None
+
+    def handle_exit(self, sig, frame) -> None:
+        if self._drain_until is None and self.drain_s > 0:
+            self._captured_signals.append(sig)  # re-raised after shutdown: main exits 0
+            self._drain_until = time.monotonic() + self.drain_s
+            self.readiness.draining = True
+            logging.info("signal %d: draining for up to %.1f s", sig, self.drain_s)
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_until is not None and not self.should_exit:
+            open_requests = len(self.server_state.tasks)
+            if open_requests == 0 or time.monotonic() >= self._drain_until:
+                logging.info("drained (%d requests still open); shutting down", open_requests)
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
 def serve(workdir: str, index_dir: str, host: str, port: int, buckets: Buckets,
           settings: ServerSettings, first_stages=None, default_first_stage=None,
-          tokenizer_dir=None, shutdown_timeout_s: float = 60.0) -> None:
-    """Loads, compiles and serves until SIGTERM/SIGINT."""
-    searcher = Searcher.load(workdir, index_dir, buckets, first_stages, default_first_stage,
-                             tokenizer_dir)
+          tokenizer_dir=None, shutdown_timeout_s: float = 60.0, drain_s: float = 2.0) -> None:
+    """Loads, compiles and serves until SIGTERM/SIGINT (see the module docstring)."""
+    searcher = manifest_lib.exit_on_refusal(
+        "serve.main", Searcher.load, workdir, index_dir, buckets, first_stages,
+        default_first_stage, tokenizer_dir)
     if settings.images_dir is None:
         images_dir = demo.default_images_dir(index_dir, searcher.store.manifest)
         settings = dataclasses.replace(settings, images_dir=images_dir)
     logging.info("demo images from %s", settings.images_dir or "(none: no images/ found)")
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(searcher, settings), host=host, port=port, log_level="info",
-        timeout_graceful_shutdown=shutdown_timeout_s, lifespan="on"))
-    logging.info("serving on http://%s:%d (batch %d, wait %.1f ms, queue %d)", host, port,
-                 settings.max_batch, settings.max_wait_ms, settings.max_queue)
+    application = create_app(searcher, settings)
+    server = DrainingServer(uvicorn.Config(
+        application, host=host, port=port, log_level="info", access_log=False,  # a log
+        # line per request costs the event loop CPU under load; /metrics counts them all
+        timeout_graceful_shutdown=shutdown_timeout_s, lifespan="on",
+        # Longer than clients keep idle connections (httpx: 5 s, uvicorn's default too): a
+        # server closing an idle keep-alive connection as the client reuses it resets that
+        # request (bench/load.py saw one ReadError per phase at concurrency 128 and 400).
+        timeout_keep_alive=KEEP_ALIVE_SECONDS),
+        application.state.readiness, drain_s)
+    logging.info("serving on http://%s:%d (batch %d, wait %.1f ms, queue %d, deadline %g ms)",
+                 host, port, settings.max_batch, settings.max_wait_ms, settings.max_queue,
+                 settings.request_timeout_ms)
     server.run()
 
 
@@ -96,10 +153,10 @@ def main(argv):
         raise app.UsageError(f"--images_dir={FLAGS.images_dir}: not a directory")
     settings = ServerSettings(max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms,
                               max_queue=FLAGS.max_queue, max_query_chars=FLAGS.max_query_chars,
-                              images_dir=images_dir)
+                              images_dir=images_dir, request_timeout_ms=FLAGS.request_timeout_ms)
     serve(FLAGS.workdir, FLAGS.index, FLAGS.host, FLAGS.port, buckets, settings,
           FLAGS.first_stages, FLAGS.default_first_stage, FLAGS.tokenizer_dir,
-          FLAGS.shutdown_timeout_s)
+          FLAGS.shutdown_timeout_s, FLAGS.drain_s)
 
 
 if __name__ == "__main__":

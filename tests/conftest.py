@@ -63,3 +63,15 @@ def tiny_workdir(tmp_path_factory, scenes_dir):
     config.eval_every = 100
     trainer.train_and_evaluate(config, workdir)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def concepts_index(tiny_workdir, scenes_dir, tmp_path_factory):
+    """The tiny model's float32 INDEX of the test split with the 'concepts' first stage. Tests
+    that change an INDEX copy it first."""
+    from index.first_stage import build as first_stage_build
+    from index.precompute import precompute
+    index_dir = str(tmp_path_factory.mktemp("concepts_index") / "index")
+    precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64)
+    first_stage_build.build_from_index(index_dir, ["concepts"])
+    return index_dir

@@ -29,7 +29,8 @@ def server(tiny_workdir, scenes_dir, tmp_path_factory):
     precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64)
     first_stage_build.build_from_index(index_dir, ["concepts"])
     flags = ["--query_length_buckets=16", "--query_batch_buckets=1,4", "--candidate_buckets=256",
-             "--rerank_buckets=16,32", "--default_n=256", "--default_K=16", "--max_queue=64"]
+             "--rerank_buckets=16,32", "--default_n=256", "--default_K=16", "--max_queue=64",
+             "--request_timeout_ms=30000"]  # a 503 from a slow shared machine is no finding
     with ServerProcess(tiny_workdir, index_dir, flags) as server:
         server.wait_ready()
         yield server

@@ -58,6 +58,8 @@ def test_write_read_round_trip_and_completeness(tmp_path):
          "'arrays.concepts' must be a relative"),
         (lambda m: m["arrays"].update(concepts="../other/concepts"), "must be a relative"),
         (lambda m: m["arrays"].update(extra="extra"), "unknown array role 'extra'"),
+        (lambda m: m.update(corpus={"split": "dev"}),
+         r"field 'corpus' expected an object with .*missing \['images'"),
         (lambda m: m["layout"].update(shard_rows=0), "'layout.shard_rows' expected an int >= 1"),
     ],
 )

@@ -1,5 +1,6 @@
 """index.precompute: stored = online (contract 2), resume after SIGKILL, no-op rerun, modes."""
 
+import json
 import os
 import shutil
 import signal
@@ -13,7 +14,8 @@ import pytest
 
 from index import codecs
 from index.precompute import precompute
-from index.manifest import IncompleteIndexError, read_manifest
+from index.manifest import (CORPUS_FIELDS, IncompleteIndexError, IndexRefusedError,
+                            read_manifest, write_manifest)
 from index.store import ActivationStore, read_array
 from lateint.checkpoint import load_model
 from lateint.data.corpus import load_corpus
@@ -106,3 +108,88 @@ def test_storage_modes_stay_close_to_float32(tiny_workdir, scenes_dir, tmp_path,
     assert relative.max() < (1 / 127 if storage == "int8" else 1 / 128)
     assert codecs.bytes_per_region(storage, exact.shape[-1]) < codecs.bytes_per_region(
         "float32", exact.shape[-1])
+
+
+# ---- refusing a mixed-up resume (issue 13, point 1) ----------------------------------------
+
+def _other_corpus(scenes_dir, tmp_path):
+    """A copy of the scenes corpus with the same ids and shapes whose test features differ from
+    image 64 on (what a second corpus of the same size looks like to the shapes)."""
+    other = str(tmp_path / "other_corpus")
+    shutil.copytree(scenes_dir, other, ignore=shutil.ignore_patterns("images"))
+    features = np.load(os.path.join(other, "test_ims.npy"))
+    features[64:] = features[64:][::-1].copy()
+    np.save(os.path.join(other, "test_ims.npy"), features)
+    return other
+
+
+def _killed_after_first_shard(index_dir):
+    """Rewinds a finished INDEX to the state a SIGKILL after its first 64-image shard leaves:
+    journal [[0, 64]], manifest not complete."""
+    manifest = read_manifest(index_dir)
+    manifest.update(complete=False, finalized=None,
+                    counts=dict(manifest["counts"], regions=None))
+    write_manifest(index_dir, manifest)
+    with open(os.path.join(index_dir, "progress.json"), "w") as handle:
+        json.dump({"completed": [[0, 64]]}, handle)
+
+
+def test_resume_on_another_corpus_is_refused_naming_both(tiny_workdir, scenes_dir, tmp_path):
+    index_dir = str(tmp_path / "index")
+    first = precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32",
+                       batch_size=64, shard_rows=64)
+    assert set(first["corpus"]) == set(CORPUS_FIELDS)
+    assert first["corpus"]["images"] == 200 and first["corpus"]["sampled_images"] == 200
+    _killed_after_first_shard(index_dir)
+    other = _other_corpus(scenes_dir, tmp_path)
+    stored = read_manifest(index_dir, require_complete=False)["corpus"]["content_sha256"]
+    with pytest.raises(IndexRefusedError, match=r"another corpus.*corpus.content_sha256: index "
+                       rf"'{stored}', --data '[0-9a-f]{{64}}'"):
+        precompute(tiny_workdir, other, "test", index_dir, storage="float32", batch_size=64,
+                   shard_rows=64)
+    with pytest.raises(IndexRefusedError, match=r"corpus.split: index 'test', --data 'dev'"):
+        precompute(tiny_workdir, scenes_dir, "dev", index_dir, storage="float32")
+    with pytest.raises(IndexRefusedError, match=r"'storage.activations_dtype' is 'float32', "
+                                                r"--storage is 'int8'"):
+        precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="int8")
+    # Nothing was written by the refused runs: the right corpus resumes to the same store.
+    assert read_manifest(index_dir, require_complete=False)["complete"] is False
+    resumed = precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32",
+                         batch_size=64, shard_rows=64)
+    assert resumed["complete"] and resumed["corpus"] == first["corpus"]
+
+
+def test_rerun_on_a_finished_index_checks_model_and_corpus(tiny_workdir, scenes_dir, tmp_path):
+    index_dir = str(tmp_path / "index")
+    precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64)
+    other = _other_corpus(scenes_dir, tmp_path)
+    with pytest.raises(IndexRefusedError, match="another corpus"):
+        precompute(tiny_workdir, other, "test", index_dir, storage="float32")
+    manifest = read_manifest(index_dir)
+    ours = manifest["model_fingerprint"]
+    manifest["model_fingerprint"] = "0123456789abcdef"  # as if another checkpoint wrote it
+    write_manifest(index_dir, manifest)
+    with pytest.raises(IndexRefusedError, match=rf"'model_fingerprint' is '0123456789abcdef', "
+                                                rf"the checkpoint in --workdir has '{ours}'"):
+        precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32")
+    # The binary: one line naming the file and the field, exit status 2, no traceback.
+    process = _precompute_process(tiny_workdir, scenes_dir, index_dir, "--storage=float32")
+    assert process.wait(timeout=300) == 2
+    stderr = process.stderr.read()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    refusal = [line for line in stderr.splitlines() if "refused INDEX" in line]
+    assert len(refusal) == 1 and refusal[0].startswith("index.precompute: refused INDEX: ")
+    assert "manifest.json: field 'model_fingerprint'" in refusal[0]
+
+
+def test_an_index_without_a_corpus_fingerprint_is_not_resumed(tiny_workdir, scenes_dir,
+                                                              tmp_path):
+    index_dir = str(tmp_path / "index")
+    precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64,
+               shard_rows=64)
+    _killed_after_first_shard(index_dir)
+    manifest = read_manifest(index_dir, require_complete=False)
+    del manifest["corpus"]  # written before corpus fingerprints existed
+    write_manifest(index_dir, manifest)
+    with pytest.raises(IndexRefusedError, match="field 'corpus' is missing"):
+        precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32")

@@ -119,3 +119,25 @@ def test_tokenizer_buckets_truncation_and_errors(bert_dir):
                          ([None], "expected str")]:
         with pytest.raises(ValueError, match=message):
             tokenizer.encode(bad)
+
+
+def test_an_explicit_length_above_the_largest_bucket_is_honoured(bert_dir):
+    """A reference whose longest sentence has more tokens than the largest bucket (issue 13:
+    71 of 64): encode at its width must keep every token, not cut at 64 and pad."""
+    import tokenizers
+
+    long_sentence = " ".join(["the small brown dog runs left of a big cat"] * 7)
+    raw = tokenizers.Tokenizer.from_file(os.path.join(bert_dir, "tokenizer.json"))
+    raw.no_truncation()
+    raw.no_padding()
+    expected = raw.encode(long_sentence).ids
+    assert len(expected) == 72 and expected[-1] == raw.token_to_id("[SEP]")
+    tokenizer = WordPieceTokenizer.from_directory(bert_dir)  # buckets 16, 32, 64
+    ids, mask = tokenizer.encode(["a cat", long_sentence], length=80)
+    assert ids.shape == (2, 80) and mask[1].sum() == 72
+    np.testing.assert_array_equal(ids[1, :72], expected)
+    ids, mask = tokenizer.encode([long_sentence])  # no length: cut at the largest bucket
+    assert ids.shape == (1, 64) and ids[0, -1] == tokenizer.sep_id
+    np.testing.assert_array_equal(ids[0, :63], expected[:63])
+    with pytest.raises(ValueError, match="length 600 exceeds the model's 512 positions"):
+        tokenizer.encode(["a cat"], length=600)

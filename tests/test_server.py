@@ -6,15 +6,19 @@ flight long enough to overflow the queue deterministically and to be caught by a
 """
 
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
 from index.first_stage import build as first_stage_build
-from index.manifest import read_manifest
+from index.manifest import read_manifest, write_manifest
 from index.precompute import precompute
-from serve.launcher import ServerProcess
+from serve.launcher import REPOSITORY, ServerProcess
 
 BUCKET_FLAGS = ["--query_length_buckets=16", "--query_batch_buckets=1,4",
                 "--candidate_buckets=256", "--rerank_buckets=16,32", "--default_n=256",
@@ -30,12 +34,30 @@ def index_dir(tiny_workdir, scenes_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def servers(tiny_workdir, index_dir):
+def images_dir(scenes_dir, tmp_path_factory):
+    """The corpus's images plus traps: 000008.png links to /etc/passwd, 000009.png to a real
+    PNG outside the folder, 000010.png is a directory."""
+    images_dir = str(tmp_path_factory.mktemp("server_images") / "images")
+    shutil.copytree(os.path.join(scenes_dir, "images"), images_dir)
+    outside = os.path.join(os.path.dirname(images_dir), "outside.png")
+    shutil.copy(os.path.join(images_dir, "s5-test-000009.png"), outside)
+    for name, target in (("s5-test-000008.png", "/etc/passwd"), ("s5-test-000009.png", outside)):
+        os.remove(os.path.join(images_dir, name))
+        os.symlink(target, os.path.join(images_dir, name))
+    os.remove(os.path.join(images_dir, "s5-test-000010.png"))
+    os.mkdir(os.path.join(images_dir, "s5-test-000010.png"))
+    return images_dir
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_workdir, index_dir, images_dir):
     """Starts both servers at once (their compiles overlap), stops them at the end."""
     main = ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS + [
-        "--max_batch=4", "--max_wait_ms=20", "--max_queue=64"]).start()
+        "--max_batch=4", "--max_wait_ms=20", "--max_queue=64",
+        f"--images_dir={images_dir}"]).start()
     slow = ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS + [
-        "--max_batch=16", "--max_wait_ms=1500", "--max_queue=3"]).start()
+        "--max_batch=16", "--max_wait_ms=1500", "--max_queue=3",
+        "--request_timeout_ms=30000"]).start()  # its batches wait 1.5 s by design
     try:
         main.wait_ready()
         slow.wait_ready()
@@ -98,6 +120,9 @@ def test_health(server, index_dir):
 def test_metrics_count_requests_stages_batches_and_queue(server):
     _search(server, {"query": "three birds", "k": 2})
     _search(server, {"query": "", "k": 2})
+    for _ in range(2):  # non-finite numbers: a JSON 422, counted like every other answer
+        httpx.post(server.url + "/search", content=b'{"query": "a dog", "k": NaN}',
+                   headers={"content-type": "application/json"})
     text = httpx.get(server.url + "/metrics").text
     samples = {}
     for line in text.splitlines():
@@ -105,11 +130,14 @@ def test_metrics_count_requests_stages_batches_and_queue(server):
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     assert samples['lateint_requests_total{endpoint="/search",status="200"}'] >= 1
-    assert samples['lateint_requests_total{endpoint="/search",status="422"}'] >= 1
+    assert samples['lateint_requests_total{endpoint="/search",status="422"}'] >= 3
+    assert not any('status="500"' in name for name in samples)
     for stage in ("tokenize", "text_tower", "first_stage", "maxsim", "gather", "joint",
                   "total", "queue", "request"):
         assert samples[f'lateint_stage_latency_seconds_count{{stage="{stage}"}}'] >= 1
     assert samples["lateint_batch_size_count"] >= 1
+    assert samples['lateint_search_latency_seconds_count{status="200"}'] >= 1
+    assert samples['lateint_search_latency_seconds_count{status="422"}'] >= 3
     assert samples["lateint_queue_depth"] == 0
 
 
@@ -153,7 +181,15 @@ BAD_REQUESTS = [
     (b'[1, 2]', "application/json", 422, "body: Input should be a valid dictionary"),
     (b'{"query": "caf\xe9"}', "application/json", 400, "expected UTF-8 JSON, got byte 0xe9"),
     (b'{"query": "' + b"a" * 20000 + b'"}', "application/json", 413, "at most 16384 bytes"),
-    (b'{"query": "two horses"}', "text/plain", 422, "valid dictionary"),
+    (b'{"query": "two horses"}', "text/plain", 415, "expected Content-Type application/json"),
+    (b'{"query": "two horses"}', "application/x-www-form-urlencoded", 415, "got 'application/x"),
+    # Python's JSON reader takes these; JSON has no such numbers (was a plain-text 500).
+    (b'{"query": "a dog", "k": NaN}', "application/json", 422, "NaN is not a JSON number"),
+    (b'{"query": "a dog", "k": Infinity}', "application/json", 422, "Infinity is not a JSON"),
+    (b'{"query": "a dog", "options": {"n": -Infinity}}', "application/json", 422,
+     "-Infinity is not a JSON number"),
+    (b'{"query": "a dog", "k": 1e999}', "application/json", 422, "1e999 is beyond the float"),
+    (b'{"query": NaN}', "application/json", 422, "NaN is not a JSON number"),
 ]
 
 
@@ -170,14 +206,26 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(
     assert _search(server, {"query": "two horses", "k": 1}).status_code == 200
 
 
-def test_images_are_served_for_index_ids_only(server):
+def test_images_are_served_for_index_ids_only(server, images_dir):
     image = httpx.get(server.url + "/images/s5-test-000007")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.content.startswith(b"\x89PNG\r\n\x1a\n")
     for path in ("/images/s5-test-999999", "/images/..%2F..%2Fmanifest.json",
-                 "/images/%2Fetc%2Fpasswd"):
+                 "/images/%2Fetc%2Fpasswd",
+                 "/images/s5-test-000008",   # a symlink to /etc/passwd
+                 "/images/s5-test-000009",   # a symlink to a real PNG outside the folder
+                 "/images/s5-test-000010"):  # a directory
         response = httpx.get(server.url + path)
         assert response.status_code == 404, path
+        assert images_dir not in response.text and "/tmp" not in response.text, response.text
+    assert "no image file for id 's5-test-000008'" in httpx.get(
+        server.url + "/images/s5-test-000008").json()["error"]
+
+
+def test_liveness_is_separate_and_there_is_no_cdn_docs_page(server):
+    assert httpx.get(server.url + "/livez").json() == {"status": "alive"}
+    assert httpx.get(server.url + "/docs").status_code == 404  # Swagger UI loads from a CDN
+    assert httpx.get(server.url + "/openapi.json").status_code == 200
 
 
 def test_concurrent_requests_are_micro_batched(server):
@@ -293,3 +341,66 @@ def test_batcher_sheds_load_and_drains_on_close():
     assert [future.result(timeout=0) for future in queued] == [0, 1, 2]
     with pytest.raises(BatcherClosed):
         batcher.submit(4)
+
+
+@pytest.mark.parametrize("binary", ["serve.main", "index.build"])
+def test_a_refused_index_is_one_line_and_exit_status_2(tiny_workdir, index_dir, tmp_path,
+                                                        binary):
+    unfinished = str(tmp_path / "unfinished")
+    shutil.copytree(index_dir, unfinished)
+    manifest = read_manifest(unfinished)
+    manifest.update(complete=False, finalized=None)
+    write_manifest(unfinished, manifest)
+    arguments = {"serve.main": [f"--workdir={tiny_workdir}", f"--index={unfinished}"],
+                 "index.build": [f"--index={unfinished}"]}[binary]
+    completed = subprocess.run([sys.executable, "-m", binary, *arguments], cwd=REPOSITORY,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    refusal = [line for line in completed.stderr.splitlines() if "refused INDEX" in line]
+    assert len(refusal) == 1, completed.stderr[-3000:]
+    assert refusal[0].startswith(f"{binary}: refused INDEX: ")
+    assert "manifest.json: field 'complete' is false" in refusal[0]
+
+
+def test_batcher_admits_by_expected_queue_time_and_drops_expired_items():
+    import threading
+
+    from serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
+
+    gate = threading.Event()
+
+    def process(items):
+        gate.wait()
+        return items
+
+    batcher = MicroBatcher(process, max_batch=2, max_wait_ms=0, max_queue=100)
+    batcher.start()
+    measured = batcher.submit("measured")
+    while batcher.health().busy_seconds == 0:  # the batch has started, held at the gate
+        time.sleep(0.01)
+    opener = threading.Timer(0.2, gate.set)  # fires after >= 0.2 s, never before
+    opener.start()
+    assert measured.result(timeout=30) == "measured"
+    per_item = batcher.health().item_seconds  # a batch of one item
+    assert per_item >= 0.2
+    gate.clear()
+    running = batcher.submit("running")  # an idle batcher always admits
+    while batcher.health().busy_seconds == 0:
+        time.sleep(0.01)
+    queued = [batcher.submit(f"queued {n}", deadline=time.perf_counter() + 3600)
+              for n in range(4)]
+    with pytest.raises(Overloaded, match="overloaded: 4 requests wait ahead"):
+        batcher.submit("late", deadline=time.perf_counter() + 2 * per_item)  # 5 items ahead
+    # Admitted (its deadline allows for the queue ahead), then the deadline passes in the queue
+    # while the gate is closed: answered DeadlineExceeded without being processed.
+    deadline = time.perf_counter() + 7 * per_item  # 6 ahead of it, with the running one
+    stale = batcher.submit("stale", deadline=deadline)
+    while time.perf_counter() <= deadline:
+        time.sleep(0.01)
+    gate.set()
+    assert running.result(timeout=30) == "running"
+    assert [future.result(timeout=30) for future in queued] == [f"queued {n}" for n in range(4)]
+    with pytest.raises(DeadlineExceeded, match="past its deadline"):
+        stale.result(timeout=30)
+    batcher.close()

@@ -141,7 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            config.seed, groups, caption_semantics,
                            config.loss.get("text_negatives", 0))
     train_step = steps.make_train_step(graph, tx, config.loss)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(config.num_steps, start_step, "steps", config.batch_size, "examples")
     results = {}
 
