@@ -1,6 +1,6 @@
 r"""Trains the split encoder; resumes from WORKDIR if it holds a checkpoint.
 
-  python -m train.main --config=train/configs/scenes_minilm.py --workdir=runs/scenes/model \
+  python -m train.main --config=train/configs/scenes_relations.py --workdir=runs/scenes/model \
       [--config.num_steps=1000 ...]
 
 A run that fails before its first checkpoint removes the workdir it created (a later run, or
