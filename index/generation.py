@@ -176,6 +176,7 @@ def notify(url: str | None, timeout_s: float = 600.0) -> None:
     """POSTs to a server's /admin/reload (nothing when url is None); raises on failure."""
     if not url:
         return
-    request = urllib.request.Request(url, data=b"", method="POST")
+    request = urllib.request.Request(url, data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         logging.info("%s: %s", url, response.read().decode("utf-8", "replace"))

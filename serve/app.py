@@ -262,13 +262,13 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
     async def reload(request: fastapi.Request):
         """Serves the INDEX's newest generation; loopback clients only."""
         if request.client is None or request.client.host not in LOOPBACK:
-            return _error(403, "/admin/reload: only loopback clients may reload")
+            return error(403, "/admin/reload: only loopback clients may reload")
         async with reload_lock:
             try:
                 answer = await asyncio.to_thread(searcher.reload)
-            except Exception as error:  # the served generation stays
-                return _error(500, f"reload failed, still serving generation "
-                                   f"{searcher.generation}: {type(error).__name__}: {error}")
+            except Exception as failure:  # the served generation stays
+                return error(500, f"reload failed, still serving generation "
+                                  f"{searcher.generation}: {type(failure).__name__}: {failure}")
         return AsciiJSONResponse(answer, headers={GENERATION_HEADER: str(answer["generation"])})
 
     @router.get("/livez")

@@ -43,6 +43,7 @@ def trained(coco_root, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("coco_model"))
     _run("train.main", "--config=train/configs/tiny.py", f"--workdir={workdir}",
          f"--data={coco_root}", "--data_dev_images=2", "--config.data.group_batches=False",
+         "--config.data.semantics=False",
          "--config.num_steps=2", "--config.checkpoint_every=2", "--config.eval_every=100",
          "--config.eval_images=8", "--config.rerank_k=2")
     return workdir

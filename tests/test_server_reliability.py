@@ -9,6 +9,7 @@ connections made after the signal, while a request is still open, are still answ
 """
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import threading
@@ -106,7 +107,8 @@ def test_a_damaged_store_fails_searches_without_paths_and_healthz_says_why(
         for entry in os.listdir(os.path.join(damaged, "region_mask")):  # every shard file
             if entry != "zarr.json":
                 shutil.rmtree(os.path.join(damaged, "region_mask", entry))
-        searcher.store = type(searcher.store).open(damaged, cache_bytes=0)  # no warm cache
+        searcher.view = dataclasses.replace(  # the same generation, read with no warm cache
+            searcher.view, store=type(searcher.store).open(damaged, cache_bytes=0))
         response = _search(server.url)
         assert response.status_code == 500, response.text
         message = response.json()["error"]
