@@ -32,7 +32,7 @@ from lateint.tokenizer import WordPieceTokenizer
 from serve import distractors
 from serve.buckets import Buckets
 from serve.latency import LATENCY_KEYS, Latency, milliseconds
-from serve.relational_eval import RelationalTruth
+from serve.relational_eval import RelationalTruth, annotate
 from serve.searcher import Searcher
 from train.evaluate import maxsim_matrix, rerank
 
@@ -168,39 +168,16 @@ class Evaluation:
         return records, self._samples(searcher, "concepts" if "concepts" in staged else "exact")
 
     def _add_relational(self, records: list, context: dict, subset: np.ndarray) -> None:
-        """Oracle R@K (from each record's "top_images" [Q, 10]) and partner accuracy per scorer;
-        the joint score's partner accuracy is shared by joint_exhaustive and every staged row."""
-        for record in records:
-            top = record.pop("top_images")
-            if self.relational is None:
-                continue
-            queries = self.queries[subset] if record["scorer"] == "joint_exhaustive" \
-                else self.queries
-            record["oracle"] = dict(self.relational.oracle(queries, top),
-                                    queries=int(queries.size))
-            record["partner"] = self._partner(record["scorer"], context)
-
-    def _partner(self, scorer: str, context: dict) -> dict:
-        key = ("partner", "joint" if scorer in ("staged", "joint_exhaustive") else scorer,
-               context["store"].storage_dtype)
-        if key in self._i2t_cache:
-            return self._i2t_cache[key]
-        text = self.text
-        if key[1] == "global":
-            def pair_scores(captions, images):
-                return np.sum(text.global_vector[captions] *
-                              context["image_global"][images], axis=-1)
-        elif key[1] == "maxsim":
+        """Oracle R@K and partner accuracy per scorer (serve.relational_eval.annotate)."""
+        def pair_scorers():
             matrix = self._split_maxsim(context)
-
-            def pair_scores(captions, images):
-                return matrix[captions, images]
-        else:
-            def pair_scores(captions, images):
-                stored, image_mask = context["store"].gather(images)
-                return self._joint(captions, stored, image_mask)
-        self._i2t_cache[key] = self.relational.partner(pair_scores)
-        return self._i2t_cache[key]
+            store, image_global, text = context["store"], context["image_global"], self.text
+            return {"global": lambda captions, images: np.sum(
+                        text.global_vector[captions] * image_global[images], axis=-1),
+                    "maxsim": lambda captions, images: matrix[captions, images],
+                    "joint": lambda captions, images: self._joint(captions,
+                                                                  *store.gather(images))}
+        annotate(records, self.relational, self.queries, subset, pair_scorers)
 
     def _record(self, scorer, t2i_ranks, i2t_ranks, latency, parts, notes, matrix=None,
                 t2i_known=None, **fields) -> dict:

@@ -56,3 +56,25 @@ class RelationalTruth:
         return relational_metrics.partner_accuracy(pair_scores(captions, own),
                                                    pair_scores(captions, partner),
                                                    self.kinds[captions])
+
+
+def annotate(records: list, relational: RelationalTruth | None, queries: np.ndarray,
+             exhaustive_subset: np.ndarray, pair_scorers) -> None:
+    """Pops each record's "top_images" [Q, 10] and, on scenes corpora, adds "oracle" (over the
+    record's queries: the exhaustive model's subset for joint_exhaustive) and "partner".
+    pair_scorers() -> {"global" | "maxsim" | "joint": scores(captions [P], images [P]) -> [P]};
+    the joint score's partner accuracy is computed once and shared by joint_exhaustive and
+    every staged row (one scorer)."""
+    found = {}
+    for record in records:
+        top = record.pop("top_images")
+        if relational is None:
+            continue
+        scorer = record["scorer"]
+        rows = queries[exhaustive_subset] if scorer == "joint_exhaustive" else queries
+        record["oracle"] = dict(relational.oracle(rows, top), queries=int(rows.size))
+        kind = "joint" if scorer in ("staged", "joint_exhaustive") else scorer
+        if kind not in found:
+            scorers = found.setdefault("_scorers", pair_scorers())
+            found[kind] = relational.partner(scorers[kind])
+        record["partner"] = found[kind]
