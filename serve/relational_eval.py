@@ -65,7 +65,7 @@ def annotate(records: list, relational: RelationalTruth | None, queries: np.ndar
     pair_scorers() -> {"global" | "maxsim" | "joint": scores(captions [P], images [P]) -> [P]};
     the joint score's partner accuracy is computed once and shared by joint_exhaustive and
     every staged row (one scorer)."""
-    found = {}
+    found, scorers = {}, None
     for record in records:
         top = record.pop("top_images")
         if relational is None:
@@ -75,6 +75,6 @@ def annotate(records: list, relational: RelationalTruth | None, queries: np.ndar
         record["oracle"] = dict(relational.oracle(rows, top), queries=int(rows.size))
         kind = "joint" if scorer in ("staged", "joint_exhaustive") else scorer
         if kind not in found:
-            scorers = found.setdefault("_scorers", pair_scorers())
+            scorers = scorers or pair_scorers()
             found[kind] = relational.partner(scorers[kind])
         record["partner"] = found[kind]
