@@ -53,6 +53,12 @@ class ModelConfig:
     # so from the first joint layer on a word attends to the regions MaxSim aligns it with (and
     # fetches their geometry) instead of having to discover the alignment from scratch.
     joint_alignment_bias: float = 0.0
+    # True: the joint score adds a relation-network term (lateint.relation_head): per word pair,
+    # what the caption claims of it, matched against the geometry of the region pair the two
+    # words align with (boxes read back from the stored activations). relation_temperature:
+    # softmax temperature of the word->region alignment.
+    relation_head: bool = False
+    relation_temperature: float = 0.05
     # Computation dtype of matmuls ("float32" | "bfloat16"); parameters stay float32.
     dtype: str = "float32"
 
@@ -73,6 +79,9 @@ class ModelConfig:
                 f"got {self.compression_dim}")
         if self.joint_alignment_bias < 0:
             raise ValueError(f"joint_alignment_bias must be >= 0, got {self.joint_alignment_bias}")
+        if self.relation_temperature <= 0:
+            raise ValueError(
+                f"relation_temperature must be > 0, got {self.relation_temperature}")
         if self.joint_residual < 0:
             raise ValueError(f"joint_residual must be >= 0, got {self.joint_residual}")
         if self.box_embedding not in ("linear", "mlp"):

@@ -18,6 +18,7 @@ from lateint import scoring
 from lateint.config import ModelConfig
 from lateint.layers import (GeometryBias, RegionEmbeddings, TextEmbeddings, TransformerLayer,
                             attention_bias, dense, layer_norm)
+from lateint.relation_head import RelationHead
 
 
 class TowerOutput(NamedTuple):
@@ -120,6 +121,7 @@ class SplitEncoder(nnx.Module):
         self.alignment_scale = (nnx.Param(jnp.full((config.num_heads,),
                                                    config.joint_alignment_bias, jnp.float32))
                                 if config.joint_alignment_bias else None)
+        self.relation = RelationHead(config, rngs) if config.relation_head else None
 
     @property
     def image_tower_layers(self):
@@ -170,7 +172,8 @@ class SplitEncoder(nnx.Module):
         text_activations: [P, T, H], text_mask: [P, T], stored_image: [P, R, H'] (as stored,
         i.e. after `compress`), image_mask: [P, R]. Returns [P] float32: the score head over
         the joint output, plus `joint_residual` x the pairs' text->image MaxSim of the tower
-        concepts when the config asks for it (a skip connection around the joint layers).
+        concepts when the config asks for it (a skip connection around the joint layers), plus
+        the relation head's pairwise term when `config.relation_head`.
         """
         num_text = text_activations.shape[1]
         text_mask, image_mask = text_mask.astype(bool), image_mask.astype(bool)
@@ -179,7 +182,8 @@ class SplitEncoder(nnx.Module):
         mask = jnp.concatenate([text_mask, image_mask], axis=1)
         bias = attention_bias(mask, jnp.float32)                          # [P, 1, 1, T+R]
         concepts = None
-        if self.config.joint_residual or self.alignment_scale is not None:
+        if (self.config.joint_residual or self.alignment_scale is not None
+                or self.relation is not None):
             concepts = (self.text_concepts.tokens(text_activations, text_mask),   # [P, T, C]
                         self.image_concepts.tokens(image, image_mask))            # [P, R, C]
         if self.alignment_scale is not None:
@@ -190,6 +194,9 @@ class SplitEncoder(nnx.Module):
         if self.config.joint_residual:
             score = score + self.config.joint_residual * scoring.maxsim_pairs(
                 concepts[0], text_mask, concepts[1], image_mask)
+        if self.relation is not None:
+            score = score + self.relation(text_activations, text_mask, concepts[0], image,
+                                          image_mask, concepts[1])
         return score
 
     def _alignment_bias(self, text_concepts: jax.Array, image_concepts: jax.Array) -> jax.Array:

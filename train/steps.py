@@ -80,6 +80,10 @@ def compute_losses(model, batch: dict, loss_config: ml_collections.ConfigDict) -
             + loss_config.joint_weight * joint_loss)
     parts = {"global_loss": global_loss, "maxsim_loss": maxsim_loss, "joint_loss": joint_loss,
              "joint_accuracy": jnp.mean(jnp.argmax(joint, axis=1) == 0)}
+    if model.relation is not None:  # the stored activations must keep each region's box
+        parts["box_loss"] = model.relation.box_loss(model.decompress(stored), image.mask,
+                                                    batch["boxes"])
+        loss = loss + loss_config.get("box_weight", 10.0) * parts["box_loss"]
     if "negative_token_ids" in batch:
         parts.update(_text_negative_loss(model, joint[:, 0], stored, image, batch, loss_config))
         loss = loss + loss_config.get("text_negative_weight", 1.0) * parts["text_negative_loss"]
