@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from index.first_stage import QuerySide
 from index.first_stage import build as first_stage_build
 from index.precompute import precompute
 from index.store import ActivationStore
@@ -119,10 +120,20 @@ def test_concepts_first_stage_and_defaults(searcher):
     assert searcher.default_first_stage == "concepts"
     result = searcher.search(QUERIES[:1], k=3)[0]
     assert result.settings.to_dict() == {"k": 3, "n": 256, "K": 16, "first_stage": "concepts"}
-    assert len(result.hits) == 3 and 3 <= result.candidates <= 200
+    # candidates: what the concepts stage itself returns for this query within n = 256
+    token_ids, token_mask = searcher.tokenizer.encode(QUERIES[:1], length=16)
+    tower = searcher.compiled.text_tower(token_ids, token_mask)
+    ids, _ = searcher.stages["concepts"].search(
+        QuerySide(tower.concepts[:1], tower.mask[:1], tower.global_vector[:1]), 256)
+    returned = ids[0][(ids[0] >= 0) & (ids[0] < searcher.num_images)]
+    assert 3 <= result.candidates == returned.size < searcher.num_images
+    assert {hit.index for hit in result.hits} <= set(returned.tolist())
     scores = [hit.score for hit in result.hits]
     assert scores == sorted(scores, reverse=True)
-    assert all(value >= 0 for value in result.timings_ms.values())
+    # 'total' covers tokenizing and the whole batch, so at least the stages timed inside it
+    timings = result.timings_ms
+    assert set(timings) == set(STAGE_TIMINGS) and min(timings.values()) > 0
+    assert timings["total"] >= sum(value for key, value in timings.items() if key != "total")
     # A missing K is raised to cover k; a missing n to cover K.
     assert searcher.settings(k=100).K == 100
     assert searcher.settings(k=5, K=200).n == 256
