@@ -1,11 +1,14 @@
 r"""Benchmark: HTTP throughput and latency of serve.main, micro-batched against unbatched.
 
 Prints one JSON object: for each mode ('unbatched': --max_batch=1; 'batched': --max_batch=16,
---max_wait_ms=5) and each concurrency (1, 8, 32), requests/s, p50/p99/mean latency in ms and
-the mean batch size, from a fixed number of requests on loopback, all in one run. The server
-runs in a child process per mode (`python -m serve.main`, both started at once); at each
-concurrency the two modes are measured back to back. The load comes from this process (httpx,
-asyncio), so on a small machine client and server share the CPU.
+--max_wait_ms=5) and each concurrency (1, 8, 32), answered requests/s (HTTP 200 only: a refused
+or failed request is counted in 'errors', never as throughput), p50/p99/mean latency in ms of
+the answered requests and the mean batch size, from a fixed number of requests on loopback, all
+in one run. The server runs in a child process per mode (`python -m serve.main`, both started at
+once); at each concurrency the two modes are measured back to back, in alternating order (the
+first level unbatched first, the next batched first, ...), so neither always runs on the warmer
+or the quieter machine. The load comes from this process (httpx, asyncio), so on a small machine
+client and server share the CPU. The JSON's "includes" says what each figure covers.
 
   python bench/serve.py --workdir=runs/scenes/model --index=runs/scenes/index \
       [--requests=200] [--concurrency=1,8,32] [--server_flag=--rerank_buckets=16,32 ...]
@@ -110,21 +113,26 @@ async def run_load(url: str, queries: list[str], requests: int, concurrency: int
         began = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         wall = time.perf_counter() - began
-    latencies = np.array(latencies)
-    return {"concurrency": concurrency, "requests": requests,
-            "ok": int(sum(status == 200 for status in statuses)),
-            "errors": int(sum(status != 200 for status in statuses)),
-            "seconds": round(wall, 3), "requests_per_s": round(requests / wall, 2),
-            "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
-                           "p99": round(float(np.percentile(latencies, 99)), 2),
-                           "mean": round(float(latencies.mean()), 2)},
+    answered = np.array([latency for latency, status in zip(latencies, statuses)
+                         if status == 200])
+    ok = int(answered.size)
+    latency_ms = None if not ok else {
+        "p50": round(float(np.percentile(answered, 50)), 2),
+        "p99": round(float(np.percentile(answered, 99)), 2),
+        "mean": round(float(answered.mean()), 2)}
+    return {"concurrency": concurrency, "requests": requests, "ok": ok,
+            "errors": int(len(statuses) - ok),
+            "error_statuses": sorted({status for status in statuses if status != 200}),
+            "seconds": round(wall, 3), "requests_per_s": round(ok / wall, 2),
+            "latency_ms": latency_ms,
             "mean_batch_size": round(float(np.mean(batch_sizes)), 2) if batch_sizes else None}
 
 
 def bench_modes(modes: list[tuple[str, list[str]]], workdir: str, index_dir: str,
                 queries: list[str], levels: list[int]) -> list[dict]:
     """Starts one server per mode at once, then measures level by level, the modes back to
-    back at each level, so a change in the machine's load hits both alike."""
+    back at each level in alternating order, so a change in the machine's load hits both
+    alike and neither is always measured first."""
     from serve.launcher import ServerProcess
 
     servers = [ServerProcess(workdir, index_dir, server_flags).start()
@@ -136,13 +144,17 @@ def bench_modes(modes: list[tuple[str, list[str]]], workdir: str, index_dir: str
             asyncio.run(run_load(server.url, queries, FLAGS.warmup_requests, 4, options,
                                  FLAGS.k))
         rows = {name: [] for name, _ in modes}
-        for concurrency in levels:
-            for (name, _), server in zip(modes, servers):
+        for level, concurrency in enumerate(levels):
+            order = list(zip(modes, servers))
+            if level % 2:
+                order.reverse()
+            for position, ((name, _), server) in enumerate(order):
                 row = asyncio.run(run_load(server.url, queries, FLAGS.requests, concurrency,
                                            options, FLAGS.k))
-                logging.info("%s c=%d: %.1f req/s, p50 %.1f ms, p99 %.1f ms", name,
-                             concurrency, row["requests_per_s"], row["latency_ms"]["p50"],
-                             row["latency_ms"]["p99"])
+                row["measured"] = "first" if position == 0 else "second"
+                logging.info("%s c=%d (%s): %.1f answered req/s, %d errors, latency %s ms",
+                             name, concurrency, row["measured"], row["requests_per_s"],
+                             row["errors"], row["latency_ms"])
                 rows[name].append(row)
     finally:
         for server in servers:
@@ -180,8 +192,16 @@ def main(argv):
                for result in results}
     speedup = {str(level): round(by_mode["batched"][level]["requests_per_s"]
                                  / by_mode["unbatched"][level]["requests_per_s"], 2)
-               for level in levels}
+               if by_mode["unbatched"][level]["requests_per_s"] else None for level in levels}
+    includes = {
+        "requests_per_s": "HTTP 200 responses / wall seconds of the level (closed loop, "
+                          "`requests` POSTs by `concurrency` clients); non-200 are 'errors'",
+        "latency_ms": "client-side send to response of the HTTP 200 responses only",
+        "mean_batch_size": "micro-batch size the server reports in each 200 response",
+        "measured": "whether the mode ran first or second at its level (alternating)",
+        "batched_over_unbatched_throughput": "ratio of requests_per_s at each level"}
     print(json.dumps({"benchmark": "serve", "setup": setup, "cpus": os.cpu_count(),
+                      "includes": includes,
                       "load_average_1m": {"before": round(load_before[0], 2),
                                           "after": round(os.getloadavg()[0], 2)},
                       "requests_per_level": FLAGS.requests, "k": FLAGS.k, "modes": results,

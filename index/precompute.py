@@ -59,8 +59,11 @@ def _open_for_writing(index_dir: str, data: str, corpus, model, meta: dict, stor
         _check_same_inputs(manifest_path, manifest, meta, fingerprint, data, storage)
         if manifest["complete"]:
             return None
-        logging.info("resuming %s", index_dir)
-        return ActivationStore.resume(index_dir)
+        store = ActivationStore.resume(index_dir)
+        journaled = sum(stop - start for start, stop in store.completed_ranges())
+        logging.info("resuming %s: %d of %d images journaled, encoding the other %d", index_dir,
+                     journaled, store.num_images, store.num_images - journaled)
+        return store
     config = model.config
     return ActivationStore.create(
         index_dir, image_ids=corpus.image_ids, regions=corpus.max_regions,

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from typing import Annotated, Literal, Optional
 
@@ -61,6 +62,8 @@ class ServerSettings:
     request_timeout_ms: float = 2000.0  # a search not answerable by then gets a fast 503
                                         # (0: no deadline, admission by queue length only)
     stuck_seconds: float = 30.0  # a batch running longer makes /healthz answer 503
+    hold_file: str | None = None  # tests only: while this file exists the batch worker takes
+                                  # no batch (serve.batcher's `hold`); None: never held
 
 
 def _whole_number(value):
@@ -164,8 +167,10 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
         return [(result, started) for result in searcher.run(items)]
 
     metrics = ServerMetrics(lambda: batcher.depth, lambda: batcher.in_flight)
+    hold = None if settings.hold_file is None else (
+        lambda: os.path.exists(settings.hold_file))
     batcher = MicroBatcher(process, settings.max_batch, settings.max_wait_ms, settings.max_queue,
-                           on_batch=lambda info: metrics.observe_batch(info.size))
+                           on_batch=lambda info: metrics.observe_batch(info.size), hold=hold)
     readiness = Readiness(batcher, lambda: searcher.prepare(PROBE_QUERY, 1, None, None, None),
                           settings.stuck_seconds)
     timeout = settings.request_timeout_ms / 1e3 if settings.request_timeout_ms > 0 else None

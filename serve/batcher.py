@@ -17,6 +17,11 @@ Admission by time, not only by queue length: an item submitted with a deadline i
 exponential moving average of batch time / batch size), would not let it finish by then; an item
 whose deadline passes while it waits is answered DeadlineExceeded instead of being processed. `health()` says what a
 readiness check needs: worker alive, how long the current batch has run, the last failure.
+
+`hold` (tests only; None by default, and then never consulted): a callable polled before each
+batch is taken; while it returns True the worker leaves the queue alone, so a test can fill the
+queue to exactly max_queue and release it when it chooses, instead of racing a timer. close()
+overrides a hold (the queue is drained).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Callable, NamedTuple
 
 # Weight of the newest batch in the moving average of the time per batch.
 BATCH_TIME_SMOOTHING = 0.3
+# How often a held worker (see `hold`) asks again whether it may take the next batch.
+HOLD_POLL_SECONDS = 0.01
 
 
 class QueueFull(RuntimeError):
@@ -80,7 +87,9 @@ class MicroBatcher:
 
     def __init__(self, process: Callable[[list], list], max_batch: int = 16,
                  max_wait_ms: float = 5.0, max_queue: int = 256,
-                 on_batch: Callable[[BatchInfo], None] | None = None):
+                 on_batch: Callable[[BatchInfo], None] | None = None,
+                 hold: Callable[[], bool] | None = None):
+        """hold: tests only (see the module docstring); None never holds."""
         if max_batch < 1:
             raise ValueError(f"max_batch: expected >= 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -92,6 +101,7 @@ class MicroBatcher:
         self.max_wait = float(max_wait_ms) / 1e3
         self.max_queue = int(max_queue)
         self.on_batch = on_batch
+        self.hold = hold
         self._queue: collections.deque[_Waiting] = collections.deque()
         self._condition = threading.Condition()
         self._closing = False
@@ -181,8 +191,13 @@ class MicroBatcher:
     def _next_batch(self) -> list[_Waiting] | None:
         """Blocks until a batch is due; None once closing and drained."""
         with self._condition:
-            while not self._queue and not self._closing:
-                self._condition.wait()
+            while not self._closing:
+                if not self._queue:
+                    self._condition.wait()
+                elif self.hold is not None and self.hold():
+                    self._condition.wait(HOLD_POLL_SECONDS)
+                else:
+                    break
             if not self._queue:
                 return None
             deadline = self._queue[0].enqueued + self.max_wait

@@ -60,6 +60,8 @@ flags.DEFINE_float("request_timeout_ms", 2000.0, "A search that cannot be answer
 flags.DEFINE_float("drain_s", 2.0, "After SIGTERM, keep answering (with Connection: close) for at "
                    "most this long before the listener closes.")
 flags.DEFINE_float("shutdown_timeout_s", 60.0, "Longest wait for in-flight requests at exit.")
+flags.DEFINE_string("test_hold_file", None, "Tests only: while this file exists the batch "
+                    "worker takes no batch, so requests stay queued until the test removes it.")
 flags.mark_flags_as_required(["workdir", "index"])
 
 
@@ -153,7 +155,8 @@ def main(argv):
         raise app.UsageError(f"--images_dir={FLAGS.images_dir}: not a directory")
     settings = ServerSettings(max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms,
                               max_queue=FLAGS.max_queue, max_query_chars=FLAGS.max_query_chars,
-                              images_dir=images_dir, request_timeout_ms=FLAGS.request_timeout_ms)
+                              images_dir=images_dir, request_timeout_ms=FLAGS.request_timeout_ms,
+                              hold_file=FLAGS.test_hold_file)
     serve(FLAGS.workdir, FLAGS.index, FLAGS.host, FLAGS.port, buckets, settings,
           FLAGS.first_stages, FLAGS.default_first_stage, FLAGS.tokenizer_dir,
           FLAGS.shutdown_timeout_s, FLAGS.drain_s)

@@ -151,17 +151,22 @@ class Searcher:
 
     @staticmethod
     def _check_index(model, meta: dict, store: ActivationStore) -> None:
-        """Refuses an INDEX of another model: fingerprint, split layer and widths."""
+        """Refuses (IndexRefusedError: binaries print one line and exit 2) an INDEX of another
+        model: fingerprint, split layer and widths."""
         config, manifest = model.config, store.manifest
-        manifest_lib.check_fingerprint(manifest, meta["fingerprint"])
         index_json = f"{store.index_dir}/{manifest_lib.MANIFEST_FILE}"
+        try:
+            manifest_lib.check_fingerprint(manifest, meta["fingerprint"])
+        except manifest_lib.IndexRefusedError as error:
+            raise manifest_lib.IndexRefusedError(f"{index_json}: {error}") from None
         for field, expected, got in (
                 ("split_layer", config.split_layer, manifest["split_layer"]),
                 ("shapes.hidden", config.stored_dim, store.hidden),
                 ("shapes.concept_dim", config.concept_dim, store.concept_dim)):
             if expected != got:
-                raise ValueError(f"{index_json}: field {field!r} expected {expected} (the "
-                                 f"model's config), got {got}")
+                raise manifest_lib.IndexRefusedError(
+                    f"{index_json}: field {field!r} is {got}, the model's config has {expected}: "
+                    "written by another model; rebuild it with this checkpoint")
 
     def reload(self) -> dict:
         """Loads the INDEX's published generation if it is not the one served, warms its first

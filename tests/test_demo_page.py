@@ -4,11 +4,11 @@ Needs Debian's `chromium` package (apt-get install -y chromium); skipped when it
 """
 
 import html.parser
-import os
 import shutil
 import subprocess
 
 import httpx
+import numpy as np
 import pytest
 
 from index.precompute import precompute
@@ -104,6 +104,11 @@ def test_a_screenshot_shows_the_results(server, tmp_path):
     completed = _chromium(tmp_path, f"--screenshot={screenshot}", "--window-size=1200,900",
                           server.url + "/?q=two%20horses&k=8")
     assert completed.returncode == 0, completed.stderr[-3000:]
-    data = screenshot.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20000, len(data)
-    assert os.path.getsize(screenshot) == len(data)
+    from PIL import Image
+    with Image.open(screenshot) as image:
+        assert image.format == "PNG" and image.size == (1200, 900)
+        luminance = np.asarray(image.convert("L"))                               # [900, 1200]
+    # The page is light (#fafafa); the 8 result thumbnails (>= 170 px square) are dark scenes.
+    # A page that rendered no results (an error, an empty grid) has almost no dark pixels.
+    dark = int((luminance < 96).sum())
+    assert dark >= 8 * 170 * 170 * 0.6, dark

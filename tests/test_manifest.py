@@ -4,9 +4,10 @@ import copy
 import json
 import os
 
+import numpy as np
 import pytest
 
-from index import manifest
+from index import codecs, manifest
 
 
 def _manifest(**overrides):
@@ -120,10 +121,14 @@ def test_merge_ranges():
 
 def test_array_layout_follows_storage():
     layout = manifest.array_layout(_manifest())
-    assert layout["activations"][0] == (3, 4, 8) and layout["activations"][1].name == "int8"
-    assert layout["activation_scale"][0] == (3, 4)
-    assert layout["global"] == ((3, 5), layout["global"][1])
+    assert layout == {"activations": ((3, 4, 8), np.dtype(np.int8)),
+                      "activation_scale": ((3, 4), np.dtype(np.float32)),
+                      "region_mask": ((3, 4), np.dtype(np.bool_)),
+                      "concepts": ((3, 4, 5), np.dtype(np.float32)),
+                      "global": ((3, 5), np.dtype(np.float32))}
     bf16 = copy.deepcopy(_manifest())
     bf16["storage"]["activations_dtype"] = "bfloat16"
     del bf16["arrays"]["activation_scale"]
     assert "activation_scale" not in manifest.array_layout(bf16)
+    assert manifest.array_layout(bf16)["activations"] == ((3, 4, 8),
+                                                          codecs.numpy_dtype("bfloat16"))

@@ -2,11 +2,11 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -56,29 +56,49 @@ def _precompute_process(workdir, data, index_dir, *extra):
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+PROGRESS_LINE = re.compile(r"\] (\d+)/200 images \|")  # logged after each journaled unit
+
+
+def _kill_after(process, images: int) -> list[str]:
+    """Reads the run's log until it reports >= `images` encoded and journaled, then SIGKILLs
+    it. Returns the lines read."""
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        found = PROGRESS_LINE.search(line)
+        if found and int(found.group(1)) >= images:
+            break
+    assert process.poll() is None, f"exited before the kill point: {''.join(lines)[-3000:]}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return lines
+
+
+def _journaled(index_dir) -> int:
+    with open(os.path.join(index_dir, "progress.json"), encoding="utf-8") as handle:
+        return sum(stop - start for start, stop in json.load(handle)["completed"])
+
+
 def test_sigkill_and_resume_gives_an_identical_store(tiny_workdir, scenes_dir, tmp_path):
+    """Killed at an observed point (the log reports a seeded number of journaled units of 8
+    images, of 25), the restarted run encodes only the images the journal lacks."""
     reference = str(tmp_path / "reference")
     process = _precompute_process(tiny_workdir, scenes_dir, reference)
     assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
     killed_dir = str(tmp_path / "killed")
-    rng = np.random.default_rng(int(time.time()))
-    for _ in range(6):
-        process = _precompute_process(tiny_workdir, scenes_dir, killed_dir)
-        progress = os.path.join(killed_dir, "progress.json")
-        deadline = time.time() + 120
-        while process.poll() is None and time.time() < deadline and not os.path.exists(progress):
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))  # after at least one journaled unit, at random
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        if not _complete(killed_dir):
-            break
-        shutil.rmtree(killed_dir)  # finished before the kill: try again
-    assert not _complete(killed_dir), "every run finished before the kill"
+    units = int(np.random.default_rng(19).integers(1, 13))
+    _kill_after(_precompute_process(tiny_workdir, scenes_dir, killed_dir), 8 * units)
+    journaled = _journaled(killed_dir)
+    assert 8 * units <= journaled < 200 and not _complete(killed_dir)
     with pytest.raises(IncompleteIndexError):
         ActivationStore.open(killed_dir)
     process = _precompute_process(tiny_workdir, scenes_dir, killed_dir)
     assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    stderr = process.stderr.read()
+    # Resumed, not restarted: the journaled images are skipped (a run that ignored the journal
+    # would encode all 200).
+    assert f"{journaled} of 200 images journaled, encoding the other {200 - journaled}" in stderr
+    assert f"precomputed {200 - journaled} images " in stderr, stderr[-2000:]
     for role in ROLES + ("activation_scale",):
         np.testing.assert_array_equal(read_array(killed_dir, role), read_array(reference, role),
                                       err_msg=role)

@@ -1,8 +1,10 @@
 """serve.main end to end on 127.0.0.1: search, health, metrics, bad inputs, overload, SIGTERM.
 
 Two real server processes over one INDEX: `server` (roomy queue, micro-batches of 4) for the
-API, and `slow_server` (batches wait 1.5 s to fill, queue of 3) where queued requests stay in
-flight long enough to overflow the queue deterministically and to be caught by a SIGTERM.
+API, and `gated_server` (queue of 3) whose batch worker takes no batch while the test's hold file
+exists (serve.main --test_hold_file): the test fills the queue, sees it full, sends a SIGTERM while
+requests wait, and only then lets them through, so overload and shutdown are tested without
+racing a timer.
 """
 
 import asyncio
@@ -50,21 +52,29 @@ def images_dir(scenes_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def servers(tiny_workdir, index_dir, images_dir):
+def hold_file(tmp_path_factory):
+    """The gated server's hold file: while it exists, that server's batch worker waits."""
+    return tmp_path_factory.mktemp("gate") / "hold"
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_workdir, index_dir, images_dir, hold_file):
     """Starts both servers at once (their compiles overlap), stops them at the end."""
     main = ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS + [
         "--max_batch=4", "--max_wait_ms=20", "--max_queue=64",
         f"--images_dir={images_dir}"]).start()
-    slow = ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS + [
-        "--max_batch=16", "--max_wait_ms=1500", "--max_queue=3",
-        "--request_timeout_ms=30000"]).start()  # its batches wait 1.5 s by design
+    gated = ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS + [
+        "--max_batch=16", "--max_wait_ms=5", "--max_queue=3", "--request_timeout_ms=60000",
+        "--drain_s=120",  # drains until no request is open: the listener stays up for the test
+        f"--test_hold_file={hold_file}"]).start()
     try:
         main.wait_ready()
-        slow.wait_ready()
-        yield main, slow
+        gated.wait_ready()
+        yield main, gated
     finally:
+        hold_file.unlink(missing_ok=True)
         main.terminate()
-        slow.terminate()
+        gated.terminate()
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +83,7 @@ def server(servers):
 
 
 @pytest.fixture(scope="module")
-def slow_server(servers):
+def gated_server(servers):
     return servers[1]
 
 
@@ -240,44 +250,89 @@ def test_concurrent_requests_are_micro_batched(server):
     assert 1 < largest <= 4
 
 
-def test_a_full_queue_answers_503_and_the_server_recovers(slow_server):
-    # The slow server holds a batch open 1.5 s, so at most 3 requests wait; the rest are shed.
-    responses = asyncio.run(_concurrent(
-        slow_server.url, [{"query": "two horses", "k": 2}] * 12))
-    statuses = sorted(response.status_code for response in responses)
-    assert statuses.count(503) >= 9 and set(statuses) <= {200, 503}, statuses
-    refused = next(response for response in responses if response.status_code == 503)
-    assert "queue is full" in refused.json()["error"]
-    assert refused.headers["retry-after"] == "1"
-    assert _search(slow_server, {"query": "two horses", "k": 2}).status_code == 200
-    metrics = httpx.get(slow_server.url + "/metrics").text
-    assert 'lateint_requests_total{endpoint="/search",status="503"}' in metrics
+async def _until(predicate, what: str, seconds: float = 120.0):
+    """Polls the async `predicate()` until it is true; a deadline only turns a hang into a
+    failure naming `what` (the outcome never depends on how fast the machine is)."""
+    deadline = time.monotonic() + seconds
+    while not await predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {seconds:.0f} s")
+        await asyncio.sleep(0.02)
 
 
-def test_sigterm_answers_in_flight_requests_then_exits_0(slow_server):
-    """Runs last in this module: it stops the slow server."""
+async def _queue_depth(client: httpx.AsyncClient, server) -> float:
+    for line in (await client.get(server.url + "/metrics")).text.splitlines():
+        if line.startswith("lateint_queue_depth "):
+            return float(line.split()[1])
+    raise AssertionError("/metrics has no lateint_queue_depth")
+
+
+def test_a_full_queue_answers_503_and_the_server_recovers(gated_server, hold_file):
+    # Held: no request leaves the queue, so of 12 concurrent requests exactly 3 (max_queue) are
+    # queued and exactly 9 are refused, however the 12 interleave.
+    hold_file.touch()
 
     async def scenario():
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=20)) as \
+                client:
             pending = [asyncio.create_task(client.post(
-                slow_server.url + "/search", json={"query": f"{count} birds", "k": 2}))
+                gated_server.url + "/search", json={"query": "two horses", "k": 2}))
+                for _ in range(12)]
+
+            async def nine_refused():
+                return sum(task.done() for task in pending) >= 9
+
+            await _until(nine_refused, "9 of 12 requests answered")
+            refused = [task.result() for task in pending if task.done()]
+            depth = await _queue_depth(client, gated_server)
+            hold_file.unlink()
+            answered = await asyncio.gather(*(task for task in pending if not task.done()))
+            return refused, depth, answered
+
+    refused, depth, answered = asyncio.run(scenario())
+    assert [response.status_code for response in refused] == [503] * 9
+    assert depth == 3
+    assert [response.status_code for response in answered] == [200] * 3
+    assert all(len(response.json()["results"]) == 2 for response in answered)
+    assert {response.json()["batch_size"] for response in answered} == {3}  # one batch of 3
+    assert all("queue is full (3 waiting)" in response.json()["error"] for response in refused)
+    assert all(response.headers["retry-after"] == "1" for response in refused)
+    assert _search(gated_server, {"query": "two horses", "k": 2}).status_code == 200
+    metrics = httpx.get(gated_server.url + "/metrics").text
+    assert 'lateint_requests_total{endpoint="/search",status="503"} 9.0' in metrics
+
+
+def test_sigterm_answers_in_flight_requests_then_exits_0(gated_server, hold_file):
+    """Runs last in this module: it stops the gated server. The requests are released only
+    once the server says it is shutting down, so they are answered after the SIGTERM."""
+    hold_file.touch()
+
+    async def scenario():
+        async with httpx.AsyncClient(timeout=120) as client:
+            pending = [asyncio.create_task(client.post(
+                gated_server.url + "/search", json={"query": f"{count} birds", "k": 2}))
                 for count in ("one", "two", "three")]
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # until all three wait in the queue
-                metrics = (await client.get(slow_server.url + "/metrics")).text
-                if "lateint_queue_depth 3.0" in metrics:
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                pytest.fail("the three requests never queued up")
-            slow_server.process.terminate()  # SIGTERM
+
+            async def three_queued():
+                return await _queue_depth(client, gated_server) == 3
+
+            await _until(three_queued, "3 requests queued")
+            gated_server.process.terminate()  # SIGTERM
+
+            async def shutting_down():
+                health = await client.get(gated_server.url + "/healthz")
+                return health.status_code == 503 and "shutting down" in health.text
+
+            await _until(shutting_down, "/healthz reporting the shutdown")
+            assert not any(task.done() for task in pending)
+            hold_file.unlink()
             return await asyncio.gather(*pending)
 
     responses = asyncio.run(scenario())
     assert [response.status_code for response in responses] == [200] * 3
     assert all(len(response.json()["results"]) == 2 for response in responses)
-    assert slow_server.process.wait(timeout=60) == 0, slow_server.log_tail()
-    log = slow_server.log_tail(20000)
+    assert gated_server.process.wait(timeout=60) == 0, gated_server.log_tail()
+    log = gated_server.log_tail(20000)
     assert "Finished server process" in log
     assert "Traceback" not in log
 

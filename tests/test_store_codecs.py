@@ -47,10 +47,16 @@ def test_int8_per_region_error_bound():
 
 def test_any_width_is_stored():  # learned compression: the model hands over H' < H
     values = _activations((2, 4, 7))
-    for mode in codecs.STORAGE_DTYPES:
+    per_region_max = np.abs(values).max(axis=-1, keepdims=True)
+    bounds = {"float32": np.zeros_like(values), "bfloat16": np.abs(values) * 2.0**-8,
+              "int8": per_region_max / 254 * (1 + 1e-5) + 1e-12}
+    assert set(bounds) == set(codecs.STORAGE_DTYPES)
+    for mode, bound in bounds.items():
         encoded = codecs.encode(values, mode)
+        assert encoded["activations"].shape == (2, 4, 7)
         decoded = codecs.decode(encoded["activations"], mode, encoded.get("activation_scale"))
-        assert decoded.shape == (2, 4, 7)
+        assert decoded.shape == (2, 4, 7) and decoded.dtype == np.float32
+        assert np.all(np.abs(decoded - values) <= bound), mode
 
 
 def test_bytes_per_region():

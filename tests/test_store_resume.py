@@ -1,13 +1,17 @@
-"""SIGKILL a writer at random moments, resume it, and get the same store as one clean run."""
+"""SIGKILL a writer at seeded points, resume it, and get the same store as one clean run.
+
+The kill points are observed, not timed: the writer prints a line per batch it hands to the
+store, and the test kills it after a seeded number of them (mid-unit, writes in flight).
+"""
 
 import hashlib
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
+from index import manifest
 from index.store import ActivationStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,27 +35,37 @@ except manifest.IncompleteIndexError:
     store = ActivationStore.create(directory, image_ids=[f"id{i}" for i in range(N)], regions=R,
                                    hidden=H, concept_dim=C, model_fingerprint="fp", split_layer=1,
                                    storage_dtype="int8", shard_rows=64, overwrite=True)
-print("writing", flush=True)
-for unit_start, unit_stop in store.pending_ranges(unit_rows=128):
+pending = store.pending_ranges(unit_rows=128)
+print("pending", sum(stop - start for start, stop in pending), flush=True)
+for unit_start, unit_stop in pending:
     for start in range(unit_start, unit_stop, 50):  # batches straddle shard boundaries
         store.write_batch(start, rows(start, min(unit_stop, start + 50)))
+        print("batch", start, flush=True)
     store.mark_completed(unit_start, unit_stop)
 store.finalize()
 print("finished", flush=True)
 """
 
 
-def _run(directory, kill_after=None):
-    """Runs the writer; with kill_after, SIGKILLs it that many seconds after it starts writing."""
+def _run(directory, kill_after_batches=None):
+    """Runs the writer; with kill_after_batches, SIGKILLs it once it has printed that many
+    batch lines. Returns (exit code, stdout lines, stderr)."""
     process = subprocess.Popen([sys.executable, "-c", WRITER, directory], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if kill_after is not None:
-        first_line = process.stdout.readline()
-        if first_line.startswith("writing"):
-            time.sleep(kill_after)
-            process.kill()  # SIGKILL: no cleanup runs in the writer
+    lines = []
+    if kill_after_batches is not None:
+        for line in process.stdout:
+            lines.append(line)
+            if sum(seen.startswith("batch") for seen in lines) == kill_after_batches:
+                assert process.poll() is None
+                process.kill()  # SIGKILL: no cleanup runs in the writer
+                break
     stdout, stderr = process.communicate(timeout=60)
-    return process.returncode, stdout, stderr
+    return process.returncode, lines + stdout.splitlines(keepends=True), stderr
+
+
+def _journaled(directory) -> int:
+    return sum(stop - start for start, stop in manifest.completed_ranges(directory))
 
 
 def _file_digests(directory):
@@ -76,17 +90,21 @@ def test_killed_and_resumed_writer_matches_clean_run(tmp_path):
     clean, resumed = str(tmp_path / "clean"), str(tmp_path / "resumed")
     code, _, stderr = _run(clean)
     assert code == 0, stderr
-    rng = np.random.default_rng(int(time.time()))
-    kills = 0
-    for _ in range(8):
-        code, stdout, stderr = _run(resumed, kill_after=float(rng.uniform(0.0, 0.3)))
-        if "finished" in stdout:
-            break
-        assert code == -9, stderr
-        kills += 1
-    code, stdout, stderr = _run(resumed)  # a no-op for a store that already finished
-    assert code == 0 or "already complete" in stderr, stderr
-    assert kills >= 1, "the writer finished before the first kill: make it slower"
+    rng = np.random.default_rng(19)
+    journaled = 0
+    for _ in range(3):  # 3000 rows: 24 units of 128 rows, 3 batches each
+        code, lines, stderr = _run(resumed, kill_after_batches=int(rng.integers(4, 20)))
+        assert code == -9 and "finished\n" not in lines, stderr
+        # Resumed, not restarted: each run writes only what the journal lacked.
+        assert lines[0] == f"pending {3000 - journaled}\n"
+        assert _journaled(resumed) > journaled  # the 4th batch is in the run's second unit
+        journaled = _journaled(resumed)
+    code, lines, stderr = _run(resumed)
+    assert code == 0, stderr
+    assert lines[0] == f"pending {3000 - journaled}\n" and lines[-1] == "finished\n"
+    assert 0 < 3000 - journaled < 3000
+    code, lines, stderr = _run(resumed)  # a no-op for a store that already finished
+    assert code != 0 and "already complete" in stderr, stderr
     for left, right in zip(_contents(clean), _contents(resumed)):
         np.testing.assert_array_equal(left, right)
     clean_files, resumed_files = _file_digests(clean), _file_digests(resumed)

@@ -66,27 +66,52 @@ def test_tiny_run_writes_everything(uninterrupted):
     assert meta["step"] == 12 and len(meta["fingerprint"]) == 16
 
 
+def _logged_steps(workdir):
+    """Steps logged to WORKDIR/metrics.jsonl so far (training lines only)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        lines = [json.loads(line) for line in handle if line.endswith("\n")]
+    return [line["step"] for line in lines if "loss" in line]
+
+
+def _finished_checkpoints(workdir):
+    """Steps whose Orbax checkpoint is finalized (a temporary directory is renamed to the step)."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+    return sorted(int(name) for name in names if name.isdigit())
+
+
 def test_sigkill_and_resume_gives_identical_parameters(uninterrupted, data_dir, tmp_path):
+    """Killed at an observed point (a finished checkpoint, and training logged past a seeded
+    step), the restarted run restores that checkpoint and trains only the remaining steps."""
     reference, _ = _params(uninterrupted[0])
     workdir = str(tmp_path / "killed")
-    rng = np.random.default_rng(int(time.time()))
-    overrides = ["--config.checkpoint_every=2"]
+    kill_at_step = int(np.random.default_rng(19).integers(3, 8))  # of 12 steps
+    overrides = ["--config.checkpoint_every=2", "--config.log_every=1"]
     process = _run(workdir, data_dir, *overrides)
-    checkpoints = os.path.join(workdir, "checkpoints")
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        steps = [d for d in os.listdir(checkpoints)] if os.path.isdir(checkpoints) else []
-        if any(d.isdigit() for d in steps):
-            break
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 1.5))  # somewhere in the middle of training or saving
-    killed = process.poll() is None
+    deadline = time.monotonic() + 300
+    while process.poll() is None and not (
+            _finished_checkpoints(workdir) and max(_logged_steps(workdir), default=0)
+            >= kill_at_step):
+        assert time.monotonic() < deadline, "training never reached the kill point"
+        time.sleep(0.01)
+    assert process.poll() is None, (
+        f"training exited ({process.returncode}) before step {kill_at_step}: "
+        f"{process.stderr.read()[-3000:]}")
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert killed, "training finished before it could be killed; the test proves nothing"
+    restorable = _finished_checkpoints(workdir)[-1]
+    assert 0 < restorable < 12
     resumed = _run(workdir, data_dir, *overrides)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
+    # Resumed, not restarted: the newest checkpoint the kill left is restored and only the
+    # steps after it are trained (a run that ignored the checkpoint trains all 12).
+    assert f"resumed from step {restorable} " in stderr, stderr[-3000:]
+    assert f"trained {12 - restorable} steps in " in stderr, stderr[-3000:]
+    assert _logged_steps(workdir) == list(range(1, 13))  # no step logged twice, none missing
     params, meta = _params(workdir)
     assert meta["step"] == 12
     for (path, expected), (_, got) in zip(jax.tree_util.tree_leaves_with_path(reference),
