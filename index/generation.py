@@ -23,6 +23,7 @@ from absl import flags, logging
 from index import manifest as manifest_lib
 from index.first_stage import build as first_stage_build
 from index.first_stage import postings, records, tombstones
+from lateint import atomic
 
 PUBLISHED_FIELDS = ("arrays", "ids", "first_stage", "tombstones")
 STORE_FOLDER = "store"  # compacted activation arrays: INDEX/store/g<generation>/<role>
@@ -138,8 +139,7 @@ def read_journal(index_dir: str, name: str) -> dict | None:
 
 
 def write_journal(index_dir: str, name: str, journal: dict) -> None:
-    manifest_lib.atomic_write_text(os.path.join(index_dir, name),
-                                   json.dumps(journal, indent=1, sort_keys=True) + "\n")
+    atomic.write_json(os.path.join(index_dir, name), journal, indent=1, sort_keys=True)
 
 
 def remove_journal(index_dir: str, name: str) -> None:
