@@ -168,6 +168,8 @@ class ExactStage:
     def __init__(self, arrays: dict, deleted, record: dict, kind: str):
         self.kind = kind
         self.name = kind
+        # 'exact' jit-compiles its scan per (query block, words, n): serve warms those shapes.
+        self.compiles_per_shape = kind == "exact"
         self.record = record
         self.num_images = record["num_images"]
         self.concept_dim = record["concept_dim"]
