@@ -148,7 +148,7 @@ def run(images: int) -> None:
     source = ArraySource(*data)
     build_seconds = {}
     began = time.perf_counter()
-    build_stages(scratch, source, ["exact"], log=logging.info)
+    build_stages(scratch, source, ["exact"])
     build_seconds["exact"] = round(time.perf_counter() - began, 2)
     exact_stage = open_first_stage(scratch, "exact")
     reference, milliseconds = _timed_search(exact_stage.search, queries, REFERENCE_K, _BATCH.value)
@@ -169,7 +169,7 @@ def run(images: int) -> None:
     for num_centroids in _CENTROIDS.value:
         began = time.perf_counter()
         build_stages(scratch, source, ["concepts"],
-                     {"concepts": {"num_centroids": int(num_centroids) or None}}, logging.info)
+                     {"concepts": {"num_centroids": int(num_centroids) or None}})
         seconds = round(time.perf_counter() - began, 2)
         concept_bytes = _folder_bytes(os.path.join(scratch, "first_stage", "concepts"))
         for nprobe in _NPROBES.value:

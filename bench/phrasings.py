@@ -105,8 +105,7 @@ def run(workdir: str, index: str, data: str, split: str, per_template: int) -> l
     truth = semantics.SceneTruth.from_records(records)
     queries = make_queries(records, truth, per_template, seed=0)
     evaluation = Evaluation(workdir, data, split, Settings(sample_queries=0, latency_queries=1,
-                                                           max_queries=1),
-                            log=lambda _: None)
+                                                           max_queries=1))
     inference = Inference(evaluation.model)
     texts = [text for _, text, _, _, _ in queries]
     token_ids, token_mask = evaluation.tokenizer.encode(texts)

@@ -44,7 +44,7 @@ def main(argv):
     settings = Settings(n=FLAGS.n, K=FLAGS.K, first_stages=("exact",), protocol="full",
                         max_queries=FLAGS.max_queries, max_exhaustive_queries=1,
                         latency_queries=3, sample_queries=0, recall_queries=1)
-    evaluation = Evaluation(FLAGS.workdir, FLAGS.data, FLAGS.split, settings, log=lambda _: None)
+    evaluation = Evaluation(FLAGS.workdir, FLAGS.data, FLAGS.split, settings)
     modes = {}
     for mode in FLAGS.modes:
         index_dir = os.path.join(FLAGS.out, mode)

@@ -16,9 +16,10 @@ Rows are bit-identical to a precompute of the same images with the same --batch_
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from index import generation
 from index import manifest as manifest_lib
@@ -27,6 +28,8 @@ from index.first_stage import build as first_stage_build
 from index.first_stage import concepts, sources, tombstones
 from index.store import ActivationStore
 from lateint.progress import format_seconds
+
+logger = logging.getLogger(__name__)
 
 JOURNAL = "add.json"
 
@@ -80,8 +83,7 @@ def _start_or_resume(index_dir: str, journal: dict) -> bool:
     return True
 
 
-def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: int = 256,
-               log=logging.info) -> dict:
+def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: int = 256) -> dict:
     """Appends `split` of the corpus at `data` to INDEX and publishes the next generation.
 
     Returns the new manifest."""
@@ -103,18 +105,18 @@ def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: 
                                  generation.ids_file(generation.generation(manifest) + 1))
     store = ActivationStore.extend(index_dir, ids)
     left = sum(high - low for low, high in store.pending_ranges())
-    log(f"index.add: {'resuming' if resuming else 'starting'} the add of {stop - start} images "
-        f"to {index_dir} (rows [{start}, {stop}), generation "
-        f"{journal['from_generation']} -> {journal['from_generation'] + 1}): "
-        f"{stop - start - left} already journaled, {left} to encode")
+    logger.info(f"index.add: {'resuming' if resuming else 'starting'} the add of "
+                f"{stop - start} images to {index_dir} (rows [{start}, {stop}), generation "
+                f"{journal['from_generation']} -> {journal['from_generation'] + 1}): "
+                f"{stop - start - left} already journaled, {left} to encode")
     encoded, progress = precompute_lib.encode_pending(store, model, corpus, batch_size, start)
-    log(f"index.add: encoded {encoded} images in {format_seconds(progress.elapsed)}")
+    logger.info(f"index.add: encoded {encoded} images in {format_seconds(progress.elapsed)}")
     if first_stage_build.built_stages(index_dir, manifest):
         new_rows = sources.RowWindow(store, start, stop)
-        for name, record in first_stage_build.add(index_dir, new_rows, start, log=log).items():
-            log(f"index.add: first stage {name!r} now holds {record['num_images']} images")
+        for name, record in first_stage_build.add(index_dir, new_rows, start).items():
+            logger.info(f"index.add: first stage {name!r} now holds {record['num_images']} images")
             if name == "concepts":
-                log(f"index.add: concept dictionary: {concepts.recluster_advice(record)}")
+                logger.info(f"index.add: concept dictionary: {concepts.recluster_advice(record)}")
     added = dict(journal, images=stop - start, generation=journal["from_generation"] + 1)
     source = dict(manifest.get("source") or {})
     source["added"] = list(source.get("added", [])) + [
@@ -122,8 +124,7 @@ def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: 
     regions = manifest["counts"]["regions"] + store.count_regions(start, stop)
     return generation.publish(index_dir, manifest, {
         "shapes": store.manifest["shapes"], "ids": ids, "source": source,
-        "counts": dict(manifest["counts"], images=stop, regions=regions)}, "index.add", JOURNAL,
-        log)
+        "counts": dict(manifest["counts"], images=stop, regions=regions)}, "index.add", JOURNAL)
 
 
 FLAGS = flags.FLAGS

@@ -43,7 +43,7 @@ def main(argv):
     if jax.process_index() != 0:
         return
     manifest_lib.exit_on_refusal("index.build", first_stage_build.build_from_index, FLAGS.index,
-                                 FLAGS.first_stage, options, log=logging.info)
+                                 FLAGS.first_stage, options)
 
 
 if __name__ == "__main__":

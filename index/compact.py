@@ -15,8 +15,9 @@ stages, so a rerun after a kill resumes where it stopped.
 
 from __future__ import annotations
 
+import logging
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from index import codecs, generation
 from index import manifest as manifest_lib
@@ -26,29 +27,32 @@ from index.first_stage import build as first_stage_build
 from index.first_stage import tombstones
 from index.store import ActivationStore
 
+logger = logging.getLogger(__name__)
+
 JOURNAL = "compact.json"
 COPY_SHARDS = 4  # shards copied between two journal entries
 
 
-def _journal(index_dir: str, manifest: dict, recluster: bool, log) -> dict:
+def _journal(index_dir: str, manifest: dict, recluster: bool) -> dict:
     fresh = {"from_generation": generation.generation(manifest), "recluster": bool(recluster),
              "rows_copied": 0, "stages": []}
     journal = generation.read_journal(index_dir, JOURNAL)
     if journal is None:
         generation.write_journal(index_dir, JOURNAL, fresh)
-        log(f"index.compact: starting on generation {fresh['from_generation']} of {index_dir}")
+        logger.info(f"index.compact: starting on generation {fresh['from_generation']} of "
+                    f"{index_dir}")
         return fresh
     if journal.get("recluster") != fresh["recluster"]:
         raise ValueError(f"{index_dir}/{JOURNAL}: an unfinished compact with recluster="
                          f"{journal.get('recluster')} is journaled; this one has "
                          f"recluster={fresh['recluster']}: rerun it with the same flag")
-    log(f"index.compact: resuming on generation {journal['from_generation']} of {index_dir}: "
-        f"{journal['rows_copied']} rows copied, stages done {journal['stages']}")
+    logger.info(f"index.compact: resuming on generation {journal['from_generation']} of "
+                f"{index_dir}: {journal['rows_copied']} rows copied, stages done "
+                f"{journal['stages']}")
     return journal
 
 
-def _copy_rows(index_dir: str, source: ActivationStore, target: dict, kept, journal: dict,
-               log) -> None:
+def _copy_rows(index_dir: str, source: ActivationStore, target: dict, kept, journal: dict) -> None:
     """Copies rows `kept` [N'] of every array, as stored, to rows 0..N'-1 of the target
     arrays, journaling every COPY_SHARDS shards."""
     context = codecs.io_context()
@@ -70,22 +74,22 @@ def _copy_rows(index_dir: str, source: ActivationStore, target: dict, kept, jour
             future.result()
         journal["rows_copied"] = stop
         generation.write_journal(index_dir, JOURNAL, journal)
-        log(f"index.compact: copied rows [{start}, {stop}) of {kept.size}")
+        logger.info(f"index.compact: copied rows [{start}, {stop}) of {kept.size}")
 
 
-def compact_index(index_dir: str, recluster: bool = False, log=logging.info) -> dict:
+def compact_index(index_dir: str, recluster: bool = False) -> dict:
     """Compacts the published generation of INDEX; returns the new manifest."""
     manifest = manifest_lib.read_manifest(index_dir)
     generation.check_no_other_operation(index_dir, manifest, JOURNAL)
     manifest = generation.adopt(index_dir, manifest)
-    journal = _journal(index_dir, manifest, recluster, log)
+    journal = _journal(index_dir, manifest, recluster)
     next_generation = journal["from_generation"] + 1
     source = ActivationStore.open(index_dir)
     alive = ~tombstones.bitmap(index_dir, source.num_images, manifest)  # [N] bool
     kept = np.flatnonzero(alive)
     target = {role: f"{generation.STORE_FOLDER}/g{next_generation}/{role}"
               for role in manifest["arrays"]}
-    _copy_rows(index_dir, source, target, kept, journal, log)
+    _copy_rows(index_dir, source, target, kept, journal)
     ids = manifest_lib.write_ids(index_dir, [source.image_ids[row] for row in kept],
                                  generation.ids_file(next_generation))
     compacted = dict(manifest, arrays=target, ids=ids,
@@ -97,15 +101,15 @@ def compact_index(index_dir: str, recluster: bool = False, log=logging.info) -> 
         if name in journal["stages"]:
             continue
         record = first_stage_build.compact_stage(index_dir, manifest, name, alive,
-                                                 new_store if recluster else None, log=log)
+                                                 new_store if recluster else None)
         journal["stages"].append(name)
         generation.write_journal(index_dir, JOURNAL, journal)
-        log(f"index.compact: first stage {name!r} rewritten: {record['num_images']} images")
+        logger.info(f"index.compact: first stage {name!r} rewritten: {record['num_images']} images")
     tombstones.clear(index_dir)
-    log(f"index.compact: {source.num_images - kept.size} deleted rows dropped")
+    logger.info(f"index.compact: {source.num_images - kept.size} deleted rows dropped")
     return generation.publish(index_dir, manifest, {
         key: compacted[key] for key in ("arrays", "ids", "shapes", "counts")}, "index.compact",
-        JOURNAL, log)
+        JOURNAL)
 
 
 FLAGS = flags.FLAGS

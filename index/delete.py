@@ -12,13 +12,15 @@ until index.compact. A rerun after a kill publishes the set the killed run wrote
 
 from __future__ import annotations
 
+import logging
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from index import generation
 from index import manifest as manifest_lib
 from index.first_stage import tombstones
 
+logger = logging.getLogger(__name__)
 
 def read_id_file(path: str) -> list[str]:
     """External ids, one per line (blank lines skipped); raises naming the file if empty."""
@@ -43,7 +45,7 @@ def rows_of(index_dir: str, manifest: dict, image_ids: list[str]) -> np.ndarray:
     return np.unique(np.array([rows[image_id] for image_id in image_ids], np.int64))
 
 
-def delete_images(index_dir: str, image_ids: list[str], log=logging.info) -> dict:
+def delete_images(index_dir: str, image_ids: list[str]) -> dict:
     """Tombstones `image_ids` and publishes the next generation; returns its manifest (the
     published one unchanged when every id was deleted already)."""
     manifest = manifest_lib.read_manifest(index_dir)
@@ -54,20 +56,20 @@ def delete_images(index_dir: str, image_ids: list[str], log=logging.info) -> dic
         if manifest["tombstones"] else np.zeros(0, np.int64)
     wanted = np.union1d(published, rows).astype(np.int64)
     if wanted.size == published.size:
-        log(f"index.delete: all {len(image_ids)} ids are deleted already in generation "
-            f"{generation.generation(manifest)}; nothing to do")
+        logger.info(f"index.delete: all {len(image_ids)} ids are deleted already in generation "
+                    f"{generation.generation(manifest)}; nothing to do")
         return manifest
     current = tombstones.current_record(index_dir)
     if current != manifest["tombstones"] and np.array_equal(
             tombstones.read_deleted(index_dir, current), wanted):
-        log(f"index.delete: resuming: tombstone set g{current['generation']} of "
-            f"{wanted.size} rows was written by an interrupted delete; publishing it")
+        logger.info(f"index.delete: resuming: tombstone set g{current['generation']} of "
+                    f"{wanted.size} rows was written by an interrupted delete; publishing it")
     else:
         record = tombstones.write_set(index_dir, wanted)
-        log(f"index.delete: wrote tombstone set g{record['generation']}: "
-            f"{wanted.size - published.size} new of {wanted.size} deleted rows")
+        logger.info(f"index.delete: wrote tombstone set g{record['generation']}: "
+                    f"{wanted.size - published.size} new of {wanted.size} deleted rows")
     return generation.publish(index_dir, manifest, {
-        "counts": dict(manifest["counts"], deleted=int(wanted.size))}, "index.delete", log=log)
+        "counts": dict(manifest["counts"], deleted=int(wanted.size))}, "index.delete")
 
 
 FLAGS = flags.FLAGS

@@ -14,15 +14,19 @@ answering; the next commit removes them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import urllib.request
 
-from absl import flags, logging
+from absl import flags
 
 from index import manifest as manifest_lib
 from index.first_stage import build as first_stage_build
 from index.first_stage import postings, records, tombstones
+from lateint import atomic
+
+logger = logging.getLogger(__name__)
 
 PUBLISHED_FIELDS = ("arrays", "ids", "first_stage", "tombstones")
 STORE_FOLDER = "store"  # compacted activation arrays: INDEX/store/g<generation>/<role>
@@ -82,7 +86,7 @@ def commit(index_dir: str, manifest: dict, changes: dict) -> dict:
 
 
 def publish(index_dir: str, manifest: dict, changes: dict, operation: str,
-            journal: str | None = None, log=logging.info) -> dict:
+            journal: str | None = None) -> dict:
     """`commit` of the writer's first stages and tombstones with `changes`, then removes the
     operation's journal (after the commit: a kill between the two leaves a journal that
     `check_no_other_operation` recognises as published). Returns the new manifest."""
@@ -90,8 +94,8 @@ def publish(index_dir: str, manifest: dict, changes: dict, operation: str,
     if journal:
         remove_journal(index_dir, journal)
     images, deleted = published["shapes"]["images"], published["counts"].get("deleted", 0)
-    log(f"{operation}: published generation {published['generation']} of {index_dir}: "
-        f"{images - deleted} of {images} images alive")
+    logger.info(f"{operation}: published generation {published['generation']} of {index_dir}: "
+                f"{images - deleted} of {images} images alive")
     return published
 
 
@@ -138,8 +142,7 @@ def read_journal(index_dir: str, name: str) -> dict | None:
 
 
 def write_journal(index_dir: str, name: str, journal: dict) -> None:
-    manifest_lib.atomic_write_text(os.path.join(index_dir, name),
-                                   json.dumps(journal, indent=1, sort_keys=True) + "\n")
+    atomic.write_json(os.path.join(index_dir, name), journal, indent=1, sort_keys=True)
 
 
 def remove_journal(index_dir: str, name: str) -> None:
@@ -179,4 +182,4 @@ def notify(url: str | None, timeout_s: float = 600.0) -> None:
     request = urllib.request.Request(url, data=b"{}", method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        logging.info("%s: %s", url, response.read().decode("utf-8", "replace"))
+        logger.info("%s: %s", url, response.read().decode("utf-8", "replace"))

@@ -5,28 +5,8 @@ relative to the index directory. A writer creates it with `"complete": false` be
 data and flips it to true only once every image range is recorded in the progress journal;
 readers refuse anything else.
 
-Manifest fields (format_version 1):
-  format_version     int
-  complete           bool
-  created, finalized ISO-8601 UTC strings (finalized is null until complete)
-  model_fingerprint  str     hash of the image-side parameters and the model config
-  split_layer        int
-  storage            {activations_dtype: float32|bfloat16|int8, compression_dim: int (0 = none),
-                      concepts_dtype: float32|bfloat16}
-  shapes             {images: N, regions: R, hidden: H' (stored width), concept_dim: C}
-  layout             {shard_rows: int, inner_rows: int}
-  arrays             {role: relative path} for activations, [activation_scale], region_mask,
-                      concepts, global
-  counts             {images: N, regions: real (unmasked) regions or null until complete}
-  ids                {file: 'ids.txt', count: N, sha256: hex of the file}
-  source             free-form JSON describing the corpus (the writer's business)
-Written by index.add / delete / compact (index.generation; absent: generation 0):
-  generation         int, one more at every published change
-  first_stage        {stage: its stage.json record as published in this generation}
-  tombstones         {generation, count} of the published tombstone set, or null
-  previous           {arrays, ids, first_stage, tombstones} of the generation before
-  corpus             (optional) the corpus fingerprint: {split, images, regions, feature_dim,
-                      ids_sha256, content_sha256, sampled_images} (index.corpus_fingerprint)
+The fields, their types and the rules between them are the pydantic models of
+index.manifest_schema (format_version 1); `validate_manifest` applies them and names the file.
 """
 
 from __future__ import annotations
@@ -39,39 +19,17 @@ import sys
 
 import numpy as np
 
-from index import codecs
+from index import codecs, manifest_schema
+from lateint import atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = manifest_schema.FORMAT_VERSION
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
 IDS_FILE = "ids.txt"
-ARRAY_ROLES = ("activations", "activation_scale", "region_mask", "concepts", "global")
+ARRAY_ROLES = manifest_schema.ARRAY_ROLES
 # What generations add to an INDEX (index.generation): compacted arrays, ids, the journals.
 GENERATION_ENTRIES = ("store", "ids", "add.json", "compact.json")
-CORPUS_FIELDS = ("split", "images", "regions", "feature_dim", "ids_sha256", "content_sha256",
-                 "sampled_images")
-
-_REQUIRED = {
-    "format_version": int,
-    "complete": bool,
-    "created": str,
-    "model_fingerprint": str,
-    "split_layer": int,
-    "storage": dict,
-    "shapes": dict,
-    "layout": dict,
-    "arrays": dict,
-    "counts": dict,
-    "ids": dict,
-}
-_REQUIRED_NESTED = {
-    "storage": ("activations_dtype", "compression_dim", "concepts_dtype"),
-    "shapes": ("images", "regions", "hidden", "concept_dim"),
-    "layout": ("shard_rows", "inner_rows"),
-    "arrays": ("activations", "region_mask", "concepts", "global"),
-    "counts": ("images", "regions"),
-    "ids": ("file", "count", "sha256"),
-}
+CORPUS_FIELDS = manifest_schema.CORPUS_FIELDS
 
 
 class IndexRefusedError(ValueError):
@@ -91,34 +49,6 @@ def now_utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` so readers see the old or the new file, never a partial one.
-
-    The temporary file has a fixed name (`path` + '.tmp'): a writer killed mid-write leaves at
-    most that one file, which the next write of `path` replaces. One writer per index.
-    """
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory_descriptor = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(directory_descriptor)
-    finally:
-        os.close(directory_descriptor)
-
-
-def _check_relative(path: str, field: str, manifest_path: str) -> None:
-    parts = path.replace("\\", "/").split("/")
-    if not path or os.path.isabs(path) or ".." in parts:
-        raise IndexRefusedError(
-            f"{manifest_path}: field {field!r} must be a relative path inside the index, "
-            f"got {path!r}"
-        )
-
-
 def array_path(index_dir: str, name: str) -> str:
     """Returns the directory of array `name` inside `index_dir`, after validating `name`."""
     if not isinstance(name, str) or not name:
@@ -134,73 +64,14 @@ def array_path(index_dir: str, name: str) -> str:
 
 
 def validate_manifest(manifest: dict, manifest_path: str = MANIFEST_FILE) -> dict:
-    """Checks fields, types and consistency; raises ValueError naming file, field, expected, got."""
-    if not isinstance(manifest, dict):
-        raise IndexRefusedError(f"{manifest_path}: expected a JSON object, got "
-                                f"{type(manifest).__name__}")
-    for field, kind in _REQUIRED.items():
-        if field not in manifest:
-            raise IndexRefusedError(f"{manifest_path}: missing field {field!r}")
-        value = manifest[field]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise IndexRefusedError(
-                f"{manifest_path}: field {field!r} expected {kind.__name__}, "
-                f"got {type(value).__name__} {value!r}"
-            )
-    for field, keys in _REQUIRED_NESTED.items():
-        for key in keys:
-            if key not in manifest[field]:
-                raise IndexRefusedError(f"{manifest_path}: missing field '{field}.{key}'")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise IndexRefusedError(
-            f"{manifest_path}: format_version expected {FORMAT_VERSION}, "
-            f"got {manifest['format_version']}"
-        )
-    storage = manifest["storage"]
-    for key, allowed in (("activations_dtype", codecs.STORAGE_DTYPES),
-                         ("concepts_dtype", codecs.CONCEPT_DTYPES)):
-        if storage[key] not in allowed:
-            raise IndexRefusedError(
-                f"{manifest_path}: field 'storage.{key}' expected one of {list(allowed)}, "
-                f"got {storage[key]!r}"
-            )
-    for field, least in (("shapes", 0), ("layout", 1)):
-        for key, value in manifest[field].items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise IndexRefusedError(f"{manifest_path}: field '{field}.{key}' expected an "
-                                        f"int >= {least}, got {value!r}")
-    images = manifest["shapes"]["images"]
-    for field in ("counts.images", "ids.count"):
-        outer, inner = field.split(".")
-        if manifest[outer][inner] != images:
-            raise IndexRefusedError(
-                f"{manifest_path}: field {field!r} expected {images} (shapes.images), "
-                f"got {manifest[outer][inner]!r}"
-            )
-    regions = manifest["counts"]["regions"]
-    if manifest["complete"] and (not isinstance(regions, int) or isinstance(regions, bool)):
-        raise IndexRefusedError(f"{manifest_path}: field 'counts.regions' expected an int once "
-                                f"complete, got {regions!r}")
-    if storage["activations_dtype"] == "int8" and "activation_scale" not in manifest["arrays"]:
-        raise IndexRefusedError(f"{manifest_path}: int8 storage needs field "
-                                "'arrays.activation_scale'")
-    for role, path in manifest["arrays"].items():
-        if role not in ARRAY_ROLES:
-            raise IndexRefusedError(f"{manifest_path}: field 'arrays' has unknown array role "
-                                    f"{role!r}; expected roles among {list(ARRAY_ROLES)}")
-        _check_relative(path, f"arrays.{role}", manifest_path)
-    _check_relative(manifest["ids"]["file"], "ids.file", manifest_path)
-    generation = manifest.get("generation", 0)
-    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
-        raise IndexRefusedError(f"{manifest_path}: field 'generation' expected an int >= 0, "
-                         f"got {generation!r}")
-    corpus = manifest.get("corpus")
-    if corpus is not None:  # optional: indexes written before corpus fingerprints lack it
-        missing = [key for key in CORPUS_FIELDS
-                   if not isinstance(corpus, dict) or key not in corpus]
-        if missing:
-            raise IndexRefusedError(f"{manifest_path}: field 'corpus' expected an object with "
-                                    f"{list(CORPUS_FIELDS)}, missing {missing}")
+    """Checks `manifest` against index.manifest_schema; returns it unchanged.
+
+    Raises IndexRefusedError naming the file and, for every problem, the field, what was
+    expected and what was found.
+    """
+    problems = manifest_schema.problems(manifest)
+    if problems:
+        raise IndexRefusedError(f"{manifest_path}: " + "; ".join(problems))
     return manifest
 
 
@@ -231,7 +102,7 @@ def write_manifest(index_dir: str, manifest: dict) -> None:
     """Validates and atomically writes INDEX/manifest.json."""
     path = os.path.join(index_dir, MANIFEST_FILE)
     validate_manifest(manifest, path)
-    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, manifest, indent=2, sort_keys=True)
 
 
 def read_manifest(index_dir: str, require_complete: bool = True) -> dict:
@@ -298,7 +169,7 @@ def write_ids(index_dir: str, image_ids, file: str = IDS_FILE) -> dict:
     text = "".join(line + "\n" for line in lines)
     path = os.path.join(index_dir, file)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write_text(path, text)
+    atomic.write_text(path, text)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return {"file": file, "count": len(lines), "sha256": digest}
 
@@ -352,15 +223,15 @@ def completed_ranges(index_dir: str) -> list[tuple[int, int]]:
 def mark_completed(index_dir: str, start: int, stop: int) -> None:
     """Records [start, stop) as written and durable (atomic rewrite of INDEX/progress.json)."""
     ranges = merge_ranges(completed_ranges(index_dir) + [(start, stop)])
-    text = json.dumps({"completed": [list(pair) for pair in ranges]}) + "\n"
-    atomic_write_text(os.path.join(index_dir, PROGRESS_FILE), text)
+    atomic.write_json(os.path.join(index_dir, PROGRESS_FILE),
+                      {"completed": [list(pair) for pair in ranges]})
 
 
 def reset_completed(index_dir: str, stop: int) -> None:
     """Journals exactly [0, stop) as written (a published generation of `stop` images), so
     ranges journaled past it by an abandoned index.add are not trusted."""
-    text = json.dumps({"completed": [[0, int(stop)]] if stop else []}) + "\n"
-    atomic_write_text(os.path.join(index_dir, PROGRESS_FILE), text)
+    atomic.write_json(os.path.join(index_dir, PROGRESS_FILE),
+                      {"completed": [[0, int(stop)]] if stop else []})
 
 
 def missing_ranges(index_dir: str, total: int) -> list[tuple[int, int]]:

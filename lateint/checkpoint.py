@@ -16,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from lateint import atomic
 from lateint.config import ModelConfig
 from lateint.fingerprint import model_fingerprint
 from lateint.model import SplitEncoder
@@ -66,10 +67,8 @@ class CheckpointStore:
 
 def write_model_config(workdir: str, config: ModelConfig) -> None:
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, MODEL_CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    atomic.write_json(os.path.join(workdir, MODEL_CONFIG_FILE), config.to_dict(), indent=2,
+                      sort_keys=True)
 
 
 def read_model_config(workdir: str) -> ModelConfig:

@@ -301,6 +301,7 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
                            "default_K": buckets.default_K,
                            "max_query_chars": settings.max_query_chars},
                 "queue_depth": batcher.depth, "compile_seconds": searcher.compile_seconds,
+                "compile": searcher.compiled.progress(),
                 "request_timeout_ms": settings.request_timeout_ms},
             headers={GENERATION_HEADER: str(view.generation)})
 

@@ -22,6 +22,7 @@ first N0 rows of every scaled INDEX are the corpus split's images in order.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -31,18 +32,17 @@ from index import precompute as precompute_lib
 from index.first_stage import build as first_stage_build
 from index.first_stage import records
 from index.store import ActivationStore
+from lateint import atomic
 from lateint.data import load_corpus, scene_features, scenes
 from lateint.data.npy_writer import NpyStreamWriter
 from lateint.data.precomp import precomp_paths
+
+logger = logging.getLogger(__name__)
 
 POOL_SPLIT = "test"
 POOL_FILE = "pool.json"
 DONE_FILE = "done.json"
 COPY_ROWS = 4096  # images copied per block when writing a scaled split
-
-
-def _log_default(message: str) -> None:
-    del message
 
 
 def _read_json(path: str):
@@ -52,20 +52,13 @@ def _read_json(path: str):
         return json.load(handle)
 
 
-def _write_json(path: str, value) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
 def corpus_seed(data: str) -> int | None:
     """The seed of a scenes corpus (DATA/scenes_info.json), None for other corpora."""
     info = _read_json(os.path.join(data, "scenes_info.json"))
     return None if info is None else int(info["seed"])
 
 
-def ensure_pool(scale_dir: str, count: int, seed: int, data: str | None = None,
-                log=_log_default) -> str:
+def ensure_pool(scale_dir: str, count: int, seed: int, data: str | None = None) -> str:
     """Generates (or reuses) `count` distractor scenes in SCALE_DIR/pool; returns that directory.
 
     A pool of at least `count` scenes made with `seed` is reused. data: the corpus the
@@ -85,23 +78,23 @@ def ensure_pool(scale_dir: str, count: int, seed: int, data: str | None = None,
     features = "pixels" if encoder is None else encoder.fingerprint()
     if record and record["seed"] == seed and record["count"] >= count and \
             record.get("region_features", "pixels") == features:
-        log(f"distractor pool {pool_dir}: reusing {record['count']} scenes (seed {seed})")
+        logger.info(f"distractor pool {pool_dir}: reusing {record['count']} scenes (seed {seed})")
         return pool_dir
     os.makedirs(pool_dir, exist_ok=True)
     if os.path.exists(os.path.join(pool_dir, POOL_FILE)):
         os.remove(os.path.join(pool_dir, POOL_FILE))
-    log(f"distractor pool {pool_dir}: generating {count} scenes (seed {seed}, no images)")
+    logger.info(f"distractor pool {pool_dir}: generating {count} scenes (seed {seed}, no images)")
     began = time.perf_counter()
     stats = scenes.generate_split(pool_dir, POOL_SPLIT, count, seed, images=False,
                                   progress_seconds=30.0)
     if encoder is not None:
         scene_features.encode_split(pool_dir, POOL_SPLIT, encoder)
     seconds = time.perf_counter() - began
-    _write_json(os.path.join(pool_dir, POOL_FILE),
-                {"seed": seed, "count": count, "split": POOL_SPLIT, "seconds": seconds,
-                 "region_features": features,
-                 "mean_regions": stats["mean_regions"]})
-    log(f"distractor pool: {count} scenes in {seconds:.0f} s")
+    atomic.write_json(os.path.join(pool_dir, POOL_FILE),
+                      {"seed": seed, "count": count, "split": POOL_SPLIT, "seconds": seconds,
+                       "region_features": features, "mean_regions": stats["mean_regions"]},
+                      indent=1, sort_keys=True)
+    logger.info(f"distractor pool: {count} scenes in {seconds:.0f} s")
     return pool_dir
 
 
@@ -126,8 +119,7 @@ def _check_compatible(corpus, pool, data: str, split: str, pool_dir: str) -> int
     return per_image
 
 
-def ensure_scaled_split(data: str, split: str, pool_dir: str, num_images: int, out_dir: str,
-                        log=_log_default) -> str:
+def ensure_scaled_split(data: str, split: str, pool_dir: str, num_images: int, out_dir: str) -> str:
     """Writes the precomp split SPLIT of N = num_images images into out_dir: the corpus
     split's N0 images then the first N - N0 pool scenes. Returns out_dir (skips when done)."""
     done_path = os.path.join(out_dir, DONE_FILE)
@@ -161,14 +153,13 @@ def ensure_scaled_split(data: str, split: str, pool_dir: str, num_images: int, o
     captions = corpus.captions + pool.captions[:extra * per_image]
     image_ids = corpus.image_ids + pool.image_ids[:extra]
     for name, lines in (("caps", captions), ("ids", image_ids)):
-        with open(paths[name] + ".partial", "w", encoding="utf-8") as handle:
-            handle.write("".join(line + "\n" for line in lines))
-        os.replace(paths[name] + ".partial", paths[name])
-    _write_json(done_path, {"num_images": num_images, "corpus_images": corpus.num_images,
-                            "distractors": extra, "data": os.path.abspath(data), "split": split,
-                            "pool": os.path.abspath(pool_dir)})
-    log(f"scaled split {out_dir}: {corpus.num_images} + {extra} distractors written in "
-        f"{time.perf_counter() - began:.0f} s")
+        atomic.write_text(paths[name], "".join(line + "\n" for line in lines))
+    atomic.write_json(done_path, {"num_images": num_images, "corpus_images": corpus.num_images,
+                                  "distractors": extra, "data": os.path.abspath(data),
+                                  "split": split, "pool": os.path.abspath(pool_dir)},
+                      indent=1, sort_keys=True)
+    logger.info(f"scaled split {out_dir}: {corpus.num_images} + {extra} distractors written in "
+                f"{time.perf_counter() - began:.0f} s")
     return out_dir
 
 
@@ -200,7 +191,7 @@ def ready_stages(index_dir: str, names) -> list[str]:
 
 def ensure_scaled_index(workdir: str, data: str, split: str, num_images: int, scale_dir: str,
                         pool_dir: str, storage: str = "bfloat16", first_stages=(),
-                        batch_size: int = 256, log=_log_default) -> tuple[str, dict]:
+                        batch_size: int = 256) -> tuple[str, dict]:
     """Writes (or finishes) SCALE_DIR/n{N}/{data,index} and builds the missing first stages.
 
     Returns (index_dir, seconds) where seconds holds the time each step took in this call
@@ -210,7 +201,7 @@ def ensure_scaled_index(workdir: str, data: str, split: str, num_images: int, sc
     seconds = {}
     began = time.perf_counter()
     scaled_data = ensure_scaled_split(data, split, pool_dir, num_images,
-                                      os.path.join(base, "data"), log)
+                                      os.path.join(base, "data"))
     seconds["split"] = time.perf_counter() - began
     index_dir = os.path.join(base, "index")
     began = time.perf_counter()
@@ -219,8 +210,8 @@ def ensure_scaled_index(workdir: str, data: str, split: str, num_images: int, sc
     missing = [name for name in first_stages if name not in ready_stages(index_dir, [name])]
     began = time.perf_counter()
     if missing:
-        log(f"{index_dir}: building first stages {missing}")
-        first_stage_build.build_from_index(index_dir, missing, None, log=log)
+        logger.info(f"{index_dir}: building first stages {missing}")
+        first_stage_build.build_from_index(index_dir, missing, None)
     seconds["first_stages"] = time.perf_counter() - began
-    log(f"{index_dir}: ready ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})")
+    logger.info(f"{index_dir}: ready ({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())})")
     return index_dir, seconds

@@ -92,12 +92,11 @@ def _scaled_index(evaluation: Evaluation, index_dir: str, count: int, options: d
         seed = (distractors.corpus_seed(options["data"]) or 0) + 1
     most = max(options["sizes"]) - evaluation.corpus.num_images
     began = time.perf_counter()
-    pool = distractors.ensure_pool(options["scale_dir"], most, seed, options["data"],
-                                   logging.info)
+    pool = distractors.ensure_pool(options["scale_dir"], most, seed, options["data"])
     timings["pool"] = time.perf_counter() - began
     scaled, seconds = distractors.ensure_scaled_index(
         options["workdir"], options["data"], options["split"], count, options["scale_dir"],
-        pool, store.storage_dtype, options["first_stages"], options["batch_size"], logging.info)
+        pool, store.storage_dtype, options["first_stages"], options["batch_size"])
     timings.update(seconds)
     return scaled
 
@@ -122,7 +121,7 @@ def run(workdir: str, index_dir: str, data: str, split: str, settings: Settings,
         distractor_seed: int = -1, rerun: bool = False) -> tuple[list, list]:
     """Evaluates INDEX (and distractor indexes of the `sizes`); writes OUT. Returns
     (records, samples) where samples are the first evaluated index's."""
-    evaluation = Evaluation(workdir, data, split, settings, log=logging.info)
+    evaluation = Evaluation(workdir, data, split, settings)
     own = ActivationStore.open(index_dir).num_images
     sizes = sorted({int(size) for size in sizes} or {own})
     options = dict(workdir=workdir, data=data, split=split, sizes=sizes,

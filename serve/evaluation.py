@@ -17,6 +17,7 @@ medr/meanr are null. Latency: single queries, medians per stage (serve.latency, 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import numpy as np
@@ -35,6 +36,8 @@ from serve.latency import LATENCY_KEYS, Latency, milliseconds
 from serve.relational_eval import RelationalTruth, annotate
 from serve.searcher import Searcher
 from train.evaluate import maxsim_matrix, rerank
+
+logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("full", "1k5fold", "5k")
 RECALL_KEYS = tuple(f"t2i_r{level}" for level in metrics.RECALL_LEVELS)
@@ -96,8 +99,8 @@ class Evaluation:
     """One model and one corpus split; evaluate_index runs every scorer on one INDEX."""
 
     def __init__(self, workdir: str, data: str, split: str, settings: Settings = Settings(),
-                 tokenizer_dir: str | None = None, log=print):
-        self.settings, self.log = settings, log
+                 tokenizer_dir: str | None = None):
+        self.settings = settings
         settings.protocols()
         self.model, self.meta = load_model(workdir)
         self.corpus = load_corpus(data, split)
@@ -117,8 +120,8 @@ class Evaluation:
         self.inference = Inference(self.model)
         began = time.perf_counter()
         self.text = self.inference.encode_text(token_ids, token_mask, settings.batch_size)
-        log(f"encoded {self.corpus.num_captions} captions of {self.source} in "
-            f"{time.perf_counter() - began:.0f} s")
+        logger.info(f"encoded {self.corpus.num_captions} captions of {self.source} in "
+                    f"{time.perf_counter() - began:.0f} s")
         self.queries = spaced(self.corpus.num_captions, settings.max_queries)   # [Q] captions
         self.query_images = self.corpus.caption_image[self.queries]             # [Q]
         latency_rows = self.queries[spaced(self.queries.size, max(1, settings.latency_queries))]
@@ -144,8 +147,8 @@ class Evaluation:
                        concepts=store.read_concepts(0, store.num_images),          # [N, R, C]
                        region_mask=store.read_region_mask(0, store.num_images),    # [N, R]
                        image_global=store.read_global(0, store.num_images))        # [N, C]
-        self.log(f"{index_dir}: {store.num_images} images read in "
-                 f"{time.perf_counter() - began:.0f} s")
+        logger.info(f"{index_dir}: {store.num_images} images read in "
+                    f"{time.perf_counter() - began:.0f} s")
         records = [self._exhaustive(context), self._global(context), self._maxsim(context)]
         records += [self._staged(context, name) for name in staged]
         subset = records[0].pop("query_positions")
@@ -287,8 +290,8 @@ class Evaluation:
                                                       image_mask)
                 joint_ms[row] += milliseconds(started)
         ranks = metrics.ranks_text_to_image(scores, self.query_images[positions])
-        self.log(f"joint_exhaustive t2i: {queries.size} queries x {store.num_images} images in "
-                 f"{time.perf_counter() - began:.0f} s")
+        logger.info(f"joint_exhaustive t2i: {queries.size} queries x {store.num_images} images in "
+                    f"{time.perf_counter() - began:.0f} s")
         encode_ms = self.latency.encode(context["searcher"], 3)
         latency = dict(dict.fromkeys(LATENCY_KEYS), encode=encode_ms, gather=gather_ms,
                        joint=float(np.median(joint_ms)))
@@ -369,8 +372,8 @@ class Evaluation:
             found = [hit.score for hit in result.hits if hit.index == image]
             if found:  # the metrics' tie rule: every tie counts against the query
                 ranks[row] = int(np.sum(scores >= found[0])) - 1
-        self.log(f"staged {name}: {self.queries.size} queries in "
-                 f"{time.perf_counter() - began:.0f} s")
+        logger.info(f"staged {name}: {self.queries.size} queries in "
+                    f"{time.perf_counter() - began:.0f} s")
         latency = self.latency.staged(searcher, options)
         stage = searcher.stages[name]
         reference_rows = self.queries[spaced(self.queries.size, settings.recall_queries)]

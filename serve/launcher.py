@@ -54,9 +54,11 @@ class ServerProcess:
         with open(self.log_path, encoding="utf-8", errors="replace") as handle:
             return handle.read()[-characters:]
 
-    def wait_ready(self, timeout: float = 300.0) -> dict:
-        """Polls GET /healthz until it answers 200; returns its JSON. Raises RuntimeError with
-        the log's tail if the process exits or the timeout passes first."""
+    def wait_ready(self, timeout: float = 300.0, compiled: bool = True) -> dict:
+        """Polls GET /healthz until it answers 200; returns its JSON. compiled: also wait until
+        the background compile has finished, so every request runs on its own bucket (what
+        benchmarks and exact comparisons want). Raises RuntimeError with the log's tail if the
+        process exits or the timeout passes first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -64,7 +66,8 @@ class ServerProcess:
                                    f"was ready:\n{self.log_tail()}")
             try:
                 response = httpx.get(self.url + "/healthz", timeout=2.0)
-                if response.status_code == 200:
+                if response.status_code == 200 and not (
+                        compiled and response.json()["compile"]["background"]):
                     return response.json()
             except httpx.TransportError:
                 pass
@@ -85,7 +88,9 @@ class ServerProcess:
         return self.process.returncode
 
     def __enter__(self) -> "ServerProcess":
-        return self.start()
+        # `with ServerProcess(...).start() as server:` must not start a second process on the
+        # same port (it would fail to bind and exit while the first one answers).
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exception) -> None:
         self.terminate()

@@ -2,12 +2,18 @@ r"""The online server: HTTP JSON search, demo page, Prometheus metrics.
 
   python -m serve.main --workdir=runs/scenes/model --index=runs/scenes/index --port=8080 \
       [--host=127.0.0.1] [--images_dir=DIR] [--max_batch=16] [--max_wait_ms=5] [--max_queue=256]
-      [--request_timeout_ms=2000] [--drain_s=2]
+      [--request_timeout_ms=2000] [--drain_s=2] [--compilation_cache_dir=DIR]
+      [--[no]background_compile]
 
-Loads the model and the INDEX, compiles every shape bucket (logging the time), then serves
-POST /search, GET /healthz (readiness), GET /livez, GET /metrics, GET /openapi.json and the demo
-page at /. A refused INDEX (unfinished, damaged, another model's) prints one line naming the file
-and the field and exits 2. SIGTERM or Ctrl-C: /healthz turns 503 and every response says
+Loads the model and the INDEX, compiles the shapes that hold every request (at one query per
+batch: the largest length and candidate buckets, and a default request's), then serves POST
+/search, GET /healthz (readiness), GET /livez, GET /metrics, GET /openapi.json and the demo page
+at /, while a background thread compiles the other buckets (--nobackground_compile: all of
+them before serving). A request runs on the cheapest compiled bucket that holds it, never on a
+compile; /healthz's `compile` field tells how far the background compile is. Compiled
+executables are kept in --compilation_cache_dir, so the next start loads them. A refused INDEX
+(unfinished, damaged, another model's) prints one line naming the file and the field and exits
+2. SIGTERM or Ctrl-C: /healthz turns 503 and every response says
 `Connection: close` for up to --drain_s (until no request is open), so connections already made
 are answered and closed by the server, not reset; then the listener closes, the requests already
 received are answered, and the process exits 0. A second signal stops at once.
@@ -25,7 +31,7 @@ import uvicorn
 from absl import app, flags, logging
 
 from index import manifest as manifest_lib
-from serve import demo
+from serve import compiled, demo
 from serve.app import ServerSettings, create_app
 from serve.buckets import Buckets
 from serve.searcher import Searcher
@@ -62,6 +68,11 @@ flags.DEFINE_float("drain_s", 2.0, "After SIGTERM, keep answering (with Connecti
 flags.DEFINE_float("shutdown_timeout_s", 60.0, "Longest wait for in-flight requests at exit.")
 flags.DEFINE_string("test_hold_file", None, "Tests only: while this file exists the batch "
                     "worker takes no batch, so requests stay queued until the test removes it.")
+flags.DEFINE_boolean("background_compile", True, "Serve once the shapes that hold every request "
+                     "are compiled; compile the other buckets in the background.")
+flags.DEFINE_string("compilation_cache_dir", compiled.default_cache_dir(), "Where compiled "
+                    "executables are kept between starts (JAX's persistent compilation cache); "
+                    "empty: none.")
 flags.mark_flags_as_required(["workdir", "index"])
 
 
@@ -114,11 +125,12 @@ class DrainingServer(uvicorn.Server):
 
 def serve(workdir: str, index_dir: str, host: str, port: int, buckets: Buckets,
           settings: ServerSettings, first_stages=None, default_first_stage=None,
-          tokenizer_dir=None, shutdown_timeout_s: float = 60.0, drain_s: float = 2.0) -> None:
+          tokenizer_dir=None, shutdown_timeout_s: float = 60.0, drain_s: float = 2.0,
+          background_compile: bool = True) -> None:
     """Loads, compiles and serves until SIGTERM/SIGINT (see the module docstring)."""
     searcher = manifest_lib.exit_on_refusal(
         "serve.main", Searcher.load, workdir, index_dir, buckets, first_stages,
-        default_first_stage, tokenizer_dir)
+        default_first_stage, tokenizer_dir, background_compile)
     if settings.images_dir is None:
         images_dir = demo.default_images_dir(index_dir, searcher.store.manifest)
         settings = dataclasses.replace(settings, images_dir=images_dir)
@@ -136,7 +148,10 @@ def serve(workdir: str, index_dir: str, host: str, port: int, buckets: Buckets,
     logging.info("serving on http://%s:%d (batch %d, wait %.1f ms, queue %d, deadline %g ms)",
                  host, port, settings.max_batch, settings.max_wait_ms, settings.max_queue,
                  settings.request_timeout_ms)
-    server.run()
+    try:
+        server.run()
+    finally:
+        searcher.close()
 
 
 def main(argv):
@@ -144,6 +159,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
+    if FLAGS.compilation_cache_dir:
+        logging.info("compilation cache: %s",
+                     compiled.enable_persistent_cache(FLAGS.compilation_cache_dir))
     logging.info("devices: %s", jax.devices())
     buckets = Buckets(query_lengths=_integers(FLAGS.query_length_buckets),
                       query_batches=_integers(FLAGS.query_batch_buckets),
@@ -159,7 +177,7 @@ def main(argv):
                               hold_file=FLAGS.test_hold_file)
     serve(FLAGS.workdir, FLAGS.index, FLAGS.host, FLAGS.port, buckets, settings,
           FLAGS.first_stages, FLAGS.default_first_stage, FLAGS.tokenizer_dir,
-          FLAGS.shutdown_timeout_s, FLAGS.drain_s)
+          FLAGS.shutdown_timeout_s, FLAGS.drain_s, FLAGS.background_compile)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ Records are serve.evaluation's: one dict per scorer x N with 'recall' {protocol:
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
+from lateint import atomic
 from serve.evaluation import LATENCY_KEYS
 
 MISSING = "—"
@@ -37,12 +37,8 @@ def _plain(value):
 
 
 def write_json(path: str, payload) -> None:
-    """Writes payload as indented JSON (atomically: PATH.tmp then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(_plain(payload), handle, indent=1)
-        handle.write("\n")
-    os.replace(path + ".tmp", path)
+    """Writes payload as indented JSON (atomically, lateint.atomic)."""
+    atomic.write_json(path, _plain(payload), indent=1, make_parents=True)
 
 
 def _number(value, digits: int = 1) -> str:

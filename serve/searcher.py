@@ -7,7 +7,10 @@
 Per query batch: tokenize -> text tower -> first stage (n candidates) -> exact MaxSim on the
 stored concepts of those n -> top K -> TensorStore gather of the K stored activations -> joint
 layers over the K (padded to a K bucket with masked dummy rows, which are dropped) -> top k by
-joint score. Every array has a bucketed shape compiled at start-up (serve.compiled).
+joint score. Every array has a bucketed shape, run by an executable compiled at start-up
+(serve.compiled): with background_compile, the Searcher is usable once the shapes that hold every
+request are compiled, and the others join while it answers (a request runs on the cheapest
+compiled shape that holds it, never on a compile).
 
 A Searcher is not thread-safe: one thread owns it (serve.batcher's worker in the server). The
 exception is `reload`, which another thread may call while it answers: it loads the INDEX's new
@@ -17,7 +20,6 @@ takes that reference once, so no answer mixes two generations.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 
@@ -33,54 +35,9 @@ from lateint.tokenizer import WordPieceTokenizer
 from serve import stages as stages_lib
 from serve.buckets import Buckets, StageSettings, bucket_for
 from serve.compiled import CompiledModel
+from serve.search_records import STAGE_TIMINGS, Hit, IndexView, PreparedQuery, SearchResult
 
-# Milliseconds per stage: 'maxsim' includes reading the n candidates' stored concepts, 'gather'
-# reading the K candidates' stored activations; 'total' = tokenize + the whole batch.
-STAGE_TIMINGS = ("tokenize", "text_tower", "first_stage", "maxsim", "gather", "joint", "total")
-
-
-@dataclasses.dataclass(frozen=True)
-class PreparedQuery:
-    """A checked, tokenized query: token_ids [L] int32 (L real tokens, [CLS] ... [SEP])."""
-
-    text: str
-    token_ids: np.ndarray
-    settings: StageSettings
-    tokenize_ms: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Hit:
-    id: str          # external image id (INDEX/ids.txt)
-    index: int       # row in the INDEX, 0..N-1
-    score: float     # joint score (the final ranking)
-    maxsim: float    # the stage-2 MaxSim score that admitted it to the rerank
-    rank: int        # 1-based
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchResult:
-    query: str
-    hits: list[Hit]
-    settings: StageSettings
-    timings_ms: dict          # STAGE_TIMINGS -> milliseconds (shared by the batch but tokenize)
-    batch_size: int           # queries in the batch this one ran in
-    candidates: int           # images the first stage returned (<= n)
-    generation: int = 0       # the INDEX generation that answered
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexView:
-    """One generation of the INDEX as the pipeline reads it."""
-
-    store: ActivationStore
-    stages: dict              # {name: first stage}, loaded and warmed
-    image_ids: list           # [N] external ids
-    generation: int
-
-    @property
-    def num_images(self) -> int:
-        return self.store.num_images
+__all__ = ["STAGE_TIMINGS", "Hit", "PreparedQuery", "SearchResult", "Searcher"]
 
 
 def _milliseconds(began: float) -> float:
@@ -92,11 +49,14 @@ class Searcher:
 
     def __init__(self, model, meta: dict, store: ActivationStore, tokenizer: WordPieceTokenizer,
                  buckets: Buckets = Buckets(), first_stages=None,
-                 default_first_stage: str | None = None):
+                 default_first_stage: str | None = None, background_compile: bool = False):
         """model: SplitEncoder; meta: load_model's (holds 'fingerprint' and 'step').
 
         first_stages: names to load (default: every usable one on the INDEX); default_first_stage:
         used when a request names none (default: 'concepts' when loaded, else 'exact').
+        background_compile: return once the shapes that hold every request are compiled and
+        compile the others on a background thread (`close` stops it); else compile every shape
+        first, so every request runs on its own bucket from the start.
         """
         config = model.config
         self._check_index(model, meta, store)
@@ -131,16 +91,34 @@ class Searcher:
         logging.info("loaded first stages %s in %.1f s", list(self.stages),
                      time.perf_counter() - began)
         self.compiled = CompiledModel(model, buckets, store.regions, store.hidden)
-        seconds = self.compiled.compile_all(log=logging.info)
-        began = time.perf_counter()
-        stages_lib.warm_up(self.stages, buckets.query_lengths, buckets.candidates,
-                           buckets.max_batch, store.concept_dim)
-        self.compile_seconds = seconds + time.perf_counter() - began
-        logging.info("compiled %d executables (B %s x T %s x n %s / K %s) in %.1f s; first "
-                     "stages warmed in %.1f s", self.compiled.executables,
+        logging.info("compiling B %s x T %s x n %s / K %s (%d executables)%s",
                      list(buckets.query_batches), list(buckets.query_lengths),
-                     list(buckets.candidates), list(buckets.rerank), seconds,
-                     time.perf_counter() - began)
+                     list(buckets.candidates), list(buckets.rerank), self.compiled.total,
+                     ", the rest in the background" if background_compile else "")
+        if background_compile:
+            seconds = self.compiled.compile_first()
+            stage_shapes = stages_lib.first_shapes(buckets)
+        else:
+            seconds = self.compiled.compile_all()
+            stage_shapes = stages_lib.every_shape(buckets)
+        began = time.perf_counter()
+        self._warm_stages(stage_shapes)
+        self.compile_seconds = seconds + time.perf_counter() - began
+        logging.info("first stages warmed for %d shapes in %.1f s; ready after %.1f s of "
+                     "compiling", len(stage_shapes), time.perf_counter() - began,
+                     self.compile_seconds)
+        if background_compile:
+            self.compiled.compile_rest_in_background(
+                then=lambda: self._warm_stages(stages_lib.later_shapes(buckets)))
+
+    def _warm_stages(self, shapes) -> None:
+        """Warms the served generation's first stages for `shapes` (a reload warms its own)."""
+        view = self.view
+        stages_lib.warm_up(view.stages, shapes, view.store.concept_dim)
+
+    def close(self) -> None:
+        """Stops the background compiles (after the one in progress)."""
+        self.compiled.close()
 
     # The generation being served (each batch reads `self.view` once).
     store = property(lambda self: self.view.store)
@@ -187,8 +165,8 @@ class Searcher:
                                      f"{store.regions} regions per image, the served one "
                                      f"{served.store.regions}; restart the server")
                 stages = stages_lib.load_stages(store, self.first_stage_names)
-                stages_lib.warm_up(stages, self.buckets.query_lengths, self.buckets.candidates,
-                                   self.buckets.max_batch, store.concept_dim)
+                stages_lib.warm_up(stages, stages_lib.every_shape(self.buckets),
+                                   store.concept_dim)
                 self.view = IndexView(store, stages, store.image_ids, generation)
                 logging.info("reloaded %s: generation %d -> %d, %d images, in %.1f s",
                              self.index_dir, served.generation, generation, store.num_images,
@@ -200,11 +178,11 @@ class Searcher:
     @classmethod
     def load(cls, workdir: str, index_dir: str, buckets: Buckets = Buckets(),
              first_stages=None, default_first_stage: str | None = None,
-             tokenizer_dir: str | None = None) -> "Searcher":
+             tokenizer_dir: str | None = None, background_compile: bool = False) -> "Searcher":
         """Loads the model from WORKDIR (lateint.checkpoint) and the finished INDEX; compiles.
 
         tokenizer_dir: a HuggingFace BERT directory (default: MiniLM's, whose vocabulary every
-        model of this project uses).
+        model of this project uses). background_compile: see `Searcher`.
         """
         began = time.perf_counter()
         model, meta = load_model(workdir)
@@ -214,7 +192,8 @@ class Searcher:
         logging.info("loaded %s (step %s, fingerprint %s) and INDEX %s (%d images) in %.1f s",
                      workdir, meta["step"], meta["fingerprint"], index_dir, store.num_images,
                      time.perf_counter() - began)
-        return cls(model, meta, store, tokenizer, buckets, first_stages, default_first_stage)
+        return cls(model, meta, store, tokenizer, buckets, first_stages, default_first_stage,
+                   background_compile)
 
     # ---- requests -----------------------------------------------------------------------------
 
@@ -294,9 +273,11 @@ class Searcher:
         return results
 
     def _chunk_size(self, left: int) -> int:
-        """How many of `left` queries the next chunk takes (see `run`)."""
-        covering = [bucket for bucket in self.buckets.query_batches if bucket >= left]
-        fitting = [bucket for bucket in self.buckets.query_batches if bucket <= left]
+        """How many of `left` queries the next chunk takes (see `run`), among the batch buckets
+        that compiled executables hold (all of them once compiling is done)."""
+        batches = self.compiled.usable_batches
+        covering = [bucket for bucket in batches if bucket >= left]
+        fitting = [bucket for bucket in batches if bucket <= left]
         if covering and (4 * (covering[0] - left) <= covering[0] or not fitting):
             return left
         return fitting[-1]

@@ -67,7 +67,7 @@ def _settings(**overrides):
 @pytest.fixture(scope="module")
 def evaluated(tiny_workdir, scenes_dir, index_dir):
     from serve.evaluation import Evaluation
-    evaluation = Evaluation(tiny_workdir, scenes_dir, "test", _settings(), log=lambda _: None)
+    evaluation = Evaluation(tiny_workdir, scenes_dir, "test", _settings())
     records, samples = evaluation.evaluate_index(index_dir)
     return evaluation, records, samples
 

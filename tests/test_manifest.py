@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from index import codecs, manifest
+from index import codecs, manifest, manifest_schema
 
 
 def _manifest(**overrides):
@@ -48,9 +48,9 @@ def test_write_read_round_trip_and_completeness(tmp_path):
     [
         (lambda m: m.pop("model_fingerprint"), "missing field 'model_fingerprint'"),
         (lambda m: m.update(split_layer="2"), "'split_layer' expected int, got str"),
-        (lambda m: m.update(format_version=99), "format_version expected 1, got 99"),
+        (lambda m: m.update(format_version=99), "'format_version' expected 1, got 99"),
         (lambda m: m["storage"].update(activations_dtype="fp8"),
-         r"'storage.activations_dtype' expected one of .*got 'fp8'"),
+         r"'storage.activations_dtype' expected 'float32', 'bfloat16' or 'int8', got 'fp8'"),
         (lambda m: m["shapes"].pop("regions"), "missing field 'shapes.regions'"),
         (lambda m: m["shapes"].update(hidden=-1), r"'shapes.hidden' expected an int >= 0, got -1"),
         (lambda m: m["ids"].update(count=4), r"'ids.count' expected 3 \(shapes.images\), got 4"),
@@ -58,9 +58,12 @@ def test_write_read_round_trip_and_completeness(tmp_path):
         (lambda m: m["arrays"].update(concepts="/abs/concepts"),
          "'arrays.concepts' must be a relative"),
         (lambda m: m["arrays"].update(concepts="../other/concepts"), "must be a relative"),
-        (lambda m: m["arrays"].update(extra="extra"), "unknown array role 'extra'"),
-        (lambda m: m.update(corpus={"split": "dev"}),
-         r"field 'corpus' expected an object with .*missing \['images'"),
+        (lambda m: m["arrays"].update(extra="extra"),
+         r"unknown field 'arrays.extra'; expected fields among \['activations', "),
+        (lambda m: m.update(corpus={"split": "dev"}), "missing field 'corpus.images'"),
+        (lambda m: m.update(complete=1), "'complete' expected bool, got int 1"),
+        (lambda m: m.update(storage=[]), r"'storage' expected an object, got list \[\]"),
+        (lambda m: m.update(generation=-1), "'generation' expected an int >= 0, got -1"),
         (lambda m: m["layout"].update(shard_rows=0), "'layout.shard_rows' expected an int >= 1"),
     ],
 )
@@ -70,6 +73,31 @@ def test_validation_names_field_expected_and_got(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         manifest.write_manifest(str(tmp_path), value)
     assert not os.path.exists(tmp_path / manifest.MANIFEST_FILE)
+
+
+def test_every_problem_is_named_in_one_message(tmp_path):
+    value = _manifest()
+    value["shapes"]["hidden"] = -1
+    del value["ids"]["sha256"]
+    value["split_layer"] = "2"
+    with pytest.raises(manifest.IndexRefusedError) as refusal:
+        manifest.write_manifest(str(tmp_path), value)
+    message = str(refusal.value)
+    assert message.startswith(os.path.join(str(tmp_path), manifest.MANIFEST_FILE) + ": ")
+    for problem in ("field 'split_layer' expected int, got str '2'",
+                    "field 'shapes.hidden' expected an int >= 0, got -1",
+                    "missing field 'ids.sha256'"):
+        assert problem in message
+    with pytest.raises(ValueError, match="expected a JSON object, got list"):
+        manifest.validate_manifest([1, 2])
+
+
+def test_a_valid_manifest_parses_to_the_typed_model():
+    typed = manifest_schema.IndexManifest.model_validate(_manifest(generation=3))
+    assert typed.shapes.images == 3 and typed.storage.activations_dtype == "int8"
+    assert typed.arrays.global_ == "global" and typed.generation == 3
+    assert manifest.ARRAY_ROLES == ("activations", "activation_scale", "region_mask",
+                                    "concepts", "global")
 
 
 def test_read_rejects_invalid_json(tmp_path):

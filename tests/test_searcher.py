@@ -172,8 +172,12 @@ def test_over_long_queries_are_cut_to_the_largest_bucket(searcher):
 
 
 def test_shapes_outside_the_buckets_raise(searcher):
-    with pytest.raises(ValueError, match="not a compiled bucket"):
-        searcher.compiled.text_tower(np.zeros((2, 16), np.int32), np.ones((2, 16), bool))
+    # (2, 16) runs padded on the (4, 16) bucket; nothing holds 5 queries or 17 tokens.
+    assert searcher.compiled.text_tower(np.zeros((2, 16), np.int32),
+                                        np.ones((2, 16), bool)).mask.shape == (2, 16)
+    for shape in ((5, 16), (1, 17)):
+        with pytest.raises(ValueError, match="larger than every compiled bucket"):
+            searcher.compiled.text_tower(np.zeros(shape, np.int32), np.ones(shape, bool))
 
 
 def test_requests_never_compile(searcher):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -13,7 +12,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lateint import checkpoint, pretrained
+from lateint import atomic, checkpoint, pretrained
 from lateint.config import ModelConfig
 from lateint.data import options as data_options
 from lateint.data import scenes
@@ -118,8 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("resumed from step %d (fingerprint %s)", start_step, meta.get("fingerprint"))
     else:
         checkpoint.write_model_config(workdir, model_config)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+        atomic.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2))
     params, opt_state = jax.device_put((params, opt_state), replicated)
 
     groups = None
@@ -187,8 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     store.wait()
     results = run_eval(config.num_steps)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "dev_recall.json"), "w") as f:
-            json.dump({"step": config.num_steps, "results": results}, f, indent=2)
+        atomic.write_json(os.path.join(workdir, "dev_recall.json"),  # marks training done
+                          {"step": config.num_steps, "results": results}, indent=2)
     store.close()
     writer.close()
     logging.info("trained %d steps in %s; dev rsum global %.1f / maxsim %.1f / rerank %.1f",

@@ -9,6 +9,8 @@ import time
 
 import jax
 
+from lateint import atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -31,10 +33,7 @@ def truncate_metrics(path: str, last_step: int) -> int:
             else:
                 dropped += 1
     if dropped:
-        temporary = path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.writelines(kept)
-        os.replace(temporary, path)
+        atomic.write_text(path, "".join(kept))
     return dropped
 
 

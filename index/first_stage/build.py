@@ -7,9 +7,12 @@ the INDEX's 0..N-1; `add` appends images N.. to every built stage, `delete` tomb
 
 from __future__ import annotations
 
+import logging
 import time
 
 from index.first_stage import concepts, exact, postings, records, surrogate, tombstones
+
+logger = logging.getLogger(__name__)
 
 BUILD_NAMES = ("concepts", "sq", "permutation", "exact")
 SEARCH_NAMES = BUILD_NAMES + ("exact_global",)
@@ -24,7 +27,7 @@ def _check_names(names, allowed, what: str) -> list[str]:
     return names
 
 
-def build_stages(index_dir: str, source, names, options: dict | None = None, log=None) -> dict:
+def build_stages(index_dir: str, source, names, options: dict | None = None) -> dict:
     """Builds each named stage from `source`; returns {name: committed record}.
 
     options: {name: keyword arguments of that stage's build}, e.g.
@@ -32,18 +35,17 @@ def build_stages(index_dir: str, source, names, options: dict | None = None, log
     """
     names = _check_names(names, BUILD_NAMES, "build_stages")
     options = options or {}
-    log = log or (lambda message: None)
     built = {}
     for name in names:
         began = time.perf_counter()
-        keywords = dict(options.get(name, {}), log=log)
+        keywords = dict(options.get(name, {}))
         if name == "concepts":
             built[name] = concepts.build(index_dir, source, **keywords)
         elif name == "exact":
             built[name] = exact.build(index_dir, source, **keywords)
         else:
             built[name] = surrogate.build(index_dir, source, name, **keywords)
-        log(f"built first stage {name!r} in {time.perf_counter() - began:.1f} s")
+        logger.info(f"built first stage {name!r} in {time.perf_counter() - began:.1f} s")
     return built
 
 
@@ -55,7 +57,7 @@ def built_stages(index_dir: str, manifest: dict | None = None) -> list[str]:
     return [name for name in BUILD_NAMES if records.stage_exists(index_dir, name)]
 
 
-def add(index_dir: str, source, start: int, log=None) -> dict:
+def add(index_dir: str, source, start: int) -> dict:
     """Appends images start..start+B-1 (source holds their vectors) to every built stage.
 
     start must equal each stage's image count. A stage that already holds start+B images (the
@@ -74,11 +76,11 @@ def add(index_dir: str, source, start: int, log=None) -> dict:
             raise ValueError(f"add: stage {name!r} in {index_dir!r} holds {count} images, so "
                              f"new images must start at id {count}; got start={start}")
         if name == "concepts":
-            updated[name] = concepts.add(index_dir, source, start, log=log)
+            updated[name] = concepts.add(index_dir, source, start)
         elif name == "exact":
-            updated[name] = exact.add(index_dir, source, start, log=log)
+            updated[name] = exact.add(index_dir, source, start)
         else:
-            updated[name] = surrogate.add(index_dir, source, start, name, log=log)
+            updated[name] = surrogate.add(index_dir, source, start, name)
     return updated
 
 
@@ -92,16 +94,15 @@ def delete(index_dir: str, image_ids) -> int:
     return tombstones.delete(index_dir, image_ids, count)
 
 
-def compact_stage(index_dir: str, manifest: dict, name: str, alive, recluster_source=None,
-                  log=None) -> dict:
+def compact_stage(index_dir: str, manifest: dict, name: str, alive, recluster_source=None) -> dict:
     """Rewrites stage `name` as `manifest` publishes it without the images where alive [N] bool
     is False, renumbered in order (index.compact); 'concepts' keeps its dictionary unless
     recluster_source (the compacted images' vectors) is given. Returns the committed record."""
     record = records.committed_record(index_dir, name, manifest)
     if name == "exact":
-        return exact.compact(index_dir, record, alive, log=log)
+        return exact.compact(index_dir, record, alive)
     if name == "concepts" and recluster_source is not None:
-        return concepts.recluster(index_dir, recluster_source, record, log=log)
+        return concepts.recluster(index_dir, recluster_source, record)
     return postings.compact_postings(index_dir, name, record, alive)
 
 
@@ -121,18 +122,18 @@ def open_first_stage(index_dir: str, name: str, manifest: dict | None = None, **
     return surrogate.SurrogateStage.load(index_dir, name, manifest=manifest, **options)
 
 
-def build_from_index(index_dir: str, names, options: dict | None = None, log=None) -> dict:
+def build_from_index(index_dir: str, names, options: dict | None = None) -> dict:
     """Builds the named stages from a finished INDEX's stored vectors (index.store)."""
     from index import store  # the store pulls TensorStore; only this entry point needs it
 
     from index import generation  # the manifest switch; imports this module
 
     activation_store = store.ActivationStore.open(index_dir)
-    (log or (lambda message: None))(
-        f"{index_dir}: {activation_store.num_images} images, {activation_store.regions} regions "
-        f"of {activation_store.concept_dim} concept dims")
+    logger.info(f"{index_dir}: {activation_store.num_images} images, "
+                f"{activation_store.regions} regions of {activation_store.concept_dim} concept "
+                f"dims")
     manifest = generation.adopt(index_dir, activation_store.manifest)
-    built = build_stages(index_dir, activation_store, names, options, log)
+    built = build_stages(index_dir, activation_store, names, options)
     # Publish the (re)built stages with the others as the next generation: a server that
     # reloads sees them all at once, and no published folder was removed by the build.
     generation.commit(index_dir, manifest, generation.writer_state(index_dir))

@@ -22,10 +22,14 @@ offered. With nprobe = K and one centroid per region the scores equal exact MaxS
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from index import store
 from index.first_stage import kmeans, postings, query, records, sources, tombstones
+
+logger = logging.getLogger(__name__)
 
 NAME = "concepts"
 PREFIX = records.stage_prefix(NAME)
@@ -64,13 +68,13 @@ def image_postings(concepts, region_mask, first_image: int, centroids):
             weights.astype(np.float32))
 
 
-def _source_postings(source, centroids, first_image: int, block_rows: int, log):
+def _source_postings(source, centroids, first_image: int, block_rows: int):
     pieces = []
     for start, stop in sources.blocks(source, block_rows):
         pieces.append(image_postings(source.read_concepts(start, stop),
                                      source.read_region_mask(start, stop),
                                      first_image + start, centroids))
-        log(f"{NAME}: assigned images [{first_image + start}, {first_image + stop})")
+        logger.info(f"{NAME}: assigned images [{first_image + start}, {first_image + stop})")
     return [np.concatenate([piece[column] for piece in pieces]) for column in range(3)]
 
 
@@ -93,8 +97,7 @@ def _training_vectors(source, max_vectors: int, seed: int, block_rows: int):
 
 def build(index_dir: str, source, *, num_centroids: int | None = None, centroids=None,
           seed: int = 0, iterations: int = 10, max_training_vectors: int = 1 << 21,
-          nprobe: int = DEFAULT_NPROBE, block_rows: int = sources.DEFAULT_BLOCK_ROWS,
-          log=None) -> dict:
+          nprobe: int = DEFAULT_NPROBE, block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
     """Trains (or takes) centroids and writes the inverted list; returns the committed record.
 
     Args:
@@ -104,7 +107,6 @@ def build(index_dir: str, source, *, num_centroids: int | None = None, centroids
         with a fixed dictionary).
       nprobe: the default for search.
     """
-    log = log or (lambda message: None)
     sources.check_source(source, None, None, NAME)
     parameters = {"seed": seed, "iterations": iterations, "nprobe": nprobe,
                   "max_training_vectors": max_training_vectors}
@@ -115,10 +117,10 @@ def build(index_dir: str, source, *, num_centroids: int | None = None, centroids
                                        else "2^round(log2(4*sqrt(regions)))")
         num_centroids = num_centroids or kmeans.number_of_centroids(total_regions)
         num_centroids = min(num_centroids, vectors.shape[0])
-        log(f"{NAME}: k-means, {num_centroids} centroids over {vectors.shape[0]} of "
-            f"{total_regions} regions")
+        logger.info(f"{NAME}: k-means, {num_centroids} centroids over {vectors.shape[0]} of "
+                    f"{total_regions} regions")
         centroids = kmeans.train_centroids(vectors, num_centroids, seed=seed,
-                                           iterations=iterations, log=log)
+                                           iterations=iterations)
         del vectors
     else:
         centroids = np.asarray(centroids, np.float32)
@@ -126,20 +128,20 @@ def build(index_dir: str, source, *, num_centroids: int | None = None, centroids
             raise ValueError(f"{NAME}: centroids expected [K, {source.concept_dim}], "
                              f"got {centroids.shape}")
         parameters["centroid_rule"] = "given"
-    record = _write_generation(index_dir, source, centroids, block_rows, log, {
+    record = _write_generation(index_dir, source, centroids, block_rows, {
         "state": "ready", "parameters": parameters, "regions": source.regions,
         "concept_dim": source.concept_dim})
-    log(f"{NAME}: {record['base_postings']} postings over {centroids.shape[0]} lists for "
-        f"{source.num_images} images")
+    logger.info(f"{NAME}: {record['base_postings']} postings over {centroids.shape[0]} lists for "
+                f"{source.num_images} images")
     return record
 
 
-def _write_generation(index_dir: str, source, centroids, block_rows: int, log,
+def _write_generation(index_dir: str, source, centroids, block_rows: int,
                       record: dict) -> dict:
     """Writes the dictionary and the lists of `source` as a new generation, commits `record`
     updated with them and returns it. The dictionary lives per generation (dictionary/g<n>),
     so a rebuild or a recluster never changes what a published generation reads."""
-    lists, images, weights = _source_postings(source, centroids, 0, block_rows, log)
+    lists, images, weights = _source_postings(source, centroids, 0, block_rows)
     inverted = postings.InvertedLists.from_postings(lists, images, weights, centroids.shape[0])
     generation = postings.next_generation(index_dir, LISTS_PREFIX)
     name = f"{PREFIX}/dictionary/g{generation}"
@@ -157,12 +159,10 @@ def _write_generation(index_dir: str, source, centroids, block_rows: int, log,
     return record
 
 
-def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BLOCK_ROWS,
-        log=None) -> dict:
+def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
     """Appends the postings of images start..start+B-1 (assigned to the existing centroids)."""
-    log = log or (lambda message: None)
     return postings.add_postings(index_dir, NAME, source, start, lambda record: _source_postings(
-        source, read_centroids(index_dir, record), start, block_rows, log), _fit_after_add)
+        source, read_centroids(index_dir, record), start, block_rows), _fit_after_add)
 
 
 def recluster_advice(record: dict) -> str:
@@ -196,20 +196,19 @@ def read_centroids(index_dir: str, record: dict) -> np.ndarray:
     return store.read_array(index_dir, record.get("centroids", f"{PREFIX}/centroids"))
 
 
-def recluster(index_dir: str, source, record: dict, block_rows: int = sources.DEFAULT_BLOCK_ROWS,
-              log=None) -> dict:
+def recluster(index_dir: str, source, record: dict,
+              block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
     """Retrains the dictionary over `source` (k-means with the record's K, seed and iterations)
     and rewrites the lists as a new generation; returns the committed record."""
-    log = log or (lambda message: None)
     parameters = record["parameters"]
     vectors, total = _training_vectors(source, parameters["max_training_vectors"],
                                        parameters["seed"], block_rows)
-    log(f"{NAME}: reclustering {record['num_centroids']} centroids over {vectors.shape[0]} of "
-        f"{total} regions")
+    logger.info(f"{NAME}: reclustering {record['num_centroids']} centroids over "
+                f"{vectors.shape[0]} of {total} regions")
     centroids = kmeans.train_centroids(vectors, min(record["num_centroids"], vectors.shape[0]),
                                        seed=parameters["seed"],
-                                       iterations=parameters["iterations"], log=log)
-    return _write_generation(index_dir, source, centroids, block_rows, log, record)
+                                       iterations=parameters["iterations"])
+    return _write_generation(index_dir, source, centroids, block_rows, record)
 
 
 class ConceptStage:

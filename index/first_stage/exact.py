@@ -11,6 +11,7 @@ accelerator, running top-n) and 'exact_global' (global dot products).
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,8 @@ import numpy as np
 from index import store
 from index.first_stage import postings, query, records, sources, tombstones
 from lateint import scoring
+
+logger = logging.getLogger(__name__)
 
 NAME = "exact"
 PREFIX = records.stage_prefix(NAME)
@@ -36,8 +39,7 @@ def _read(source, name: str, start: int, stop: int) -> np.ndarray:
     return source.read_global(start, stop).astype(np.float32, copy=False)
 
 
-def _write_rows(index_dir: str, generation: int, source, block_rows: int, create: bool,
-                log) -> None:
+def _write_rows(index_dir: str, generation: int, source, block_rows: int, create: bool) -> None:
     base = postings.generation_prefix(PREFIX, generation)
     for start, stop in sources.blocks(source, block_rows):
         for name in ARRAYS:
@@ -46,16 +48,15 @@ def _write_rows(index_dir: str, generation: int, source, block_rows: int, create
                 store.write_array(index_dir, f"{base}/{name}", rows)
             else:
                 store.append_array(index_dir, f"{base}/{name}", rows)
-        log(f"{NAME}: copied images [{start}, {stop})")
+        logger.info(f"{NAME}: copied images [{start}, {stop})")
 
 
-def build(index_dir: str, source, block_rows: int = sources.DEFAULT_BLOCK_ROWS, log=None) -> dict:
+def build(index_dir: str, source, block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
     """Copies the source's vectors into the exact stage; returns the committed record."""
-    log = log or (lambda message: None)
     sources.check_source(source, None, None, NAME)
     records.mark_building(index_dir, NAME, {})
     generation = postings.next_generation(index_dir, PREFIX)
-    _write_rows(index_dir, generation, source, block_rows, True, log)
+    _write_rows(index_dir, generation, source, block_rows, True)
     record = {"state": "ready", "parameters": {}, "generation": generation,
               "num_images": source.num_images, "regions": source.regions,
               "concept_dim": source.concept_dim}
@@ -76,41 +77,38 @@ def _read_arrays(index_dir: str, record: dict, names=ARRAYS) -> dict:
     return arrays
 
 
-def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BLOCK_ROWS,
-        log=None) -> dict:
+def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
     """Appends images start..start+B-1; compacts first if a killed add left extra rows."""
-    log = log or (lambda message: None)
 
     def append(record):
         base = postings.generation_prefix(PREFIX, record["generation"])
         stored = store.read_array(index_dir, f"{base}/region_mask").shape[0]
         generation = record["generation"]
         if stored != record["num_images"]:
-            log(f"{NAME}: {stored - record['num_images']} uncommitted rows; compacting")
+            logger.info(f"{NAME}: {stored - record['num_images']} uncommitted rows; compacting")
             generation = _rewrite(index_dir, record, np.ones(record["num_images"], bool),
-                                  block_rows, log)
-        _write_rows(index_dir, generation, source, block_rows, False, log)
+                                  block_rows)
+        _write_rows(index_dir, generation, source, block_rows, False)
         return {"generation": generation}
 
     return postings.update_stage(index_dir, NAME, source, start, append)
 
 
-def _rewrite(index_dir: str, record: dict, alive, block_rows: int, log) -> int:
+def _rewrite(index_dir: str, record: dict, alive, block_rows: int) -> int:
     """Copies the record's rows where alive [N] is True into a new generation; returns it."""
     arrays = _read_arrays(index_dir, record)
     kept = sources.ArraySource(arrays["concepts"][alive], arrays["region_mask"][alive],
                                arrays["global"][alive])
     generation = postings.next_generation(index_dir, PREFIX)
-    _write_rows(index_dir, generation, kept, block_rows, True, log)
+    _write_rows(index_dir, generation, kept, block_rows, True)
     return generation
 
 
-def compact(index_dir: str, record: dict, alive, block_rows: int = sources.DEFAULT_BLOCK_ROWS,
-            log=None) -> dict:
+def compact(index_dir: str, record: dict, alive,
+            block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
     """Rewrites `record`'s rows without the images where alive [N] is False (renumbered, in
     order) as a new generation; commits and returns the record."""
-    log = log or (lambda message: None)
-    generation = _rewrite(index_dir, record, np.asarray(alive, bool), block_rows, log)
+    generation = _rewrite(index_dir, record, np.asarray(alive, bool), block_rows)
     record = dict(record, generation=generation, num_images=int(np.sum(alive)))
     records.write_record(index_dir, NAME, record)
     postings.remove_stale_generations(index_dir, PREFIX, generation)
@@ -170,6 +168,8 @@ class ExactStage:
     def __init__(self, arrays: dict, deleted, record: dict, kind: str):
         self.kind = kind
         self.name = kind
+        # 'exact' jit-compiles its scan per (query block, words, n): serve warms those shapes.
+        self.compiles_per_shape = kind == "exact"
         self.record = record
         self.num_images = record["num_images"]
         self.concept_dim = record["concept_dim"]

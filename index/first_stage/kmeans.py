@@ -19,11 +19,14 @@ assign exactly as a full rebuild would.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 MAX_CENTROIDS = 1 << 16
 FULL_BATCH_LIMIT = 1 << 18
@@ -155,7 +158,7 @@ def _minibatch_step(centroids, counts, vectors, key):
 
 def train_centroids(vectors, num_centroids: int, *, seed: int = 0, iterations: int = 10,
                     init: str = "kmeans++", full_batch_limit: int = FULL_BATCH_LIMIT,
-                    minibatch_steps: int | None = None, log=None) -> np.ndarray:
+                    minibatch_steps: int | None = None) -> np.ndarray:
     """Spherical k-means centroids of vectors [M, C] float32 (L2-normalised rows).
 
     Args:
@@ -165,7 +168,6 @@ def train_centroids(vectors, num_centroids: int, *, seed: int = 0, iterations: i
       full_batch_limit: above this many vectors, mini-batch k-means is used.
       minibatch_steps: mini-batch steps of ASSIGN_BLOCK vectors; default 3 passes over the
         data, at least 100 and at most 400 steps.
-      log: optional callable(str) for progress lines.
     Returns:
       centroids [K, C] float32, unit rows. Deterministic for a given seed.
     """
@@ -179,7 +181,6 @@ def train_centroids(vectors, num_centroids: int, *, seed: int = 0, iterations: i
                          f"got {num_centroids}")
     if init not in INITS:
         raise ValueError(f"train_centroids: init expected one of {INITS}, got {init!r}")
-    log = log or (lambda message: None)
     generator = np.random.default_rng(seed)
     key = jax.random.key(seed)
     if init == "kmeans++":
@@ -201,8 +202,8 @@ def train_centroids(vectors, num_centroids: int, *, seed: int = 0, iterations: i
                 reseeds = vectors[generator.choice(count, empty.size, replace=False)]
                 centroids = centroids.at[empty].set(reseeds)
             if (iteration + 1) % 5 == 0 or iteration + 1 == iterations:
-                log(f"k-means iteration {iteration + 1}/{iterations}: mean similarity "
-                    f"{float(mean_similarity):.4f}, empty centroids re-seeded {empty.size}")
+                logger.info(f"k-means iteration {iteration + 1}/{iterations}: mean similarity "
+                            f"{float(mean_similarity):.4f}, empty centroids re-seeded {empty.size}")
     else:
         steps = minibatch_steps or int(min(400, max(100, 3 * count // ASSIGN_BLOCK)))
         device_vectors = jnp.asarray(vectors)
@@ -212,6 +213,6 @@ def train_centroids(vectors, num_centroids: int, *, seed: int = 0, iterations: i
             centroids, counts, mean_similarity = _minibatch_step(centroids, counts,
                                                                  device_vectors, step_key)
             if (step + 1) % 50 == 0 or step + 1 == steps:
-                log(f"mini-batch k-means step {step + 1}/{steps}: batch mean similarity "
-                    f"{float(mean_similarity):.4f}")
+                logger.info(f"mini-batch k-means step {step + 1}/{steps}: batch mean similarity "
+                            f"{float(mean_similarity):.4f}")
     return np.asarray(centroids, np.float32)

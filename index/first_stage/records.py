@@ -1,9 +1,9 @@
 """Per-stage json records: INDEX/first_stage/<stage>/stage.json, the commit point of a stage.
 
-A record holds the stage's parameters and counts. It is written atomically (index.manifest's
-atomic_write_text), so readers see the old or the new state, never a mix. A (re)build first
-writes a record with "state": "building", so a killed build leaves a stage that readers refuse
-with a clear message instead of a mix of old and new arrays.
+A record holds the stage's parameters and counts. It is written atomically (lateint.atomic), so
+readers see the old or the new state, never a mix. A (re)build first writes a record with
+"state": "building", so a killed build leaves a stage that readers refuse with a clear message
+instead of a mix of old and new arrays.
 
 Once an INDEX has changed generation (index.add / delete / compact, index.generation), its
 manifest holds a snapshot of every stage's record: the stage.json files are then the writer's
@@ -18,6 +18,7 @@ import json
 import os
 
 from index import manifest as manifest_lib
+from lateint import atomic
 
 RECORD_FILE = "stage.json"
 RECORD_VERSION = 1
@@ -43,7 +44,7 @@ def write_record(index_dir: str, stage: str, record: dict) -> None:
     path = record_path(index_dir, stage)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     record = dict(record, stage=stage, version=RECORD_VERSION)
-    manifest_lib.atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    atomic.write_json(path, record, indent=1, sort_keys=True)
 
 
 def mark_building(index_dir: str, stage: str, parameters: dict) -> None:

@@ -15,9 +15,13 @@ images, C dim, 2C terms, Q queries.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from index.first_stage import postings, query, records, sources, tombstones
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("sq", "permutation")
 DEFAULTS = {"sq": {"size": 48, "quantization": 64}, "permutation": {"size": 32}}
@@ -60,20 +64,21 @@ def _check_parameters(kind: str, size: int, quantization: int) -> None:
         raise ValueError(f"surrogate sq: quantization expected in [1, 4096], got {quantization}")
 
 
-def _source_postings(source, parameters: dict, first_image: int, block_rows: int, log):
+def _source_postings(source, parameters: dict, first_image: int, block_rows: int):
     pieces = []
     for start, stop in sources.blocks(source, block_rows):
         rows, terms, frequencies = surrogate_terms(source.read_global(start, stop),
                                                    parameters["kind"], parameters["size"],
                                                    parameters["quantization"])
         pieces.append((terms, (first_image + start + rows).astype(np.int32), frequencies))
-        log(f"{parameters['kind']}: encoded images [{first_image + start}, {first_image + stop})")
+        logger.info(f"{parameters['kind']}: encoded images [{first_image + start}, "
+                    f"{first_image + stop})")
     return [np.concatenate([piece[column] for piece in pieces]) for column in range(3)]
 
 
 def build(index_dir: str, source, kind: str, *, size: int | None = None,
           quantization: int | None = None, query_size: int | None = None,
-          block_rows: int = sources.DEFAULT_BLOCK_ROWS, log=None) -> dict:
+          block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
     """Writes the surrogate-text inverted list of `kind` ('sq' | 'permutation').
 
     Args:
@@ -83,7 +88,6 @@ def build(index_dir: str, source, kind: str, *, size: int | None = None,
     Returns:
       the committed record.
     """
-    log = log or (lambda message: None)
     defaults = DEFAULTS.get(kind, {})
     size = int(size or defaults.get("size", 0))
     quantization = int(quantization or defaults.get("quantization", 0)) if kind == "sq" else 0
@@ -94,7 +98,7 @@ def build(index_dir: str, source, kind: str, *, size: int | None = None,
                   "sparsification": 1.0 - min(size, 2 * source.concept_dim) /
                   (2 * source.concept_dim)}
     records.mark_building(index_dir, kind, parameters)
-    terms, images, frequencies = _source_postings(source, parameters, 0, block_rows, log)
+    terms, images, frequencies = _source_postings(source, parameters, 0, block_rows)
     inverted = postings.InvertedLists.from_postings(terms, images, frequencies,
                                                     2 * source.concept_dim)
     prefix = f"{records.stage_prefix(kind)}/lists"
@@ -104,17 +108,16 @@ def build(index_dir: str, source, kind: str, *, size: int | None = None,
                   regions=source.regions, concept_dim=source.concept_dim)
     records.write_record(index_dir, kind, record)
     postings.remove_stale_generations(index_dir, prefix, generation)
-    log(f"{kind}: {inverted.num_postings} postings over {inverted.num_lists} terms for "
-        f"{source.num_images} images")
+    logger.info(f"{kind}: {inverted.num_postings} postings over {inverted.num_lists} terms for "
+                f"{source.num_images} images")
     return record
 
 
 def add(index_dir: str, source, start: int, kind: str,
-        block_rows: int = sources.DEFAULT_BLOCK_ROWS, log=None) -> dict:
+        block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
     """Appends the postings of images start..start+B-1."""
-    log = log or (lambda message: None)
     return postings.add_postings(index_dir, kind, source, start, lambda record: _source_postings(
-        source, record["parameters"], start, block_rows, log))
+        source, record["parameters"], start, block_rows))
 
 
 class SurrogateStage:

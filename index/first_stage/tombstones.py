@@ -16,9 +16,9 @@ import os
 
 import numpy as np
 
-from index import manifest as manifest_lib
 from index import store
 from index.first_stage import postings, records
+from lateint import atomic
 
 PREFIX = "first_stage/tombstones"
 RECORD_FILE = "tombstones.json"
@@ -100,6 +100,6 @@ def write_set(index_dir: str, deleted: np.ndarray) -> dict:
     generation = 0 if record is None else record["generation"] + 1
     store.write_array(index_dir, f"{PREFIX}/g{generation}/deleted", deleted)
     record = {"generation": generation, "count": int(deleted.size)}
-    manifest_lib.atomic_write_text(_record_path(index_dir), json.dumps(record) + "\n")
+    atomic.write_json(_record_path(index_dir), record)
     postings.remove_stale_generations(index_dir, PREFIX, generation)
     return record

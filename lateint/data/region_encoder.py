@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from lateint import atomic
 from lateint.data.sprites import CLASS_NAMES
 
 log = logging.getLogger(__name__)
@@ -142,8 +143,7 @@ class RegionEncoder:
                    os.path.join(directory, PARAMS_FILE))
         report = {key: value for key, value in self.report.items() if key != "train_seconds"}
         info = {"config": dataclasses.asdict(self.config), "report": report}
-        with open(os.path.join(directory, INFO_FILE), "w", encoding="utf-8") as file:
-            json.dump(info, file, indent=2)
+        atomic.write_json(os.path.join(directory, INFO_FILE), info, indent=2)
 
     @classmethod
     def load(cls, directory: str) -> "RegionEncoder":

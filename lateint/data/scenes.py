@@ -31,6 +31,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
+from lateint import atomic
 from lateint.data import captions as captions_lib
 from lateint.data import layout as layout_lib
 from lateint.data import region_encoder, render
@@ -220,8 +221,7 @@ def generate(out_dir: str, num_train: int, num_dev: int, num_test: int, seed: in
             "region_encoder": encoder_report and {  # timings vary: printed, never stored
                 key: value for key, value in encoder_report.items() if key != "train_seconds"},
             "captions_per_scene": 5}
-    with open(os.path.join(out_dir, "scenes_info.json"), "w", encoding="utf-8") as file:
-        json.dump(info, file, indent=2)
+    atomic.write_json(os.path.join(out_dir, "scenes_info.json"), info, indent=2)  # marks done
     return {"splits": stats, "setup_seconds": setup_seconds, "encoder": encoder_report,
             "seconds": time.perf_counter() - start}
 

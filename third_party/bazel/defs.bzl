@@ -13,7 +13,8 @@ def pytest_test(name, src, deps = [], data = [], args = [], size = "large", **kw
     registered toolchain), so `deps` only lists project targets. The project's pyproject.toml is
     in the runfiles so pytest reads the same [tool.pytest.ini_options] as outside Bazel, and so
     is the virtualenv's package list (name==version), so that installing or upgrading a package
-    there re-runs the tests instead of reusing cached results.
+    there re-runs the tests instead of reusing cached results, and README.md, whose quick start
+    tests/test_readme.py runs.
     Extra pytest arguments go in `args`; `bazel test --test_filter=EXPR` becomes `pytest -k EXPR`.
     """
     native.py_test(
@@ -22,7 +23,7 @@ def pytest_test(name, src, deps = [], data = [], args = [], size = "large", **kw
         main = _PYTEST_RUNNER,
         args = ["$(location %s)" % src] + args,
         deps = deps,
-        data = data + ["//:pyproject.toml", "@lateint_venv//:packages.txt"],
+        data = data + ["//:pyproject.toml", "//:README.md", "@lateint_venv//:packages.txt"],
         size = size,
         python_version = "PY3",
         srcs_version = "PY3",
