@@ -36,14 +36,15 @@ step "4/6 precompute the test split into $run_dir/index (resumes; no-op when com
 "$python" -m index.precompute --workdir="$run_dir/model" --data="$run_dir/data" --split=test \
   --index="$run_dir/index" --storage=bfloat16
 
-step "5/6 build the first stages"
-"$python" -m index.build --index="$run_dir/index" --first_stage=concepts,sq,permutation,exact
+step "5/6 build the first stages (concepts = the default; exact = its reference)"
+"$python" -m index.build --index="$run_dir/index" --first_stage=concepts,exact
 
-step "6/6 evaluate on the test split (every scorer; the exhaustive cross-encoder on 100 queries)"
+step "6/6 evaluate on the test split (5 scorers; the exhaustive cross-encoder on 100 queries)"
 "$python" -m serve.evaluate --workdir="$run_dir/model" --index="$run_dir/index" \
   --data="$run_dir/data" --split=test --out="$run_dir/eval" --sample_queries=2 \
-  --max_exhaustive_queries=100
-echo "(full tables: $run_dir/eval/results.md, or rerun with --full_tables)"
+  --max_exhaustive_queries=100 --first_stages=concepts,exact
+echo "(full tables: $run_dir/eval/results.md, or rerun with --full_tables; the other first"
+echo " stages: index.build --first_stage=sq,permutation, then serve.evaluate without --first_stages)"
 
 echo
 echo "done in $(( $(date +%s) - started ))s. Model: $run_dir/model, INDEX: $run_dir/index."
