@@ -74,7 +74,7 @@ def _server_view(before: dict, after: dict, deadline_ms: float) -> dict:
         if total <= 0:
             continue
 
-        def bound(quantile):
+        def bound(quantile, bounds=bounds, counts=counts, total=total):
             return next(round(le * 1e3, 1) for le, count in zip(bounds, counts)
                         if count >= quantile * total)
 

@@ -109,18 +109,18 @@ def _bench_layouts(root: str, data: np.ndarray, raw_path: str, rng) -> dict:
         check = rng.integers(0, images, k)
         assert np.array_equal(reader.oindex[check].read().result(), data[check])
         entry["gather_warm_ms"] = _median_ms(
-            lambda: reader.oindex[rng.integers(0, images, k)].read().result(),
+            lambda reader=reader: reader.oindex[rng.integers(0, images, k)].read().result(),
             _WARM_QUERIES.value)
         uncached = _open_reader(path, 0)  # OS page cache only, no TensorStore chunk cache
         entry["gather_page_cache_only_ms"] = _median_ms(
-            lambda: uncached.oindex[rng.integers(0, images, k)].read().result(),
+            lambda uncached=uncached: uncached.oindex[rng.integers(0, images, k)].read().result(),
             _WARM_QUERIES.value)
         cold = []
         for _ in range(_COLD_QUERIES.value):
             _drop_page_cache()
             fresh = _open_reader(path, store.DEFAULT_CACHE_BYTES)
             cold.append(_median_ms(
-                lambda: fresh.oindex[rng.integers(0, images, k)].read().result(), 1))
+                lambda fresh=fresh: fresh.oindex[rng.integers(0, images, k)].read().result(), 1))
         entry["gather_cold_ms"] = round(float(np.median(cold)), 3)
         results[name] = entry
     memmap_cold = []
@@ -128,7 +128,7 @@ def _bench_layouts(root: str, data: np.ndarray, raw_path: str, rng) -> dict:
         _drop_page_cache()
         memmap = np.memmap(raw_path, dtype=data.dtype, mode="r", shape=data.shape)
         memmap_cold.append(_median_ms(
-            lambda: np.ascontiguousarray(memmap[rng.integers(0, images, k)]), 1))
+            lambda memmap=memmap: np.ascontiguousarray(memmap[rng.integers(0, images, k)]), 1))
     results["numpy_memmap_cold_ms"] = round(float(np.median(memmap_cold)), 3)
     return results
 

@@ -216,7 +216,7 @@ def completed_ranges(index_dir: str) -> list[tuple[int, int]]:
             ranges = journal["completed"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise IndexRefusedError(f"{path}: expected {{'completed': [[start, stop], ...]}}: "
-                                    f"{error}")
+                                    f"{error}") from error
     return merge_ranges(ranges)
 
 

@@ -88,7 +88,8 @@ class Inference:
             chunk = [pad_rows(np.asarray(a[start:stop]), batch_size) for a in arrays]
             if self.batch_sharding is not None:
                 chunk = jax.device_put(chunk, self.batch_sharding)
-            result = jax.tree.map(lambda x: np.asarray(x)[:stop - start],
+            rows = stop - start
+            result = jax.tree.map(lambda x, rows=rows: np.asarray(x)[:rows],
                                   function(self.state, *chunk))
             outputs.append(result)
         return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)

@@ -15,7 +15,8 @@ result per item, in order; if it raises, every item of that batch gets the excep
 Admission by time, not only by queue length: an item submitted with a deadline is refused at once
 (Overloaded, a QueueFull) when the queue ahead of it, at the measured time per item (an
 exponential moving average of batch time / batch size), would not let it finish by then; an item
-whose deadline passes while it waits is answered DeadlineExceeded instead of being processed. `health()` says what a
+whose deadline passes while it waits is answered DeadlineExceeded instead of being processed.
+`health()` says what a
 readiness check needs: worker alive, how long the current batch has run, the last failure.
 
 `hold` (tests only; None by default, and then never consulted): a callable polled before each

@@ -1,7 +1,8 @@
 """Entry point of every Bazel py_test (third_party/bazel/defs.bzl: pytest_test).
 
 Usage: bazel_pytest_main.py TEST_FILE [PYTEST_ARGS...]. Runs pytest on TEST_FILE and exits with
-pytest's exit code (a file that collects no test fails, unless --test_filter deselected them all). Under Bazel it also writes JUnit XML where Bazel asks ($XML_OUTPUT_FILE),
+pytest's exit code (a file that collects no test fails, unless --test_filter deselected them all).
+Under Bazel it also writes JUnit XML where Bazel asks ($XML_OUTPUT_FILE),
 keeps pytest's temporary directories inside $TEST_TMPDIR, maps --test_filter to `-k`, and keeps
 pytest's cache out of the runfiles. The name does not match test_*.py / *_test.py, so plain
 pytest never collects this file.

@@ -1,6 +1,7 @@
 """TERAN's real directory tree (mesnico/TERAN data.py and README), read through load_corpus.
 
-The fixtures (tests/real_layouts.py) are written as TERAN's loaders read them, and the expected values apply TERAN's own rules: caption k = anns[ids[k]]['caption'], its image
+The fixtures (tests/real_layouts.py) are written as TERAN's loaders read them, and the expected
+values apply TERAN's own rules: caption k = anns[ids[k]]['caption'], its image
 anns[ids[k]]['image_id'], boxes / np.tile([width, height], 2); Flickr img_id = the position.
 """
 

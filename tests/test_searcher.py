@@ -52,7 +52,9 @@ def exhaustive(tiny_workdir, scenes_dir, searcher):
     images = corpus.regions.shape[0]
     rows = []
     for query in range(len(QUERIES)):
-        repeat = lambda array: jnp.asarray(np.repeat(array[query:query + 1], images, axis=0))
+        def repeat(array, query=query):
+            return jnp.asarray(np.repeat(array[query:query + 1], images, axis=0))
+
         rows.append(np.asarray(fused(state, repeat(token_ids), repeat(token_mask),
                                      jnp.asarray(corpus.regions), jnp.asarray(corpus.boxes),
                                      jnp.asarray(corpus.region_mask))))

@@ -111,7 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     store = checkpoint.CheckpointStore(workdir, max_to_keep=config.keep_checkpoints)
     start_step = store.latest_step() or 0
     if start_step:
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                                 (params, opt_state))
         params, opt_state, meta = store.restore(start_step, *abstract)
         logging.info("resumed from step %d (fingerprint %s)", start_step, meta.get("fingerprint"))
@@ -171,7 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 f"check the data for NaN features. Last checkpoint: {store.latest_step()}")
         if done % config.log_every == 0 or done == config.num_steps:
             scalars = {k: float(v) for k, v in parts.items()}
-            scalars.update(learning_rate=float(schedule(step)), steps_per_second=progress.rate(done),
+            scalars.update(learning_rate=float(schedule(step)),
+                           steps_per_second=progress.rate(done),
                            examples_per_second=progress.rate(done) * config.batch_size)
             writer.write(done, scalars)
             progress.log(done, f"loss {loss:.4f} joint_acc {scalars['joint_accuracy']:.2f}" + (

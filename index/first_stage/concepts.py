@@ -186,7 +186,8 @@ def _fit_after_add(record: dict, weights) -> dict:
     fit = dict(record.get("fit") or {"trained": None, "added": None, "added_postings": 0})
     count = fit["added_postings"] + int(np.size(weights))
     if count:
-        total = (fit["added"] or 0.0) * fit["added_postings"] + float(np.sum(weights, dtype=np.float64))
+        added = float(np.sum(weights, dtype=np.float64))
+        total = (fit["added"] or 0.0) * fit["added_postings"] + added
         fit.update(added=total / count, added_postings=count)
     return {"fit": fit}
 

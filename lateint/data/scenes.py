@@ -14,7 +14,8 @@ the same sprites at the same sizes in different arrangements, so only relations 
 
 Output in DIR, per split S (readable with `lateint.data.load_corpus(DIR, S)`):
 
-    S_ims.npy [N, 8, F] float32 (S_pixels.npy [N, 8, 256]: the raw crops), S_boxes.npy [N, 8, 5], S_region_counts.npy [N] int32,
+    S_ims.npy [N, 8, F] float32 (S_pixels.npy [N, 8, 256]: the raw crops), S_boxes.npy [N, 8, 5],
+    S_region_counts.npy [N] int32,
     S_caps.txt (5 lines per scene), S_ids.txt, S_scenes.jsonl (one layout per scene: objects
     with class, sprite source/instance, size, box and region index; distractors; captions),
     images/{id}.png (with --images), scenes_info.json (config, seed, counts, region features),

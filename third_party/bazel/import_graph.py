@@ -208,7 +208,7 @@ def analyse(repo: str, modules: dict[str, Module]) -> None:
         try:
             tree = ast.parse(source, filename=module.path)
         except SyntaxError as error:
-            raise SystemExit(f"gen_build: cannot parse {module.path}: {error}")
+            raise SystemExit(f"gen_build: cannot parse {module.path}: {error}") from error
         module.edges = resolver.imports(module, tree)
         if not module.is_test:
             module.is_binary = any(_is_main_guard(node) for node in tree.body)
