@@ -5,13 +5,14 @@
 #   bash scripts/bazel_test.sh [bazel test flags] [targets; default //...]
 #   e.g. bash scripts/bazel_test.sh --test_filter=parity //tests:test_pretrained
 #
-# - Installs bazel-bootstrap with apt-get when no Bazel is on PATH (needs root or sudo).
+# - Installs bazel-bootstrap with apt-get when no Bazel is on PATH (scripts/apt_install.sh:
+#   root or sudo).
 # - The virtualenv interpreter is found by Bazel itself (third_party/bazel/python/venv.bzl):
 #   $LATEINT_VENV if set, else <repo>/.venv; nothing machine-specific is written into the tree.
 # - Bazel's output lives in $LATEINT_BAZEL_ROOT (default ~/.cache/lateint-bazel, or
 #   /tmp/lateint-bazel-$UID when $HOME is not writable), outside the checkout.
-# - Warns (does not fail) when a BUILD file is out of date with the .py files; regenerate with
-#   `python third_party/bazel/gen_build.py`.
+# - Fails (exit 1, before Bazel runs) when a BUILD file is out of date with the .py files;
+#   regenerate with `python third_party/bazel/gen_build.py`.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -31,19 +32,7 @@ if [ -z "$bazel" ]; then
     bazel=bazel
   else
     echo "[bazel_test] installing Debian's bazel-bootstrap (Bazel 4.2.3)"
-    sudo=""
-    if [ "$(id -u)" != 0 ]; then
-      if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-        echo "[bazel_test] bazel is missing and installing it needs root (or sudo)" >&2; exit 2
-      fi
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-      echo "[bazel_test] bazel is missing and apt-get is not available to install it" >&2; exit 2
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      -o DPkg::Lock::Timeout=300 bazel-bootstrap
+    bash scripts/apt_install.sh bazel-bootstrap
     bazel=bazel-4
     command -v "$bazel" >/dev/null 2>&1 || bazel=bazel
   fi
@@ -70,7 +59,9 @@ export LATEINT_VENV_STAMP
 
 # BUILD files are generated from the sources; a stale one silently misses a test or a dep.
 if ! "$venv/bin/python" third_party/bazel/gen_build.py --check; then
-  echo "[bazel_test] WARNING: BUILD files are stale (see above); testing them as they are" >&2
+  echo "[bazel_test] BUILD files are stale (see above): run" \
+    "python third_party/bazel/gen_build.py and commit them" >&2
+  exit 1
 fi
 
 echo "[bazel_test] $(command -v "$bazel") ($("$bazel" --version 2>/dev/null || true))" \

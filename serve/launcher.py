@@ -45,6 +45,9 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "ServerProcess":
+        """Starts the child; refuses a second start (the first child would be left running)."""
+        if self.process is not None:
+            raise RuntimeError(f"server on port {self.port} was already started")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command, cwd=REPOSITORY, stdout=log,
                                             stderr=subprocess.STDOUT)

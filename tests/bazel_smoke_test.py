@@ -1,5 +1,7 @@
 """The test environment is the project virtualenv, under pytest and under `bazel test`."""
 
+# bazel: tags=smoke
+
 import os
 import sys
 

@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import fixture_cache  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -41,37 +42,61 @@ def random_pairs(config: ModelConfig, rng, pairs=3, text_length=9, regions=5):
     return token_ids, token_mask, features, boxes, region_mask
 
 
+# The corpus, model and INDEX below are built once per set of inputs and shared by every
+# pytest-xdist worker and later runs (tests/fixture_cache.py); they are read-only: a test that
+# changes one copies it first.
+SCENES = dict(num_train=64, num_dev=24, num_test=200, seed=5, images=True)
+SCENES_ENCODER = dict(steps=40, batch_size=64)
+TINY_TRAINING = dict(num_steps=6, eval_every=100)
+CONCEPTS_INDEX = dict(split="test", storage="float32", batch_size=64, first_stages=["concepts"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_fixtures_stay_unchanged():
+    """Fails the session when a test wrote into a cached fixture instead of copying it."""
+    yield
+    modified = fixture_cache.modified_entries()
+    assert not modified, f"tests changed these shared fixtures instead of copying them: {modified}"
+
+
 @pytest.fixture(scope="session")
-def scenes_dir(tmp_path_factory):
+def scenes_dir():
     """A small scenes corpus (train 64, dev 24, test 200) shared by the pipeline tests."""
-    from lateint.data import region_encoder, scenes
-    out = str(tmp_path_factory.mktemp("scenes_small"))
-    scenes.generate(out, num_train=64, num_dev=24, num_test=200, seed=5, images=True,
-                    encoder_config=region_encoder.EncoderConfig(steps=40, batch_size=64))
-    return out
+    def build(out):
+        from lateint.data import region_encoder, scenes
+        scenes.generate(out, **SCENES,
+                        encoder_config=region_encoder.EncoderConfig(**SCENES_ENCODER))
+    return fixture_cache.cached_directory(
+        "scenes_small", {**SCENES, "encoder": SCENES_ENCODER}, ("lateint",), build)
 
 
 @pytest.fixture(scope="session")
-def tiny_workdir(tmp_path_factory, scenes_dir):
+def tiny_workdir(scenes_dir):
     """A workdir holding a tiny trained model (random init, a few steps)."""
-    from train import trainer
-    from train.configs import tiny
-    workdir = str(tmp_path_factory.mktemp("tiny_model"))
-    config = tiny.get_config()
-    config.data.path = scenes_dir
-    config.num_steps = 6
-    config.eval_every = 100
-    trainer.train_and_evaluate(config, workdir)
-    return workdir
+    def build(workdir):
+        from train import trainer
+        from train.configs import tiny
+        config = tiny.get_config()
+        config.data.path = scenes_dir
+        config.update(TINY_TRAINING)
+        trainer.train_and_evaluate(config, workdir)
+    inputs = {**TINY_TRAINING, "data": os.path.basename(scenes_dir)}  # the corpus's own key
+    return fixture_cache.cached_directory("tiny_model", inputs, ("lateint", "train"), build)
 
 
 @pytest.fixture(scope="session")
-def concepts_index(tiny_workdir, scenes_dir, tmp_path_factory):
+def concepts_index(tiny_workdir, scenes_dir):
     """The tiny model's float32 INDEX of the test split with the 'concepts' first stage. Tests
     that change an INDEX copy it first."""
-    from index.first_stage import build as first_stage_build
-    from index.precompute import precompute
-    index_dir = str(tmp_path_factory.mktemp("concepts_index") / "index")
-    precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64)
-    first_stage_build.build_from_index(index_dir, ["concepts"])
-    return index_dir
+    def build(folder):
+        from index.first_stage import build as first_stage_build
+        from index.precompute import precompute
+        index_dir = os.path.join(folder, "index")
+        precompute(tiny_workdir, scenes_dir, CONCEPTS_INDEX["split"], index_dir,
+                   storage=CONCEPTS_INDEX["storage"], batch_size=CONCEPTS_INDEX["batch_size"])
+        first_stage_build.build_from_index(index_dir, CONCEPTS_INDEX["first_stages"])
+    inputs = {**CONCEPTS_INDEX, "model": os.path.basename(tiny_workdir),
+              "data": os.path.basename(scenes_dir)}
+    entry = fixture_cache.cached_directory("concepts_index", inputs,
+                                           ("lateint", "train", "index"), build)
+    return os.path.join(entry, "index")

@@ -1,6 +1,8 @@
 """The demo page in headless Chromium: /?q=... runs the query on load and renders the results.
 
-Needs Debian's `chromium` package (apt-get install -y chromium); skipped when it is missing.
+Needs Debian's `chromium` package (apt-get install -y chromium); skipped when it is missing,
+except that with LATEINT_REQUIRE_CHROMIUM=1 (set by scripts/test.sh, so in CI) a missing chromium
+fails the tests instead of skipping them.
 """
 
 import html.parser
@@ -15,13 +17,23 @@ from index.precompute import precompute
 from serve.launcher import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
                   "--hide-scrollbars", "--virtual-time-budget=20000"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium_is_installed():
+    """Skips this file's tests without chromium; fails them when LATEINT_REQUIRE_CHROMIUM=1.
+    (Module scope and autouse: it runs before the server starts.)"""
+    if CHROMIUM is None:
+        missing = "chromium is not installed (Debian: apt-get install -y chromium)"
+        if os.environ.get("LATEINT_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(f"{missing}, and LATEINT_REQUIRE_CHROMIUM=1 says this test must run",
+                        pytrace=False)
+        pytest.skip(missing)
 
 
 @pytest.fixture(scope="module")

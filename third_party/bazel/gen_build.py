@@ -16,7 +16,8 @@ lateint/, train/, index/, serve/, tests/ and bench/ that holds .py files it writ
   package, a plain py_binary run like `python folder/file.py`;
 - a `pytest_test` per tests/**/test_*.py or *_test.py (pytest's own patterns), depending on what
   it imports, on every conftest.py above it, and on the folder's non-Python files (fixtures);
-  a test's size is "large" unless the file has a line `# bazel: size=small|medium|large|enormous`;
+  a test's size is "large" unless the file has a line `# bazel: size=small|medium|large|enormous`,
+  and a line `# bazel: tags=smoke` (comma-separated) gives it Bazel tags;
 - string constants that name a project module ("serve.main", e.g. for `python -m` in a
   subprocess), a project .py path ("train/configs/tiny.py") or a project folder count as deps;
 - a `package_data` filegroup (glob of the folder's non-Python files) when it has any, given to
@@ -166,6 +167,8 @@ def render(repo: str, modules: dict[str, Module]) -> dict[str, str]:
             if data_of(package):
                 lines.append(f"    data = {_fmt_list(data_of(package))},")
             lines.append(f'    size = "{module.size}",')
+            if module.tags:
+                lines.append(f"    tags = {_fmt_list(list(module.tags))},")
             lines.append(")")
             targets[package].append((module.bin, "\n".join(lines)))
             continue

@@ -4,7 +4,8 @@ discover() finds every .py file under ROOTS (with its import name, Bazel package
 analyse() parses each with `ast` and fills in the project modules it needs: its imports (absolute
 and relative, at any depth), its parent packages' `__init__`, a test's conftest.py files, and the
 modules or folders its string constants name; it also marks the modules with a top-level
-`if __name__ == "__main__":` (binaries) and reads a test's `# bazel: size=...` line.
+`if __name__ == "__main__":` (binaries) and reads a test's `# bazel: size=...` and
+`# bazel: tags=...` lines.
 strongly_connected() groups the modules that import each other in a cycle. Standard library only.
 """
 
@@ -20,6 +21,8 @@ TESTS_ROOT = "tests"
 RUNNER = "tests/bazel_pytest_main.py"
 SKIP_DIRS = {"__pycache__", "node_modules"}
 SIZE_MARKER = re.compile(r"^#\s*bazel:\s*size\s*=\s*(small|medium|large|enormous)\s*$", re.M)
+TAGS_MARKER = re.compile(r"^#\s*bazel:\s*tags\s*=\s*([a-z][a-z0-9_-]*(?:,[a-z][a-z0-9_-]*)*)\s*$",
+                         re.M)
 DEFAULT_TEST_SIZE = "large"
 
 
@@ -34,6 +37,7 @@ class Module:
     is_test: bool = False
     is_binary: bool = False
     size: str = DEFAULT_TEST_SIZE
+    tags: tuple = ()  # a test's `# bazel: tags=a,b` line, e.g. "smoke" (scripts/test.sh runs those)
     edges: set = dataclasses.field(default_factory=set)  # paths of modules it needs
     run_edges: set = dataclasses.field(default_factory=set)  # binaries: files loaded by path
     lib: str = ""  # library target name
@@ -218,6 +222,9 @@ def analyse(repo: str, modules: dict[str, Module]) -> None:
             marker = SIZE_MARKER.search(source)
             if marker:
                 module.size = marker.group(1)
+            tags = TAGS_MARKER.search(source)
+            if tags:
+                module.tags = tuple(sorted(set(tags.group(1).split(","))))
         # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
         parent = module.name.rpartition(".")[0]
         if parent:
