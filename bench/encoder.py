@@ -52,9 +52,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     # Shared tower weights: the fused forward is then exactly L layers over [T + R] tokens, the
     # cost of a cross-encoder (with separate towers it would run both towers everywhere).
-    config = ModelConfig(num_layers=FLAGS.num_layers, split_layer=FLAGS.split_layer,
-                         region_feature_dim=FLAGS.feature_dim, max_regions=FLAGS.regions,
-                         share_tower_weights=True)
+    config = ModelConfig(
+        num_layers=FLAGS.num_layers,
+        split_layer=FLAGS.split_layer,
+        region_feature_dim=FLAGS.feature_dim,
+        max_regions=FLAGS.regions,
+        share_tower_weights=True,
+    )
     model = SplitEncoder(config, nnx.Rngs(0))
     graph, state = nnx.split(model)
     rng = np.random.default_rng(0)
@@ -73,36 +77,56 @@ def main(argv):
     def joint(state, text_acts, text_mask, stored, image_mask):
         model = nnx.merge(graph, state)
         count = stored.shape[0]
-        return model.joint_score(jnp.broadcast_to(text_acts, (count,) + text_acts.shape[1:]),
-                                 jnp.broadcast_to(text_mask, (count, text_mask.shape[1])),
-                                 stored, image_mask)
+        return model.joint_score(
+            jnp.broadcast_to(text_acts, (count,) + text_acts.shape[1:]),
+            jnp.broadcast_to(text_mask, (count, text_mask.shape[1])),
+            stored,
+            image_mask,
+        )
 
     @jax.jit
     def full(state, ids, mask, regions, boxes, region_mask):
         count = regions.shape[0]
         return nnx.merge(graph, state).fused_score(
             jnp.broadcast_to(ids, (count, ids.shape[1])),
-            jnp.broadcast_to(mask, (count, mask.shape[1])), regions, boxes, region_mask)
+            jnp.broadcast_to(mask, (count, mask.shape[1])),
+            regions,
+            boxes,
+            region_mask,
+        )
 
     stored = model.compress(model.encode_image(regions, boxes, region_mask).activations)
     text_acts = text_tower(state, token_ids, token_mask)
     repeats = FLAGS.repeats
     text_ms = _median_ms(text_tower, state, token_ids, token_mask, repeats=repeats)
-    joint_ms = _median_ms(joint, state, text_acts, token_mask, stored, region_mask,
-                          repeats=repeats)
-    full_ms = _median_ms(full, state, token_ids, token_mask, regions, boxes, region_mask,
-                         repeats=repeats)
+    joint_ms = _median_ms(joint, state, text_acts, token_mask, stored, region_mask, repeats=repeats)
+    full_ms = _median_ms(
+        full, state, token_ids, token_mask, regions, boxes, region_mask, repeats=repeats
+    )
     layers, split = config.num_layers, config.split_layer
-    print(json.dumps({
-        "bench": "encoder",
-        "devices": [str(d) for d in jax.devices()],
-        "config": {"L": layers, "l": split, "K": k, "T": t, "R": r, "H": config.hidden_size},
-        "text_tower_ms": round(text_ms, 3),
-        "joint_ms": round(joint_ms, 3),
-        "full_forward_ms": round(full_ms, 3),
-        "speedup_full_over_split": round(full_ms / (text_ms + joint_ms), 3),
-        "ideal_speedup": round(layers / max(layers - split, 1e-9), 3) if split < layers else None,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "encoder",
+                "devices": [str(d) for d in jax.devices()],
+                "config": {
+                    "L": layers,
+                    "l": split,
+                    "K": k,
+                    "T": t,
+                    "R": r,
+                    "H": config.hidden_size,
+                },
+                "text_tower_ms": round(text_ms, 3),
+                "joint_ms": round(joint_ms, 3),
+                "full_forward_ms": round(full_ms, 3),
+                "speedup_full_over_split": round(full_ms / (text_ms + joint_ms), 3),
+                "ideal_speedup": round(layers / max(layers - split, 1e-9), 3)
+                if split < layers
+                else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,13 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from index.first_stage import (ArraySource, add, build_stages, open_first_stage,  # noqa: E402
-                               synthetic)
+from index.first_stage import (  # noqa: E402
+    ArraySource,
+    add,
+    build_stages,
+    open_first_stage,
+    synthetic,
+)
 from lateint import metrics  # noqa: E402
 
 _IMAGES = flags.DEFINE_integer("images", 1000, "Images the dictionary is trained on (A).")
@@ -37,7 +42,7 @@ NPROBES = (4, 8, 16)
 def _added(kind: str, count: int, first_image: int) -> synthetic.SyntheticImages:
     topics = synthetic.topics(TOPICS, DIM, seed=0)
     if kind == "shifted":  # half the topics replaced by directions A never saw
-        topics = np.concatenate([topics[:TOPICS // 2], synthetic.topics(TOPICS // 2, DIM, 7)])
+        topics = np.concatenate([topics[: TOPICS // 2], synthetic.topics(TOPICS // 2, DIM, 7)])
     return synthetic.images(topics, count, REGIONS, seed=2, first_image=first_image)
 
 
@@ -54,8 +59,9 @@ def run(images: int, growth: int, scratch: str) -> list[dict]:
         more = _added(kind, images * growth, images)
         union = synthetic.SyntheticImages(*(np.concatenate(pair) for pair in zip(first, more)))
         queries, _ = synthetic.queries(union, topics, QUERIES, 6, seed=3)
-        folders = {name: os.path.join(scratch, kind, name)
-                   for name in ("live", "reclustered", "rebuilt")}
+        folders = {
+            name: os.path.join(scratch, kind, name) for name in ("live", "reclustered", "rebuilt")
+        }
         shutil.rmtree(os.path.join(scratch, kind), ignore_errors=True)
         build_stages(folders["live"], ArraySource(*first), ["concepts"])
         add(folders["live"], ArraySource(*more), images)  # what index.add does
@@ -63,24 +69,40 @@ def run(images: int, growth: int, scratch: str) -> list[dict]:
         old_k, fit = live_stage.centroids.shape[0], live_stage.record["fit"]
         # index.compact --recluster: the same K retrained over every image; and a rebuild with
         # K from the rule for the grown corpus (index.build's default).
-        build_stages(folders["reclustered"], ArraySource(*union), ["concepts"],
-                     {"concepts": {"num_centroids": old_k}})
+        build_stages(
+            folders["reclustered"],
+            ArraySource(*union),
+            ["concepts"],
+            {"concepts": {"num_centroids": old_k}},
+        )
         build_stages(folders["rebuilt"], ArraySource(*union), ["concepts", "exact"])
         reference, _ = open_first_stage(folders["rebuilt"], "exact").search(queries, TOP)
         new_k = open_first_stage(folders["rebuilt"], "concepts").centroids.shape[0]
         for nprobe in NPROBES:
-            recall = {name: _recall(folder, queries, reference, nprobe)
-                      for name, folder in folders.items()}
-            rows.append({"bench": "live_index", "added": kind, "images_trained": images,
-                         "images_total": union.concepts.shape[0], "nprobe": nprobe,
-                         "candidates": CANDIDATES, "top": TOP, "queries": QUERIES,
-                         "centroids_old": old_k, "centroids_rebuilt": new_k,
-                         "recall_old_dictionary": round(recall["live"], 4),
-                         "recall_reclustered": round(recall["reclustered"], 4),
-                         "recall_rebuilt": round(recall["rebuilt"], 4),
-                         "drift": round(recall["live"] - recall["reclustered"], 4),
-                         "fit_trained": round(fit["trained"], 4),
-                         "fit_added": round(fit["added"], 4)})
+            recall = {
+                name: _recall(folder, queries, reference, nprobe)
+                for name, folder in folders.items()
+            }
+            rows.append(
+                {
+                    "bench": "live_index",
+                    "added": kind,
+                    "images_trained": images,
+                    "images_total": union.concepts.shape[0],
+                    "nprobe": nprobe,
+                    "candidates": CANDIDATES,
+                    "top": TOP,
+                    "queries": QUERIES,
+                    "centroids_old": old_k,
+                    "centroids_rebuilt": new_k,
+                    "recall_old_dictionary": round(recall["live"], 4),
+                    "recall_reclustered": round(recall["reclustered"], 4),
+                    "recall_rebuilt": round(recall["rebuilt"], 4),
+                    "drift": round(recall["live"] - recall["reclustered"], 4),
+                    "fit_trained": round(fit["trained"], 4),
+                    "fit_added": round(fit["added"], 4),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -37,7 +37,8 @@ from absl import app, flags, logging  # noqa: E402
 
 # bench/serve.py's setup builder, query source and flags (--workdir, --index, --images, ...).
 _spec = importlib.util.spec_from_file_location(
-    "bench_serve", os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py"))
+    "bench_serve", os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py")
+)
 serve_bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(serve_bench)
 
@@ -56,7 +57,7 @@ def _server_buckets(url: str) -> dict:
     for line in httpx.get(url + "/metrics", timeout=FLAGS.client_timeout_s).text.splitlines():
         if not line.startswith("lateint_search_latency_seconds_bucket{"):
             continue
-        labels, value = line[line.index("{") + 1:line.index("}")], float(line.rsplit(" ", 1)[1])
+        labels, value = line[line.index("{") + 1 : line.index("}")], float(line.rsplit(" ", 1)[1])
         fields = dict(part.split("=", 1) for part in labels.split(","))
         le = float(fields["le"].strip('"'))  # "+Inf" -> inf
         buckets[fields["status"].strip('"')][le] = value
@@ -75,14 +76,19 @@ def _server_view(before: dict, after: dict, deadline_ms: float) -> dict:
             continue
 
         def bound(quantile, bounds=bounds, counts=counts, total=total):
-            return next(round(le * 1e3, 1) for le, count in zip(bounds, counts)
-                        if count >= quantile * total)
+            return next(
+                round(le * 1e3, 1) for le, count in zip(bounds, counts) if count >= quantile * total
+            )
 
-        within = max((count for le, count in zip(bounds, counts) if le * 1e3 <= deadline_ms),
-                     default=0.0)
-        view[status] = {"answers": int(total), "p50_at_most_ms": bound(0.5),
-                        "p99_at_most_ms": bound(0.99),
-                        "within_deadline_share": round(within / total, 3)}
+        within = max(
+            (count for le, count in zip(bounds, counts) if le * 1e3 <= deadline_ms), default=0.0
+        )
+        view[status] = {
+            "answers": int(total),
+            "p50_at_most_ms": bound(0.5),
+            "p99_at_most_ms": bound(0.99),
+            "within_deadline_share": round(within / total, 3),
+        }
     return view
 
 
@@ -90,12 +96,16 @@ def _percentiles(values: list[float]) -> dict:
     if not values:
         return {"p50": None, "p99": None, "max": None}
     array = np.array(values)
-    return {"p50": round(float(np.percentile(array, 50)), 1),
-            "p99": round(float(np.percentile(array, 99)), 1), "max": round(float(array.max()), 1)}
+    return {
+        "p50": round(float(np.percentile(array, 50)), 1),
+        "p99": round(float(np.percentile(array, 99)), 1),
+        "max": round(float(array.max()), 1),
+    }
 
 
-async def phase(url: str, queries: list[str], concurrency: int, seconds: float, k: int,
-                options: dict) -> dict:
+async def phase(
+    url: str, queries: list[str], concurrency: int, seconds: float, k: int, options: dict
+) -> dict:
     """`concurrency` closed-loop clients for `seconds`; statistics of what they got back."""
     statuses: collections.Counter = collections.Counter()
     latencies, ok_latencies, shed_latencies = [], [], []
@@ -134,23 +144,34 @@ async def phase(url: str, queries: list[str], concurrency: int, seconds: float, 
         health = await client.get(url + "/healthz", timeout=FLAGS.client_timeout_s)
     answered = sum(statuses.values())
     total = answered + sum(failures.values())
-    return {"concurrency": concurrency, "seconds": round(wall, 2), "requests": total,
-            "statuses": {str(code): count for code, count in sorted(statuses.items())},
-            "client_failures": dict(failures),
-            "errors_other_than_503": total - statuses[200] - statuses[503],
-            "ok_per_s": round(statuses[200] / wall, 1),
-            "shed_share": round(statuses[503] / total, 3) if total else None,
-            "latency_ms": _percentiles(latencies), "latency_ms_200": _percentiles(ok_latencies),
-            "latency_ms_503": _percentiles(shed_latencies),
-            "healthz_after": {"status": health.status_code,
-                              "body": health.json().get("status") or health.json()}}
+    return {
+        "concurrency": concurrency,
+        "seconds": round(wall, 2),
+        "requests": total,
+        "statuses": {str(code): count for code, count in sorted(statuses.items())},
+        "client_failures": dict(failures),
+        "errors_other_than_503": total - statuses[200] - statuses[503],
+        "ok_per_s": round(statuses[200] / wall, 1),
+        "shed_share": round(statuses[503] / total, 3) if total else None,
+        "latency_ms": _percentiles(latencies),
+        "latency_ms_200": _percentiles(ok_latencies),
+        "latency_ms_503": _percentiles(shed_latencies),
+        "healthz_after": {
+            "status": health.status_code,
+            "body": health.json().get("status") or health.json(),
+        },
+    }
 
 
 def run(workdir: str, index_dir: str, levels: list[int]) -> dict:
     from serve.launcher import ServerProcess
 
-    server_flags = [f"--max_batch={FLAGS.max_batch}", f"--max_queue={FLAGS.max_queue}",
-                    f"--request_timeout_ms={FLAGS.request_timeout_ms:g}", *FLAGS.server_flag]
+    server_flags = [
+        f"--max_batch={FLAGS.max_batch}",
+        f"--max_queue={FLAGS.max_queue}",
+        f"--request_timeout_ms={FLAGS.request_timeout_ms:g}",
+        *FLAGS.server_flag,
+    ]
     queries = serve_bench.corpus_queries(index_dir)
     options = {"first_stage": FLAGS.first_stage} if FLAGS.first_stage else {}
     server = ServerProcess(workdir, index_dir, server_flags).start()
@@ -160,18 +181,25 @@ def run(workdir: str, index_dir: str, levels: list[int]) -> dict:
         phases = []
         for concurrency in levels:
             before = _server_buckets(server.url)
-            row = asyncio.run(phase(server.url, queries, concurrency, FLAGS.phase_seconds,
-                                    FLAGS.k, options))
-            row["server_side"] = _server_view(before, _server_buckets(server.url),
-                                              FLAGS.request_timeout_ms)
+            row = asyncio.run(
+                phase(server.url, queries, concurrency, FLAGS.phase_seconds, FLAGS.k, options)
+            )
+            row["server_side"] = _server_view(
+                before, _server_buckets(server.url), FLAGS.request_timeout_ms
+            )
             logging.info("c=%d: %s", concurrency, json.dumps(row))
             phases.append(row)
         alive = httpx.get(server.url + "/livez", timeout=30).status_code == 200
     finally:
         exit_status = server.terminate()
-    return {"server_flags": server_flags, "images": health["images"],
-            "first_stage": FLAGS.first_stage or health["default_first_stage"], "phases": phases,
-            "alive_after": alive, "exit_status_after_sigterm": exit_status}
+    return {
+        "server_flags": server_flags,
+        "images": health["images"],
+        "first_stage": FLAGS.first_stage or health["default_first_stage"],
+        "phases": phases,
+        "alive_after": alive,
+        "exit_status_after_sigterm": exit_status,
+    }
 
 
 def main(argv):
@@ -183,8 +211,9 @@ def main(argv):
     levels = [int(value) for value in FLAGS.levels]
     with tempfile.TemporaryDirectory(prefix="bench-load-") as temporary:
         if FLAGS.workdir is None:
-            workdir, index_dir = serve_bench.build_small_setup(FLAGS.scratch or temporary,
-                                                               FLAGS.images)
+            workdir, index_dir = serve_bench.build_small_setup(
+                FLAGS.scratch or temporary, FLAGS.images
+            )
             setup = f"self-built: {FLAGS.images} scenes images, 3-layer H=128 model (split 1)"
         else:
             workdir, index_dir = FLAGS.workdir, FLAGS.index
@@ -193,15 +222,29 @@ def main(argv):
         result = run(workdir, index_dir, levels)
     by_level = {row["concurrency"]: row for row in result["phases"]}
     at_32 = by_level.get(32, {}).get("latency_ms_200", {})
-    print(json.dumps({
-        "benchmark": "load", "setup": setup, "cpus": os.cpu_count(),
-        "load_average_1m": {"before": round(load_before[0], 2),
-                            "after": round(os.getloadavg()[0], 2)},
-        "phase_seconds": FLAGS.phase_seconds, "request_timeout_ms": FLAGS.request_timeout_ms,
-        **result,
-        "p99_over_p50_at_32": round(at_32["p99"] / at_32["p50"], 2) if at_32.get("p50") else None,
-        "errors_other_than_503": sum(row["errors_other_than_503"] for row in result["phases"]),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "load",
+                "setup": setup,
+                "cpus": os.cpu_count(),
+                "load_average_1m": {
+                    "before": round(load_before[0], 2),
+                    "after": round(os.getloadavg()[0], 2),
+                },
+                "phase_seconds": FLAGS.phase_seconds,
+                "request_timeout_ms": FLAGS.request_timeout_ms,
+                **result,
+                "p99_over_p50_at_32": round(at_32["p99"] / at_32["p50"], 2)
+                if at_32.get("p50")
+                else None,
+                "errors_other_than_503": sum(
+                    row["errors_other_than_503"] for row in result["phases"]
+                ),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

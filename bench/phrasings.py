@@ -36,13 +36,24 @@ FLAGS = flags.FLAGS
 OPPOSITE_SIDE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 HELD_OUT = {
     # "S r T" said from T's side: "T with S on its left" means S left of T.
-    "inverse": {"left": "{t} with {s} on its left", "right": "{t} with {s} on its right",
-                "above": "{t} with {s} above it", "below": "{t} with {s} underneath it"},
-    "other_words": {"left": "{s} further left than {t}", "right": "{s} further right than {t}",
-                    "above": "{s} on top of {t}", "below": "{s} underneath {t}"},
-    "imperative": {"left": "show me {s} to the left of {t}", "right": "find {s} right of {t}",
-                   "above": "show me a picture where {s} is above {t}",
-                   "below": "I am looking for {s} below {t}"},
+    "inverse": {
+        "left": "{t} with {s} on its left",
+        "right": "{t} with {s} on its right",
+        "above": "{t} with {s} above it",
+        "below": "{t} with {s} underneath it",
+    },
+    "other_words": {
+        "left": "{s} further left than {t}",
+        "right": "{s} further right than {t}",
+        "above": "{s} on top of {t}",
+        "below": "{s} underneath {t}",
+    },
+    "imperative": {
+        "left": "show me {s} to the left of {t}",
+        "right": "find {s} right of {t}",
+        "above": "show me a picture where {s} is above {t}",
+        "below": "I am looking for {s} below {t}",
+    },
 }
 SIZE_HELD_OUT = {"small": "tiny", "large": "huge"}
 
@@ -74,9 +85,12 @@ def make_queries(records: list, truth: semantics.SceneTruth, per_template: int, 
             continue
         for relation in ("left", "right", "above", "below"):
             sized = rng.random() < 0.5
-            claim = semantics.Claim("relation", semantics.Phrase("a", a["size"] if sized else None,
-                                                                 a["class"]),
-                                    relation, semantics.Phrase("a", None, b["class"]))
+            claim = semantics.Claim(
+                "relation",
+                semantics.Phrase("a", a["size"] if sized else None, a["class"]),
+                relation,
+                semantics.Phrase("a", None, b["class"]),
+            )
             here = truth.subset(np.array([index])).claim_holds(claim)[0]
             there = truth.subset(np.array(partners)).claim_holds(claim)
             if here and not there.any():
@@ -90,12 +104,21 @@ def make_queries(records: list, truth: semantics.SceneTruth, per_template: int, 
             size_words = SIZE_HELD_OUT if sized else {}
             text = templates[claim.relation].format(
                 s=_noun_phrase(claim.subject, size_words, rng),
-                t=_noun_phrase(claim.target, size_words, rng))
+                t=_noun_phrase(claim.target, size_words, rng),
+            )
             queries.append((family, text, claim, scene, partner))
         generator = {"small": "small", "large": "large"}
         phrase = words.RELATION_PHRASES[claim.relation][0]
-        queries.append(("generator", f"{_noun_phrase(claim.subject, generator, rng)} {phrase} "
-                        f"{_noun_phrase(claim.target, generator, rng)}", claim, scene, partner))
+        queries.append(
+            (
+                "generator",
+                f"{_noun_phrase(claim.subject, generator, rng)} {phrase} "
+                f"{_noun_phrase(claim.target, generator, rng)}",
+                claim,
+                scene,
+                partner,
+            )
+        )
     return queries
 
 
@@ -104,8 +127,9 @@ def run(workdir: str, index: str, data: str, split: str, per_template: int) -> l
     records = scenes.read_records(data, split, corpus.image_ids)
     truth = semantics.SceneTruth.from_records(records)
     queries = make_queries(records, truth, per_template, seed=0)
-    evaluation = Evaluation(workdir, data, split, Settings(sample_queries=0, latency_queries=1,
-                                                           max_queries=1))
+    evaluation = Evaluation(
+        workdir, data, split, Settings(sample_queries=0, latency_queries=1, max_queries=1)
+    )
     inference = Inference(evaluation.model)
     texts = [text for _, text, _, _, _ in queries]
     token_ids, token_mask = evaluation.tokenizer.encode(texts)
@@ -119,34 +143,63 @@ def run(workdir: str, index: str, data: str, split: str, per_template: int) -> l
     stored_scene, mask_scene = store.gather(scene)
     stored_partner, mask_partner = store.gather(partner)
     scores = {
-        "global": (np.sum(text.global_vector * image_global[scene], -1),
-                   np.sum(text.global_vector * image_global[partner], -1)),
-        "maxsim": tuple(np.array([maxsim_matrix(text.concepts[i:i + 1], text.mask[i:i + 1],
-                                                concepts[rows[i]:rows[i] + 1],
-                                                region_mask[rows[i]:rows[i] + 1])[0, 0]
-                                  for i in range(len(queries))]) for rows in (scene, partner)),
-        "joint": (inference.joint_scores(text.activations, text.mask, stored_scene, mask_scene,
-                                         128),
-                  inference.joint_scores(text.activations, text.mask, stored_partner,
-                                         mask_partner, 128)),
+        "global": (
+            np.sum(text.global_vector * image_global[scene], -1),
+            np.sum(text.global_vector * image_global[partner], -1),
+        ),
+        "maxsim": tuple(
+            np.array(
+                [
+                    maxsim_matrix(
+                        text.concepts[i : i + 1],
+                        text.mask[i : i + 1],
+                        concepts[rows[i] : rows[i] + 1],
+                        region_mask[rows[i] : rows[i] + 1],
+                    )[0, 0]
+                    for i in range(len(queries))
+                ]
+            )
+            for rows in (scene, partner)
+        ),
+        "joint": (
+            inference.joint_scores(text.activations, text.mask, stored_scene, mask_scene, 128),
+            inference.joint_scores(text.activations, text.mask, stored_partner, mask_partner, 128),
+        ),
     }
-    searcher = Searcher(evaluation.model, evaluation.meta, store, evaluation.tokenizer,
-                        evaluation.buckets, first_stages=["exact", "exact_global"])
-    results = searcher.search(texts, k=1, n=evaluation.settings.n, K=evaluation.settings.K,
-                              first_stage="exact")
+    searcher = Searcher(
+        evaluation.model,
+        evaluation.meta,
+        store,
+        evaluation.tokenizer,
+        evaluation.buckets,
+        first_stages=["exact", "exact_global"],
+    )
+    results = searcher.search(
+        texts, k=1, n=evaluation.settings.n, K=evaluation.settings.K, first_stage="exact"
+    )
     top1 = np.array([result.hits[0].index for result in results])
     families = np.array([q[0] for q in queries])
     lines = []
     for family in list(HELD_OUT) + ["generator"]:
         rows = np.flatnonzero(families == family)
-        line = {"family": family, "queries": int(rows.size),
-                "example": texts[rows[0]] if rows.size else None}
+        line = {
+            "family": family,
+            "queries": int(rows.size),
+            "example": texts[rows[0]] if rows.size else None,
+        }
         for name, (own, other) in scores.items():
             line[f"partner_accuracy/{name}"] = relational_metrics.partner_accuracy(
-                own[rows], other[rows])["partner_accuracy"]
-        line["staged_oracle_r1"] = float(100.0 * np.mean([
-            truth.subset(np.array([top1[row]])).claim_holds(queries[row][2])[0]
-            for row in rows]))
+                own[rows], other[rows]
+            )["partner_accuracy"]
+        line["staged_oracle_r1"] = float(
+            100.0
+            * np.mean(
+                [
+                    truth.subset(np.array([top1[row]])).claim_holds(queries[row][2])[0]
+                    for row in rows
+                ]
+            )
+        )
         lines.append(line)
     return lines
 

@@ -66,11 +66,17 @@ def main(argv):
             regions=rng.normal(size=(n, r, f)).astype(np.float32),
             boxes=np.tile(np.array([0.1, 0.1, 0.5, 0.5, 0.16], np.float32), (n, r, 1)),
             region_counts=rng.integers(r // 2, r + 1, n).astype(np.int32),
-            captions=[f"caption {i}" for i in range(n)], caption_image=np.arange(n),
-            image_ids=[f"img{i}" for i in range(n)])
+            captions=[f"caption {i}" for i in range(n)],
+            caption_image=np.arange(n),
+            image_ids=[f"img{i}" for i in range(n)],
+        )
         write_precomp(os.path.join(root, "data"), "test", corpus)
-        config = ModelConfig(num_layers=FLAGS.split_layer + 1, split_layer=FLAGS.split_layer,
-                             region_feature_dim=f, max_regions=r)
+        config = ModelConfig(
+            num_layers=FLAGS.split_layer + 1,
+            split_layer=FLAGS.split_layer,
+            region_feature_dim=f,
+            max_regions=r,
+        )
         model = SplitEncoder(config)
         save_model(os.path.join(root, "model"), model)
 
@@ -86,28 +92,42 @@ def main(argv):
                 inference.encode_images(
                     np.asarray(loaded_corpus.regions[start:stop], np.float32),
                     np.asarray(loaded_corpus.boxes[start:stop], np.float32),
-                    loaded_corpus.region_mask[start:stop], batch)
+                    loaded_corpus.region_mask[start:stop],
+                    batch,
+                )
 
         compute_seconds, compute_compiles = _timed(compute)
-        precompute_seconds, precompute_compiles = _timed(lambda: precompute(
-            model_dir, data_dir, "test", os.path.join(root, "index"), FLAGS.storage, batch))
-        print(json.dumps({
-            "bench": "precompute", "images": n, "regions": r, "hidden": config.hidden_size,
-            "image_tower_layers": FLAGS.split_layer, "storage": FLAGS.storage,
-            "batch_size": batch,
-            "compute_images_per_s": round(n / compute_seconds, 1),
-            "precompute_images_per_s": round(n / precompute_seconds, 1),
-            "precompute_over_compute_time": round(precompute_seconds / compute_seconds, 3),
-            "compiles": {"compute": compute_compiles, "precompute": precompute_compiles},
-            "includes": {
-                "compute_images_per_s": "load_model + load_corpus (as index.precompute) + "
-                                        "one compile + encode_images of every batch",
-                "precompute_images_per_s": "index.precompute end to end: the same loads, "
-                                           "compile and encode + corpus fingerprint + "
-                                           "TensorStore writes (fsync) + journal + finalize",
-                "precompute_over_compute_time": "precompute seconds / compute seconds: both "
-                                                "include model load and one compile"},
-        }))
+        precompute_seconds, precompute_compiles = _timed(
+            lambda: precompute(
+                model_dir, data_dir, "test", os.path.join(root, "index"), FLAGS.storage, batch
+            )
+        )
+        print(
+            json.dumps(
+                {
+                    "bench": "precompute",
+                    "images": n,
+                    "regions": r,
+                    "hidden": config.hidden_size,
+                    "image_tower_layers": FLAGS.split_layer,
+                    "storage": FLAGS.storage,
+                    "batch_size": batch,
+                    "compute_images_per_s": round(n / compute_seconds, 1),
+                    "precompute_images_per_s": round(n / precompute_seconds, 1),
+                    "precompute_over_compute_time": round(precompute_seconds / compute_seconds, 3),
+                    "compiles": {"compute": compute_compiles, "precompute": precompute_compiles},
+                    "includes": {
+                        "compute_images_per_s": "load_model + load_corpus (as index.precompute) + "
+                        "one compile + encode_images of every batch",
+                        "precompute_images_per_s": "index.precompute end to end: the same loads, "
+                        "compile and encode + corpus fingerprint + "
+                        "TensorStore writes (fsync) + journal + finalize",
+                        "precompute_over_compute_time": "precompute seconds / compute seconds: both "
+                        "include model load and one compile",
+                    },
+                }
+            )
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

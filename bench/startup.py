@@ -34,14 +34,19 @@ from serve.launcher import ServerProcess  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir.")
 flags.DEFINE_string("index", None, "Finished INDEX of that model.")
-flags.DEFINE_list("modes", ["background_cold", "background_warm", "all_first_cold"],
-                  "Which starts to time, in this order.")
+flags.DEFINE_list(
+    "modes",
+    ["background_cold", "background_warm", "all_first_cold"],
+    "Which starts to time, in this order.",
+)
 flags.DEFINE_string("query", "two horses to the left of a dog", "The first search.")
 flags.mark_flags_as_required(["workdir", "index"])
 
-MODES = {"background_cold": (["--background_compile"], True),
-         "background_warm": (["--background_compile"], False),
-         "all_first_cold": (["--nobackground_compile"], True)}
+MODES = {
+    "background_cold": (["--background_compile"], True),
+    "background_warm": (["--background_compile"], False),
+    "all_first_cold": (["--nobackground_compile"], True),
+}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -54,8 +59,9 @@ def cpu_seconds(pid: int) -> float:
 def start_once(cache_dir: str, flags_: list[str], empty_cache: bool) -> dict:
     if empty_cache:
         shutil.rmtree(cache_dir, ignore_errors=True)
-    server = ServerProcess(FLAGS.workdir, FLAGS.index,
-                           flags_ + [f"--compilation_cache_dir={cache_dir}"])
+    server = ServerProcess(
+        FLAGS.workdir, FLAGS.index, flags_ + [f"--compilation_cache_dir={cache_dir}"]
+    )
     began = time.perf_counter()
     server.start()
     try:
@@ -63,13 +69,17 @@ def start_once(cache_dir: str, flags_: list[str], empty_cache: bool) -> dict:
         ready = time.perf_counter() - began
         cpu = cpu_seconds(server.process.pid)
         asked = time.perf_counter()
-        answer = httpx.post(server.url + "/search", json={"query": FLAGS.query, "k": 3},
-                            timeout=120).json()
-        record = {"ready_s": round(ready, 2), "cpu_s_at_ready": round(cpu, 2),
-                  "compile_s_before_ready": round(health["compile_seconds"], 2),
-                  "executables_at_ready": health["compile"]["compiled"],
-                  "first_search_ms": round((time.perf_counter() - asked) * 1e3, 1),
-                  "first_search_top3": [hit["id"] for hit in answer["results"]]}
+        answer = httpx.post(
+            server.url + "/search", json={"query": FLAGS.query, "k": 3}, timeout=120
+        ).json()
+        record = {
+            "ready_s": round(ready, 2),
+            "cpu_s_at_ready": round(cpu, 2),
+            "compile_s_before_ready": round(health["compile_seconds"], 2),
+            "executables_at_ready": health["compile"]["compiled"],
+            "first_search_ms": round((time.perf_counter() - asked) * 1e3, 1),
+            "first_search_top3": [hit["id"] for hit in answer["results"]],
+        }
         server.wait_ready(timeout=1800, compiled=True)
         record["all_compiled_s"] = round(time.perf_counter() - began, 2)
         return record
@@ -88,8 +98,7 @@ def main(argv):
     with tempfile.TemporaryDirectory(prefix="startup-cache-") as cache_dir:
         for mode in FLAGS.modes:
             server_flags, empty_cache = MODES[mode]
-            results[mode] = start_once(os.path.join(cache_dir, "xla"), server_flags,
-                                       empty_cache)
+            results[mode] = start_once(os.path.join(cache_dir, "xla"), server_flags, empty_cache)
             results[mode]["load_average_after"] = os.getloadavg()
             print(json.dumps({mode: results[mode]}), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=1))

@@ -27,8 +27,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir.")
 flags.DEFINE_string("data", None, "Corpus directory.")
 flags.DEFINE_string("split", "dev", "Split to index and query.")
-flags.DEFINE_string("out", "/tmp/bench_storage_modes", "Where the per-mode indexes go (kept, "
-                    "so a rerun only evaluates).")
+flags.DEFINE_string(
+    "out",
+    "/tmp/bench_storage_modes",
+    "Where the per-mode indexes go (kept, so a rerun only evaluates).",
+)
 flags.DEFINE_list("modes", ["float32", "bfloat16", "int8"], "Storage modes; float32 first.")
 flags.DEFINE_integer("max_queries", 1000, "Captions used as queries (evenly spaced).")
 flags.DEFINE_integer("K", 32, "Images reranked by the joint layers.")
@@ -41,9 +44,17 @@ def main(argv):
     flags.mark_flags_as_required(["workdir", "data"])
     logging.set_verbosity(logging.WARNING)
     stored_dim = read_model_config(FLAGS.workdir).stored_dim
-    settings = Settings(n=FLAGS.n, K=FLAGS.K, first_stages=("exact",), protocol="full",
-                        max_queries=FLAGS.max_queries, max_exhaustive_queries=1,
-                        latency_queries=3, sample_queries=0, recall_queries=1)
+    settings = Settings(
+        n=FLAGS.n,
+        K=FLAGS.K,
+        first_stages=("exact",),
+        protocol="full",
+        max_queries=FLAGS.max_queries,
+        max_exhaustive_queries=1,
+        latency_queries=3,
+        sample_queries=0,
+        recall_queries=1,
+    )
     evaluation = Evaluation(FLAGS.workdir, FLAGS.data, FLAGS.split, settings)
     modes = {}
     for mode in FLAGS.modes:
@@ -52,15 +63,28 @@ def main(argv):
         records, _ = evaluation.evaluate_index(index_dir)
         staged = next(r for r in records if r["scorer"].startswith("staged"))
         recall = staged["recall"]["full"]
-        modes[mode] = {"bytes_per_region": codecs.bytes_per_region(mode, stored_dim),
-                       "t2i_r1": recall["t2i_r1"], "t2i_r10": recall["t2i_r10"],
-                       "scorer": staged["scorer"]}
+        modes[mode] = {
+            "bytes_per_region": codecs.bytes_per_region(mode, stored_dim),
+            "t2i_r1": recall["t2i_r1"],
+            "t2i_r10": recall["t2i_r10"],
+            "scorer": staged["scorer"],
+        }
     reference = modes[FLAGS.modes[0]]["t2i_r10"]
     for values in modes.values():
         values["t2i_r10_change_vs_" + FLAGS.modes[0]] = round(values["t2i_r10"] - reference, 3)
-    print(json.dumps({"bench": "storage_modes", "split": FLAGS.split,
-                      "queries": int(evaluation.queries.size), "stored_dim": stored_dim,
-                      "K": FLAGS.K, "n": FLAGS.n, "modes": modes}))
+    print(
+        json.dumps(
+            {
+                "bench": "storage_modes",
+                "split": FLAGS.split,
+                "queries": int(evaluation.queries.size),
+                "stored_dim": stored_dim,
+                "K": FLAGS.K,
+                "n": FLAGS.n,
+                "modes": modes,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

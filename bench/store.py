@@ -63,8 +63,9 @@ def _median_ms(function, queries: int) -> float:
 
 def _write_layout(path: str, data: np.ndarray, chunk_rows: int, inner_rows, sync: bool) -> float:
     """Writes `data` [N, R, H] in shard-sized blocks with bounded in-flight bytes; returns s."""
-    metadata = codecs.layout_metadata(list(data.shape), data.dtype, "activations", chunk_rows,
-                                      inner_rows)
+    metadata = codecs.layout_metadata(
+        list(data.shape), data.dtype, "activations", chunk_rows, inner_rows
+    )
     spec = codecs.zarr_spec(path, metadata)
     context = ts.Context({"file_io_sync": sync})
     begin = time.perf_counter()
@@ -72,12 +73,12 @@ def _write_layout(path: str, data: np.ndarray, chunk_rows: int, inner_rows, sync
     block = max(chunk_rows, 1024)
     pending, pending_bytes = [], 0
     for start in range(0, data.shape[0], block):
-        piece = data[start:start + block]
+        piece = data[start : start + block]
         while pending and pending_bytes + piece.nbytes > store.DEFAULT_INFLIGHT_BYTES:
             future, nbytes = pending.pop(0)
             future.result()
             pending_bytes -= nbytes
-        pending.append((array[start:start + piece.shape[0]].write(piece), piece.nbytes))
+        pending.append((array[start : start + piece.shape[0]].write(piece), piece.nbytes))
         pending_bytes += piece.nbytes
     for future, _ in pending:
         future.result()
@@ -98,8 +99,10 @@ def _bench_layouts(root: str, data: np.ndarray, raw_path: str, rng) -> dict:
         chunk_rows = chunk_rows or _SHARD_ROWS.value
         path = os.path.join(root, name)
         seconds = _write_layout(path, data, chunk_rows, inner_rows, sync=True)
-        entry = {"write_mb_s": round(data.nbytes / seconds / 1e6, 1),
-                 "files": sum(len(files) for _, _, files in os.walk(path))}
+        entry = {
+            "write_mb_s": round(data.nbytes / seconds / 1e6, 1),
+            "files": sum(len(files) for _, _, files in os.walk(path)),
+        }
         if name == "sharded":
             shutil.rmtree(path)
             nosync = _write_layout(path, data, chunk_rows, inner_rows, sync=False)
@@ -110,25 +113,33 @@ def _bench_layouts(root: str, data: np.ndarray, raw_path: str, rng) -> dict:
         assert np.array_equal(reader.oindex[check].read().result(), data[check])
         entry["gather_warm_ms"] = _median_ms(
             lambda reader=reader: reader.oindex[rng.integers(0, images, k)].read().result(),
-            _WARM_QUERIES.value)
+            _WARM_QUERIES.value,
+        )
         uncached = _open_reader(path, 0)  # OS page cache only, no TensorStore chunk cache
         entry["gather_page_cache_only_ms"] = _median_ms(
             lambda uncached=uncached: uncached.oindex[rng.integers(0, images, k)].read().result(),
-            _WARM_QUERIES.value)
+            _WARM_QUERIES.value,
+        )
         cold = []
         for _ in range(_COLD_QUERIES.value):
             _drop_page_cache()
             fresh = _open_reader(path, store.DEFAULT_CACHE_BYTES)
-            cold.append(_median_ms(
-                lambda fresh=fresh: fresh.oindex[rng.integers(0, images, k)].read().result(), 1))
+            cold.append(
+                _median_ms(
+                    lambda fresh=fresh: fresh.oindex[rng.integers(0, images, k)].read().result(), 1
+                )
+            )
         entry["gather_cold_ms"] = round(float(np.median(cold)), 3)
         results[name] = entry
     memmap_cold = []
     for _ in range(_COLD_QUERIES.value):
         _drop_page_cache()
         memmap = np.memmap(raw_path, dtype=data.dtype, mode="r", shape=data.shape)
-        memmap_cold.append(_median_ms(
-            lambda memmap=memmap: np.ascontiguousarray(memmap[rng.integers(0, images, k)]), 1))
+        memmap_cold.append(
+            _median_ms(
+                lambda memmap=memmap: np.ascontiguousarray(memmap[rng.integers(0, images, k)]), 1
+            )
+        )
     results["numpy_memmap_cold_ms"] = round(float(np.median(memmap_cold)), 3)
     return results
 
@@ -142,16 +153,28 @@ def _bench_activation_store(root: str, data: np.ndarray, rng) -> dict:
     index_dir = os.path.join(root, "activation_store")
     begin = time.perf_counter()
     writer = store.ActivationStore.create(
-        index_dir, image_ids=[str(i) for i in range(images)], regions=regions,
-        hidden=data.shape[2], concept_dim=concept_dim, model_fingerprint="bench", split_layer=0,
-        storage_dtype="bfloat16", shard_rows=_SHARD_ROWS.value)
+        index_dir,
+        image_ids=[str(i) for i in range(images)],
+        regions=regions,
+        hidden=data.shape[2],
+        concept_dim=concept_dim,
+        model_fingerprint="bench",
+        split_layer=0,
+        storage_dtype="bfloat16",
+        shard_rows=_SHARD_ROWS.value,
+    )
     batch = 256
     for start in range(0, images, batch):
         stop = min(images, start + batch)
-        writer.write_batch(start, {"activations": data[start:stop],
-                                   "region_mask": mask[start:stop],
-                                   "concepts": concepts[start:stop],
-                                   "global": global_vectors[start:stop]})
+        writer.write_batch(
+            start,
+            {
+                "activations": data[start:stop],
+                "region_mask": mask[start:stop],
+                "concepts": concepts[start:stop],
+                "global": global_vectors[start:stop],
+            },
+        )
     for start, stop in writer.pending_ranges():
         writer.mark_completed(start, stop)
     writer.finalize()
@@ -161,19 +184,26 @@ def _bench_activation_store(root: str, data: np.ndarray, rng) -> dict:
     for start, stop in reader.blocks(4096):
         reader.gather(np.arange(start, stop))  # warm
     k = _K.value
-    activation_files = [os.path.join(directory, name) for directory, _, names in
-                        os.walk(os.path.join(index_dir, "activations")) for name in names]
+    activation_files = [
+        os.path.join(directory, name)
+        for directory, _, names in os.walk(os.path.join(index_dir, "activations"))
+        for name in names
+    ]
     disk_bytes = sum(os.path.getsize(path) for path in activation_files)
     return {
-        "storage_dtype": "bfloat16", "concept_dim": concept_dim, "write_batch_rows": batch,
+        "storage_dtype": "bfloat16",
+        "concept_dim": concept_dim,
+        "write_batch_rows": batch,
         "write_mb_s_of_stored_bytes": round(stored_bytes / seconds / 1e6, 1),
         "images_per_s": round(images / seconds, 1),
         "peak_inflight_mb": round(writer.peak_inflight_bytes / 1e6, 1),
         "activations_disk_bytes_per_region": round(disk_bytes / (images * regions), 2),
-        "gather_warm_ms": _median_ms(lambda: reader.gather(rng.integers(0, images, k)),
-                                     _WARM_QUERIES.value),
+        "gather_warm_ms": _median_ms(
+            lambda: reader.gather(rng.integers(0, images, k)), _WARM_QUERIES.value
+        ),
         "gather_concepts_warm_ms": _median_ms(
-            lambda: reader.gather_concepts(rng.integers(0, images, k)), _WARM_QUERIES.value),
+            lambda: reader.gather_concepts(rng.integers(0, images, k)), _WARM_QUERIES.value
+        ),
     }
 
 
@@ -215,31 +245,39 @@ def main(argv):
     tofile_fsync_mb_s = data.nbytes / tofile_fsync_seconds / 1e6
     for name in LAYOUTS:
         layouts[name]["write_ratio_vs_tofile_fsync"] = round(
-            layouts[name]["write_mb_s"] / tofile_fsync_mb_s, 3)
+            layouts[name]["write_mb_s"] / tofile_fsync_mb_s, 3
+        )
     layouts["sharded"]["write_no_fsync_ratio_vs_tofile"] = round(
-        layouts["sharded"]["write_mb_s_no_fsync"] / tofile_mb_s, 3)
+        layouts["sharded"]["write_mb_s_no_fsync"] / tofile_mb_s, 3
+    )
     for name in LAYOUTS:
         layouts[name]["gather_warm_ratio_vs_numpy"] = round(
-            layouts[name]["gather_warm_ms"] / numpy_warm, 2)
+            layouts[name]["gather_warm_ms"] / numpy_warm, 2
+        )
         layouts[name]["gather_cold_ratio_vs_memmap"] = round(
-            layouts[name]["gather_cold_ms"] / layouts["numpy_memmap_cold_ms"], 4)
+            layouts[name]["gather_cold_ms"] / layouts["numpy_memmap_cold_ms"], 4
+        )
     result = {
-        "shape": list(shape), "dtype": "float32", "bytes": data.nbytes, "k": k,
+        "shape": list(shape),
+        "dtype": "float32",
+        "bytes": data.nbytes,
+        "k": k,
         "shard_rows": _SHARD_ROWS.value,
         "cold_method": "drop_caches" if _drop_page_cache() else "unavailable (not root)",
         "includes": {
             "numpy_tofile_mb_s": "ndarray.tofile of the whole array into a new file, no fsync",
             "numpy_tofile_fsync_mb_s": "the same tofile, then one fsync of the file",
             "layouts.*.write_mb_s": "ts.open (create) + every write with file_io_sync (each "
-                                    "chunk or shard file fsynced) until the last commit",
+            "chunk or shard file fsynced) until the last commit",
             "layouts.sharded.write_mb_s_no_fsync": "the same without file_io_sync",
             "layouts.*.write_ratio_vs_tofile_fsync": "write_mb_s / numpy_tofile_fsync_mb_s: "
-                                                     "both fsync",
+            "both fsync",
             "layouts.sharded.write_no_fsync_ratio_vs_tofile": "write_mb_s_no_fsync / "
-                                                              "numpy_tofile_mb_s: neither fsyncs",
+            "numpy_tofile_mb_s: neither fsyncs",
             "gather_*_ms": "median of one gather of k random images (fresh ids per query)",
             "activation_store.write_mb_s_of_stored_bytes": "create + write_batch of every "
-                "array + journal + finalize (file_io_sync on), over the stored bytes"},
+            "array + journal + finalize (file_io_sync on), over the stored bytes",
+        },
         "numpy_tofile_mb_s": round(tofile_mb_s, 1),
         "numpy_tofile_fsync_mb_s": round(tofile_fsync_mb_s, 1),
         "numpy_gather_warm_ms": numpy_warm,

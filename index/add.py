@@ -42,28 +42,39 @@ def check_new_ids(index_dir: str, manifest: dict, new_ids: list[str]) -> list[st
             repeated.append(image_id)
         seen.add(image_id)
     if repeated:
-        raise ValueError(f"index.add: the new images repeat external ids {repeated[:5]} "
-                         f"({len(repeated)} repeats)")
+        raise ValueError(
+            f"index.add: the new images repeat external ids {repeated[:5]} "
+            f"({len(repeated)} repeats)"
+        )
     published = manifest_lib.read_ids(index_dir, manifest)
     rows = {image_id: row for row, image_id in enumerate(published)}
     taken = [image_id for image_id in new_ids if image_id in rows]
     if taken:
         deleted = set(tombstones.bitmap(index_dir, len(published), manifest).nonzero()[0])
-        shown = [f"{image_id!r} (row {rows[image_id]}"
-                 f"{', deleted: run index.compact first' if rows[image_id] in deleted else ''})"
-                 for image_id in taken[:5]]
-        raise ValueError(f"index.add: external ids already in {index_dir!r}: "
-                         f"{', '.join(shown)}; {len(taken)} in all")
+        shown = [
+            f"{image_id!r} (row {rows[image_id]}"
+            f"{', deleted: run index.compact first' if rows[image_id] in deleted else ''})"
+            for image_id in taken[:5]
+        ]
+        raise ValueError(
+            f"index.add: external ids already in {index_dir!r}: "
+            f"{', '.join(shown)}; {len(taken)} in all"
+        )
     return published
 
 
 def _journal_for(index_dir: str, manifest: dict, data: str, split: str, new_ids) -> dict:
     digest = hashlib.sha256("".join(f"{image_id}\n" for image_id in new_ids).encode()).hexdigest()
     published = manifest["shapes"]["images"]
-    return {"from_generation": generation.generation(manifest), "start": published,
-            "stop": published + len(new_ids), "ids_sha256": digest, "split": split,
-            "data": os.path.relpath(os.path.abspath(data), os.path.abspath(index_dir)),
-            "model_fingerprint": manifest["model_fingerprint"]}
+    return {
+        "from_generation": generation.generation(manifest),
+        "start": published,
+        "stop": published + len(new_ids),
+        "ids_sha256": digest,
+        "split": split,
+        "data": os.path.relpath(os.path.abspath(data), os.path.abspath(index_dir)),
+        "model_fingerprint": manifest["model_fingerprint"],
+    }
 
 
 def _start_or_resume(index_dir: str, journal: dict) -> bool:
@@ -76,10 +87,12 @@ def _start_or_resume(index_dir: str, journal: dict) -> bool:
         return False
     for field, expected in journal.items():
         if pending.get(field) != expected:
-            raise ValueError(f"{os.path.join(index_dir, JOURNAL)}: an unfinished add with "
-                             f"field {field!r} = {pending.get(field)!r} is journaled, this add "
-                             f"has {expected!r}: rerun that add to finish it, or delete "
-                             f"{JOURNAL} to abandon it")
+            raise ValueError(
+                f"{os.path.join(index_dir, JOURNAL)}: an unfinished add with "
+                f"field {field!r} = {pending.get(field)!r} is journaled, this add "
+                f"has {expected!r}: rerun that add to finish it, or delete "
+                f"{JOURNAL} to abandon it"
+            )
     return True
 
 
@@ -92,8 +105,10 @@ def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: 
     manifest_lib.check_fingerprint(manifest, meta["fingerprint"])
     regions = manifest["shapes"]["regions"]
     if corpus.max_regions != regions:
-        raise ValueError(f"{data} split {split!r}: images have {corpus.max_regions} region "
-                         f"slots, the INDEX {regions} (field 'shapes.regions')")
+        raise ValueError(
+            f"{data} split {split!r}: images have {corpus.max_regions} region "
+            f"slots, the INDEX {regions} (field 'shapes.regions')"
+        )
     generation.check_no_other_operation(index_dir, manifest, JOURNAL)
     manifest = generation.adopt(index_dir, manifest)
     new_ids = [str(image_id) for image_id in corpus.image_ids]
@@ -101,14 +116,17 @@ def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: 
     journal = _journal_for(index_dir, manifest, data, split, new_ids)
     start, stop = journal["start"], journal["stop"]
     resuming = _start_or_resume(index_dir, journal)
-    ids = manifest_lib.write_ids(index_dir, published + new_ids,
-                                 generation.ids_file(generation.generation(manifest) + 1))
+    ids = manifest_lib.write_ids(
+        index_dir, published + new_ids, generation.ids_file(generation.generation(manifest) + 1)
+    )
     store = ActivationStore.extend(index_dir, ids)
     left = sum(high - low for low, high in store.pending_ranges())
-    logger.info(f"index.add: {'resuming' if resuming else 'starting'} the add of "
-                f"{stop - start} images to {index_dir} (rows [{start}, {stop}), generation "
-                f"{journal['from_generation']} -> {journal['from_generation'] + 1}): "
-                f"{stop - start - left} already journaled, {left} to encode")
+    logger.info(
+        f"index.add: {'resuming' if resuming else 'starting'} the add of "
+        f"{stop - start} images to {index_dir} (rows [{start}, {stop}), generation "
+        f"{journal['from_generation']} -> {journal['from_generation'] + 1}): "
+        f"{stop - start - left} already journaled, {left} to encode"
+    )
     encoded, progress = precompute_lib.encode_pending(store, model, corpus, batch_size, start)
     logger.info(f"index.add: encoded {encoded} images in {format_seconds(progress.elapsed)}")
     if first_stage_build.built_stages(index_dir, manifest):
@@ -120,11 +138,21 @@ def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: 
     added = dict(journal, images=stop - start, generation=journal["from_generation"] + 1)
     source = dict(manifest.get("source") or {})
     source["added"] = list(source.get("added", [])) + [
-        {key: added[key] for key in ("data", "split", "images", "generation")}]
+        {key: added[key] for key in ("data", "split", "images", "generation")}
+    ]
     regions = manifest["counts"]["regions"] + store.count_regions(start, stop)
-    return generation.publish(index_dir, manifest, {
-        "shapes": store.manifest["shapes"], "ids": ids, "source": source,
-        "counts": dict(manifest["counts"], images=stop, regions=regions)}, "index.add", JOURNAL)
+    return generation.publish(
+        index_dir,
+        manifest,
+        {
+            "shapes": store.manifest["shapes"],
+            "ids": ids,
+            "source": source,
+            "counts": dict(manifest["counts"], images=stop, regions=regions),
+        },
+        "index.add",
+        JOURNAL,
+    )
 
 
 FLAGS = flags.FLAGS
@@ -136,8 +164,9 @@ def define_flags():
     flags.DEFINE_string("index", None, "Finished INDEX directory to add to.")
     flags.DEFINE_string("data", None, "Corpus directory holding the new images.")
     flags.DEFINE_string("split", "test", "Split of that corpus to add.")
-    flags.DEFINE_integer("batch_size", 256, "Images per jitted batch (equal to precompute's "
-                         "for bit-identical rows).")
+    flags.DEFINE_integer(
+        "batch_size", 256, "Images per jitted batch (equal to precompute's for bit-identical rows)."
+    )
     generation.define_reload_flag()
     flags.mark_flags_as_required(["workdir", "index", "data"])
 

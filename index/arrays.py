@@ -21,8 +21,9 @@ DENSE_CHUNK_BYTES = 4 << 20
 APPEND_CHUNK_BYTES = 256 << 10
 
 
-def open_existing(index_dir: str, name: str, context: ts.Context | None = None,
-                   read_only: bool = False) -> ts.TensorStore:
+def open_existing(
+    index_dir: str, name: str, context: ts.Context | None = None, read_only: bool = False
+) -> ts.TensorStore:
     path = manifest_lib.array_path(index_dir, name)
     if not os.path.exists(os.path.join(path, "zarr.json")):
         raise FileNotFoundError(
@@ -34,15 +35,24 @@ def open_existing(index_dir: str, name: str, context: ts.Context | None = None,
         # Finished indexes are immutable: trust cached chunks instead of re-stat'ing files.
         spec.update(recheck_cached_data="open", recheck_cached_metadata="open")
     try:
-        return ts.open(spec, context=context or ts.Context(),
-                       read=True, write=not read_only).result()
+        return ts.open(
+            spec, context=context or ts.Context(), read=True, write=not read_only
+        ).result()
     except Exception as error:  # TensorStore raises ValueError carrying a status string
-        raise OSError(f"index.store: cannot open array {name!r} in {index_dir!r}: "
-                      f"{error}") from error
+        raise OSError(
+            f"index.store: cannot open array {name!r} in {index_dir!r}: {error}"
+        ) from error
 
 
-def create(index_dir: str, name: str, shape, dtype, chunk_rows: int | None = None,
-            inner_rows: int | None = None, context: ts.Context | None = None) -> ts.TensorStore:
+def create(
+    index_dir: str,
+    name: str,
+    shape,
+    dtype,
+    chunk_rows: int | None = None,
+    inner_rows: int | None = None,
+    context: ts.Context | None = None,
+) -> ts.TensorStore:
     dtype = np.dtype(dtype)
     shape = [int(size) for size in shape]
     if chunk_rows is None:

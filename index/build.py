@@ -9,16 +9,17 @@ INDEX/first_stage/<name>/ (see index/first_stage/). A refused INDEX (unfinished,
 manifest) prints one line naming the file and the field and exits with status 2.
 """
 
-from absl import app, flags, logging
 import jax
+from absl import app, flags, logging
 
 from index import manifest as manifest_lib
 from index.first_stage import build as first_stage_build
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("index", None, "Finished INDEX directory (index.precompute output).")
-flags.DEFINE_list("first_stage", ["concepts"],
-                  f"Stages to build, any of {list(first_stage_build.BUILD_NAMES)}.")
+flags.DEFINE_list(
+    "first_stage", ["concepts"], f"Stages to build, any of {list(first_stage_build.BUILD_NAMES)}."
+)
 flags.DEFINE_integer("num_centroids", 0, "Concept centroids K; 0: 2^round(log2(4*sqrt(regions))).")
 flags.DEFINE_integer("kmeans_iterations", 10, "Lloyd iterations (full-batch k-means).")
 flags.DEFINE_integer("seed", 0, "k-means seed.")
@@ -34,16 +35,20 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.info("devices: %s", jax.devices())
     options = {
-        "concepts": {"num_centroids": FLAGS.num_centroids or None,
-                     "iterations": FLAGS.kmeans_iterations, "seed": FLAGS.seed,
-                     "nprobe": FLAGS.nprobe},
+        "concepts": {
+            "num_centroids": FLAGS.num_centroids or None,
+            "iterations": FLAGS.kmeans_iterations,
+            "seed": FLAGS.seed,
+            "nprobe": FLAGS.nprobe,
+        },
         "sq": {"size": FLAGS.sq_size, "quantization": FLAGS.sq_quantization},
         "permutation": {"size": FLAGS.permutation_size},
     }
     if jax.process_index() != 0:
         return
-    manifest_lib.exit_on_refusal("index.build", first_stage_build.build_from_index, FLAGS.index,
-                                 FLAGS.first_stage, options)
+    manifest_lib.exit_on_refusal(
+        "index.build", first_stage_build.build_from_index, FLAGS.index, FLAGS.first_stage, options
+    )
 
 
 if __name__ == "__main__":

@@ -186,5 +186,6 @@ def zarr_spec(path: str, metadata: dict | None = None) -> dict:
 def io_context(sync_writes: bool = True, cache_bytes: int = 0) -> ts.Context:
     """TensorStore resources: the chunk cache (shard indexes and rows for warm gathers) and
     whether the file driver fsyncs each written chunk (needed for the journal to be durable)."""
-    return ts.Context({"cache_pool": {"total_bytes_limit": int(cache_bytes)},
-                       "file_io_sync": bool(sync_writes)})
+    return ts.Context(
+        {"cache_pool": {"total_bytes_limit": int(cache_bytes)}, "file_io_sync": bool(sync_writes)}
+    )

@@ -26,7 +26,6 @@ from index.manifest import CORPUS_FIELDS, IndexRefusedError
 FULL_DIGEST_IMAGES = 8192
 
 
-
 def _sampled_rows(num_images: int) -> np.ndarray:
     if num_images <= FULL_DIGEST_IMAGES:
         return np.arange(num_images)
@@ -41,12 +40,17 @@ def corpus_fingerprint(corpus, split: str) -> dict:
     digest.update(np.ascontiguousarray(corpus.boxes, np.float32).tobytes())
     rows = _sampled_rows(corpus.num_images)
     for start in range(0, len(rows), 256):  # bounded reads of a memory-mapped [N, R, F]
-        block = np.asarray(corpus.regions[rows[start:start + 256]], np.float32)
+        block = np.asarray(corpus.regions[rows[start : start + 256]], np.float32)
         digest.update(np.ascontiguousarray(block).tobytes())
-    return {"split": str(split), "images": corpus.num_images, "regions": corpus.max_regions,
-            "feature_dim": corpus.feature_dim,
-            "ids_sha256": hashlib.sha256(ids_text.encode("utf-8")).hexdigest(),
-            "content_sha256": digest.hexdigest(), "sampled_images": int(len(rows))}
+    return {
+        "split": str(split),
+        "images": corpus.num_images,
+        "regions": corpus.max_regions,
+        "feature_dim": corpus.feature_dim,
+        "ids_sha256": hashlib.sha256(ids_text.encode("utf-8")).hexdigest(),
+        "content_sha256": digest.hexdigest(),
+        "sampled_images": int(len(rows)),
+    }
 
 
 def check_corpus(manifest_path: str, stored: dict | None, current: dict, data: str) -> None:
@@ -55,10 +59,16 @@ def check_corpus(manifest_path: str, stored: dict | None, current: dict, data: s
     if not isinstance(stored, dict):
         raise IndexRefusedError(
             f"{manifest_path}: field 'corpus' is missing (an INDEX written before corpus "
-            f"fingerprints): cannot tell whether it holds {data!r}; pass --overwrite to rebuild")
-    differing = [f"corpus.{field}: index {stored.get(field)!r}, --data {current[field]!r}"
-                 for field in CORPUS_FIELDS if stored.get(field) != current[field]]
+            f"fingerprints): cannot tell whether it holds {data!r}; pass --overwrite to rebuild"
+        )
+    differing = [
+        f"corpus.{field}: index {stored.get(field)!r}, --data {current[field]!r}"
+        for field in CORPUS_FIELDS
+        if stored.get(field) != current[field]
+    ]
     if differing:
         raise IndexRefusedError(
             f"{manifest_path}: written for another corpus than --data={data} ("
-            + "; ".join(differing) + "); pass --overwrite to rebuild it for this corpus")
+            + "; ".join(differing)
+            + "); pass --overwrite to rebuild it for this corpus"
+        )

@@ -13,6 +13,7 @@ until index.compact. A rerun after a kill publishes the set the killed run wrote
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 from absl import app, flags
 
@@ -21,6 +22,7 @@ from index import manifest as manifest_lib
 from index.first_stage import tombstones
 
 logger = logging.getLogger(__name__)
+
 
 def read_id_file(path: str) -> list[str]:
     """External ids, one per line (blank lines skipped); raises naming the file if empty."""
@@ -35,13 +37,16 @@ def read_id_file(path: str) -> list[str]:
 def rows_of(index_dir: str, manifest: dict, image_ids: list[str]) -> np.ndarray:
     """Rows [D] int64 of the published generation holding `image_ids`; raises ValueError
     naming the ids it does not hold."""
-    rows = {image_id: row for row, image_id in enumerate(manifest_lib.read_ids(index_dir,
-                                                                               manifest))}
+    rows = {
+        image_id: row for row, image_id in enumerate(manifest_lib.read_ids(index_dir, manifest))
+    }
     unknown = [image_id for image_id in image_ids if image_id not in rows]
     if unknown:
-        raise ValueError(f"index.delete: external ids not in {index_dir!r} (generation "
-                         f"{generation.generation(manifest)}): {unknown[:10]}; "
-                         f"{len(unknown)} unknown in all, nothing deleted")
+        raise ValueError(
+            f"index.delete: external ids not in {index_dir!r} (generation "
+            f"{generation.generation(manifest)}): {unknown[:10]}; "
+            f"{len(unknown)} unknown in all, nothing deleted"
+        )
     return np.unique(np.array([rows[image_id] for image_id in image_ids], np.int64))
 
 
@@ -52,24 +57,38 @@ def delete_images(index_dir: str, image_ids: list[str]) -> dict:
     generation.check_no_other_operation(index_dir, manifest, None)
     manifest = generation.adopt(index_dir, manifest)
     rows = rows_of(index_dir, manifest, image_ids)
-    published = tombstones.read_deleted(index_dir, manifest["tombstones"]) \
-        if manifest["tombstones"] else np.zeros(0, np.int64)
+    published = (
+        tombstones.read_deleted(index_dir, manifest["tombstones"])
+        if manifest["tombstones"]
+        else np.zeros(0, np.int64)
+    )
     wanted = np.union1d(published, rows).astype(np.int64)
     if wanted.size == published.size:
-        logger.info(f"index.delete: all {len(image_ids)} ids are deleted already in generation "
-                    f"{generation.generation(manifest)}; nothing to do")
+        logger.info(
+            f"index.delete: all {len(image_ids)} ids are deleted already in generation "
+            f"{generation.generation(manifest)}; nothing to do"
+        )
         return manifest
     current = tombstones.current_record(index_dir)
     if current != manifest["tombstones"] and np.array_equal(
-            tombstones.read_deleted(index_dir, current), wanted):
-        logger.info(f"index.delete: resuming: tombstone set g{current['generation']} of "
-                    f"{wanted.size} rows was written by an interrupted delete; publishing it")
+        tombstones.read_deleted(index_dir, current), wanted
+    ):
+        logger.info(
+            f"index.delete: resuming: tombstone set g{current['generation']} of "
+            f"{wanted.size} rows was written by an interrupted delete; publishing it"
+        )
     else:
         record = tombstones.write_set(index_dir, wanted)
-        logger.info(f"index.delete: wrote tombstone set g{record['generation']}: "
-                    f"{wanted.size - published.size} new of {wanted.size} deleted rows")
-    return generation.publish(index_dir, manifest, {
-        "counts": dict(manifest["counts"], deleted=int(wanted.size))}, "index.delete")
+        logger.info(
+            f"index.delete: wrote tombstone set g{record['generation']}: "
+            f"{wanted.size - published.size} new of {wanted.size} deleted rows"
+        )
+    return generation.publish(
+        index_dir,
+        manifest,
+        {"counts": dict(manifest["counts"], deleted=int(wanted.size))},
+        "index.delete",
+    )
 
 
 FLAGS = flags.FLAGS

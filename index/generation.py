@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 PUBLISHED_FIELDS = ("arrays", "ids", "first_stage", "tombstones")
 STORE_FOLDER = "store"  # compacted activation arrays: INDEX/store/g<generation>/<role>
-IDS_FOLDER = "ids"      # ids files of later generations: INDEX/ids/g<generation>.txt
+IDS_FOLDER = "ids"  # ids files of later generations: INDEX/ids/g<generation>.txt
 
 
 def generation(manifest: dict) -> int:
@@ -46,8 +46,10 @@ def published_state(index_dir: str, manifest: dict) -> dict:
     if "first_stage" in manifest:
         return {"first_stage": manifest["first_stage"], "tombstones": manifest["tombstones"]}
     names = first_stage_build.built_stages(index_dir)
-    return {"first_stage": {name: records.read_record(index_dir, name) for name in names},
-            "tombstones": tombstones.current_record(index_dir)}
+    return {
+        "first_stage": {name: records.read_record(index_dir, name) for name in names},
+        "tombstones": tombstones.current_record(index_dir),
+    }
 
 
 def adopt(index_dir: str, manifest: dict) -> dict:
@@ -64,8 +66,10 @@ def writer_state(index_dir: str) -> dict:
     """The same fields as `published_state`, read from the stage.json files and tombstones.json
     as the writer left them (what `commit` publishes)."""
     names = first_stage_build.built_stages(index_dir)
-    return {"first_stage": {name: records.read_record(index_dir, name) for name in names},
-            "tombstones": tombstones.current_record(index_dir)}
+    return {
+        "first_stage": {name: records.read_record(index_dir, name) for name in names},
+        "tombstones": tombstones.current_record(index_dir),
+    }
 
 
 def ids_file(next_generation: int) -> str:
@@ -77,16 +81,22 @@ def commit(index_dir: str, manifest: dict, changes: dict) -> dict:
     fields, e.g. shapes, counts, ids, arrays, first_stage, tombstones), written atomically.
     Then removes the files neither it nor `manifest`'s generation reads. Returns it."""
     before = dict(manifest, **published_state(index_dir, manifest))
-    after = dict(before, **changes, generation=generation(manifest) + 1, complete=True,
-                 finalized=manifest_lib.now_utc(),
-                 previous={field: before[field] for field in PUBLISHED_FIELDS})
+    after = dict(
+        before,
+        **changes,
+        generation=generation(manifest) + 1,
+        complete=True,
+        finalized=manifest_lib.now_utc(),
+        previous={field: before[field] for field in PUBLISHED_FIELDS},
+    )
     manifest_lib.write_manifest(index_dir, after)
     remove_unpublished(index_dir, after)
     return after
 
 
-def publish(index_dir: str, manifest: dict, changes: dict, operation: str,
-            journal: str | None = None) -> dict:
+def publish(
+    index_dir: str, manifest: dict, changes: dict, operation: str, journal: str | None = None
+) -> dict:
     """`commit` of the writer's first stages and tombstones with `changes`, then removes the
     operation's journal (after the commit: a kill between the two leaves a journal that
     `check_no_other_operation` recognises as published). Returns the new manifest."""
@@ -94,8 +104,10 @@ def publish(index_dir: str, manifest: dict, changes: dict, operation: str,
     if journal:
         remove_journal(index_dir, journal)
     images, deleted = published["shapes"]["images"], published["counts"].get("deleted", 0)
-    logger.info(f"{operation}: published generation {published['generation']} of {index_dir}: "
-                f"{images - deleted} of {images} images alive")
+    logger.info(
+        f"{operation}: published generation {published['generation']} of {index_dir}: "
+        f"{images - deleted} of {images} images alive"
+    )
     return published
 
 
@@ -114,20 +126,24 @@ def remove_unpublished(index_dir: str, manifest: dict) -> None:
             shutil.rmtree(os.path.join(store_folder, entry))
     ids_folder = os.path.join(index_dir, IDS_FOLDER)
     candidates = [manifest_lib.IDS_FILE] + [
-        f"{IDS_FOLDER}/{entry}" for entry in (os.listdir(ids_folder)
-                                              if os.path.isdir(ids_folder) else [])]
+        f"{IDS_FOLDER}/{entry}"
+        for entry in (os.listdir(ids_folder) if os.path.isdir(ids_folder) else [])
+    ]
     for candidate in candidates:
         if candidate not in kept_ids and os.path.exists(os.path.join(index_dir, candidate)):
             os.remove(os.path.join(index_dir, candidate))
     for name, record in manifest["first_stage"].items():
-        postings.remove_stale_generations(index_dir, records.generations_prefix(name),
-                                          record["generation"])
+        postings.remove_stale_generations(
+            index_dir, records.generations_prefix(name), record["generation"]
+        )
     if manifest["tombstones"]:
-        postings.remove_stale_generations(index_dir, tombstones.PREFIX,
-                                          manifest["tombstones"]["generation"])
+        postings.remove_stale_generations(
+            index_dir, tombstones.PREFIX, manifest["tombstones"]["generation"]
+        )
 
 
 # ---- journals of operations not yet published ----------------------------------------------
+
 
 def read_journal(index_dir: str, name: str) -> dict | None:
     """INDEX/<name> (add.json, compact.json) or None; raises naming the file if unreadable."""
@@ -162,24 +178,32 @@ def check_no_other_operation(index_dir: str, manifest: dict, own: str | None) ->
         if journal.get("from_generation") != generation(manifest):
             remove_journal(index_dir, name)  # published already: the commit came first
         elif name != own:
-            raise RuntimeError(f"{os.path.join(index_dir, name)}: an unfinished "
-                               f"{name.split('.')[0]} of generation {generation(manifest)} is "
-                               f"journaled; rerun index.{name.split('.')[0]} to finish it first")
+            raise RuntimeError(
+                f"{os.path.join(index_dir, name)}: an unfinished "
+                f"{name.split('.')[0]} of generation {generation(manifest)} is "
+                f"journaled; rerun index.{name.split('.')[0]} to finish it first"
+            )
 
 
 # ---- telling a server -------------------------------------------------------------------------
 
+
 def define_reload_flag() -> None:
     """--reload_url, shared by index.add / delete / compact."""
-    flags.DEFINE_string("reload_url", None, "After publishing, POST here (a server's "
-                        "http://127.0.0.1:PORT/admin/reload) so it serves the new generation.")
+    flags.DEFINE_string(
+        "reload_url",
+        None,
+        "After publishing, POST here (a server's "
+        "http://127.0.0.1:PORT/admin/reload) so it serves the new generation.",
+    )
 
 
 def notify(url: str | None, timeout_s: float = 600.0) -> None:
     """POSTs to a server's /admin/reload (nothing when url is None); raises on failure."""
     if not url:
         return
-    request = urllib.request.Request(url, data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         logger.info("%s: %s", url, response.read().decode("utf-8", "replace"))

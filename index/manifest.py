@@ -75,23 +75,47 @@ def validate_manifest(manifest: dict, manifest_path: str = MANIFEST_FILE) -> dic
     return manifest
 
 
-def new_manifest(*, ids: dict, arrays: dict, model_fingerprint: str, split_layer: int,
-                 storage_dtype: str, compression_dim: int, concepts_dtype: str, regions: int,
-                 hidden: int, concept_dim: int, shard_rows: int, source,
-                 corpus: dict | None = None) -> dict:
+def new_manifest(
+    *,
+    ids: dict,
+    arrays: dict,
+    model_fingerprint: str,
+    split_layer: int,
+    storage_dtype: str,
+    compression_dim: int,
+    concepts_dtype: str,
+    regions: int,
+    hidden: int,
+    concept_dim: int,
+    shard_rows: int,
+    source,
+    corpus: dict | None = None,
+) -> dict:
     """A validated manifest with `complete: false` for len(ids) images (see the module doc)."""
     images = ids["count"]
     manifest = {
-        "format_version": FORMAT_VERSION, "complete": False, "created": now_utc(),
-        "finalized": None, "model_fingerprint": str(model_fingerprint),
+        "format_version": FORMAT_VERSION,
+        "complete": False,
+        "created": now_utc(),
+        "finalized": None,
+        "model_fingerprint": str(model_fingerprint),
         "split_layer": int(split_layer),
-        "storage": {"activations_dtype": storage_dtype, "compression_dim": int(compression_dim),
-                    "concepts_dtype": concepts_dtype},
-        "shapes": {"images": images, "regions": int(regions), "hidden": int(hidden),
-                   "concept_dim": int(concept_dim)},
+        "storage": {
+            "activations_dtype": storage_dtype,
+            "compression_dim": int(compression_dim),
+            "concepts_dtype": concepts_dtype,
+        },
+        "shapes": {
+            "images": images,
+            "regions": int(regions),
+            "hidden": int(hidden),
+            "concept_dim": int(concept_dim),
+        },
         "layout": {"shard_rows": int(shard_rows), "inner_rows": 1},
-        "arrays": dict(arrays), "counts": {"images": images, "regions": None},
-        "ids": dict(ids), "source": source,
+        "arrays": dict(arrays),
+        "counts": {"images": images, "regions": None},
+        "ids": dict(ids),
+        "source": source,
     }
     if corpus is not None:
         manifest["corpus"] = dict(corpus)
@@ -145,8 +169,10 @@ def array_layout(manifest: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     shapes, storage = manifest["shapes"], manifest["storage"]
     images, regions, concept_dim = shapes["images"], shapes["regions"], shapes["concept_dim"]
     layout = {
-        "activations": ((images, regions, shapes["hidden"]),
-                        codecs.numpy_dtype(storage["activations_dtype"])),
+        "activations": (
+            (images, regions, shapes["hidden"]),
+            codecs.numpy_dtype(storage["activations_dtype"]),
+        ),
         "activation_scale": ((images, regions), np.dtype(np.float32)),
         "region_mask": ((images, regions), np.dtype(np.bool_)),
         "concepts": ((images, regions, concept_dim), codecs.numpy_dtype(storage["concepts_dtype"])),
@@ -156,6 +182,7 @@ def array_layout(manifest: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 
 
 # ---- external ids -------------------------------------------------------------------------
+
 
 def write_ids(index_dir: str, image_ids, file: str = IDS_FILE) -> dict:
     """Writes INDEX/<file> (default ids.txt; one id per line) and returns the manifest's 'ids'
@@ -182,8 +209,9 @@ def read_ids(index_dir: str, manifest: dict) -> list[str]:
         data = handle.read()
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
-        raise IndexRefusedError(f"{path}: sha256 expected {entry['sha256']}, got {digest} "
-                                "(file changed)")
+        raise IndexRefusedError(
+            f"{path}: sha256 expected {entry['sha256']}, got {digest} (file changed)"
+        )
     ids = data.decode("utf-8").split("\n")[:-1]
     if len(ids) != entry["count"]:
         raise IndexRefusedError(f"{path}: expected {entry['count']} ids, got {len(ids)}")
@@ -191,6 +219,7 @@ def read_ids(index_dir: str, manifest: dict) -> list[str]:
 
 
 # ---- progress journal ---------------------------------------------------------------------
+
 
 def merge_ranges(ranges) -> list[tuple[int, int]]:
     """Sorted, merged, non-empty [start, stop) ranges."""
@@ -215,23 +244,26 @@ def completed_ranges(index_dir: str) -> list[tuple[int, int]]:
             journal = json.load(handle)
             ranges = journal["completed"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise IndexRefusedError(f"{path}: expected {{'completed': [[start, stop], ...]}}: "
-                                    f"{error}") from error
+            raise IndexRefusedError(
+                f"{path}: expected {{'completed': [[start, stop], ...]}}: {error}"
+            ) from error
     return merge_ranges(ranges)
 
 
 def mark_completed(index_dir: str, start: int, stop: int) -> None:
     """Records [start, stop) as written and durable (atomic rewrite of INDEX/progress.json)."""
     ranges = merge_ranges(completed_ranges(index_dir) + [(start, stop)])
-    atomic.write_json(os.path.join(index_dir, PROGRESS_FILE),
-                      {"completed": [list(pair) for pair in ranges]})
+    atomic.write_json(
+        os.path.join(index_dir, PROGRESS_FILE), {"completed": [list(pair) for pair in ranges]}
+    )
 
 
 def reset_completed(index_dir: str, stop: int) -> None:
     """Journals exactly [0, stop) as written (a published generation of `stop` images), so
     ranges journaled past it by an abandoned index.add are not trusted."""
-    atomic.write_json(os.path.join(index_dir, PROGRESS_FILE),
-                      {"completed": [[0, int(stop)]] if stop else []})
+    atomic.write_json(
+        os.path.join(index_dir, PROGRESS_FILE), {"completed": [[0, int(stop)]] if stop else []}
+    )
 
 
 def missing_ranges(index_dir: str, total: int) -> list[tuple[int, int]]:

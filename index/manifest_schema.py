@@ -11,7 +11,7 @@ field, what was expected and what was found; index.manifest prefixes the file.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -52,10 +52,10 @@ class Storage(_Record):
 
 
 class Shapes(_Closed):
-    images: Count                  # N
-    regions: Count                 # R
-    hidden: Count                  # H', the stored width
-    concept_dim: Count             # C
+    images: Count  # N
+    regions: Count  # R
+    hidden: Count  # H', the stored width
+    concept_dim: Count  # C
 
 
 class Layout(_Closed):
@@ -67,7 +67,7 @@ class Arrays(_Closed):
     """{role: relative path} of every array."""
 
     activations: RelativePath
-    activation_scale: Optional[RelativePath] = None  # int8 storage only
+    activation_scale: RelativePath | None = None  # int8 storage only
     region_mask: RelativePath
     concepts: RelativePath
     global_: RelativePath = Field(alias="global")
@@ -75,13 +75,13 @@ class Arrays(_Closed):
 
 class Counts(_Record):
     images: Count
-    regions: Optional[Count]       # real (unmasked) regions; null until complete
+    regions: Count | None  # real (unmasked) regions; null until complete
 
 
 class Ids(_Record):
-    file: RelativePath             # 'ids.txt', one external id per line
+    file: RelativePath  # 'ids.txt', one external id per line
     count: Count
-    sha256: str                    # hex digest of the file
+    sha256: str  # hex digest of the file
 
 
 class Corpus(_Record):
@@ -104,9 +104,9 @@ class IndexManifest(_Record):
 
     format_version: Literal[FORMAT_VERSION]
     complete: bool
-    created: str                   # ISO-8601 UTC
-    finalized: Optional[str] = None  # null until complete
-    model_fingerprint: str         # hash of the image-side parameters and the model config
+    created: str  # ISO-8601 UTC
+    finalized: str | None = None  # null until complete
+    model_fingerprint: str  # hash of the image-side parameters and the model config
     split_layer: Count
     storage: Storage
     shapes: Shapes
@@ -114,12 +114,12 @@ class IndexManifest(_Record):
     arrays: Arrays
     counts: Counts
     ids: Ids
-    source: Any = None             # free-form JSON describing the corpus (the writer's business)
+    source: Any = None  # free-form JSON describing the corpus (the writer's business)
     generation: Count = 0
-    first_stage: Optional[dict] = None
-    tombstones: Optional[dict] = None
-    previous: Optional[dict] = None
-    corpus: Optional[Corpus] = None  # absent in indexes written before corpus fingerprints
+    first_stage: dict | None = None
+    tombstones: dict | None = None
+    previous: dict | None = None
+    corpus: Corpus | None = None  # absent in indexes written before corpus fingerprints
 
     @field_validator("created", "model_fingerprint")
     @classmethod
@@ -129,10 +129,9 @@ class IndexManifest(_Record):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "IndexManifest":
+    def _consistent(self) -> IndexManifest:
         images = self.shapes.images
-        for field, value in (("counts.images", self.counts.images),
-                             ("ids.count", self.ids.count)):
+        for field, value in (("counts.images", self.counts.images), ("ids.count", self.ids.count)):
             if value != images:
                 raise ValueError(f"field {field!r} expected {images} (shapes.images), got {value}")
         if self.complete and self.counts.regions is None:
@@ -166,9 +165,14 @@ def _got(value) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-_EXPECTED = {"int_type": "int", "bool_type": "bool", "string_type": "str",
-             "model_type": "an object", "dict_type": "an object", "model_attributes_type":
-             "an object"}
+_EXPECTED = {
+    "int_type": "int",
+    "bool_type": "bool",
+    "string_type": "str",
+    "model_type": "an object",
+    "dict_type": "an object",
+    "model_attributes_type": "an object",
+}
 
 
 def describe(error: dict) -> str:
@@ -181,13 +185,17 @@ def describe(error: dict) -> str:
         return f"missing field {field!r}"
     if kind == "extra_forbidden":
         model = _model_at(error["loc"][:-1])
-        known = [] if model is None else [item.alias or name
-                                          for name, item in model.model_fields.items()]
+        known = (
+            []
+            if model is None
+            else [item.alias or name for name, item in model.model_fields.items()]
+        )
         return f"unknown field {field!r}; expected fields among {known}"
     if kind == "value_error":  # our validators' sentences
         message = str(context.get("error", error["msg"])).removeprefix("Value error, ")
-        return message if not field or message.startswith("field ") else \
-            f"field {field!r} {message}"
+        return (
+            message if not field or message.startswith("field ") else f"field {field!r} {message}"
+        )
     subject = f"field {field!r}" if field else "the manifest"
     if kind == "literal_error":
         return f"{subject} expected {context['expected']}, got {value!r}"

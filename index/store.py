@@ -22,18 +22,31 @@ from index.arrays import open_existing as _open_existing
 
 # ---- the activation store -----------------------------------------------------------------
 
+
 class StoreReadError(OSError):
     """An INDEX array is unreadable for an image range. str() names the directory and the
     TensorStore error (for logs); `public_message` names only the array, the image range and the
     first bad image, which is what a server may tell its clients (no server paths)."""
 
-    def __init__(self, role: str, start: int, stop: int, bad: int | None, index_dir: str,
-                 cause: Exception, scope: str):
+    def __init__(
+        self,
+        role: str,
+        start: int,
+        stop: int,
+        bad: int | None,
+        index_dir: str,
+        cause: Exception,
+        scope: str,
+    ):
         self.role, self.start, self.stop, self.bad = role, start, stop, bad
-        self.public_message = (f"index array {role!r} is unreadable for images [{start}, {stop})"
-                               f" ({scope}), first bad image {bad}")
-        super().__init__(f"index.store: array {role!r} of {index_dir!r} is unreadable for images "
-                         f"[{start}, {stop}) ({scope}), first bad image {bad}: {cause}")
+        self.public_message = (
+            f"index array {role!r} is unreadable for images [{start}, {stop})"
+            f" ({scope}), first bad image {bad}"
+        )
+        super().__init__(
+            f"index.store: array {role!r} of {index_dir!r} is unreadable for images "
+            f"[{start}, {stop}) ({scope}), first bad image {bad}: {cause}"
+        )
 
 
 WRITE_KEYS = ("activations", "region_mask", "concepts", "global")
@@ -59,8 +72,14 @@ class ActivationStore:
     `read_concepts`, `read_global`, `read_region_mask`, `blocks`.
     """
 
-    def __init__(self, index_dir: str, manifest: dict, writable: bool,
-                 context: ts.Context, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
+    def __init__(
+        self,
+        index_dir: str,
+        manifest: dict,
+        writable: bool,
+        context: ts.Context,
+        inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+    ):
         self.index_dir = index_dir
         self.manifest = manifest
         self.writable = writable
@@ -69,8 +88,10 @@ class ActivationStore:
         self._inflight: collections.deque = collections.deque()
         self._inflight_bytes = 0
         self._staged: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
-        self._arrays = {role: _open_existing(index_dir, path, context, read_only=not writable)
-                        for role, path in manifest["arrays"].items()}
+        self._arrays = {
+            role: _open_existing(index_dir, path, context, read_only=not writable)
+            for role, path in manifest["arrays"].items()
+        }
         self._layout = manifest_lib.array_layout(manifest)  # {role: (shape, dtype)}
         for role, array in self._arrays.items():
             found = (tuple(array.shape), np.dtype(array.dtype.numpy_dtype))
@@ -80,22 +101,36 @@ class ActivationStore:
             if found[1:] != (dtype,) or found[0][1:] != shape[1:] or found[0][0] < shape[0]:
                 raise manifest_lib.IndexRefusedError(
                     f"index.store: array {role!r} in {index_dir!r}: (shape, dtype) expected "
-                    f"{self._layout[role]} (manifest), got {found}")
+                    f"{self._layout[role]} (manifest), got {found}"
+                )
             if found[0][0] > shape[0]:
-                self._arrays[role] = array[:shape[0]]
+                self._arrays[role] = array[: shape[0]]
         self.first_new_row = 0  # rows below it belong to a published generation (extend)
         self._image_ids: list[str] | None = None
 
     # -- opening ------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, index_dir: str, *, image_ids, regions: int, hidden: int, concept_dim: int,
-               model_fingerprint: str, split_layer: int, storage_dtype: str = "bfloat16",
-               compression_dim: int = 0, concepts_dtype: str = "float32", source=None,
-               corpus: dict | None = None,
-               shard_rows: int = DEFAULT_SHARD_ROWS, overwrite: bool = False,
-               inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
-               sync_writes: bool = True) -> "ActivationStore":
+    def create(
+        cls,
+        index_dir: str,
+        *,
+        image_ids,
+        regions: int,
+        hidden: int,
+        concept_dim: int,
+        model_fingerprint: str,
+        split_layer: int,
+        storage_dtype: str = "bfloat16",
+        compression_dim: int = 0,
+        concepts_dtype: str = "float32",
+        source=None,
+        corpus: dict | None = None,
+        shard_rows: int = DEFAULT_SHARD_ROWS,
+        overwrite: bool = False,
+        inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+        sync_writes: bool = True,
+    ) -> ActivationStore:
         """Creates an empty, incomplete index of len(image_ids) images with fixed shapes.
 
         hidden is the stored width H' (the compressed width when compression_dim > 0); corpus is
@@ -106,37 +141,61 @@ class ActivationStore:
         arrays = {role: role for role in ("activations", "region_mask", "concepts", "global")}
         if storage_dtype == "int8":
             arrays["activation_scale"] = "activation_scale"
-        fields = dict(arrays=arrays, model_fingerprint=model_fingerprint, split_layer=split_layer,
-                      storage_dtype=storage_dtype, compression_dim=compression_dim,
-                      concepts_dtype=concepts_dtype, regions=regions, hidden=hidden,
-                      concept_dim=concept_dim, shard_rows=shard_rows, source=source,
-                      corpus=corpus)
+        fields = dict(
+            arrays=arrays,
+            model_fingerprint=model_fingerprint,
+            split_layer=split_layer,
+            storage_dtype=storage_dtype,
+            compression_dim=compression_dim,
+            concepts_dtype=concepts_dtype,
+            regions=regions,
+            hidden=hidden,
+            concept_dim=concept_dim,
+            shard_rows=shard_rows,
+            source=source,
+            corpus=corpus,
+        )
         provisional = {"file": manifest_lib.IDS_FILE, "count": len(image_ids), "sha256": ""}
         manifest_lib.new_manifest(ids=provisional, **fields)  # bad arguments fail before deleting
         manifest_path = os.path.join(index_dir, manifest_lib.MANIFEST_FILE)
         if os.path.exists(manifest_path) and not overwrite:
             raise FileExistsError(f"{manifest_path} exists; pass overwrite=True to rebuild")
         os.makedirs(index_dir, exist_ok=True)
-        for entry in [manifest_lib.MANIFEST_FILE, manifest_lib.PROGRESS_FILE,
-                      manifest_lib.IDS_FILE, "first_stage", "activation_scale", *arrays,
-                      *manifest_lib.GENERATION_ENTRIES]:
+        for entry in [
+            manifest_lib.MANIFEST_FILE,
+            manifest_lib.PROGRESS_FILE,
+            manifest_lib.IDS_FILE,
+            "first_stage",
+            "activation_scale",
+            *arrays,
+            *manifest_lib.GENERATION_ENTRIES,
+        ]:
             path = os.path.join(index_dir, entry)  # manifest first: a crash leaves no manifest
             if os.path.isdir(path):
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.remove(path)
         manifest = manifest_lib.new_manifest(
-            ids=manifest_lib.write_ids(index_dir, image_ids), **fields)
+            ids=manifest_lib.write_ids(index_dir, image_ids), **fields
+        )
         context = codecs.io_context(sync_writes=sync_writes)
         for role, (shape, dtype) in manifest_lib.array_layout(manifest).items():
-            _create(index_dir, arrays[role], shape, dtype, chunk_rows=shard_rows, inner_rows=1,
-                    context=context)
+            _create(
+                index_dir,
+                arrays[role],
+                shape,
+                dtype,
+                chunk_rows=shard_rows,
+                inner_rows=1,
+                context=context,
+            )
         manifest_lib.write_manifest(index_dir, manifest)
         return cls(index_dir, manifest, True, context, inflight_bytes)
 
     @classmethod
-    def resume(cls, index_dir: str, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
-               sync_writes: bool = True) -> "ActivationStore":
+    def resume(
+        cls, index_dir: str, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES, sync_writes: bool = True
+    ) -> ActivationStore:
         """Reopens an unfinished index for writing; `pending_ranges()` says what is left."""
         manifest = manifest_lib.read_manifest(index_dir, require_complete=False)
         if manifest["complete"]:
@@ -145,8 +204,13 @@ class ActivationStore:
         return cls(index_dir, manifest, True, context, inflight_bytes)
 
     @classmethod
-    def extend(cls, index_dir: str, ids: dict, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
-               sync_writes: bool = True) -> "ActivationStore":
+    def extend(
+        cls,
+        index_dir: str,
+        ids: dict,
+        inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+        sync_writes: bool = True,
+    ) -> ActivationStore:
         """Opens a finished INDEX of N images for writing rows [N, ids['count']) (index.add).
 
         ids: the manifest 'ids' entry of the grown index (manifest.write_ids). Every array is
@@ -158,27 +222,35 @@ class ActivationStore:
         manifest = manifest_lib.read_manifest(index_dir)
         total, published = int(ids["count"]), manifest["shapes"]["images"]
         if total <= published:
-            raise ValueError(f"extend: {index_dir!r} holds {published} images; the grown index "
-                             f"must hold more, got {total}")
+            raise ValueError(
+                f"extend: {index_dir!r} holds {published} images; the grown index "
+                f"must hold more, got {total}"
+            )
         context = codecs.io_context(sync_writes=sync_writes)
         for path in manifest["arrays"].values():
             array = _open_existing(index_dir, path, context)
             if array.shape[0] != total:  # rows past N are unpublished: shrinking them is safe
                 array.resize(exclusive_max=[total] + list(array.shape[1:])).result()
-        grown = dict(manifest, complete=False, ids=dict(ids),
-                     shapes=dict(manifest["shapes"], images=total),
-                     counts=dict(manifest["counts"], images=total, regions=None))
+        grown = dict(
+            manifest,
+            complete=False,
+            ids=dict(ids),
+            shapes=dict(manifest["shapes"], images=total),
+            counts=dict(manifest["counts"], images=total, regions=None),
+        )
         store = cls(index_dir, grown, True, context, inflight_bytes)
         store.first_new_row = published
         return store
 
     def count_regions(self, start: int, stop: int) -> int:
         """Real regions in rows [start, stop)."""
-        return sum(int(self._read_rows("region_mask", low, min(stop, low + self.shard_rows))
-                       .sum()) for low in range(int(start), int(stop), self.shard_rows))
+        return sum(
+            int(self._read_rows("region_mask", low, min(stop, low + self.shard_rows)).sum())
+            for low in range(int(start), int(stop), self.shard_rows)
+        )
 
     @classmethod
-    def open(cls, index_dir: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> "ActivationStore":
+    def open(cls, index_dir: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> ActivationStore:
         """Opens a finished index read-only; raises IncompleteIndexError otherwise."""
         manifest = manifest_lib.read_manifest(index_dir, require_complete=True)
         return cls(index_dir, manifest, False, codecs.io_context(cache_bytes=cache_bytes))
@@ -211,16 +283,19 @@ class ActivationStore:
         """
         self._require_writable("write_batch")
         if set(arrays) != set(WRITE_KEYS):
-            raise ValueError(f"write_batch: keys expected {sorted(WRITE_KEYS)}, "
-                             f"got {sorted(arrays)}")
+            raise ValueError(
+                f"write_batch: keys expected {sorted(WRITE_KEYS)}, got {sorted(arrays)}"
+            )
         rows = {role: np.asarray(value) for role, value in arrays.items()}
         batch = rows["activations"].shape[0] if rows["activations"].ndim else -1
         rows.update(codecs.encode(rows["activations"], self.storage_dtype))
         for role, value in rows.items():
             shape, dtype = self._layout[role]
             if value.shape != (batch,) + shape[1:]:
-                raise ValueError(f"write_batch: {role!r} shape expected {(batch,) + shape[1:]}, "
-                                 f"got {value.shape}")
+                raise ValueError(
+                    f"write_batch: {role!r} shape expected {(batch,) + shape[1:]}, "
+                    f"got {value.shape}"
+                )
             rows[role] = value.astype(dtype, copy=False)
         start, stop = int(start), int(start) + batch
         if start < 0 or stop > self.num_images:
@@ -230,17 +305,24 @@ class ActivationStore:
             shard_start = shard * shard_rows
             shard_stop = min(self.num_images, shard_start + shard_rows)
             low, high = max(start, shard_start), min(stop, shard_stop)
-            piece = {role: value[low - start:high - start] for role, value in rows.items()}
+            piece = {role: value[low - start : high - start] for role, value in rows.items()}
             if (low, high) == (shard_start, shard_stop):
                 self._staged.pop(shard, None)  # older staged rows must not overwrite these later
                 self._issue(low, piece)
                 continue
-            buffers, filled = self._staged.setdefault(shard, (
-                {role: np.zeros((shard_stop - shard_start,) + value.shape[1:], value.dtype)
-                 for role, value in rows.items()}, np.zeros(shard_stop - shard_start, bool)))
+            buffers, filled = self._staged.setdefault(
+                shard,
+                (
+                    {
+                        role: np.zeros((shard_stop - shard_start,) + value.shape[1:], value.dtype)
+                        for role, value in rows.items()
+                    },
+                    np.zeros(shard_stop - shard_start, bool),
+                ),
+            )
             for role, value in piece.items():
-                buffers[role][low - shard_start:high - shard_start] = value
-            filled[low - shard_start:high - shard_start] = True
+                buffers[role][low - shard_start : high - shard_start] = value
+            filled[low - shard_start : high - shard_start] = True
             if filled.all():
                 del self._staged[shard]
                 self._issue(shard_start, buffers)
@@ -261,8 +343,10 @@ class ActivationStore:
         try:
             future.result()
         except Exception as error:
-            raise OSError(f"index.store: writing array {role!r} images [{start}, {stop}) "
-                          f"in {self.index_dir!r} failed: {error}") from error
+            raise OSError(
+                f"index.store: writing array {role!r} images [{start}, {stop}) "
+                f"in {self.index_dir!r} failed: {error}"
+            ) from error
 
     def flush(self) -> None:
         """Writes staged partial shards and waits until every queued write is committed."""
@@ -270,8 +354,10 @@ class ActivationStore:
             buffers, filled = self._staged.pop(shard)
             edges = np.flatnonzero(np.diff(np.concatenate([[0], filled.astype(np.int8), [0]])))
             for low, high in zip(edges[0::2], edges[1::2]):
-                self._issue(shard * self.shard_rows + int(low),
-                            {role: value[low:high] for role, value in buffers.items()})
+                self._issue(
+                    shard * self.shard_rows + int(low),
+                    {role: value[low:high] for role, value in buffers.items()},
+                )
         while self._inflight:
             self._wait_oldest()
 
@@ -284,8 +370,9 @@ class ActivationStore:
         shard_rows; default shard_rows) rows: write each whole, then `mark_completed` it."""
         unit_rows = unit_rows or self.shard_rows
         if unit_rows % self.shard_rows:
-            raise ValueError(f"unit_rows {unit_rows} must be a multiple of shard_rows "
-                             f"{self.shard_rows}")
+            raise ValueError(
+                f"unit_rows {unit_rows} must be a multiple of shard_rows {self.shard_rows}"
+            )
         units = []
         for start, stop in manifest_lib.missing_ranges(self.index_dir, self.num_images):
             # Cut at multiples of unit_rows: only a range starting at first_new_row (index.add)
@@ -299,11 +386,14 @@ class ActivationStore:
         resumed run rewrites whole shard files and never keeps a half-written one."""
         self._require_writable("mark_completed")
         aligned = (start % self.shard_rows == 0 or start == self.first_new_row) and (
-            stop % self.shard_rows == 0 or stop == self.num_images)
+            stop % self.shard_rows == 0 or stop == self.num_images
+        )
         if not (0 <= start < stop <= self.num_images) or not aligned:
-            raise ValueError(f"mark_completed: [{start}, {stop}) must be a non-empty range in "
-                             f"[0, {self.num_images}] with shard-aligned ends "
-                             f"(shard_rows {self.shard_rows})")
+            raise ValueError(
+                f"mark_completed: [{start}, {stop}) must be a non-empty range in "
+                f"[0, {self.num_images}] with shard-aligned ends "
+                f"(shard_rows {self.shard_rows})"
+            )
         self.flush()
         manifest_lib.mark_completed(self.index_dir, start, stop)
 
@@ -316,11 +406,17 @@ class ActivationStore:
         self.flush()
         missing = manifest_lib.missing_ranges(self.index_dir, self.num_images)
         if missing:
-            raise RuntimeError(f"finalize: image ranges {missing} of {self.index_dir!r} were "
-                               f"never marked completed")
+            raise RuntimeError(
+                f"finalize: image ranges {missing} of {self.index_dir!r} were "
+                f"never marked completed"
+            )
         regions = self.count_regions(0, self.num_images)
-        self.manifest = dict(self.manifest, complete=True, finalized=manifest_lib.now_utc(),
-                             counts=dict(self.manifest["counts"], regions=regions))
+        self.manifest = dict(
+            self.manifest,
+            complete=True,
+            finalized=manifest_lib.now_utc(),
+            counts=dict(self.manifest["counts"], regions=regions),
+        )
         manifest_lib.write_manifest(self.index_dir, self.manifest)
         return self.manifest
 
@@ -338,8 +434,9 @@ class ActivationStore:
         ids = self._check_ids(ids)
         roles = [r for r in ("activations", "activation_scale", "region_mask") if r in self._arrays]
         values = self._read_many({role: self._arrays[role].oindex[ids] for role in roles}, ids)
-        activations = codecs.decode(values["activations"], self.storage_dtype,
-                                    values.get("activation_scale"))
+        activations = codecs.decode(
+            values["activations"], self.storage_dtype, values.get("activation_scale")
+        )
         return activations, values["region_mask"]
 
     def read_stored(self, role: str, ids) -> np.ndarray:
@@ -350,8 +447,9 @@ class ActivationStore:
     def gather_concepts(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """ids [K] int -> (concepts [K, R, C] float32, region_mask [K, R] bool)."""
         ids = self._check_ids(ids)
-        values = self._read_many({role: self._arrays[role].oindex[ids]
-                                  for role in ("concepts", "region_mask")}, ids)
+        values = self._read_many(
+            {role: self._arrays[role].oindex[ids] for role in ("concepts", "region_mask")}, ids
+        )
         return values["concepts"].astype(np.float32, copy=False), values["region_mask"]
 
     def read_concepts(self, start: int, stop: int) -> np.ndarray:
@@ -375,13 +473,16 @@ class ActivationStore:
     def _check_ids(self, ids) -> np.ndarray:
         ids = np.asarray(ids)
         if ids.ndim != 1 or not (ids.dtype.kind in "iu" or ids.size == 0):
-            raise ValueError(f"ids must be a 1-D integer array [K], got shape {ids.shape} "
-                             f"dtype {ids.dtype}")
+            raise ValueError(
+                f"ids must be a 1-D integer array [K], got shape {ids.shape} dtype {ids.dtype}"
+            )
         ids = ids.astype(np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_images):
             bad = ids[(ids < 0) | (ids >= self.num_images)]
-            raise IndexError(f"image ids {bad[:5].tolist()} outside [0, {self.num_images}) "
-                             f"of index {self.index_dir!r}")
+            raise IndexError(
+                f"image ids {bad[:5].tolist()} outside [0, {self.num_images}) "
+                f"of index {self.index_dir!r}"
+            )
         return ids
 
     def _read_rows(self, role: str, start: int, stop: int) -> np.ndarray:
@@ -421,5 +522,6 @@ class ActivationStore:
             start = int(shard) * shard_rows
             stop = min(self.num_images, start + shard_rows)
             return StoreReadError(role, start, stop, bad, self.index_dir, error, "one shard file")
-        return StoreReadError(role, int(ids.min()), int(ids.max()) + 1, None, self.index_dir,
-                              error, "reading failed")
+        return StoreReadError(
+            role, int(ids.min()), int(ids.max()) + 1, None, self.index_dir, error, "reading failed"
+        )

@@ -31,8 +31,9 @@ def write_text(path: str, text: str) -> None:
         os.close(directory_descriptor)
 
 
-def write_json(path: str, value, indent: int | None = None, sort_keys: bool = False,
-               make_parents: bool = False) -> None:
+def write_json(
+    path: str, value, indent: int | None = None, sort_keys: bool = False, make_parents: bool = False
+) -> None:
     """Writes `value` as JSON and a final newline (see `write_text`); make_parents creates the
     parent directories first. A value that is not JSON-serializable raises TypeError before
     `path` is touched."""

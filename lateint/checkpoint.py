@@ -31,9 +31,11 @@ class CheckpointStore:
     def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("params", "opt_state", "meta"))
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("params", "opt_state", "meta")
+        )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -49,8 +51,10 @@ class CheckpointStore:
     def restore(self, step: int, abstract_params, abstract_opt_state=None):
         """Restores against abstract targets (shapes/dtypes/shardings). Returns
         (params, opt_state or None, meta)."""
-        items = {"params": ocp.args.StandardRestore(abstract_params),
-                 "meta": ocp.args.JsonRestore()}
+        items = {
+            "params": ocp.args.StandardRestore(abstract_params),
+            "meta": ocp.args.JsonRestore(),
+        }
         if abstract_opt_state is not None:
             items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -67,8 +71,9 @@ class CheckpointStore:
 
 def write_model_config(workdir: str, config: ModelConfig) -> None:
     os.makedirs(workdir, exist_ok=True)
-    atomic.write_json(os.path.join(workdir, MODEL_CONFIG_FILE), config.to_dict(), indent=2,
-                      sort_keys=True)
+    atomic.write_json(
+        os.path.join(workdir, MODEL_CONFIG_FILE), config.to_dict(), indent=2, sort_keys=True
+    )
 
 
 def read_model_config(workdir: str) -> ModelConfig:
@@ -90,21 +95,26 @@ def load_model(workdir: str, step: int | None = None) -> tuple[SplitEncoder, dic
     store = CheckpointStore(workdir, async_save=False)
     step = store.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"{store.directory}: no checkpoint; train first "
-                                f"(python -m train.main --workdir={workdir} ...)")
+        raise FileNotFoundError(
+            f"{store.directory}: no checkpoint; train first "
+            f"(python -m train.main --workdir={workdir} ...)"
+        )
     abstract_model = nnx.eval_shape(lambda: SplitEncoder(config, nnx.Rngs(0)))
     graph, abstract_params = nnx.split(abstract_model)
     # Restore onto this process's first device whatever topology saved it (e.g. an 8-device mesh).
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract_params = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params
+    )
     params, _, meta = store.restore(step, abstract_params)
     store.close()
     model = nnx.merge(graph, jax.tree.map(jax.numpy.asarray, params))
     fingerprint = model_fingerprint(model)
     if meta.get("fingerprint") not in (None, fingerprint):
-        raise ValueError(f"{workdir} step {step}: parameters hash to {fingerprint}, but the "
-                         f"checkpoint recorded {meta['fingerprint']}")
+        raise ValueError(
+            f"{workdir} step {step}: parameters hash to {fingerprint}, but the "
+            f"checkpoint recorded {meta['fingerprint']}"
+        )
     meta = dict(meta, step=step, fingerprint=fingerprint)
     return model, meta
 

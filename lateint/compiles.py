@@ -24,7 +24,7 @@ class CompileCounter:
         if event == BACKEND_COMPILE_EVENT:
             self.count += 1
 
-    def __enter__(self) -> "CompileCounter":
+    def __enter__(self) -> CompileCounter:
         jax.monitoring.register_event_duration_secs_listener(self._listener)
         return self
 

@@ -65,23 +65,26 @@ class ModelConfig:
     def __post_init__(self):
         if not 0 <= self.split_layer <= self.num_layers:
             raise ValueError(
-                f"split_layer must be in [0, num_layers={self.num_layers}], got {self.split_layer}")
+                f"split_layer must be in [0, num_layers={self.num_layers}], got {self.split_layer}"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
         if self.max_text_length > self.max_position_embeddings:
             raise ValueError(
                 f"max_text_length {self.max_text_length} exceeds max_position_embeddings "
-                f"{self.max_position_embeddings}")
+                f"{self.max_position_embeddings}"
+            )
         if self.compression_dim < 0 or self.compression_dim > self.hidden_size:
             raise ValueError(
                 f"compression_dim must be in [0, hidden_size={self.hidden_size}], "
-                f"got {self.compression_dim}")
+                f"got {self.compression_dim}"
+            )
         if self.joint_alignment_bias < 0:
             raise ValueError(f"joint_alignment_bias must be >= 0, got {self.joint_alignment_bias}")
         if self.relation_temperature <= 0:
-            raise ValueError(
-                f"relation_temperature must be > 0, got {self.relation_temperature}")
+            raise ValueError(f"relation_temperature must be > 0, got {self.relation_temperature}")
         if self.joint_residual < 0:
             raise ValueError(f"joint_residual must be >= 0, got {self.joint_residual}")
         if self.box_embedding not in ("linear", "mlp"):
@@ -98,7 +101,7 @@ class ModelConfig:
         """H': the last dim of stored image activations."""
         return self.compression_dim or self.hidden_size
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +111,7 @@ class ModelConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -30,8 +30,9 @@ def model_fingerprint(model) -> str:
     for name, module in _image_side_modules(model).items():
         state = nnx.state(module, nnx.Param)
         for path, leaf in sorted(nnx.to_flat_state(state), key=lambda item: str(item[0])):
-            array = np.ascontiguousarray(np.asarray(leaf.get_value() if hasattr(leaf, "get_value")
-                                                    else leaf))
+            array = np.ascontiguousarray(
+                np.asarray(leaf.get_value() if hasattr(leaf, "get_value") else leaf)
+            )
             digest.update(f"{name}/{'/'.join(map(str, path))}:{array.dtype}:{array.shape}".encode())
             digest.update(array.tobytes())
     return digest.hexdigest()[:16]

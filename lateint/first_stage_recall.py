@@ -40,8 +40,8 @@ def first_stage_recall(candidates, reference):
         raise ValueError(f"reference: row {row} repeats an id: {reference[row].tolist()}")
     found = 0
     for start in range(0, reference.shape[0], _BLOCK_ROWS):
-        block_reference = reference[start:start + _BLOCK_ROWS]  # [b, k]
-        block_candidates = candidates[start:start + _BLOCK_ROWS]  # [b, n]
+        block_reference = reference[start : start + _BLOCK_ROWS]  # [b, k]
+        block_candidates = candidates[start : start + _BLOCK_ROWS]  # [b, n]
         matches = block_reference[:, :, None] == block_candidates[:, None, :]  # [b, k, n]
         found += int(np.sum(np.any(matches, axis=2)))
     return found / reference.size

@@ -7,10 +7,9 @@ per shape.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -56,29 +55,42 @@ class Inference:
 
         @jax.jit
         def joint_pairs(state, text_activations, text_mask, stored, image_mask):
-            return nnx.merge(graph, state).joint_score(text_activations, text_mask, stored,
-                                                       image_mask)
+            return nnx.merge(graph, state).joint_score(
+                text_activations, text_mask, stored, image_mask
+            )
 
         self._encode_text = encode_text
         self._encode_image = encode_image
         self._joint = joint_pairs
 
-    def encode_text(self, token_ids: np.ndarray, token_mask: np.ndarray,
-                    batch_size: int | None = None) -> TowerOutput:
+    def encode_text(
+        self, token_ids: np.ndarray, token_mask: np.ndarray, batch_size: int | None = None
+    ) -> TowerOutput:
         """token_ids/mask: [B, T]. Returns a TowerOutput of NumPy arrays [B, ...]."""
         return self._batched(self._encode_text, (token_ids, token_mask), batch_size)
 
-    def encode_images(self, regions: np.ndarray, boxes: np.ndarray, region_mask: np.ndarray,
-                      batch_size: int | None = None) -> tuple[TowerOutput, np.ndarray]:
+    def encode_images(
+        self,
+        regions: np.ndarray,
+        boxes: np.ndarray,
+        region_mask: np.ndarray,
+        batch_size: int | None = None,
+    ) -> tuple[TowerOutput, np.ndarray]:
         """regions [B, R, F], boxes [B, R, 5], mask [B, R] -> (TowerOutput, stored [B, R, H'])."""
         return self._batched(self._encode_image, (regions, boxes, region_mask), batch_size)
 
-    def joint_scores(self, text_activations: np.ndarray, text_mask: np.ndarray,
-                     stored: np.ndarray, image_mask: np.ndarray,
-                     batch_size: int = 256) -> np.ndarray:
+    def joint_scores(
+        self,
+        text_activations: np.ndarray,
+        text_mask: np.ndarray,
+        stored: np.ndarray,
+        image_mask: np.ndarray,
+        batch_size: int = 256,
+    ) -> np.ndarray:
         """Aligned pairs: text [P, T, H], [P, T]; images stored [P, R, H'], [P, R] -> [P]."""
-        return self._batched(self._joint, (text_activations, text_mask, stored, image_mask),
-                             batch_size)
+        return self._batched(
+            self._joint, (text_activations, text_mask, stored, image_mask), batch_size
+        )
 
     def _batched(self, function, arrays, batch_size):
         total = arrays[0].shape[0]
@@ -89,7 +101,8 @@ class Inference:
             if self.batch_sharding is not None:
                 chunk = jax.device_put(chunk, self.batch_sharding)
             rows = stop - start
-            result = jax.tree.map(lambda x, rows=rows: np.asarray(x)[:rows],
-                                  function(self.state, *chunk))
+            result = jax.tree.map(
+                lambda x, rows=rows: np.asarray(x)[:rows], function(self.state, *chunk)
+            )
             outputs.append(result)
         return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)

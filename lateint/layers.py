@@ -16,8 +16,9 @@ _INIT = nnx.initializers.normal(stddev=0.02)
 
 
 def dense(in_features: int, out_features: int, config: ModelConfig, rngs: nnx.Rngs):
-    return nnx.Linear(in_features, out_features, kernel_init=_INIT, dtype=config.compute_dtype,
-                      rngs=rngs)
+    return nnx.Linear(
+        in_features, out_features, kernel_init=_INIT, dtype=config.compute_dtype, rngs=rngs
+    )
 
 
 def layer_norm(config: ModelConfig, rngs: nnx.Rngs):
@@ -90,25 +91,29 @@ class TextEmbeddings(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         hidden = config.hidden_size
         self.word = nnx.Embed(config.vocab_size, hidden, embedding_init=_INIT, rngs=rngs)
-        self.position = nnx.Embed(config.max_position_embeddings, hidden, embedding_init=_INIT,
-                                  rngs=rngs)
-        self.token_type = nnx.Embed(config.type_vocab_size, hidden, embedding_init=_INIT,
-                                    rngs=rngs)
+        self.position = nnx.Embed(
+            config.max_position_embeddings, hidden, embedding_init=_INIT, rngs=rngs
+        )
+        self.token_type = nnx.Embed(config.type_vocab_size, hidden, embedding_init=_INIT, rngs=rngs)
         self.norm = layer_norm(config, rngs)
 
     def __call__(self, token_ids: jax.Array) -> jax.Array:
         """token_ids: [B, T] int32. Returns [B, T, H] float32 (token type 0 everywhere)."""
         positions = jnp.arange(token_ids.shape[1])[None, :]
-        x = self.word(token_ids) + self.position(positions) + self.token_type(
-            jnp.zeros_like(token_ids))
+        x = (
+            self.word(token_ids)
+            + self.position(positions)
+            + self.token_type(jnp.zeros_like(token_ids))
+        )
         return self.norm(x)
 
 
 def box_features(boxes: jax.Array) -> jax.Array:
     """boxes [..., 5] (x1, y1, x2, y2, area) -> [..., 9]: the box, its centre and its size."""
     x1, y1, x2, y2 = boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3]
-    return jnp.concatenate([boxes, jnp.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1],
-                                             axis=-1)], axis=-1)
+    return jnp.concatenate(
+        [boxes, jnp.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=-1)], axis=-1
+    )
 
 
 class BoxMLP(nnx.Module):
@@ -117,8 +122,7 @@ class BoxMLP(nnx.Module):
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         hidden = config.hidden_size
-        self.hidden = nnx.Linear(config.box_dim + 4, hidden, dtype=config.compute_dtype,
-                                 rngs=rngs)
+        self.hidden = nnx.Linear(config.box_dim + 4, hidden, dtype=config.compute_dtype, rngs=rngs)
         self.output = nnx.Linear(hidden, hidden, dtype=config.compute_dtype, rngs=rngs)
 
     def __call__(self, boxes: jax.Array) -> jax.Array:
@@ -135,8 +139,11 @@ class RegionEmbeddings(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         hidden = config.hidden_size
         self.feature = dense(config.region_feature_dim, hidden, config, rngs)
-        self.box = (BoxMLP(config, rngs) if config.box_embedding == "mlp"
-                    else dense(config.box_dim, hidden, config, rngs))
+        self.box = (
+            BoxMLP(config, rngs)
+            if config.box_embedding == "mlp"
+            else dense(config.box_dim, hidden, config, rngs)
+        )
         self.modality = nnx.Param(_INIT(rngs.params(), (hidden,), jnp.float32))
         self.norm = layer_norm(config, rngs)
 
@@ -158,13 +165,14 @@ class GeometryBias(nnx.Module):
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         self.hidden = nnx.Linear(8, 64, rngs=rngs)
-        self.output = nnx.Linear(64, config.num_heads, kernel_init=nnx.initializers.zeros,
-                                 rngs=rngs)
+        self.output = nnx.Linear(
+            64, config.num_heads, kernel_init=nnx.initializers.zeros, rngs=rngs
+        )
 
     def __call__(self, boxes: jax.Array) -> jax.Array:
         """boxes [B, R, 5] -> bias [B, heads, R, R] float32 (query axis, then key axis)."""
         b = box_features(boxes.astype(jnp.float32))
-        scaled = pair_geometry(b[:, :, None, :], b[:, None, :, :])         # [B, R, R, 8]
+        scaled = pair_geometry(b[:, :, None, :], b[:, None, :, :])  # [B, R, R, 8]
         logits = self.output(jax.nn.gelu(self.hidden(scaled), approximate=False))
         return logits.transpose(0, 3, 1, 2)
 
@@ -174,10 +182,17 @@ def pair_geometry(query: jax.Array, key: jax.Array) -> jax.Array:
     signed edge gaps k.x1 - q.x2, q.x1 - k.x2, k.y1 - q.y2, q.y1 - k.y2 (positive exactly when
     k lies right of / left of / below / above q) and centre offsets, x4; log size ratios."""
     eps = 1e-3
-    pair = jnp.stack([
-        key[..., 0] - query[..., 2], query[..., 0] - key[..., 2],
-        key[..., 1] - query[..., 3], query[..., 1] - key[..., 3],
-        key[..., 5] - query[..., 5], key[..., 6] - query[..., 6],
-        jnp.log(jnp.maximum(key[..., 7], eps) / jnp.maximum(query[..., 7], eps)),
-        jnp.log(jnp.maximum(key[..., 8], eps) / jnp.maximum(query[..., 8], eps))], axis=-1)
+    pair = jnp.stack(
+        [
+            key[..., 0] - query[..., 2],
+            query[..., 0] - key[..., 2],
+            key[..., 1] - query[..., 3],
+            query[..., 1] - key[..., 3],
+            key[..., 5] - query[..., 5],
+            key[..., 6] - query[..., 6],
+            jnp.log(jnp.maximum(key[..., 7], eps) / jnp.maximum(query[..., 7], eps)),
+            jnp.log(jnp.maximum(key[..., 8], eps) / jnp.maximum(query[..., 8], eps)),
+        ],
+        axis=-1,
+    )
     return pair * jnp.asarray([4.0] * 6 + [1.0] * 2, jnp.float32)

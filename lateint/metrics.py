@@ -12,7 +12,7 @@ Ranks are 0-based; R@K counts rank < K; medr = floor(median(rank)) + 1 and meanr
 as VSE++ / SCAN report them.
 """
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,7 +33,7 @@ _BLOCK_ROWS = 256
 _SORT_BLOCK_ELEMENTS = 1 << 22
 TIES = ("pessimistic", "scan")
 
-ScoreSource = Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+ScoreSource = np.ndarray | Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _check_scores(name, scores, shape):
@@ -101,15 +101,15 @@ def ranks_text_to_image(scores, caption_image, ties="pessimistic"):
     if ties == "scan":
         step = _sort_block_rows(scores.shape[1])
         for start in range(0, scores.shape[0], step):
-            positions = _scan_positions(scores[start:start + step])  # [b, N]
+            positions = _scan_positions(scores[start : start + step])  # [b, N]
             rows = np.arange(positions.shape[0])
-            ranks[start:start + step] = positions[rows, caption_image[start:start + step]]
+            ranks[start : start + step] = positions[rows, caption_image[start : start + step]]
         return ranks
     positive = scores[np.arange(scores.shape[0]), caption_image]  # [M]
     for start in range(0, scores.shape[0], _BLOCK_ROWS):
-        block = scores[start:start + _BLOCK_ROWS]  # [b, N]
-        at_least = np.sum(block >= positive[start:start + _BLOCK_ROWS, None], axis=1)
-        ranks[start:start + block.shape[0]] = at_least - 1  # ">=" counts the true image once
+        block = scores[start : start + _BLOCK_ROWS]  # [b, N]
+        at_least = np.sum(block >= positive[start : start + _BLOCK_ROWS, None], axis=1)
+        ranks[start : start + block.shape[0]] = at_least - 1  # ">=" counts the true image once
     return ranks
 
 
@@ -145,19 +145,20 @@ def ranks_image_to_text(scores, caption_image, ties="pessimistic"):
     if ties == "scan":
         step = _sort_block_rows(scores.shape[1])
         for start in range(0, num_images, step):
-            positions = _scan_positions(scores[start:start + step])  # [b, M]
+            positions = _scan_positions(scores[start : start + step])  # [b, M]
             images = np.arange(start, start + positions.shape[0])
             positive = caption_image[None, :] == images[:, None]  # [b, M]
-            ranks[start:start + step] = np.min(np.where(positive, positions, scores.shape[1]),
-                                               axis=1)
+            ranks[start : start + step] = np.min(
+                np.where(positive, positions, scores.shape[1]), axis=1
+            )
         return ranks
     for start in range(0, num_images, _BLOCK_ROWS):
-        block = scores[start:start + _BLOCK_ROWS]  # [b, M]
+        block = scores[start : start + _BLOCK_ROWS]  # [b, M]
         images = np.arange(start, start + block.shape[0])
         positive = caption_image[None, :] == images[:, None]  # [b, M]
         best = np.max(np.where(positive, block, -np.inf), axis=1)  # [b]
         beaten = (block >= best[:, None]) & ~positive
-        ranks[start:start + block.shape[0]] = np.sum(beaten, axis=1)
+        ranks[start : start + block.shape[0]] = np.sum(beaten, axis=1)
     return ranks
 
 
@@ -208,12 +209,12 @@ def top_k_summary(ranks_t2i, ranks_i2t, t2i_known=None, i2t_known=None):
         if known is not None:
             if known < 1:
                 raise ValueError(f"{direction}_known: expected None or >= 1, got {known}")
-            part.update({f"{direction}_r{level}": None for level in RECALL_LEVELS
-                         if level > known})
+            part.update({f"{direction}_r{level}": None for level in RECALL_LEVELS if level > known})
             part.update({f"{direction}_medr": None, f"{direction}_meanr": None})
         summary.update(part)
-    recalls = [summary[f"{direction}_r{level}"] for direction in DIRECTIONS
-               for level in RECALL_LEVELS]
+    recalls = [
+        summary[f"{direction}_r{level}"] for direction in DIRECTIONS for level in RECALL_LEVELS
+    ]
     summary["rsum"] = None if None in recalls else sum(recalls)
     return {key: summary[key] for key in SUMMARY_KEYS}
 
@@ -233,11 +234,16 @@ def ranks_image_subset_to_text(scores, images, caption_image, ties="pessimistic"
     """
     scores, images = np.asarray(scores), np.asarray(images)
     caption_image = _check_caption_image(caption_image, int(np.max(caption_image, initial=0)) + 1)
-    if images.ndim != 1 or np.unique(images).size != images.size or scores.shape != (
-            images.size, caption_image.size):
-        raise ValueError(f"ranks_image_subset_to_text: expected distinct images [S] and scores "
-                         f"[S, M={caption_image.size}], got images {images.shape} (distinct: "
-                         f"{np.unique(images).size}) and scores {scores.shape}")
+    if (
+        images.ndim != 1
+        or np.unique(images).size != images.size
+        or scores.shape != (images.size, caption_image.size)
+    ):
+        raise ValueError(
+            f"ranks_image_subset_to_text: expected distinct images [S] and scores "
+            f"[S, M={caption_image.size}], got images {images.shape} (distinct: "
+            f"{np.unique(images).size}) and scores {scores.shape}"
+        )
     # Subset image s is row s; every other caption goes to one extra row S that is not ranked.
     row = np.full(max(caption_image.max(initial=0), images.max(initial=0)) + 1, images.size)
     row[images] = np.arange(images.size)
@@ -245,7 +251,7 @@ def ranks_image_subset_to_text(scores, images, caption_image, ties="pessimistic"
     if np.all(local < images.size):
         return ranks_image_to_text(scores, local, ties)
     padded = np.concatenate([scores, np.zeros((1, scores.shape[1]), scores.dtype)])
-    return ranks_image_to_text(padded, local, ties)[:images.size]
+    return ranks_image_to_text(padded, local, ties)[: images.size]
 
 
 def evaluate(scores, caption_image, image_to_text_scores=None, ties="pessimistic"):
@@ -278,8 +284,9 @@ def _as_evalrank_sims(scores, ties):
 def _fold_scores(source, name, caption_indices, image_indices, transpose):
     """Slices (or computes) one fold's scores: [m, n] (or [n, m] with transpose)."""
     if callable(source):
-        rows, columns = (image_indices, caption_indices) if transpose else (
-            caption_indices, image_indices)
+        rows, columns = (
+            (image_indices, caption_indices) if transpose else (caption_indices, image_indices)
+        )
         block = np.asarray(source(rows, columns))
         expected = (rows.size, columns.size)
         if block.shape != expected:
@@ -292,8 +299,14 @@ def _fold_scores(source, name, caption_indices, image_indices, transpose):
     return source[np.ix_(caption_indices, image_indices)]
 
 
-def coco_1k_5fold(scores: ScoreSource, caption_image, image_to_text_scores=None,
-                  num_images=None, fold_size=1000, ties="scan"):
+def coco_1k_5fold(
+    scores: ScoreSource,
+    caption_image,
+    image_to_text_scores=None,
+    num_images=None,
+    fold_size=1000,
+    ties="scan",
+):
     """COCO 1K protocol: mean of the summaries over folds of `fold_size` images and their captions.
 
     Fold k holds images [fold_size·k, fold_size·(k+1)) and every caption of those images; scores
@@ -345,16 +358,25 @@ def coco_1k_5fold(scores: ScoreSource, caption_image, image_to_text_scores=None,
         first = fold * fold_size
         image_indices = np.arange(first, first + fold_size)
         caption_indices = np.flatnonzero(
-            (caption_image >= first) & (caption_image < first + fold_size))
+            (caption_image >= first) & (caption_image < first + fold_size)
+        )
         local_caption_image = caption_image[caption_indices] - first
         fold_t2i = _as_evalrank_sims(
-            _fold_scores(scores, "scores", caption_indices, image_indices, False), ties)
+            _fold_scores(scores, "scores", caption_indices, image_indices, False), ties
+        )
         if image_to_text_scores is None:
             fold_i2t = fold_t2i.T
         else:
-            fold_i2t = _as_evalrank_sims(_fold_scores(
-                image_to_text_scores, "image_to_text_scores", caption_indices, image_indices,
-                True), ties)
+            fold_i2t = _as_evalrank_sims(
+                _fold_scores(
+                    image_to_text_scores,
+                    "image_to_text_scores",
+                    caption_indices,
+                    image_indices,
+                    True,
+                ),
+                ties,
+            )
         summaries.append(evaluate(fold_t2i, local_caption_image, fold_i2t, ties))
     return {key: float(np.mean([summary[key] for summary in summaries])) for key in SUMMARY_KEYS}
 

@@ -16,17 +16,24 @@ from flax import nnx
 
 from lateint import scoring
 from lateint.config import ModelConfig
-from lateint.layers import (GeometryBias, RegionEmbeddings, TextEmbeddings, TransformerLayer,
-                            attention_bias, dense, layer_norm)
+from lateint.layers import (
+    GeometryBias,
+    RegionEmbeddings,
+    TextEmbeddings,
+    TransformerLayer,
+    attention_bias,
+    dense,
+    layer_norm,
+)
 from lateint.relation_head import RelationHead
 
 
 class TowerOutput(NamedTuple):
     """What one tower produces for a batch of B items of S tokens (words or regions)."""
 
-    activations: jax.Array    # [B, S, H] float32, output of layer l-1 (input of the joint layers)
-    mask: jax.Array           # [B, S] bool, True for real tokens/regions
-    concepts: jax.Array       # [B, S, C] float32, L2-normalised, zero where mask is False
+    activations: jax.Array  # [B, S, H] float32, output of layer l-1 (input of the joint layers)
+    mask: jax.Array  # [B, S] bool, True for real tokens/regions
+    concepts: jax.Array  # [B, S, C] float32, L2-normalised, zero where mask is False
     global_vector: jax.Array  # [B, C] float32, L2-normalised
 
 
@@ -89,8 +96,9 @@ class ScoreHead(nnx.Module):
         if config.joint_residual:
             self.dense.kernel[...] = jnp.zeros_like(self.dense.kernel[...])
 
-    def __call__(self, text_out: jax.Array, image_out: jax.Array,
-                 image_mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, text_out: jax.Array, image_out: jax.Array, image_mask: jax.Array
+    ) -> jax.Array:
         """text_out: [P, T, H], image_out: [P, R, H], image_mask: [P, R]. Returns [P]."""
         cls = text_out[:, 0]
         image_pooled = _masked_mean(image_out, image_mask)
@@ -109,18 +117,21 @@ class SplitEncoder(nnx.Module):
         self.region_embeddings = RegionEmbeddings(config, rngs)
         self.text_layers = nnx.List([TransformerLayer(config, rngs) for _ in range(split)])
         self.image_layers = nnx.List(
-            [] if config.share_tower_weights else
-            [TransformerLayer(config, rngs) for _ in range(split)])
-        self.joint_layers = nnx.List(
-            [TransformerLayer(config, rngs) for _ in range(total - split)])
+            []
+            if config.share_tower_weights
+            else [TransformerLayer(config, rngs) for _ in range(split)]
+        )
+        self.joint_layers = nnx.List([TransformerLayer(config, rngs) for _ in range(total - split)])
         self.text_concepts = ConceptHead(config, rngs)
         self.image_concepts = ConceptHead(config, rngs)
         self.compressor = Compressor(config, rngs) if config.compression_dim else None
         self.score_head = ScoreHead(config, rngs)
         self.geometry = GeometryBias(config, rngs) if config.geometry_bias else None
-        self.alignment_scale = (nnx.Param(jnp.full((config.num_heads,),
-                                                   config.joint_alignment_bias, jnp.float32))
-                                if config.joint_alignment_bias else None)
+        self.alignment_scale = (
+            nnx.Param(jnp.full((config.num_heads,), config.joint_alignment_bias, jnp.float32))
+            if config.joint_alignment_bias
+            else None
+        )
         self.relation = RelationHead(config, rngs) if config.relation_head else None
 
     @property
@@ -138,14 +149,15 @@ class SplitEncoder(nnx.Module):
         concepts, global_vector = self.text_concepts(x, token_mask)
         return TowerOutput(x, token_mask, concepts, global_vector)
 
-    def encode_image(self, regions: jax.Array, boxes: jax.Array,
-                     region_mask: jax.Array) -> TowerOutput:
+    def encode_image(
+        self, regions: jax.Array, boxes: jax.Array, region_mask: jax.Array
+    ) -> TowerOutput:
         """regions: [B, R, F] float, boxes: [B, R, box_dim], region_mask: [B, R] bool."""
         region_mask = region_mask.astype(bool)
         x = self.region_embeddings(regions.astype(jnp.float32), boxes.astype(jnp.float32))
-        bias = attention_bias(region_mask, jnp.float32)                  # [B, 1, 1, R]
+        bias = attention_bias(region_mask, jnp.float32)  # [B, 1, 1, R]
         if self.geometry is not None:
-            bias = bias + self.geometry(boxes)                           # [B, heads, R, R]
+            bias = bias + self.geometry(boxes)  # [B, heads, R, R]
         for layer in self.image_tower_layers:
             x = layer(x, bias)
         concepts, global_vector = self.image_concepts(x, region_mask)
@@ -165,8 +177,13 @@ class SplitEncoder(nnx.Module):
         return self.compressor.decompress(stored.astype(jnp.float32))
 
     # ---- joint layers (l..L-1) ----------------------------------------------------------------
-    def joint_score(self, text_activations: jax.Array, text_mask: jax.Array,
-                    stored_image: jax.Array, image_mask: jax.Array) -> jax.Array:
+    def joint_score(
+        self,
+        text_activations: jax.Array,
+        text_mask: jax.Array,
+        stored_image: jax.Array,
+        image_mask: jax.Array,
+    ) -> jax.Array:
         """Scores P aligned (text, image) pairs from tower outputs.
 
         text_activations: [P, T, H], text_mask: [P, T], stored_image: [P, R, H'] (as stored,
@@ -180,38 +197,52 @@ class SplitEncoder(nnx.Module):
         image = self.decompress(stored_image)
         x = jnp.concatenate([text_activations.astype(jnp.float32), image], axis=1)
         mask = jnp.concatenate([text_mask, image_mask], axis=1)
-        bias = attention_bias(mask, jnp.float32)                          # [P, 1, 1, T+R]
+        bias = attention_bias(mask, jnp.float32)  # [P, 1, 1, T+R]
         concepts = None
-        if (self.config.joint_residual or self.alignment_scale is not None
-                or self.relation is not None):
-            concepts = (self.text_concepts.tokens(text_activations, text_mask),   # [P, T, C]
-                        self.image_concepts.tokens(image, image_mask))            # [P, R, C]
+        if (
+            self.config.joint_residual
+            or self.alignment_scale is not None
+            or self.relation is not None
+        ):
+            concepts = (
+                self.text_concepts.tokens(text_activations, text_mask),  # [P, T, C]
+                self.image_concepts.tokens(image, image_mask),
+            )  # [P, R, C]
         if self.alignment_scale is not None:
-            bias = bias + self._alignment_bias(*concepts)                  # [P, h, T+R, T+R]
+            bias = bias + self._alignment_bias(*concepts)  # [P, h, T+R, T+R]
         for layer in self.joint_layers:
             x = layer(x, bias)
         score = self.score_head(x[:, :num_text], x[:, num_text:], image_mask)
         if self.config.joint_residual:
             score = score + self.config.joint_residual * scoring.maxsim_pairs(
-                concepts[0], text_mask, concepts[1], image_mask)
+                concepts[0], text_mask, concepts[1], image_mask
+            )
         if self.relation is not None:
-            score = score + self.relation(text_activations, text_mask, concepts[0], image,
-                                          image_mask, concepts[1])
+            score = score + self.relation(
+                text_activations, text_mask, concepts[0], image, image_mask, concepts[1]
+            )
         return score
 
     def _alignment_bias(self, text_concepts: jax.Array, image_concepts: jax.Array) -> jax.Array:
         """text_concepts [P, T, C], image_concepts [P, R, C] -> [P, heads, T+R, T+R]: per-head
         scale x concept cosine on the word->region and region->word blocks, 0 elsewhere."""
         num_text, num_regions = text_concepts.shape[1], image_concepts.shape[1]
-        similarity = jnp.einsum("ptc,prc->ptr", text_concepts, image_concepts)   # [P, T, R]
+        similarity = jnp.einsum("ptc,prc->ptr", text_concepts, image_concepts)  # [P, T, R]
         scaled = self.alignment_scale[...][None, :, None, None] * similarity[:, None]
         words_to_regions = jnp.pad(scaled, ((0, 0), (0, 0), (0, num_regions), (num_text, 0)))
-        regions_to_words = jnp.pad(jnp.swapaxes(scaled, 2, 3),
-                                   ((0, 0), (0, 0), (num_text, 0), (0, num_regions)))
+        regions_to_words = jnp.pad(
+            jnp.swapaxes(scaled, 2, 3), ((0, 0), (0, 0), (num_text, 0), (0, num_regions))
+        )
         return words_to_regions + regions_to_words
 
-    def fused_towers(self, token_ids: jax.Array, token_mask: jax.Array, regions: jax.Array,
-                     boxes: jax.Array, region_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def fused_towers(
+        self,
+        token_ids: jax.Array,
+        token_mask: jax.Array,
+        regions: jax.Array,
+        boxes: jax.Array,
+        region_mask: jax.Array,
+    ) -> tuple[jax.Array, jax.Array]:
         """Layers 0..l-1 over the concatenated [text; regions] sequence of each pair.
 
         Attention is block-diagonal (each modality attends only to itself); with separate tower
@@ -221,18 +252,22 @@ class SplitEncoder(nnx.Module):
         """
         num_text = token_ids.shape[1]
         mask = jnp.concatenate([token_mask.astype(bool), region_mask.astype(bool)], axis=1)
-        x = jnp.concatenate([
-            self.text_embeddings(token_ids),
-            self.region_embeddings(regions.astype(jnp.float32), boxes.astype(jnp.float32)),
-        ], axis=1)                                                         # [P, T+R, H]
-        is_text = jnp.arange(x.shape[1]) < num_text                        # [T+R]
-        same_modality = is_text[:, None] == is_text[None, :]               # [T+R, T+R]
+        x = jnp.concatenate(
+            [
+                self.text_embeddings(token_ids),
+                self.region_embeddings(regions.astype(jnp.float32), boxes.astype(jnp.float32)),
+            ],
+            axis=1,
+        )  # [P, T+R, H]
+        is_text = jnp.arange(x.shape[1]) < num_text  # [T+R]
+        same_modality = is_text[:, None] == is_text[None, :]  # [T+R, T+R]
         block_bias = attention_bias(mask[:, None, :] & same_modality[None], jnp.float32)
-        image_bias = block_bias                                            # [P, 1|h, S, S]
+        image_bias = block_bias  # [P, 1|h, S, S]
         if self.geometry is not None:  # the region block only, as in encode_image
-            geometry = self.geometry(boxes)                                # [P, h, R, R]
-            image_bias = block_bias + jnp.pad(geometry, ((0, 0), (0, 0), (num_text, 0),
-                                                         (num_text, 0)))
+            geometry = self.geometry(boxes)  # [P, h, R, R]
+            image_bias = block_bias + jnp.pad(
+                geometry, ((0, 0), (0, 0), (num_text, 0), (num_text, 0))
+            )
         for index, text_layer in enumerate(self.text_layers):
             if self.config.share_tower_weights:
                 x = text_layer(x, image_bias)
@@ -242,13 +277,20 @@ class SplitEncoder(nnx.Module):
             x = jnp.where(is_text[None, :, None], text_out, image_out)
         return x[:, :num_text], x[:, num_text:]
 
-    def fused_score(self, token_ids: jax.Array, token_mask: jax.Array, regions: jax.Array,
-                    boxes: jax.Array, region_mask: jax.Array) -> jax.Array:
+    def fused_score(
+        self,
+        token_ids: jax.Array,
+        token_mask: jax.Array,
+        regions: jax.Array,
+        boxes: jax.Array,
+        region_mask: jax.Array,
+    ) -> jax.Array:
         """One forward over [text; regions] per pair: the cross-encoder view of the same model.
 
         Shapes as `fused_towers`. Returns [P] float32, equal to `joint_score` over
         `encode_text`/`encode_image` outputs (contract 2).
         """
-        text_part, image_part = self.fused_towers(token_ids, token_mask, regions, boxes,
-                                                  region_mask)
+        text_part, image_part = self.fused_towers(
+            token_ids, token_mask, regions, boxes, region_mask
+        )
         return self.joint_score(text_part, token_mask, self.compress(image_part), region_mask)

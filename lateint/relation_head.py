@@ -30,7 +30,6 @@ from flax import nnx
 from lateint.config import ModelConfig
 from lateint.layers import box_features, pair_geometry
 
-
 GEOMETRY_DIM = 12
 
 
@@ -42,8 +41,9 @@ class BoxReadout(nnx.Module):
         self.output = nnx.Linear(64, 4, rngs=rngs)
 
     def __call__(self, activations: jax.Array) -> jax.Array:
-        corners = self.output(jax.nn.gelu(self.hidden(activations.astype(jnp.float32)),
-                                          approximate=False))
+        corners = self.output(
+            jax.nn.gelu(self.hidden(activations.astype(jnp.float32)), approximate=False)
+        )
         x1, y1, x2, y2 = (corners[..., k] for k in range(4))
         area = jnp.maximum(x2 - x1, 0.0) * jnp.maximum(y2 - y1, 0.0)
         return jnp.stack([x1, y1, x2, y2, area], axis=-1)
@@ -61,16 +61,15 @@ class RelationHead(nnx.Module):
         self.sentence = nnx.Linear(hidden, width, use_bias=False, rngs=rngs)
         self.between = nnx.Linear(hidden, width, use_bias=False, rngs=rngs)
         self.order = nnx.Param(jax.random.normal(rngs.params(), (2, width)) * 0.02)
-        self.claim = nnx.Linear(width, GEOMETRY_DIM, kernel_init=nnx.initializers.zeros,
-                                rngs=rngs)
+        self.claim = nnx.Linear(width, GEOMETRY_DIM, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
     def region_geometry(self, image: jax.Array) -> jax.Array:
         """image: [P, R, H] joint-stage region inputs -> g [P, R, R, 12]: `pair_geometry` of the
         read-back boxes (signed edge gaps, centre offsets, log size ratios) and a soft indicator
         of each of the four strict relations (sigmoid of the scaled gaps). Fixed features: the
         claim side learns against a geometry that means something from the first step."""
-        boxes = box_features(jax.lax.stop_gradient(self.boxes(image)))       # [P, R, 9]
-        pairs = pair_geometry(boxes[:, :, None, :], boxes[:, None, :, :])     # [P, R, R, 8]
+        boxes = box_features(jax.lax.stop_gradient(self.boxes(image)))  # [P, R, 9]
+        pairs = pair_geometry(boxes[:, :, None, :], boxes[:, None, :, :])  # [P, R, R, 8]
         return jnp.concatenate([pairs, jax.nn.sigmoid(8.0 * pairs[..., :4])], axis=-1)
 
     def claims(self, text: jax.Array) -> jax.Array:
@@ -82,38 +81,49 @@ class RelationHead(nnx.Module):
         pair however little the tower has yet learned to contextualise."""
         text = text.astype(jnp.float32)
         length = text.shape[1]
-        between = jnp.cumsum(self.between(text), axis=1)                      # [P, T, W]
-        between = jnp.pad(between, ((0, 0), (1, 0), (0, 0)))                  # [P, T+1, W]
+        between = jnp.cumsum(self.between(text), axis=1)  # [P, T, W]
+        between = jnp.pad(between, ((0, 0), (1, 0), (0, 0)))  # [P, T+1, W]
         position = jnp.arange(length)
-        low = jnp.minimum(position[:, None], position[None, :])               # [T, T]
+        low = jnp.minimum(position[:, None], position[None, :])  # [T, T]
         high = jnp.maximum(position[:, None], position[None, :])
         count = jnp.maximum(high - low - 1, 1).astype(jnp.float32)[None, :, :, None]
-        span = (between[:, high] - between[:, low + 1]) / count                # [P, T, T, W]
+        span = (between[:, high] - between[:, low + 1]) / count  # [P, T, T, W]
         order = self.order[...][(position[None, :] < position[:, None]).astype(jnp.int32)]
-        mixed = (self.subject(text)[:, :, None, :] + self.target(text)[:, None, :, :]
-                 + self.sentence(text[:, :1])[:, :, None, :] + span + order[None])
+        mixed = (
+            self.subject(text)[:, :, None, :]
+            + self.target(text)[:, None, :, :]
+            + self.sentence(text[:, :1])[:, :, None, :]
+            + span
+            + order[None]
+        )
         return self.claim(jax.nn.gelu(mixed, approximate=False))
 
-    def __call__(self, text: jax.Array, text_mask: jax.Array, text_concepts: jax.Array,
-                 image: jax.Array, image_mask: jax.Array,
-                 image_concepts: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        text: jax.Array,
+        text_mask: jax.Array,
+        text_concepts: jax.Array,
+        image: jax.Array,
+        image_mask: jax.Array,
+        image_concepts: jax.Array,
+    ) -> jax.Array:
         """text: [P, T, H], text_mask: [P, T] bool, text_concepts: [P, T, C]; image: [P, R, H],
         image_mask: [P, R] bool, image_concepts: [P, R, C]. Returns [P] float32."""
         similarity = jnp.einsum("ptc,prc->ptr", text_concepts, image_concepts)
         logits = jnp.where(image_mask[:, None, :], similarity / self.temperature, -1e9)
-        align = jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))         # [P, T, R]
-        geometry = self.region_geometry(image)                                 # [P, R, R, 12]
-        towards = jnp.einsum("pia,pabd->pibd", align, geometry)                # [P, T, R, 12]
-        expected = jnp.einsum("pjb,pibd->pijd", align, towards)                # [P, T, T, 12]
-        words = text_mask.at[:, 0].set(False)                                  # no [CLS]
+        align = jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))  # [P, T, R]
+        geometry = self.region_geometry(image)  # [P, R, R, 12]
+        towards = jnp.einsum("pia,pabd->pibd", align, geometry)  # [P, T, R, 12]
+        expected = jnp.einsum("pjb,pibd->pijd", align, towards)  # [P, T, T, 12]
+        words = text_mask.at[:, 0].set(False)  # no [CLS]
         length = text_mask.shape[1]
-        pairs = (words[:, :, None] & words[:, None, :]
-                 & ~jnp.eye(length, dtype=bool)[None])                         # [P, T, T]
-        per_pair = jnp.sum(self.claims(text) * expected, axis=-1)              # [P, T, T]
+        pairs = (
+            words[:, :, None] & words[:, None, :] & ~jnp.eye(length, dtype=bool)[None]
+        )  # [P, T, T]
+        per_pair = jnp.sum(self.claims(text) * expected, axis=-1)  # [P, T, T]
         return jnp.sum(jnp.where(pairs, per_pair, 0.0), axis=(1, 2))
 
-    def box_loss(self, image: jax.Array, image_mask: jax.Array,
-                 boxes: jax.Array) -> jax.Array:
+    def box_loss(self, image: jax.Array, image_mask: jax.Array, boxes: jax.Array) -> jax.Array:
         """Mean squared error of the read-back corners on real regions. image: [B, R, H],
         image_mask: [B, R], boxes: [B, R, 5] (the true boxes). Returns a scalar."""
         error = jnp.sum((self.boxes(image)[..., :4] - boxes[..., :4]) ** 2, axis=-1)

@@ -30,28 +30,32 @@ def top_images(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
-def oracle_recall(top: np.ndarray, truth: np.ndarray, kinds: np.ndarray | None = None,
-                  levels=LEVELS) -> dict:
+def oracle_recall(
+    top: np.ndarray, truth: np.ndarray, kinds: np.ndarray | None = None, levels=LEVELS
+) -> dict:
     """top [M, K] ranked image indices, truth [M, N] bool. Returns {"oracle_r1": %, ...} and,
     with kinds [M], {"oracle_r1/relation": %, ...} per kind present (plus its caption count)."""
-    hits = np.take_along_axis(truth, top, axis=1)                          # [M, K]
+    hits = np.take_along_axis(truth, top, axis=1)  # [M, K]
     found = {}
     groups = {"": np.ones(len(top), bool)}
     if kinds is not None:
-        groups.update({f"/{kind}": kinds == kind for kind in semantics.KINDS
-                       if np.any(kinds == kind)})
+        groups.update(
+            {f"/{kind}": kinds == kind for kind in semantics.KINDS if np.any(kinds == kind)}
+        )
     for suffix, rows in groups.items():
         for level in levels:
             if level <= top.shape[1]:
                 found[f"oracle_r{level}{suffix}"] = float(
-                    100.0 * np.mean(np.any(hits[rows, :level], axis=1)))
+                    100.0 * np.mean(np.any(hits[rows, :level], axis=1))
+                )
         if suffix:
             found[f"captions{suffix}"] = int(rows.sum())
     return found
 
 
-def partner_pairs(groups: np.ndarray, caption_image: np.ndarray,
-                  truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def partner_pairs(
+    groups: np.ndarray, caption_image: np.ndarray, truth: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs partner accuracy is measured on.
 
     groups [N] group label of each image, caption_image [M], truth [M, N] bool. Returns
@@ -72,13 +76,16 @@ def partner_pairs(groups: np.ndarray, caption_image: np.ndarray,
     return as_array(captions), as_array(own), as_array(partner)
 
 
-def partner_accuracy(own_scores: np.ndarray, partner_scores: np.ndarray,
-                     kinds: np.ndarray | None = None) -> dict:
+def partner_accuracy(
+    own_scores: np.ndarray, partner_scores: np.ndarray, kinds: np.ndarray | None = None
+) -> dict:
     """own_scores, partner_scores [P]; kinds [P] (optional). Returns {"partner_accuracy": %,
     "partner_pairs": P} and per kind "partner_accuracy/relation" etc."""
     wins = (own_scores > partner_scores) + 0.5 * (own_scores == partner_scores)
-    found = {"partner_accuracy": float(100.0 * wins.mean()) if wins.size else float("nan"),
-             "partner_pairs": int(wins.size)}
+    found = {
+        "partner_accuracy": float(100.0 * wins.mean()) if wins.size else float("nan"),
+        "partner_pairs": int(wins.size),
+    }
     if kinds is not None:
         for kind in semantics.KINDS:
             rows = kinds == kind

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tokenizers
@@ -24,8 +24,12 @@ class WordPieceTokenizer:
     `length` above it (keeping `[SEP]`).
     """
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 max_positions: int | None = None):
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        max_positions: int | None = None,
+    ):
         """max_positions: the model's position embeddings (None: unbounded); an explicit
         `length` above it is refused."""
         buckets = tuple(sorted(int(b) for b in buckets))
@@ -48,8 +52,9 @@ class WordPieceTokenizer:
         return token_id
 
     @classmethod
-    def from_directory(cls, directory: str,
-                       buckets: Sequence[int] = DEFAULT_BUCKETS) -> "WordPieceTokenizer":
+    def from_directory(
+        cls, directory: str, buckets: Sequence[int] = DEFAULT_BUCKETS
+    ) -> WordPieceTokenizer:
         """Loads tokenizer.json if present, else builds WordPiece from vocab.txt; the model's
         positions come from config.json's max_position_embeddings when there is one."""
         tokenizer_json = os.path.join(directory, "tokenizer.json")
@@ -67,7 +72,8 @@ class WordPieceTokenizer:
         else:
             raise FileNotFoundError(
                 f"{directory}: no tokenizer.json or vocab.txt (a HuggingFace BERT directory "
-                "holds one of them)")
+                "holds one of them)"
+            )
         max_positions = None
         config_json = os.path.join(directory, "config.json")
         if os.path.exists(config_json):
@@ -86,8 +92,9 @@ class WordPieceTokenizer:
                 return bucket
         return self.max_length
 
-    def encode(self, texts: Sequence[str], length: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def encode(
+        self, texts: Sequence[str], length: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """texts: B strings. Returns (ids [B, T] int32, mask [B, T] bool).
 
         T is `length` if given (one of the buckets or larger, up to max_positions: texts are then
@@ -97,8 +104,10 @@ class WordPieceTokenizer:
         than a text that the largest bucket would hold.
         """
         if length is not None and self.max_positions and length > self.max_positions:
-            raise ValueError(f"length {length} exceeds the model's {self.max_positions} "
-                             "positions (max_position_embeddings)")
+            raise ValueError(
+                f"length {length} exceeds the model's {self.max_positions} "
+                "positions (max_position_embeddings)"
+            )
         if isinstance(texts, str):
             raise ValueError("encode takes a sequence of strings, got a single str")
         texts = list(texts)
@@ -122,9 +131,9 @@ class WordPieceTokenizer:
         for row, encoding in enumerate(encodings):
             token_ids = encoding.ids
             if len(token_ids) > cut:  # keep [SEP] last
-                token_ids = token_ids[:cut - 1] + [self.sep_id]
+                token_ids = token_ids[: cut - 1] + [self.sep_id]
             token_ids = token_ids[:width]
             if token_ids[-1] != self.sep_id:  # cut by a `length` below the largest bucket
                 token_ids = token_ids[:-1] + [self.sep_id]
-            ids[row, :len(token_ids)] = token_ids
+            ids[row, : len(token_ids)] = token_ids
         return ids, ids != self.pad_id

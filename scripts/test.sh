@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# README's test command (CI's .ci/run): set up the virtualenv, check the generated BUILD files,
-# run the whole pytest suite once, then the Bazel checks.
+# README's test command (CI's .ci/run): set up the virtualenv, check the generated BUILD files
+# and ruff (lint + format), run the whole pytest suite once, then the Bazel checks.
 #
 #   bash scripts/test.sh [pytest arguments]
 #
@@ -20,8 +20,11 @@ start=$SECONDS
 bash scripts/setup.sh
 venv="${LATEINT_VENV:-$repo/.venv}"
 
-# A stale BUILD file silently misses a test or a dep: fail before anything long runs.
+# A stale BUILD file silently misses a test or a dep: fail before anything long runs; so do
+# lint errors and unformatted files (ruff, configured in pyproject.toml).
 "$venv/bin/python" third_party/bazel/gen_build.py --check
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
 
 export LATEINT_REQUIRE_CHROMIUM="${LATEINT_REQUIRE_CHROMIUM:-1}"
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then

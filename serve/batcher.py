@@ -32,7 +32,8 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 # Weight of the newest batch in the moving average of the time per batch.
 BATCH_TIME_SMOOTHING = 0.3
@@ -60,11 +61,11 @@ class Health(NamedTuple):
     """A snapshot for readiness checks (times are time.perf_counter() seconds)."""
 
     worker_alive: bool
-    busy_seconds: float           # how long the batch being processed has run (0: idle)
-    item_seconds: float           # moving average of a batch's time per item (0: none yet)
+    busy_seconds: float  # how long the batch being processed has run (0: idle)
+    item_seconds: float  # moving average of a batch's time per item (0: none yet)
     depth: int
-    last_success: float | None    # when the last batch succeeded
-    last_failure: float | None    # when the last batch failed, and why
+    last_success: float | None  # when the last batch succeeded
+    last_failure: float | None  # when the last batch failed, and why
     failure: BaseException | None
 
 
@@ -86,10 +87,15 @@ class BatchInfo(NamedTuple):
 class MicroBatcher:
     """A bounded queue drained in batches by one worker thread; see the module docstring."""
 
-    def __init__(self, process: Callable[[list], list], max_batch: int = 16,
-                 max_wait_ms: float = 5.0, max_queue: int = 256,
-                 on_batch: Callable[[BatchInfo], None] | None = None,
-                 hold: Callable[[], bool] | None = None):
+    def __init__(
+        self,
+        process: Callable[[list], list],
+        max_batch: int = 16,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 256,
+        on_batch: Callable[[BatchInfo], None] | None = None,
+        hold: Callable[[], bool] | None = None,
+    ):
         """hold: tests only (see the module docstring); None never holds."""
         if max_batch < 1:
             raise ValueError(f"max_batch: expected >= 1, got {max_batch}")
@@ -133,9 +139,15 @@ class MicroBatcher:
     def health(self) -> Health:
         now = time.perf_counter()
         busy_since = self._busy_since
-        return Health(self._thread.is_alive(), 0.0 if busy_since is None else now - busy_since,
-                      self._item_seconds, len(self._queue), self._last_success,
-                      self._last_failure, self._failure)
+        return Health(
+            self._thread.is_alive(),
+            0.0 if busy_since is None else now - busy_since,
+            self._item_seconds,
+            len(self._queue),
+            self._last_success,
+            self._last_failure,
+            self._failure,
+        )
 
     def expected_finish(self, now: float) -> float:
         """When an item submitted now would be answered: the rest of the running batch, then
@@ -147,8 +159,9 @@ class MicroBatcher:
         busy_since = self._busy_since
         if busy_since is None and not self._queue:
             return now
-        running_left = 0.0 if busy_since is None else max(
-            0.0, self._in_flight * per_item - (now - busy_since))
+        running_left = (
+            0.0 if busy_since is None else max(0.0, self._in_flight * per_item - (now - busy_since))
+        )
         return now + running_left + (len(self._queue) + 1) * per_item
 
     def refusal(self, now: float, deadline: float | None = None):
@@ -163,7 +176,8 @@ class MicroBatcher:
             return Overloaded, (
                 f"overloaded: {len(self._queue)} requests wait ahead at "
                 f"~{self._item_seconds * 1e3:.0f} ms each, more than the "
-                f"{(deadline - now) * 1e3:.0f} ms left to answer; retry later")
+                f"{(deadline - now) * 1e3:.0f} ms left to answer; retry later"
+            )
         return None
 
     def submit(self, item, deadline: float | None = None) -> concurrent.futures.Future:
@@ -176,8 +190,9 @@ class MicroBatcher:
             if refusal is not None:
                 kind, message = refusal
                 raise kind(message)
-            self._queue.append(_Waiting(item, future, now,
-                                        float("inf") if deadline is None else deadline))
+            self._queue.append(
+                _Waiting(item, future, now, float("inf") if deadline is None else deadline)
+            )
             self._condition.notify()
         return future
 
@@ -222,9 +237,12 @@ class MicroBatcher:
             began = time.perf_counter()
             batch = [waiting for waiting in batch if waiting.future.set_running_or_notify_cancel()]
             for waiting in [waiting for waiting in batch if waiting.deadline < began]:
-                waiting.future.set_exception(DeadlineExceeded(
-                    f"waited {(began - waiting.enqueued) * 1e3:.0f} ms in the queue, past its "
-                    "deadline; retry later"))
+                waiting.future.set_exception(
+                    DeadlineExceeded(
+                        f"waited {(began - waiting.enqueued) * 1e3:.0f} ms in the queue, past its "
+                        "deadline; retry later"
+                    )
+                )
             batch = [waiting for waiting in batch if waiting.deadline >= began]
             if not batch:
                 self._in_flight = 0
@@ -235,8 +253,9 @@ class MicroBatcher:
             try:
                 results = self.process([waiting.item for waiting in batch])
                 if len(results) != len(batch):
-                    raise RuntimeError(f"batch processor returned {len(results)} results for "
-                                       f"{len(batch)} items")
+                    raise RuntimeError(
+                        f"batch processor returned {len(results)} results for {len(batch)} items"
+                    )
             except Exception as error:  # every item of the batch learns why
                 self._last_failure, self._failure = time.perf_counter(), error
                 for waiting in batch:
@@ -247,8 +266,14 @@ class MicroBatcher:
                     waiting.future.set_result(result)
             elapsed = time.perf_counter() - began
             per_item = elapsed / len(batch)
-            self._item_seconds = per_item if not self._item_seconds else (
-                BATCH_TIME_SMOOTHING * per_item + (1 - BATCH_TIME_SMOOTHING) * self._item_seconds)
+            self._item_seconds = (
+                per_item
+                if not self._item_seconds
+                else (
+                    BATCH_TIME_SMOOTHING * per_item
+                    + (1 - BATCH_TIME_SMOOTHING) * self._item_seconds
+                )
+            )
             self._busy_since = None
             self._in_flight = 0
             if self.on_batch is not None:

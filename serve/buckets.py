@@ -9,7 +9,7 @@ lists; `Buckets.resolve` turns a request's (k, n, K, first_stage) into checked `
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def bucket_for(value: int, buckets: Sequence[int], what: str) -> int:
@@ -23,8 +23,9 @@ def bucket_for(value: int, buckets: Sequence[int], what: str) -> int:
 def _check_sizes(name: str, sizes: Sequence[int]) -> tuple[int, ...]:
     sizes = tuple(sorted(set(int(size) for size in sizes)))
     if not sizes or sizes[0] < 1:
-        raise ValueError(f"Buckets.{name}: expected a non-empty list of positive ints, "
-                         f"got {list(sizes)}")
+        raise ValueError(
+            f"Buckets.{name}: expected a non-empty list of positive ints, got {list(sizes)}"
+        )
     return sizes
 
 
@@ -63,25 +64,40 @@ class Buckets:
         for field in ("query_lengths", "query_batches", "candidates", "rerank"):
             object.__setattr__(self, field, _check_sizes(field, getattr(self, field)))
         if self.query_lengths[0] < 3:
-            raise ValueError(f"Buckets.query_lengths: the smallest must hold [CLS] x [SEP] "
-                             f"(>= 3), got {self.query_lengths[0]}")
+            raise ValueError(
+                f"Buckets.query_lengths: the smallest must hold [CLS] x [SEP] "
+                f"(>= 3), got {self.query_lengths[0]}"
+            )
         if not 1 <= self.default_K <= self.max_K:
-            raise ValueError(f"Buckets.default_K: expected 1..{self.max_K} (largest rerank "
-                             f"bucket), got {self.default_K}")
+            raise ValueError(
+                f"Buckets.default_K: expected 1..{self.max_K} (largest rerank "
+                f"bucket), got {self.default_K}"
+            )
         if not self.default_K <= self.default_n <= self.max_n:
-            raise ValueError(f"Buckets.default_n: expected {self.default_K}..{self.max_n} "
-                             f"(default_K..largest candidates bucket), got {self.default_n}")
+            raise ValueError(
+                f"Buckets.default_n: expected {self.default_K}..{self.max_n} "
+                f"(default_K..largest candidates bucket), got {self.default_n}"
+            )
         if self.max_K > self.max_n:
-            raise ValueError(f"Buckets: the largest rerank bucket {self.max_K} exceeds the "
-                             f"largest candidates bucket {self.max_n} (K <= n)")
+            raise ValueError(
+                f"Buckets: the largest rerank bucket {self.max_K} exceeds the "
+                f"largest candidates bucket {self.max_n} (K <= n)"
+            )
 
     max_n = property(lambda self: self.candidates[-1])
     max_K = property(lambda self: self.rerank[-1])
     max_batch = property(lambda self: self.query_batches[-1])
     max_length = property(lambda self: self.query_lengths[-1])
 
-    def resolve(self, k: int, n: int | None, K: int | None, first_stage: str | None,
-                first_stages: Sequence[str], default_first_stage: str) -> StageSettings:
+    def resolve(
+        self,
+        k: int,
+        n: int | None,
+        K: int | None,
+        first_stage: str | None,
+        first_stages: Sequence[str],
+        default_first_stage: str,
+    ) -> StageSettings:
         """Checks one query's settings against the bounds; fills the defaults.
 
         Bounds: 1 <= k <= K <= n, K <= max_K, n <= max_n, first_stage in first_stages. A
@@ -92,8 +108,7 @@ class Buckets:
             if value is None and field != "k":
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{field}: expected an int, got {type(value).__name__} "
-                                 f"{value!r}")
+                raise ValueError(f"{field}: expected an int, got {type(value).__name__} {value!r}")
         if not 1 <= k <= self.max_K:
             raise ValueError(f"k: expected 1..{self.max_K} (largest rerank bucket), got {k}")
         if K is None:
@@ -105,13 +120,17 @@ class Buckets:
         elif not 1 <= n <= self.max_n:
             raise ValueError(f"n: expected 1..{self.max_n} (largest candidates bucket), got {n}")
         if k > K:
-            raise ValueError(f"k: expected at most K={K} (k results come from K reranked "
-                             f"candidates), got {k}")
+            raise ValueError(
+                f"k: expected at most K={K} (k results come from K reranked candidates), got {k}"
+            )
         if K > n:
-            raise ValueError(f"K: expected at most n={n} (K candidates are chosen from the "
-                             f"first stage's n), got {K}")
+            raise ValueError(
+                f"K: expected at most n={n} (K candidates are chosen from the "
+                f"first stage's n), got {K}"
+            )
         first_stage = default_first_stage if first_stage is None else first_stage
         if first_stage not in first_stages:
-            raise ValueError(f"first_stage: expected one of {list(first_stages)}, "
-                             f"got {first_stage!r}")
+            raise ValueError(
+                f"first_stage: expected one of {list(first_stages)}, got {first_stage!r}"
+            )
         return StageSettings(k=k, n=n, K=K, first_stage=first_stage)

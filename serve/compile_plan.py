@@ -36,23 +36,32 @@ def every_shape(buckets: Buckets) -> list[tuple[str, tuple[int, ...]]]:
     for batch, length in itertools.product(buckets.query_batches, buckets.query_lengths):
         for function in FUNCTIONS:
             extent = counts(buckets, function)
-            shapes += [(function, (batch, length) + tail)
-                       for tail in ([(count,) for count in extent] if extent else [()])]
+            shapes += [
+                (function, (batch, length) + tail)
+                for tail in ([(count,) for count in extent] if extent else [()])
+            ]
     return shapes
 
 
 def default_shape(buckets: Buckets, function: str, batch: int) -> tuple[str, tuple[int, ...]]:
     """The shape of `function` for `batch` default requests of the shortest length bucket."""
-    count = {"text": (), "maxsim": (bucket_for(buckets.default_n, buckets.candidates, "n"),),
-             "joint": (bucket_for(buckets.default_K, buckets.rerank, "K"),)}[function]
+    count = {
+        "text": (),
+        "maxsim": (bucket_for(buckets.default_n, buckets.candidates, "n"),),
+        "joint": (bucket_for(buckets.default_K, buckets.rerank, "K"),),
+    }[function]
     return function, (batch, buckets.query_lengths[0]) + count
 
 
 def first_shapes(buckets: Buckets) -> list[tuple[str, tuple[int, ...]]]:
     """What is compiled before a request is accepted: at batch 1 the largest shapes (they hold
     any request) and a default request's joint layers."""
-    shapes = [largest(buckets, "joint", 1), default_shape(buckets, "joint", 1),
-              largest(buckets, "text", 1), largest(buckets, "maxsim", 1)]
+    shapes = [
+        largest(buckets, "joint", 1),
+        default_shape(buckets, "joint", 1),
+        largest(buckets, "text", 1),
+        largest(buckets, "maxsim", 1),
+    ]
     return list(dict.fromkeys(shapes))  # the longest compiles first: they overlap best
 
 
@@ -62,8 +71,12 @@ def later_shapes(buckets: Buckets) -> list[tuple[str, tuple[int, ...]]]:
 
     def priority(shape):
         function, key = shape
-        return (key[0], shape != largest(buckets, function, key[0]),
-                shape != default_shape(buckets, function, key[0]), key[1:],
-                FUNCTIONS.index(function))
+        return (
+            key[0],
+            shape != largest(buckets, function, key[0]),
+            shape != default_shape(buckets, function, key[0]),
+            key[1:],
+            FUNCTIONS.index(function),
+        )
 
     return sorted((shape for shape in every_shape(buckets) if shape not in first), key=priority)

@@ -69,8 +69,10 @@ def _candidate_maxsim(query_concepts, query_mask, image_concepts, image_mask):
     query_concepts [B, T, C], query_mask [B, T], image_concepts [B, n, R, C], image_mask
     [B, n, R] -> [B, n] float32 (scoring.EMPTY_SCORE where a candidate has no real region).
     """
+
     def one_query(concepts, mask, candidates, candidate_mask):
         return scoring.maxsim(concepts[None], mask[None], candidates, candidate_mask)[0]
+
     return jax.vmap(one_query)(query_concepts, query_mask, image_concepts, image_mask)
 
 
@@ -85,9 +87,11 @@ def _joint(graph, state, text_activations, text_mask, stored, image_mask):
     text = jnp.broadcast_to(text_activations[:, None], (batch, candidates, length, hidden))
     mask = jnp.broadcast_to(text_mask[:, None], (batch, candidates, length))
     scores = nnx.merge(graph, state).joint_score(
-        text.reshape(batch * candidates, length, hidden), mask.reshape(batch * candidates, length),
+        text.reshape(batch * candidates, length, hidden),
+        mask.reshape(batch * candidates, length),
         stored.reshape((batch * candidates,) + stored.shape[2:]),
-        image_mask.reshape(batch * candidates, image_mask.shape[2]))
+        image_mask.reshape(batch * candidates, image_mask.shape[2]),
+    )
     return scores.reshape(batch, candidates)
 
 
@@ -95,7 +99,7 @@ def _fit(array: np.ndarray, leading: tuple[int, ...]) -> np.ndarray:
     """`array` grown to `leading` in its first dimensions: extra batch rows repeat row 0, other
     extra entries are zero (False), i.e. masked tokens, candidates or regions."""
     array = np.asarray(array)
-    if array.shape[:len(leading)] == tuple(leading):
+    if array.shape[: len(leading)] == tuple(leading):
         return array
     extra = leading[0] - array.shape[0]
     if extra:
@@ -104,7 +108,7 @@ def _fit(array: np.ndarray, leading: tuple[int, ...]) -> np.ndarray:
     return np.pad(array, pads + [(0, 0)] * (array.ndim - len(leading)))
 
 
-_RUNNING: "weakref.WeakSet[CompiledModel]" = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[CompiledModel] = weakref.WeakSet()
 
 
 @atexit.register
@@ -130,14 +134,15 @@ class CompiledModel:
         self._functions = {
             "text": jax.jit(lambda state, ids, mask: _text_tower(graph, state, ids, mask)),
             "maxsim": jax.jit(_candidate_maxsim),
-            "joint": jax.jit(lambda state, *arrays: _joint(graph, state, *arrays))}
+            "joint": jax.jit(lambda state, *arrays: _joint(graph, state, *arrays)),
+        }
         self._tables: dict[str, dict[tuple, object]] = {name: {} for name in self._functions}
         self._usable_batches: tuple[int, ...] = ()
         self._publish_lock = threading.Lock()
         self._stop = threading.Event()
         self._background: threading.Thread | None = None
         self.total = len(compile_plan.every_shape(buckets))
-        self.compile_seconds = 0.0      # until the caller could serve (compile_all / _first)
+        self.compile_seconds = 0.0  # until the caller could serve (compile_all / _first)
         self.background_seconds = None  # the background compiles, once they finished
         self.background_error: BaseException | None = None
 
@@ -146,15 +151,19 @@ class CompiledModel:
     def _arguments(self, function: str, key: tuple) -> tuple:
         def spec(shape, dtype=jnp.float32):
             return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
         batch, length = key[:2]
         if function == "text":
             return spec((batch, length), jnp.int32), spec((batch, length), jnp.bool_)
         count = key[2]
         width = self.config.concept_dim if function == "maxsim" else self.config.hidden_size
         stored = self.config.concept_dim if function == "maxsim" else self.stored_dim
-        return (spec((batch, length, width)), spec((batch, length), jnp.bool_),
-                spec((batch, count, self.regions, stored)),
-                spec((batch, count, self.regions), jnp.bool_))
+        return (
+            spec((batch, length, width)),
+            spec((batch, length), jnp.bool_),
+            spec((batch, count, self.regions, stored)),
+            spec((batch, count, self.regions), jnp.bool_),
+        )
 
     def _lower(self, function: str, key: tuple):
         arguments = self._arguments(function, key)
@@ -169,9 +178,13 @@ class CompiledModel:
         with self._publish_lock:
             self._tables[function][key] = executable
             self._usable_batches = tuple(
-                batch for batch in self.buckets.query_batches
-                if all(self._holding(*compile_plan.largest(self.buckets, name, batch))
-                       for name in compile_plan.FUNCTIONS))
+                batch
+                for batch in self.buckets.query_batches
+                if all(
+                    self._holding(*compile_plan.largest(self.buckets, name, batch))
+                    for name in compile_plan.FUNCTIONS
+                )
+            )
 
     def _compile(self, shapes, warm: bool, threads: int) -> None:
         """Lowers here, compiles on `threads` threads, runs each once (warm), publishes."""
@@ -199,17 +212,22 @@ class CompiledModel:
         logger.info("compiled %d executables in %.1f s", self.executables, self.compile_seconds)
         return self.compile_seconds
 
-    def compile_rest_in_background(self, warm: bool = True, threads: int = 1,
-                                   then=None) -> None:
+    def compile_rest_in_background(self, warm: bool = True, threads: int = 1, then=None) -> None:
         """Starts a daemon thread that compiles every shape not compiled yet, `threads` at a
         time (one leaves the other cores to requests), then calls then() if given. `close`
         stops it between two compiles."""
-        later = [shape for shape in compile_plan.later_shapes(self.buckets)
-                 if shape[1] not in self._tables[shape[0]]]
+        later = [
+            shape
+            for shape in compile_plan.later_shapes(self.buckets)
+            if shape[1] not in self._tables[shape[0]]
+        ]
         logger.info("compiling %d more executables in the background", len(later))
         self._background = threading.Thread(
-            target=self._compile_in_background, args=(later, warm, threads, then),
-            name="background-compile", daemon=True)
+            target=self._compile_in_background,
+            args=(later, warm, threads, then),
+            name="background-compile",
+            daemon=True,
+        )
         _RUNNING.add(self)
         self._background.start()
 
@@ -219,17 +237,25 @@ class CompiledModel:
             for start in range(0, len(shapes), threads):
                 if self._stop.is_set():
                     return
-                self._compile(shapes[start:start + threads], warm, threads)
+                self._compile(shapes[start : start + threads], warm, threads)
             if then is not None and not self._stop.is_set():
                 then()
         except Exception as error:  # the published shapes still hold every request
             self.background_error = error
-            logger.error("background compile stopped after %d of %d executables: %s: %s",
-                         self.executables, self.total, type(error).__name__, error)
+            logger.error(
+                "background compile stopped after %d of %d executables: %s: %s",
+                self.executables,
+                self.total,
+                type(error).__name__,
+                error,
+            )
             return
         self.background_seconds = time.perf_counter() - began
-        logger.info("background compile: all %d executables ready after %.1f s more",
-                    self.total, self.background_seconds)
+        logger.info(
+            "background compile: all %d executables ready after %.1f s more",
+            self.total,
+            self.background_seconds,
+        )
 
     def wait(self, timeout: float | None = None) -> bool:
         """Waits for the background compiles; True when none is running."""
@@ -249,8 +275,12 @@ class CompiledModel:
     def progress(self) -> dict:
         """{'compiled', 'total', 'background': running?, 'usable_batches'} for /healthz."""
         running = self._background is not None and self._background.is_alive()
-        return {"compiled": self.executables, "total": self.total, "background": running,
-                "usable_batches": list(self._usable_batches)}
+        return {
+            "compiled": self.executables,
+            "total": self.total,
+            "background": running,
+            "usable_batches": list(self._usable_batches),
+        }
 
     @property
     def usable_batches(self) -> tuple[int, ...]:
@@ -273,8 +303,10 @@ class CompiledModel:
     def _executable(self, function: str, wanted: tuple, what: str):
         found = self._holding(function, tuple(int(size) for size in wanted))
         if found is None:
-            raise ValueError(f"{what}: shape {tuple(wanted)} is larger than every compiled "
-                             f"bucket (compiled: {sorted(self._tables[function])})")
+            raise ValueError(
+                f"{what}: shape {tuple(wanted)} is larger than every compiled "
+                f"bucket (compiled: {sorted(self._tables[function])})"
+            )
         return found
 
     def text_tower(self, token_ids: np.ndarray, token_mask: np.ndarray) -> TowerOutput:
@@ -283,25 +315,48 @@ class CompiledModel:
         key, executable = self._executable("text", (batch, length), "text tower")
         output = executable(self.state, _fit(token_ids, key), _fit(token_mask, key))
         activations, mask, concepts, global_vector = (np.asarray(array) for array in output)
-        return TowerOutput(activations[:batch, :length], mask[:batch, :length],
-                           concepts[:batch, :length], global_vector[:batch])
+        return TowerOutput(
+            activations[:batch, :length],
+            mask[:batch, :length],
+            concepts[:batch, :length],
+            global_vector[:batch],
+        )
 
-    def maxsim(self, query_concepts: np.ndarray, query_mask: np.ndarray,
-               image_concepts: np.ndarray, image_mask: np.ndarray) -> np.ndarray:
+    def maxsim(
+        self,
+        query_concepts: np.ndarray,
+        query_mask: np.ndarray,
+        image_concepts: np.ndarray,
+        image_mask: np.ndarray,
+    ) -> np.ndarray:
         """[B, T, C], [B, T], [B, n, R, C], [B, n, R] -> [B, n] float32."""
         (batch, length), count = query_mask.shape, image_mask.shape[1]
         key, executable = self._executable("maxsim", (batch, length, count), "candidate MaxSim")
         images = (key[0], key[2])
-        scores = executable(_fit(query_concepts, key[:2]), _fit(query_mask, key[:2]),
-                            _fit(image_concepts, images), _fit(image_mask, images))
+        scores = executable(
+            _fit(query_concepts, key[:2]),
+            _fit(query_mask, key[:2]),
+            _fit(image_concepts, images),
+            _fit(image_mask, images),
+        )
         return np.asarray(scores)[:batch, :count]
 
-    def joint(self, text_activations: np.ndarray, text_mask: np.ndarray, stored: np.ndarray,
-              image_mask: np.ndarray) -> np.ndarray:
+    def joint(
+        self,
+        text_activations: np.ndarray,
+        text_mask: np.ndarray,
+        stored: np.ndarray,
+        image_mask: np.ndarray,
+    ) -> np.ndarray:
         """[B, T, H], [B, T], [B, K, R, H'], [B, K, R] -> [B, K] float32 joint scores."""
         (batch, length), count = text_mask.shape, image_mask.shape[1]
         key, executable = self._executable("joint", (batch, length, count), "joint layers")
         images = (key[0], key[2])
-        scores = executable(self.state, _fit(text_activations, key[:2]), _fit(text_mask, key[:2]),
-                            _fit(stored, images), _fit(image_mask, images))
+        scores = executable(
+            self.state,
+            _fit(text_activations, key[:2]),
+            _fit(text_mask, key[:2]),
+            _fit(stored, images),
+            _fit(image_mask, images),
+        )
         return np.asarray(scores)[:batch, :count]

@@ -7,7 +7,6 @@ as regular files inside the images directory: a symlink (to /etc/passwd or anywh
 never followed, and no error body names a server path.
 """
 
-
 import os
 import stat
 import urllib.parse
@@ -79,22 +78,39 @@ def add_routes(app: fastapi.FastAPI, image_ids: list[str], images_dir: str | Non
     async def demo_page():
         return responses.HTMLResponse(page)
 
-    @app.get("/images/{image_id}", response_class=responses.Response,
-             responses={200: {"content": {"image/png": {}}, "description": "the image"},
-                        404: {"description": "unknown id, or no image for it"}})
-    async def image(image_id: Annotated[str, fastapi.Path(
-            description="an id of the INDEX (INDEX/ids.txt)", examples=list(image_ids[:1]))]):
+    @app.get(
+        "/images/{image_id}",
+        response_class=responses.Response,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "the image"},
+            404: {"description": "unknown id, or no image for it"},
+        },
+    )
+    async def image(
+        image_id: Annotated[
+            str,
+            fastapi.Path(
+                description="an id of the INDEX (INDEX/ids.txt)", examples=list(image_ids[:1])
+            ),
+        ],
+    ):
         """The corpus image of an INDEX id (PNG)."""
         if images_dir is None:
             return responses.JSONResponse(
-                {"error": "this server has no images directory (start it with --images_dir, "
-                          "or precompute from a corpus with images/)"}, status_code=404)
+                {
+                    "error": "this server has no images directory (start it with --images_dir, "
+                    "or precompute from a corpus with images/)"
+                },
+                status_code=404,
+            )
         if image_id not in known:
             return responses.JSONResponse(
-                {"error": f"image id {image_id!r:.80} is not in the index"}, status_code=404)
+                {"error": f"image id {image_id!r:.80} is not in the index"}, status_code=404
+            )
         content = read_confined(images_dir, f"{image_id}.png")
         if content is None:
             return responses.JSONResponse(
                 {"error": f"no image file for id {image_id!r:.80} in the images directory"},
-                status_code=404)
+                status_code=404,
+            )
         return responses.Response(content, media_type="image/png")

@@ -68,16 +68,22 @@ def ensure_pool(scale_dir: str, count: int, seed: int, data: str | None = None) 
     if count < 1:
         raise ValueError(f"ensure_pool: count expected >= 1 distractors, got {count}")
     if data is not None and corpus_seed(data) == seed:
-        raise ValueError(f"distractor seed {seed} equals the seed of {data}/scenes_info.json: "
-                         f"the distractors would repeat the corpus's own scenes; pick another "
-                         f"--distractor_seed")
+        raise ValueError(
+            f"distractor seed {seed} equals the seed of {data}/scenes_info.json: "
+            f"the distractors would repeat the corpus's own scenes; pick another "
+            f"--distractor_seed"
+        )
     pool_dir = os.path.join(scale_dir, "pool")
     record = _read_json(os.path.join(pool_dir, POOL_FILE))
     # Distractors get the corpus's own region features (its frozen encoder, or raw crops).
     encoder = scene_features.load_encoder(data) if data is not None else None
     features = "pixels" if encoder is None else encoder.fingerprint()
-    if record and record["seed"] == seed and record["count"] >= count and \
-            record.get("region_features", "pixels") == features:
+    if (
+        record
+        and record["seed"] == seed
+        and record["count"] >= count
+        and record.get("region_features", "pixels") == features
+    ):
         logger.info(f"distractor pool {pool_dir}: reusing {record['count']} scenes (seed {seed})")
         return pool_dir
     os.makedirs(pool_dir, exist_ok=True)
@@ -85,37 +91,55 @@ def ensure_pool(scale_dir: str, count: int, seed: int, data: str | None = None) 
         os.remove(os.path.join(pool_dir, POOL_FILE))
     logger.info(f"distractor pool {pool_dir}: generating {count} scenes (seed {seed}, no images)")
     began = time.perf_counter()
-    stats = scenes.generate_split(pool_dir, POOL_SPLIT, count, seed, images=False,
-                                  progress_seconds=30.0)
+    stats = scenes.generate_split(
+        pool_dir, POOL_SPLIT, count, seed, images=False, progress_seconds=30.0
+    )
     if encoder is not None:
         scene_features.encode_split(pool_dir, POOL_SPLIT, encoder)
     seconds = time.perf_counter() - began
-    atomic.write_json(os.path.join(pool_dir, POOL_FILE),
-                      {"seed": seed, "count": count, "split": POOL_SPLIT, "seconds": seconds,
-                       "region_features": features, "mean_regions": stats["mean_regions"]},
-                      indent=1, sort_keys=True)
+    atomic.write_json(
+        os.path.join(pool_dir, POOL_FILE),
+        {
+            "seed": seed,
+            "count": count,
+            "split": POOL_SPLIT,
+            "seconds": seconds,
+            "region_features": features,
+            "mean_regions": stats["mean_regions"],
+        },
+        indent=1,
+        sort_keys=True,
+    )
     logger.info(f"distractor pool: {count} scenes in {seconds:.0f} s")
     return pool_dir
 
 
 def _check_compatible(corpus, pool, data: str, split: str, pool_dir: str) -> int:
     """Returns captions per image; raises naming the field when the two cannot be joined."""
-    for field, ours, theirs in (("regions per image R", corpus.max_regions, pool.max_regions),
-                                ("feature dim F", corpus.feature_dim, pool.feature_dim)):
+    for field, ours, theirs in (
+        ("regions per image R", corpus.max_regions, pool.max_regions),
+        ("feature dim F", corpus.feature_dim, pool.feature_dim),
+    ):
         if ours != theirs:
-            raise ValueError(f"{data} split {split!r}: {field} is {ours}, the distractor pool "
-                             f"{pool_dir} has {theirs}; distractors need the same layout "
-                             f"(scenes distractors fit scenes corpora only)")
+            raise ValueError(
+                f"{data} split {split!r}: {field} is {ours}, the distractor pool "
+                f"{pool_dir} has {theirs}; distractors need the same layout "
+                f"(scenes distractors fit scenes corpora only)"
+            )
     per_image = corpus.num_captions // corpus.num_images
     pool_per_image = pool.num_captions // pool.num_images
     if per_image != pool_per_image or corpus.num_captions != per_image * corpus.num_images:
-        raise ValueError(f"{data} split {split!r}: {corpus.num_captions} captions for "
-                         f"{corpus.num_images} images; the precomp layout of the scaled split "
-                         f"needs the same whole number per image as the pool ({pool_per_image})")
+        raise ValueError(
+            f"{data} split {split!r}: {corpus.num_captions} captions for "
+            f"{corpus.num_images} images; the precomp layout of the scaled split "
+            f"needs the same whole number per image as the pool ({pool_per_image})"
+        )
     overlap = set(corpus.image_ids) & set(pool.image_ids[:1000])
     if overlap:
-        raise ValueError(f"distractor ids {sorted(overlap)[:3]} also occur in {data} split "
-                         f"{split!r}; the pool must come from another seed")
+        raise ValueError(
+            f"distractor ids {sorted(overlap)[:3]} also occur in {data} split "
+            f"{split!r}; the pool must come from another seed"
+        )
     return per_image
 
 
@@ -130,36 +154,54 @@ def ensure_scaled_split(data: str, split: str, pool_dir: str, num_images: int, o
     pool = load_corpus(pool_dir, POOL_SPLIT)
     extra = num_images - corpus.num_images
     if extra < 0:
-        raise ValueError(f"scaled corpus of N={num_images}: smaller than the {corpus.num_images} "
-                         f"images of {data} split {split!r}")
+        raise ValueError(
+            f"scaled corpus of N={num_images}: smaller than the {corpus.num_images} "
+            f"images of {data} split {split!r}"
+        )
     if extra > pool.num_images:
-        raise ValueError(f"scaled corpus of N={num_images}: needs {extra} distractors, the pool "
-                         f"{pool_dir} holds {pool.num_images}")
+        raise ValueError(
+            f"scaled corpus of N={num_images}: needs {extra} distractors, the pool "
+            f"{pool_dir} holds {pool.num_images}"
+        )
     per_image = _check_compatible(corpus, pool, data, split, pool_dir)
     os.makedirs(out_dir, exist_ok=True)
     paths = precomp_paths(out_dir, split)
     began = time.perf_counter()
     shape = (num_images,) + corpus.regions.shape[1:]
-    with NpyStreamWriter(paths["ims"], shape, np.float32) as regions, \
-            NpyStreamWriter(paths["boxes"], (num_images,) + corpus.boxes.shape[1:],
-                            np.float32) as boxes, \
-            NpyStreamWriter(paths["region_counts"], (num_images,), np.int32) as counts:
+    with (
+        NpyStreamWriter(paths["ims"], shape, np.float32) as regions,
+        NpyStreamWriter(
+            paths["boxes"], (num_images,) + corpus.boxes.shape[1:], np.float32
+        ) as boxes,
+        NpyStreamWriter(paths["region_counts"], (num_images,), np.int32) as counts,
+    ):
         for source, rows in ((corpus, corpus.num_images), (pool, extra)):
             for start in range(0, rows, COPY_ROWS):
                 stop = min(rows, start + COPY_ROWS)
                 regions.append(np.asarray(source.regions[start:stop], np.float32))
                 boxes.append(np.asarray(source.boxes[start:stop], np.float32))
                 counts.append(np.asarray(source.region_counts[start:stop], np.int32))
-    captions = corpus.captions + pool.captions[:extra * per_image]
+    captions = corpus.captions + pool.captions[: extra * per_image]
     image_ids = corpus.image_ids + pool.image_ids[:extra]
     for name, lines in (("caps", captions), ("ids", image_ids)):
         atomic.write_text(paths[name], "".join(line + "\n" for line in lines))
-    atomic.write_json(done_path, {"num_images": num_images, "corpus_images": corpus.num_images,
-                                  "distractors": extra, "data": os.path.abspath(data),
-                                  "split": split, "pool": os.path.abspath(pool_dir)},
-                      indent=1, sort_keys=True)
-    logger.info(f"scaled split {out_dir}: {corpus.num_images} + {extra} distractors written in "
-                f"{time.perf_counter() - began:.0f} s")
+    atomic.write_json(
+        done_path,
+        {
+            "num_images": num_images,
+            "corpus_images": corpus.num_images,
+            "distractors": extra,
+            "data": os.path.abspath(data),
+            "split": split,
+            "pool": os.path.abspath(pool_dir),
+        },
+        indent=1,
+        sort_keys=True,
+    )
+    logger.info(
+        f"scaled split {out_dir}: {corpus.num_images} + {extra} distractors written in "
+        f"{time.perf_counter() - began:.0f} s"
+    )
     return out_dir
 
 
@@ -167,14 +209,18 @@ def check_index_ids(store: ActivationStore, corpus_ids: list, source: str) -> No
     """The INDEX's first N0 ids must be the corpus split's ids, in order."""
     index_ids = store.image_ids
     if len(index_ids) < len(corpus_ids):
-        raise ValueError(f"{store.index_dir}/ids.txt: {len(index_ids)} images, fewer than the "
-                         f"{len(corpus_ids)} of {source}; the INDEX must hold the split's images "
-                         f"first (then any distractors)")
+        raise ValueError(
+            f"{store.index_dir}/ids.txt: {len(index_ids)} images, fewer than the "
+            f"{len(corpus_ids)} of {source}; the INDEX must hold the split's images "
+            f"first (then any distractors)"
+        )
     for row, (expected, got) in enumerate(zip(corpus_ids, index_ids)):
         if expected != got:
-            raise ValueError(f"{store.index_dir}/ids.txt: image {row} expected id {expected!r} "
-                             f"({source}), got {got!r}; the INDEX must hold the split's images "
-                             f"first, in order (is it an index of another split or corpus?)")
+            raise ValueError(
+                f"{store.index_dir}/ids.txt: image {row} expected id {expected!r} "
+                f"({source}), got {got!r}; the INDEX must hold the split's images "
+                f"first, in order (is it an index of another split or corpus?)"
+            )
 
 
 def ready_stages(index_dir: str, names) -> list[str]:
@@ -189,9 +235,17 @@ def ready_stages(index_dir: str, names) -> list[str]:
     return ready
 
 
-def ensure_scaled_index(workdir: str, data: str, split: str, num_images: int, scale_dir: str,
-                        pool_dir: str, storage: str = "bfloat16", first_stages=(),
-                        batch_size: int = 256) -> tuple[str, dict]:
+def ensure_scaled_index(
+    workdir: str,
+    data: str,
+    split: str,
+    num_images: int,
+    scale_dir: str,
+    pool_dir: str,
+    storage: str = "bfloat16",
+    first_stages=(),
+    batch_size: int = 256,
+) -> tuple[str, dict]:
     """Writes (or finishes) SCALE_DIR/n{N}/{data,index} and builds the missing first stages.
 
     Returns (index_dir, seconds) where seconds holds the time each step took in this call
@@ -200,8 +254,7 @@ def ensure_scaled_index(workdir: str, data: str, split: str, num_images: int, sc
     base = os.path.join(scale_dir, f"n{num_images}")
     seconds = {}
     began = time.perf_counter()
-    scaled_data = ensure_scaled_split(data, split, pool_dir, num_images,
-                                      os.path.join(base, "data"))
+    scaled_data = ensure_scaled_split(data, split, pool_dir, num_images, os.path.join(base, "data"))
     seconds["split"] = time.perf_counter() - began
     index_dir = os.path.join(base, "index")
     began = time.perf_counter()

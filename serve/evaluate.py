@@ -41,32 +41,49 @@ def define_flags():
     flags.DEFINE_string("index", None, "Finished INDEX of the split (index.precompute).")
     data_options.define_flags()  # --data and the shared --data_* reader options
     flags.DEFINE_string("split", "test", "Split whose captions are the queries.")
-    flags.DEFINE_enum("protocol", "all", ("all",) + PROTOCOLS,
-                      "full: rank against every INDEX image; 1k5fold / 5k: COCO protocols over "
-                      "the split's images; all: every one that is defined.")
+    flags.DEFINE_enum(
+        "protocol",
+        "all",
+        ("all",) + PROTOCOLS,
+        "full: rank against every INDEX image; 1k5fold / 5k: COCO protocols over "
+        "the split's images; all: every one that is defined.",
+    )
     flags.DEFINE_string("out", None, "Output directory (JSON, Markdown, PNG).")
     flags.DEFINE_integer("sample_queries", 3, "Sample queries printed with their top 5.")
-    flags.DEFINE_integer("max_queries", 1000,
-                         "Text->image queries (evenly spaced); 0: every caption.")
-    flags.DEFINE_integer("max_exhaustive_queries", 200,
-                         "Most queries of the exhaustive joint model.")
-    flags.DEFINE_integer("max_exhaustive_pairs", 100_000,
-                         "Most (query, image) pairs of the exhaustive joint model per direction.")
+    flags.DEFINE_integer(
+        "max_queries", 1000, "Text->image queries (evenly spaced); 0: every caption."
+    )
+    flags.DEFINE_integer(
+        "max_exhaustive_queries", 200, "Most queries of the exhaustive joint model."
+    )
+    flags.DEFINE_integer(
+        "max_exhaustive_pairs",
+        100_000,
+        "Most (query, image) pairs of the exhaustive joint model per direction.",
+    )
     flags.DEFINE_integer("latency_queries", 20, "Single queries timed per scorer (median).")
     flags.DEFINE_list("first_stages", list(BUILD_NAMES), "First stages of the staged pipeline.")
     flags.DEFINE_integer("n", 256, "Staged pipeline: first-stage candidates.")
     flags.DEFINE_integer("K", 32, "Staged pipeline: images reranked by the joint layers.")
-    flags.DEFINE_integer("batch_size", 256, "Captions per text-tower call; images per precompute "
-                         "batch of the distractor indexes.")
-    flags.DEFINE_list("num_images", [],
-                      "Corpus sizes N for distractor scaling (default: INDEX's own N).")
-    flags.DEFINE_string("scale_dir", None,
-                        "Distractor corpora and indexes (default OUT/scaling).")
-    flags.DEFINE_integer("distractor_seed", -1,
-                         "Seed of the distractor scenes (-1: the corpus's seed + 1).")
+    flags.DEFINE_integer(
+        "batch_size",
+        256,
+        "Captions per text-tower call; images per precompute batch of the distractor indexes.",
+    )
+    flags.DEFINE_list(
+        "num_images", [], "Corpus sizes N for distractor scaling (default: INDEX's own N)."
+    )
+    flags.DEFINE_string("scale_dir", None, "Distractor corpora and indexes (default OUT/scaling).")
+    flags.DEFINE_integer(
+        "distractor_seed", -1, "Seed of the distractor scenes (-1: the corpus's seed + 1)."
+    )
     flags.DEFINE_bool("rerun", False, "Re-evaluate N values whose OUT/n{N}.json exists.")
-    flags.DEFINE_bool("full_tables", False, "Print every table (protocols, speedups, notes); "
-                      "by default a short summary (the full tables go to OUT/results.md).")
+    flags.DEFINE_bool(
+        "full_tables",
+        False,
+        "Print every table (protocols, speedups, notes); "
+        "by default a short summary (the full tables go to OUT/results.md).",
+    )
     flags.mark_flags_as_required(["workdir", "index", "data"])
 
 
@@ -78,15 +95,18 @@ def _cached(path: str, key: dict):
     return payload if payload.get("key") == key else None
 
 
-def _scaled_index(evaluation: Evaluation, index_dir: str, count: int, options: dict,
-                  timings: dict) -> str:
+def _scaled_index(
+    evaluation: Evaluation, index_dir: str, count: int, options: dict, timings: dict
+) -> str:
     """INDEX itself when it holds `count` images, else the distractor index of that size."""
     store = ActivationStore.open(index_dir)
     if store.num_images == count:
         return index_dir
     if not options["scale_dir"]:
-        raise ValueError(f"--num_images={count}: differs from INDEX's {store.num_images} images, "
-                         "so distractor indexes are built: pass --scale_dir or --out")
+        raise ValueError(
+            f"--num_images={count}: differs from INDEX's {store.num_images} images, "
+            "so distractor indexes are built: pass --scale_dir or --out"
+        )
     seed = options["distractor_seed"]
     if seed < 0:
         seed = (distractors.corpus_seed(options["data"]) or 0) + 1
@@ -95,8 +115,16 @@ def _scaled_index(evaluation: Evaluation, index_dir: str, count: int, options: d
     pool = distractors.ensure_pool(options["scale_dir"], most, seed, options["data"])
     timings["pool"] = time.perf_counter() - began
     scaled, seconds = distractors.ensure_scaled_index(
-        options["workdir"], options["data"], options["split"], count, options["scale_dir"],
-        pool, store.storage_dtype, options["first_stages"], options["batch_size"])
+        options["workdir"],
+        options["data"],
+        options["split"],
+        count,
+        options["scale_dir"],
+        pool,
+        store.storage_dtype,
+        options["first_stages"],
+        options["batch_size"],
+    )
     timings.update(seconds)
     return scaled
 
@@ -116,22 +144,46 @@ def index_digest(index_dir: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def run(workdir: str, index_dir: str, data: str, split: str, settings: Settings,
-        out: str | None = None, sizes=(), scale_dir: str | None = None,
-        distractor_seed: int = -1, rerun: bool = False) -> tuple[list, list]:
+def run(
+    workdir: str,
+    index_dir: str,
+    data: str,
+    split: str,
+    settings: Settings,
+    out: str | None = None,
+    sizes=(),
+    scale_dir: str | None = None,
+    distractor_seed: int = -1,
+    rerun: bool = False,
+) -> tuple[list, list]:
     """Evaluates INDEX (and distractor indexes of the `sizes`); writes OUT. Returns
     (records, samples) where samples are the first evaluated index's."""
     evaluation = Evaluation(workdir, data, split, settings)
     own = ActivationStore.open(index_dir).num_images
     sizes = sorted({int(size) for size in sizes} or {own})
-    options = dict(workdir=workdir, data=data, split=split, sizes=sizes,
-                   scale_dir=scale_dir or (os.path.join(out, "scaling") if out else None),
-                   distractor_seed=distractor_seed, first_stages=list(settings.first_stages),
-                   batch_size=settings.batch_size)
-    key = json.loads(json.dumps(dict(  # as a JSON round trip returns it (tuples -> lists)
-        dataclasses.asdict(settings), fingerprint=evaluation.meta["fingerprint"],
-        data=os.path.abspath(data), split=split, index=os.path.abspath(index_dir),
-        index_state=index_digest(index_dir), **data_options.cache_key(data))))
+    options = dict(
+        workdir=workdir,
+        data=data,
+        split=split,
+        sizes=sizes,
+        scale_dir=scale_dir or (os.path.join(out, "scaling") if out else None),
+        distractor_seed=distractor_seed,
+        first_stages=list(settings.first_stages),
+        batch_size=settings.batch_size,
+    )
+    key = json.loads(
+        json.dumps(
+            dict(  # as a JSON round trip returns it (tuples -> lists)
+                dataclasses.asdict(settings),
+                fingerprint=evaluation.meta["fingerprint"],
+                data=os.path.abspath(data),
+                split=split,
+                index=os.path.abspath(index_dir),
+                index_state=index_digest(index_dir),
+                **data_options.cache_key(data),
+            )
+        )
+    )
     records, samples = [], None
     for count in sizes:
         path = os.path.join(out, f"n{count}.json") if out else None
@@ -144,17 +196,26 @@ def run(workdir: str, index_dir: str, data: str, split: str, settings: Settings,
             began = time.perf_counter()
             found, found_samples = evaluation.evaluate_index(scaled)
             timings["evaluate"] = time.perf_counter() - began
-            logging.info("N=%d: %s", count, ", ".join(f"{name} {value:.0f} s"
-                                                      for name, value in timings.items()))
-            payload = dict(key=dict(key, num_images=count), records=found,
-                           samples=found_samples, seconds=timings)
+            logging.info(
+                "N=%d: %s",
+                count,
+                ", ".join(f"{name} {value:.0f} s" for name, value in timings.items()),
+            )
+            payload = dict(
+                key=dict(key, num_images=count),
+                records=found,
+                samples=found_samples,
+                seconds=timings,
+            )
             if path:
                 report.write_json(path, payload)
         records += payload["records"]
         samples = samples if samples is not None else payload["samples"]
     if out:
-        report.write_json(os.path.join(out, "results.json"),
-                          {"settings": key, "records": records, "samples": samples})
+        report.write_json(
+            os.path.join(out, "results.json"),
+            {"settings": key, "records": records, "samples": samples},
+        )
         with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as handle:
             handle.write(report.markdown(records))
         report.plot(records, os.path.join(out, "rsum_latency.png"))
@@ -165,20 +226,37 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.info("devices: %s", jax.devices())
-    settings = Settings(n=FLAGS.n, K=FLAGS.K, first_stages=tuple(FLAGS.first_stages),
-                        protocol=FLAGS.protocol, max_queries=FLAGS.max_queries,
-                        max_exhaustive_queries=FLAGS.max_exhaustive_queries,
-                        max_exhaustive_pairs=FLAGS.max_exhaustive_pairs,
-                        latency_queries=FLAGS.latency_queries,
-                        sample_queries=FLAGS.sample_queries, batch_size=FLAGS.batch_size)
+    settings = Settings(
+        n=FLAGS.n,
+        K=FLAGS.K,
+        first_stages=tuple(FLAGS.first_stages),
+        protocol=FLAGS.protocol,
+        max_queries=FLAGS.max_queries,
+        max_exhaustive_queries=FLAGS.max_exhaustive_queries,
+        max_exhaustive_pairs=FLAGS.max_exhaustive_pairs,
+        latency_queries=FLAGS.latency_queries,
+        sample_queries=FLAGS.sample_queries,
+        batch_size=FLAGS.batch_size,
+    )
     unknown = [name for name in settings.first_stages if name not in BUILD_NAMES]
     if unknown:
-        raise app.UsageError(f"--first_stages: expected names among {list(BUILD_NAMES)}, "
-                             f"got {unknown}")
+        raise app.UsageError(
+            f"--first_stages: expected names among {list(BUILD_NAMES)}, got {unknown}"
+        )
     records, samples = manifest_lib.exit_on_refusal(  # a refused INDEX: one line, exit 2
-        "serve.evaluate", run, FLAGS.workdir, FLAGS.index, data_options.from_flags(), FLAGS.split,
-        settings, FLAGS.out, FLAGS.num_images, FLAGS.scale_dir, FLAGS.distractor_seed,
-        FLAGS.rerun)
+        "serve.evaluate",
+        run,
+        FLAGS.workdir,
+        FLAGS.index,
+        data_options.from_flags(),
+        FLAGS.split,
+        settings,
+        FLAGS.out,
+        FLAGS.num_images,
+        FLAGS.scale_dir,
+        FLAGS.distractor_seed,
+        FLAGS.rerun,
+    )
     if jax.process_index() != 0:
         return
     if FLAGS.full_tables:

@@ -49,8 +49,11 @@ class FrontDoor:
             if message["type"] == "http.response.start":
                 status["code"], status["started"] = message["status"], True
                 if self.readiness.draining:
-                    headers = [(name, value) for name, value in message.get("headers", [])
-                               if name.lower() != b"connection"]
+                    headers = [
+                        (name, value)
+                        for name, value in message.get("headers", [])
+                        if name.lower() != b"connection"
+                    ]
                     message = dict(message, headers=headers + [(b"connection", b"close")])
             await send(message)
 
@@ -60,15 +63,20 @@ class FrontDoor:
                 reason = self.shed(arrived)
             if reason is not None:
                 await _drain_body(receive)
-                await _json_response(counted_send, 503, {"error": reason},
-                                     [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())])
+                await _json_response(
+                    counted_send,
+                    503,
+                    {"error": reason},
+                    [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
+                )
             else:
                 await self.app(scope, receive, counted_send)
         except Exception:
             logging.exception("unhandled error answering %s %s", scope["method"], scope["path"])
             if not status["started"]:
-                await _json_response(counted_send, 500, {
-                    "error": "internal error (details in the server log)"})
+                await _json_response(
+                    counted_send, 500, {"error": "internal error (details in the server log)"}
+                )
             status["code"] = 500
         finally:
             self.metrics.observe_request(label, status["code"])
@@ -86,7 +94,15 @@ async def _drain_body(receive) -> None:
 
 async def _json_response(send, status: int, body: dict, headers=()) -> None:
     content = json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(content)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": content})

@@ -34,8 +34,14 @@ def public_reason(error: BaseException) -> str:
 class Readiness:
     """Decides /healthz; one probe at a time (an asyncio lock), the rest reuse its outcome."""
 
-    def __init__(self, batcher: MicroBatcher, prepare_probe, stuck_seconds: float,
-                 probe_seconds: float = 10.0, probe_timeout_seconds: float = 30.0):
+    def __init__(
+        self,
+        batcher: MicroBatcher,
+        prepare_probe,
+        stuck_seconds: float,
+        probe_seconds: float = 10.0,
+        probe_timeout_seconds: float = 30.0,
+    ):
         """prepare_probe() -> an item for the batcher (a prepared query)."""
         self.batcher = batcher
         self.prepare_probe = prepare_probe
@@ -53,16 +59,19 @@ class Readiness:
         if not health.worker_alive and not batcher.closing:
             reasons.append("the batch worker thread has stopped")
         if health.busy_seconds > self.stuck_seconds:
-            reasons.append(f"the batch worker has been on one batch for "
-                           f"{health.busy_seconds:.1f} s (limit {self.stuck_seconds:.1f} s)")
+            reasons.append(
+                f"the batch worker has been on one batch for "
+                f"{health.busy_seconds:.1f} s (limit {self.stuck_seconds:.1f} s)"
+            )
         if health.depth >= batcher.max_queue:
             reasons.append(f"the request queue is full ({health.depth} waiting)")
         return reasons
 
     def _failure(self) -> list[str]:
         health = self.batcher.health()
-        if health.last_failure is not None and (health.last_success is None
-                                                or health.last_failure > health.last_success):
+        if health.last_failure is not None and (
+            health.last_success is None or health.last_failure > health.last_success
+        ):
             return [public_reason(health.failure)]
         return []
 

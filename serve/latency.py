@@ -17,8 +17,10 @@ LATENCY_KEYS = ("encode", "stage1", "stage2", "gather", "joint", "total")
 
 
 def median_timings(rows: list[dict]) -> dict:
-    return {key: None if rows[0].get(key) is None else float(np.median([row[key] for row in rows]))
-            for key in LATENCY_KEYS}
+    return {
+        key: None if rows[0].get(key) is None else float(np.median([row[key] for row in rows]))
+        for key in LATENCY_KEYS
+    }
 
 
 def milliseconds(began: float) -> float:
@@ -31,10 +33,16 @@ class Latency:
     scan before it is timed. buckets, tokenizer: the evaluation's (a query is padded to its length
     bucket, as the searcher does). K: the searcher's k."""
 
-    def __init__(self, captions: list[str], text, buckets: Buckets,
-                 tokenizer: WordPieceTokenizer, K: int):
+    def __init__(
+        self, captions: list[str], text, buckets: Buckets, tokenizer: WordPieceTokenizer, K: int
+    ):
         self.captions, self.text, self.buckets, self.tokenizer, self.K = (
-            captions, text, buckets, tokenizer, K)
+            captions,
+            text,
+            buckets,
+            tokenizer,
+            K,
+        )
 
     def encode_one(self, searcher: Searcher, caption: str):
         """One query through the compiled tower (batch 1): (TowerOutput, tokenize+tower ms)."""
@@ -42,29 +50,39 @@ class Latency:
         ids = searcher.prepare(caption, k=self.K).token_ids
         length = bucket_for(ids.size, self.buckets.query_lengths, "query length")
         token_ids = np.full((1, length), self.tokenizer.pad_id, np.int32)
-        token_ids[0, :ids.size] = ids
+        token_ids[0, : ids.size] = ids
         tower = searcher.compiled.text_tower(token_ids, token_ids != self.tokenizer.pad_id)
         return tower, milliseconds(began)
 
     def encode(self, searcher: Searcher, count: int) -> float:
         """Median tokenize+tower ms of the first `count` captions."""
-        return float(np.median([self.encode_one(searcher, caption)[1]
-                                for caption in self.captions[:count]]))
+        return float(
+            np.median([self.encode_one(searcher, caption)[1] for caption in self.captions[:count]])
+        )
 
     def scan(self, searcher: Searcher, stage_name: str, stage_key: str) -> dict:
         """encode + one exact stage over every image (global or MaxSim), single queries."""
         stage, rows = searcher.stages[stage_name], []
         for length in self.buckets.query_lengths:  # compile top 10 at every length first
-            side = QuerySide(self.text.concepts[:1, :1].repeat(length, 1),
-                             np.ones((1, length), bool), self.text.global_vector[:1])
+            side = QuerySide(
+                self.text.concepts[:1, :1].repeat(length, 1),
+                np.ones((1, length), bool),
+                self.text.global_vector[:1],
+            )
             stage.search(side, 10)
         for caption in self.captions:
             tower, encode_ms = self.encode_one(searcher, caption)
             began = time.perf_counter()
             stage.search(QuerySide(tower.concepts, tower.mask, tower.global_vector), 10)
             scan_ms = milliseconds(began)
-            rows.append(dict(dict.fromkeys(LATENCY_KEYS), encode=encode_ms,
-                             total=encode_ms + scan_ms, **{stage_key: scan_ms}))
+            rows.append(
+                dict(
+                    dict.fromkeys(LATENCY_KEYS),
+                    encode=encode_ms,
+                    total=encode_ms + scan_ms,
+                    **{stage_key: scan_ms},
+                )
+            )
         return median_timings(rows)
 
     def staged(self, searcher: Searcher, options: dict) -> dict:
@@ -73,8 +91,14 @@ class Latency:
         searcher.search(self.captions[:1], **options)  # warm-up
         for caption in self.captions:
             timings = searcher.search([caption], **options)[0].timings_ms
-            rows.append(dict(encode=timings["tokenize"] + timings["text_tower"],
-                             stage1=timings["first_stage"], stage2=timings["maxsim"],
-                             gather=timings["gather"], joint=timings["joint"],
-                             total=timings["total"]))
+            rows.append(
+                dict(
+                    encode=timings["tokenize"] + timings["text_tower"],
+                    stage1=timings["first_stage"],
+                    stage2=timings["maxsim"],
+                    gather=timings["gather"],
+                    joint=timings["joint"],
+                    total=timings["total"],
+                )
+            )
         return median_timings(rows)

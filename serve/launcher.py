@@ -1,8 +1,8 @@
 """Runs `python -m serve.main` as a child process on loopback (for tests and bench/serve.py).
 
-    with ServerProcess(workdir, index_dir, flags=["--max_batch=16"]) as server:
-        server.wait_ready()
-        httpx.post(server.url + "/search", json={"query": "two horses", "k": 5})
+with ServerProcess(workdir, index_dir, flags=["--max_batch=16"]) as server:
+    server.wait_ready()
+    httpx.post(server.url + "/search", json={"query": "two horses", "k": 5})
 """
 
 from __future__ import annotations
@@ -30,8 +30,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerProcess:
     """One server child process; its stdout and stderr go to a log file (see `log_tail`)."""
 
-    def __init__(self, workdir: str, index_dir: str, flags=(), port: int | None = None,
-                 host: str = "127.0.0.1", log_path: str | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        index_dir: str,
+        flags=(),
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_path: str | None = None,
+    ):
         self.host = host
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
@@ -39,18 +46,26 @@ class ServerProcess:
             handle, log_path = tempfile.mkstemp(prefix="serve-", suffix=".log")
             os.close(handle)
         self.log_path = log_path
-        self.command = [sys.executable, "-m", "serve.main", f"--workdir={workdir}",
-                        f"--index={index_dir}", f"--host={host}", f"--port={self.port}",
-                        *flags]
+        self.command = [
+            sys.executable,
+            "-m",
+            "serve.main",
+            f"--workdir={workdir}",
+            f"--index={index_dir}",
+            f"--host={host}",
+            f"--port={self.port}",
+            *flags,
+        ]
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         """Starts the child; refuses a second start (the first child would be left running)."""
         if self.process is not None:
             raise RuntimeError(f"server on port {self.port} was already started")
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command, cwd=REPOSITORY, stdout=log,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT
+            )
         return self
 
     def log_tail(self, characters: int = 4000) -> str:
@@ -65,12 +80,15 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode} before it "
-                                   f"was ready:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode} before it "
+                    f"was ready:\n{self.log_tail()}"
+                )
             try:
                 response = httpx.get(self.url + "/healthz", timeout=2.0)
                 if response.status_code == 200 and not (
-                        compiled and response.json()["compile"]["background"]):
+                    compiled and response.json()["compile"]["background"]
+                ):
                     return response.json()
             except httpx.TransportError:
                 pass
@@ -90,7 +108,7 @@ class ServerProcess:
                 self.process.wait()
         return self.process.returncode
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         # `with ServerProcess(...).start() as server:` must not start a second process on the
         # same port (it would fail to bind and exit while the first one answers).
         return self if self.process is not None else self.start()

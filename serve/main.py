@@ -41,38 +41,79 @@ flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoint (t
 flags.DEFINE_string("index", None, "Finished INDEX directory (index.precompute).")
 flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
 flags.DEFINE_integer("port", 8080, "Port to listen on.")
-flags.DEFINE_string("images_dir", None, "Folder of {image_id}.png for the demo page (default: "
-                    "images/ of the corpus named in the INDEX manifest's source.data).")
-flags.DEFINE_string("tokenizer_dir", None, "HuggingFace BERT directory with the vocabulary "
-                    "(default: all-MiniLM-L6-v2's, which every model here uses).")
-flags.DEFINE_list("first_stages", None, "First stages to load (default: every one usable on the "
-                  "INDEX; 'exact' and 'exact_global' always are).")
-flags.DEFINE_string("default_first_stage", None, "Used when a request names none (default: "
-                    "'concepts' if loaded, else 'exact').")
+flags.DEFINE_string(
+    "images_dir",
+    None,
+    "Folder of {image_id}.png for the demo page (default: "
+    "images/ of the corpus named in the INDEX manifest's source.data).",
+)
+flags.DEFINE_string(
+    "tokenizer_dir",
+    None,
+    "HuggingFace BERT directory with the vocabulary "
+    "(default: all-MiniLM-L6-v2's, which every model here uses).",
+)
+flags.DEFINE_list(
+    "first_stages",
+    None,
+    "First stages to load (default: every one usable on the "
+    "INDEX; 'exact' and 'exact_global' always are).",
+)
+flags.DEFINE_string(
+    "default_first_stage",
+    None,
+    "Used when a request names none (default: 'concepts' if loaded, else 'exact').",
+)
 flags.DEFINE_list("query_length_buckets", ["16", "32", "64"], "Token buckets T.")
 flags.DEFINE_list("query_batch_buckets", ["1", "4", "16"], "Query batch buckets B.")
-flags.DEFINE_list("candidate_buckets", ["64", "256", "1024"],
-                  "First-stage candidate buckets; the largest bounds a request's n.")
-flags.DEFINE_list("rerank_buckets", ["16", "32", "64", "128"],
-                  "Joint-layer candidate buckets; the largest bounds a request's K and k.")
+flags.DEFINE_list(
+    "candidate_buckets",
+    ["64", "256", "1024"],
+    "First-stage candidate buckets; the largest bounds a request's n.",
+)
+flags.DEFINE_list(
+    "rerank_buckets",
+    ["16", "32", "64", "128"],
+    "Joint-layer candidate buckets; the largest bounds a request's K and k.",
+)
 flags.DEFINE_integer("default_n", 256, "n when a request gives none (raised to K).")
 flags.DEFINE_integer("default_K", 32, "K when a request gives none (raised to k).")
 flags.DEFINE_integer("max_batch", 16, "Queries per micro-batch (1 disables batching).")
 flags.DEFINE_float("max_wait_ms", 5.0, "Longest wait of a request for its batch to fill.")
 flags.DEFINE_integer("max_queue", 256, "Waiting requests beyond which /search answers 503.")
 flags.DEFINE_integer("max_query_chars", 512, "Longest accepted query, in characters.")
-flags.DEFINE_float("request_timeout_ms", 2000.0, "A search that cannot be answered within this "
-                   "gets a fast 503 (admission by expected queue time); 0: no deadline.")
-flags.DEFINE_float("drain_s", 2.0, "After SIGTERM, keep answering (with Connection: close) for at "
-                   "most this long before the listener closes.")
+flags.DEFINE_float(
+    "request_timeout_ms",
+    2000.0,
+    "A search that cannot be answered within this "
+    "gets a fast 503 (admission by expected queue time); 0: no deadline.",
+)
+flags.DEFINE_float(
+    "drain_s",
+    2.0,
+    "After SIGTERM, keep answering (with Connection: close) for at "
+    "most this long before the listener closes.",
+)
 flags.DEFINE_float("shutdown_timeout_s", 60.0, "Longest wait for in-flight requests at exit.")
-flags.DEFINE_string("test_hold_file", None, "Tests only: while this file exists the batch "
-                    "worker takes no batch, so requests stay queued until the test removes it.")
-flags.DEFINE_boolean("background_compile", True, "Serve once the shapes that hold every request "
-                     "are compiled; compile the other buckets in the background.")
-flags.DEFINE_string("compilation_cache_dir", compiled.default_cache_dir(), "Where compiled "
-                    "executables are kept between starts (JAX's persistent compilation cache); "
-                    "empty: none.")
+flags.DEFINE_string(
+    "test_hold_file",
+    None,
+    "Tests only: while this file exists the batch "
+    "worker takes no batch, so requests stay queued until the test removes it.",
+)
+flags.DEFINE_boolean(
+    "background_compile",
+    True,
+    "Serve once the shapes that hold every request "
+    "are compiled; compile the other buckets in the background.",
+)
+flags.DEFINE_string(
+    "compilation_cache_dir",
+    compiled.default_cache_dir(),
+    "Where compiled "
+    "executables are kept between starts (JAX's persistent compilation cache); "
+    "empty: none.",
+)
 flags.mark_flags_as_required(["workdir", "index"])
 
 
@@ -123,31 +164,64 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(workdir: str, index_dir: str, host: str, port: int, buckets: Buckets,
-          settings: ServerSettings, first_stages=None, default_first_stage=None,
-          tokenizer_dir=None, shutdown_timeout_s: float = 60.0, drain_s: float = 2.0,
-          background_compile: bool = True) -> None:
+def serve(
+    workdir: str,
+    index_dir: str,
+    host: str,
+    port: int,
+    buckets: Buckets,
+    settings: ServerSettings,
+    first_stages=None,
+    default_first_stage=None,
+    tokenizer_dir=None,
+    shutdown_timeout_s: float = 60.0,
+    drain_s: float = 2.0,
+    background_compile: bool = True,
+) -> None:
     """Loads, compiles and serves until SIGTERM/SIGINT (see the module docstring)."""
     searcher = manifest_lib.exit_on_refusal(
-        "serve.main", Searcher.load, workdir, index_dir, buckets, first_stages,
-        default_first_stage, tokenizer_dir, background_compile)
+        "serve.main",
+        Searcher.load,
+        workdir,
+        index_dir,
+        buckets,
+        first_stages,
+        default_first_stage,
+        tokenizer_dir,
+        background_compile,
+    )
     if settings.images_dir is None:
         images_dir = demo.default_images_dir(index_dir, searcher.store.manifest)
         settings = dataclasses.replace(settings, images_dir=images_dir)
     logging.info("demo images from %s", settings.images_dir or "(none: no images/ found)")
     application = create_app(searcher, settings)
-    server = DrainingServer(uvicorn.Config(
-        application, host=host, port=port, log_level="info", access_log=False,  # a log
-        # line per request costs the event loop CPU under load; /metrics counts them all
-        timeout_graceful_shutdown=shutdown_timeout_s, lifespan="on",
-        # Longer than clients keep idle connections (httpx: 5 s, uvicorn's default too): a
-        # server closing an idle keep-alive connection as the client reuses it resets that
-        # request (bench/load.py saw one ReadError per phase at concurrency 128 and 400).
-        timeout_keep_alive=KEEP_ALIVE_SECONDS),
-        application.state.readiness, drain_s)
-    logging.info("serving on http://%s:%d (batch %d, wait %.1f ms, queue %d, deadline %g ms)",
-                 host, port, settings.max_batch, settings.max_wait_ms, settings.max_queue,
-                 settings.request_timeout_ms)
+    server = DrainingServer(
+        uvicorn.Config(
+            application,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,  # a log
+            # line per request costs the event loop CPU under load; /metrics counts them all
+            timeout_graceful_shutdown=shutdown_timeout_s,
+            lifespan="on",
+            # Longer than clients keep idle connections (httpx: 5 s, uvicorn's default too): a
+            # server closing an idle keep-alive connection as the client reuses it resets that
+            # request (bench/load.py saw one ReadError per phase at concurrency 128 and 400).
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        ),
+        application.state.readiness,
+        drain_s,
+    )
+    logging.info(
+        "serving on http://%s:%d (batch %d, wait %.1f ms, queue %d, deadline %g ms)",
+        host,
+        port,
+        settings.max_batch,
+        settings.max_wait_ms,
+        settings.max_queue,
+        settings.request_timeout_ms,
+    )
     try:
         server.run()
     finally:
@@ -160,24 +234,44 @@ def main(argv):
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
     if FLAGS.compilation_cache_dir:
-        logging.info("compilation cache: %s",
-                     compiled.enable_persistent_cache(FLAGS.compilation_cache_dir))
+        logging.info(
+            "compilation cache: %s", compiled.enable_persistent_cache(FLAGS.compilation_cache_dir)
+        )
     logging.info("devices: %s", jax.devices())
-    buckets = Buckets(query_lengths=_integers(FLAGS.query_length_buckets),
-                      query_batches=_integers(FLAGS.query_batch_buckets),
-                      candidates=_integers(FLAGS.candidate_buckets),
-                      rerank=_integers(FLAGS.rerank_buckets),
-                      default_n=FLAGS.default_n, default_K=FLAGS.default_K)
+    buckets = Buckets(
+        query_lengths=_integers(FLAGS.query_length_buckets),
+        query_batches=_integers(FLAGS.query_batch_buckets),
+        candidates=_integers(FLAGS.candidate_buckets),
+        rerank=_integers(FLAGS.rerank_buckets),
+        default_n=FLAGS.default_n,
+        default_K=FLAGS.default_K,
+    )
     images_dir = os.path.abspath(FLAGS.images_dir) if FLAGS.images_dir else None
     if images_dir is not None and not os.path.isdir(images_dir):
         raise app.UsageError(f"--images_dir={FLAGS.images_dir}: not a directory")
-    settings = ServerSettings(max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms,
-                              max_queue=FLAGS.max_queue, max_query_chars=FLAGS.max_query_chars,
-                              images_dir=images_dir, request_timeout_ms=FLAGS.request_timeout_ms,
-                              hold_file=FLAGS.test_hold_file)
-    serve(FLAGS.workdir, FLAGS.index, FLAGS.host, FLAGS.port, buckets, settings,
-          FLAGS.first_stages, FLAGS.default_first_stage, FLAGS.tokenizer_dir,
-          FLAGS.shutdown_timeout_s, FLAGS.drain_s, FLAGS.background_compile)
+    settings = ServerSettings(
+        max_batch=FLAGS.max_batch,
+        max_wait_ms=FLAGS.max_wait_ms,
+        max_queue=FLAGS.max_queue,
+        max_query_chars=FLAGS.max_query_chars,
+        images_dir=images_dir,
+        request_timeout_ms=FLAGS.request_timeout_ms,
+        hold_file=FLAGS.test_hold_file,
+    )
+    serve(
+        FLAGS.workdir,
+        FLAGS.index,
+        FLAGS.host,
+        FLAGS.port,
+        buckets,
+        settings,
+        FLAGS.first_stages,
+        FLAGS.default_first_stage,
+        FLAGS.tokenizer_dir,
+        FLAGS.shutdown_timeout_s,
+        FLAGS.drain_s,
+        FLAGS.background_compile,
+    )
 
 
 if __name__ == "__main__":

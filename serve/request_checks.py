@@ -24,8 +24,9 @@ class AsciiJSONResponse(responses.JSONResponse):
     lone surrogate included) can always be encoded."""
 
     def render(self, content) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False,
-                          separators=(",", ":")).encode("ascii")
+        return json.dumps(
+            content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        ).encode("ascii")
 
 
 def error(status: int, message: str, headers: dict | None = None) -> responses.JSONResponse:
@@ -91,24 +92,28 @@ class CheckedBodyRoute(routing.APIRoute):
                 return await handler(request)
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
-                return error(413, f"request body: expected at most {limit} bytes, got "
-                                  f"{declared}")
+                return error(413, f"request body: expected at most {limit} bytes, got {declared}")
             content_type = request.headers.get("content-type", "")
             if declared == "0" and not content_type:  # a bare POST (e.g. /admin/reload)
                 return await handler(request)
             if not _is_json(content_type):
-                return error(415, f"request body: expected Content-Type application/json, got "
-                                  f"{content_type[:80]!r}")
+                return error(
+                    415,
+                    f"request body: expected Content-Type application/json, got "
+                    f"{content_type[:80]!r}",
+                )
             body = await request.body()  # cached: the handler below reads it again
             if len(body) > limit:
-                return error(413, f"request body: expected at most {limit} bytes, got "
-                                  f"{len(body)}")
+                return error(413, f"request body: expected at most {limit} bytes, got {len(body)}")
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError as decode_error:
-                return error(400, f"request body: expected UTF-8 JSON, got byte "
-                                  f"0x{body[decode_error.start]:02x} at position "
-                                  f"{decode_error.start}")
+                return error(
+                    400,
+                    f"request body: expected UTF-8 JSON, got byte "
+                    f"0x{body[decode_error.start]:02x} at position "
+                    f"{decode_error.start}",
+                )
             reason = non_json_number(body)
             if reason is not None:
                 return error(422, f"body: invalid JSON: {reason} (JSON numbers are finite)")
@@ -127,7 +132,6 @@ def describe(errors) -> str:
             parts.append(f"body: invalid JSON at character {location[-1]}: {reason}")
             continue
         got = entry.get("input")
-        shown = f" (got {got!r:.60})" if got is not None and entry.get("type") != "missing" \
-            else ""
+        shown = f" (got {got!r:.60})" if got is not None and entry.get("type") != "missing" else ""
         parts.append(f"{'.'.join(location)}: {entry.get('msg', 'invalid')}{shown}")
     return "; ".join(parts)

@@ -29,11 +29,11 @@ class PreparedQuery:
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-    id: str          # external image id (INDEX/ids.txt)
-    index: int       # row in the INDEX, 0..N-1
-    score: float     # joint score (the final ranking)
-    maxsim: float    # the stage-2 MaxSim score that admitted it to the rerank
-    rank: int        # 1-based
+    id: str  # external image id (INDEX/ids.txt)
+    index: int  # row in the INDEX, 0..N-1
+    score: float  # joint score (the final ranking)
+    maxsim: float  # the stage-2 MaxSim score that admitted it to the rerank
+    rank: int  # 1-based
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +41,10 @@ class SearchResult:
     query: str
     hits: list[Hit]
     settings: StageSettings
-    timings_ms: dict          # STAGE_TIMINGS -> milliseconds (shared by the batch but tokenize)
-    batch_size: int           # queries in the batch this one ran in
-    candidates: int           # images the first stage returned (<= n)
-    generation: int = 0       # the INDEX generation that answered
+    timings_ms: dict  # STAGE_TIMINGS -> milliseconds (shared by the batch but tokenize)
+    batch_size: int  # queries in the batch this one ran in
+    candidates: int  # images the first stage returned (<= n)
+    generation: int = 0  # the INDEX generation that answered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,8 @@ class IndexView:
     """One generation of the INDEX as the pipeline reads it."""
 
     store: ActivationStore
-    stages: dict              # {name: first stage}, loaded and warmed
-    image_ids: list           # [N] external ids
+    stages: dict  # {name: first stage}, loaded and warmed
+    image_ids: list  # [N] external ids
     generation: int
 
     @property

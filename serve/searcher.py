@@ -47,9 +47,17 @@ def _milliseconds(began: float) -> float:
 class Searcher:
     """Answers text queries with the staged pipeline; see the module docstring."""
 
-    def __init__(self, model, meta: dict, store: ActivationStore, tokenizer: WordPieceTokenizer,
-                 buckets: Buckets = Buckets(), first_stages=None,
-                 default_first_stage: str | None = None, background_compile: bool = False):
+    def __init__(
+        self,
+        model,
+        meta: dict,
+        store: ActivationStore,
+        tokenizer: WordPieceTokenizer,
+        buckets: Buckets = Buckets(),
+        first_stages=None,
+        default_first_stage: str | None = None,
+        background_compile: bool = False,
+    ):
         """model: SplitEncoder; meta: load_model's (holds 'fingerprint' and 'step').
 
         first_stages: names to load (default: every usable one on the INDEX); default_first_stage:
@@ -61,15 +69,21 @@ class Searcher:
         config = model.config
         self._check_index(model, meta, store)
         if buckets.max_length > config.max_position_embeddings:
-            raise ValueError(f"Buckets.query_lengths: the largest ({buckets.max_length}) exceeds "
-                             f"the model's max_position_embeddings "
-                             f"({config.max_position_embeddings})")
+            raise ValueError(
+                f"Buckets.query_lengths: the largest ({buckets.max_length}) exceeds "
+                f"the model's max_position_embeddings "
+                f"({config.max_position_embeddings})"
+            )
         if tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(f"tokenizer vocabulary has {tokenizer.vocab_size} tokens, the "
-                             f"model's embedding table {config.vocab_size}")
+            raise ValueError(
+                f"tokenizer vocabulary has {tokenizer.vocab_size} tokens, the "
+                f"model's embedding table {config.vocab_size}"
+            )
         if tuple(tokenizer.buckets) != buckets.query_lengths:
-            raise ValueError(f"tokenizer buckets {tokenizer.buckets} differ from "
-                             f"Buckets.query_lengths {buckets.query_lengths}")
+            raise ValueError(
+                f"tokenizer buckets {tokenizer.buckets} differ from "
+                f"Buckets.query_lengths {buckets.query_lengths}"
+            )
         self.model, self.meta = model, meta
         self.tokenizer, self.buckets = tokenizer, buckets
         self.index_dir = store.index_dir
@@ -79,22 +93,34 @@ class Searcher:
         began = time.perf_counter()
         stages = stages_lib.load_stages(store, names)
         self.first_stage_names = tuple(stages)
-        self.view = IndexView(store, stages, store.image_ids,
-                              int(store.manifest.get("generation", 0)))
+        self.view = IndexView(
+            store, stages, store.image_ids, int(store.manifest.get("generation", 0))
+        )
         if default_first_stage is None:
-            default_first_stage = "concepts" if "concepts" in self.stages else (
-                "exact" if "exact" in self.stages else self.first_stage_names[0])
+            default_first_stage = (
+                "concepts"
+                if "concepts" in self.stages
+                else ("exact" if "exact" in self.stages else self.first_stage_names[0])
+            )
         if default_first_stage not in self.stages:
-            raise ValueError(f"default_first_stage: expected one of {list(self.stages)}, got "
-                             f"{default_first_stage!r}")
+            raise ValueError(
+                f"default_first_stage: expected one of {list(self.stages)}, got "
+                f"{default_first_stage!r}"
+            )
         self.default_first_stage = default_first_stage
-        logging.info("loaded first stages %s in %.1f s", list(self.stages),
-                     time.perf_counter() - began)
+        logging.info(
+            "loaded first stages %s in %.1f s", list(self.stages), time.perf_counter() - began
+        )
         self.compiled = CompiledModel(model, buckets, store.regions, store.hidden)
-        logging.info("compiling B %s x T %s x n %s / K %s (%d executables)%s",
-                     list(buckets.query_batches), list(buckets.query_lengths),
-                     list(buckets.candidates), list(buckets.rerank), self.compiled.total,
-                     ", the rest in the background" if background_compile else "")
+        logging.info(
+            "compiling B %s x T %s x n %s / K %s (%d executables)%s",
+            list(buckets.query_batches),
+            list(buckets.query_lengths),
+            list(buckets.candidates),
+            list(buckets.rerank),
+            self.compiled.total,
+            ", the rest in the background" if background_compile else "",
+        )
         if background_compile:
             seconds = self.compiled.compile_first()
             stage_shapes = stages_lib.first_shapes(buckets)
@@ -104,12 +130,16 @@ class Searcher:
         began = time.perf_counter()
         self._warm_stages(stage_shapes)
         self.compile_seconds = seconds + time.perf_counter() - began
-        logging.info("first stages warmed for %d shapes in %.1f s; ready after %.1f s of "
-                     "compiling", len(stage_shapes), time.perf_counter() - began,
-                     self.compile_seconds)
+        logging.info(
+            "first stages warmed for %d shapes in %.1f s; ready after %.1f s of compiling",
+            len(stage_shapes),
+            time.perf_counter() - began,
+            self.compile_seconds,
+        )
         if background_compile:
             self.compiled.compile_rest_in_background(
-                then=lambda: self._warm_stages(stages_lib.later_shapes(buckets)))
+                then=lambda: self._warm_stages(stages_lib.later_shapes(buckets))
+            )
 
     def _warm_stages(self, shapes) -> None:
         """Warms the served generation's first stages for `shapes` (a reload warms its own)."""
@@ -138,13 +168,15 @@ class Searcher:
         except manifest_lib.IndexRefusedError as error:
             raise manifest_lib.IndexRefusedError(f"{index_json}: {error}") from None
         for field, expected, got in (
-                ("split_layer", config.split_layer, manifest["split_layer"]),
-                ("shapes.hidden", config.stored_dim, store.hidden),
-                ("shapes.concept_dim", config.concept_dim, store.concept_dim)):
+            ("split_layer", config.split_layer, manifest["split_layer"]),
+            ("shapes.hidden", config.stored_dim, store.hidden),
+            ("shapes.concept_dim", config.concept_dim, store.concept_dim),
+        ):
             if expected != got:
                 raise manifest_lib.IndexRefusedError(
                     f"{index_json}: field {field!r} is {got}, the model's config has {expected}: "
-                    "written by another model; rebuild it with this checkpoint")
+                    "written by another model; rebuild it with this checkpoint"
+                )
 
     def reload(self) -> dict:
         """Loads the INDEX's published generation if it is not the one served, warms its first
@@ -161,24 +193,40 @@ class Searcher:
             if generation != served.generation:
                 self._check_index(self.model, self.meta, store)
                 if store.regions != served.store.regions:  # the compiled shapes depend on R
-                    raise ValueError(f"{self.index_dir}: generation {generation} has "
-                                     f"{store.regions} regions per image, the served one "
-                                     f"{served.store.regions}; restart the server")
+                    raise ValueError(
+                        f"{self.index_dir}: generation {generation} has "
+                        f"{store.regions} regions per image, the served one "
+                        f"{served.store.regions}; restart the server"
+                    )
                 stages = stages_lib.load_stages(store, self.first_stage_names)
-                stages_lib.warm_up(stages, stages_lib.every_shape(self.buckets),
-                                   store.concept_dim)
+                stages_lib.warm_up(stages, stages_lib.every_shape(self.buckets), store.concept_dim)
                 self.view = IndexView(store, stages, store.image_ids, generation)
-                logging.info("reloaded %s: generation %d -> %d, %d images, in %.1f s",
-                             self.index_dir, served.generation, generation, store.num_images,
-                             time.perf_counter() - began)
-            return {"generation": self.view.generation,
-                    "previous_generation": served.generation,
-                    "images": self.view.num_images, "seconds": time.perf_counter() - began}
+                logging.info(
+                    "reloaded %s: generation %d -> %d, %d images, in %.1f s",
+                    self.index_dir,
+                    served.generation,
+                    generation,
+                    store.num_images,
+                    time.perf_counter() - began,
+                )
+            return {
+                "generation": self.view.generation,
+                "previous_generation": served.generation,
+                "images": self.view.num_images,
+                "seconds": time.perf_counter() - began,
+            }
 
     @classmethod
-    def load(cls, workdir: str, index_dir: str, buckets: Buckets = Buckets(),
-             first_stages=None, default_first_stage: str | None = None,
-             tokenizer_dir: str | None = None, background_compile: bool = False) -> "Searcher":
+    def load(
+        cls,
+        workdir: str,
+        index_dir: str,
+        buckets: Buckets = Buckets(),
+        first_stages=None,
+        default_first_stage: str | None = None,
+        tokenizer_dir: str | None = None,
+        background_compile: bool = False,
+    ) -> Searcher:
         """Loads the model from WORKDIR (lateint.checkpoint) and the finished INDEX; compiles.
 
         tokenizer_dir: a HuggingFace BERT directory (default: MiniLM's, whose vocabulary every
@@ -188,23 +236,46 @@ class Searcher:
         model, meta = load_model(workdir)
         store = ActivationStore.open(index_dir)
         tokenizer = WordPieceTokenizer.from_directory(
-            tokenizer_dir or pretrained.default_minilm_directory(), buckets=buckets.query_lengths)
-        logging.info("loaded %s (step %s, fingerprint %s) and INDEX %s (%d images) in %.1f s",
-                     workdir, meta["step"], meta["fingerprint"], index_dir, store.num_images,
-                     time.perf_counter() - began)
-        return cls(model, meta, store, tokenizer, buckets, first_stages, default_first_stage,
-                   background_compile)
+            tokenizer_dir or pretrained.default_minilm_directory(), buckets=buckets.query_lengths
+        )
+        logging.info(
+            "loaded %s (step %s, fingerprint %s) and INDEX %s (%d images) in %.1f s",
+            workdir,
+            meta["step"],
+            meta["fingerprint"],
+            index_dir,
+            store.num_images,
+            time.perf_counter() - began,
+        )
+        return cls(
+            model,
+            meta,
+            store,
+            tokenizer,
+            buckets,
+            first_stages,
+            default_first_stage,
+            background_compile,
+        )
 
     # ---- requests -----------------------------------------------------------------------------
 
-    def settings(self, k: int, n: int | None = None, K: int | None = None,
-                 first_stage: str | None = None) -> StageSettings:
+    def settings(
+        self, k: int, n: int | None = None, K: int | None = None, first_stage: str | None = None
+    ) -> StageSettings:
         """Checks (k, n, K, first_stage) against the bounds (ValueError naming the field)."""
-        return self.buckets.resolve(k, n, K, first_stage, self.first_stage_names,
-                                    self.default_first_stage)
+        return self.buckets.resolve(
+            k, n, K, first_stage, self.first_stage_names, self.default_first_stage
+        )
 
-    def prepare(self, query: str, k: int, n: int | None = None, K: int | None = None,
-                first_stage: str | None = None) -> PreparedQuery:
+    def prepare(
+        self,
+        query: str,
+        k: int,
+        n: int | None = None,
+        K: int | None = None,
+        first_stage: str | None = None,
+    ) -> PreparedQuery:
         """Checks and tokenizes one query. Tokens past the largest length bucket are cut."""
         began = time.perf_counter()
         if not isinstance(query, str):
@@ -214,18 +285,19 @@ class Searcher:
         try:
             query.encode("utf-8")
         except UnicodeEncodeError as error:
-            raise ValueError(f"query: expected Unicode text, got a lone surrogate "
-                             f"{query[error.start]!r} at position {error.start}") from None
+            raise ValueError(
+                f"query: expected Unicode text, got a lone surrogate "
+                f"{query[error.start]!r} at position {error.start}"
+            ) from None
         settings = self.settings(k, n, K, first_stage)
         try:
             token_ids, token_mask = self.tokenizer.encode([query])
         except ValueError as error:
             raise ValueError(f"query: {error}") from None
-        token_ids = token_ids[0, :int(token_mask[0].sum())].astype(np.int32)
+        token_ids = token_ids[0, : int(token_mask[0].sum())].astype(np.int32)
         return PreparedQuery(query, token_ids, settings, _milliseconds(began))
 
-    def search(self, queries: list[str], k, n=None, K=None, first_stage=None
-               ) -> list[SearchResult]:
+    def search(self, queries: list[str], k, n=None, K=None, first_stage=None) -> list[SearchResult]:
         """Answers several queries as one batch (split at the largest batch bucket).
 
         k, n, K, first_stage: one value for every query, or a list with one per query.
@@ -236,13 +308,19 @@ class Searcher:
         def per_query(name, value):
             if isinstance(value, (list, tuple)):
                 if len(value) != len(queries):
-                    raise ValueError(f"{name}: expected one value per query ({len(queries)}), "
-                                     f"got {len(value)}")
+                    raise ValueError(
+                        f"{name}: expected one value per query ({len(queries)}), got {len(value)}"
+                    )
                 return list(value)
             return [value] * len(queries)
 
-        options = zip(queries, *(per_query(name, value) for name, value in
-                                 (("k", k), ("n", n), ("K", K), ("first_stage", first_stage))))
+        options = zip(
+            queries,
+            *(
+                per_query(name, value)
+                for name, value in (("k", k), ("n", n), ("K", K), ("first_stage", first_stage))
+            ),
+        )
         return self.run([self.prepare(*values) for values in options])
 
     def run(self, prepared: list[PreparedQuery]) -> list[SearchResult]:
@@ -265,9 +343,10 @@ class Searcher:
             start = 0
             while start < len(positions):
                 size = self._chunk_size(len(positions) - start)
-                chunk = positions[start:start + size]
-                for position, result in zip(chunk, self._run_batch(
-                        [prepared[position] for position in chunk], view)):
+                chunk = positions[start : start + size]
+                for position, result in zip(
+                    chunk, self._run_batch([prepared[position] for position in chunk], view)
+                ):
                     results[position] = result
                 start += size
         return results
@@ -289,21 +368,24 @@ class Searcher:
         timings = {}
         count = len(queries)
         batch = bucket_for(count, self.buckets.query_batches, "query batch")
-        length = bucket_for(max(len(query.token_ids) for query in queries),
-                            self.buckets.query_lengths, "query length")
-        token_ids = np.full((batch, length), self.tokenizer.pad_id, np.int32)   # [B, T]
-        token_mask = np.zeros((batch, length), bool)                            # [B, T]
+        length = bucket_for(
+            max(len(query.token_ids) for query in queries),
+            self.buckets.query_lengths,
+            "query length",
+        )
+        token_ids = np.full((batch, length), self.tokenizer.pad_id, np.int32)  # [B, T]
+        token_mask = np.zeros((batch, length), bool)  # [B, T]
         for row in range(batch):  # padding rows repeat the first query, then are dropped
             ids = queries[row if row < count else 0].token_ids
-            token_ids[row, :len(ids)] = ids
-            token_mask[row, :len(ids)] = True
+            token_ids[row, : len(ids)] = ids
+            token_mask[row, : len(ids)] = True
 
         started = time.perf_counter()
         tower = self.compiled.text_tower(token_ids, token_mask)
         timings["text_tower"] = _milliseconds(started)
 
         started = time.perf_counter()
-        candidates = self._first_stage(queries, tower, view)             # Q x [<= n] int64
+        candidates = self._first_stage(queries, tower, view)  # Q x [<= n] int64
         timings["first_stage"] = _milliseconds(started)
 
         started = time.perf_counter()
@@ -322,49 +404,72 @@ class Searcher:
 
         results = []
         for row, query in enumerate(queries):
-            scores = joint[row, :len(shortlist[row])]
-            order = np.argsort(-scores, kind="stable")[:query.settings.k]
-            hits = [Hit(id=view.image_ids[shortlist[row][position]],
-                        index=int(shortlist[row][position]), score=float(scores[position]),
-                        maxsim=float(maxsim_scores[row][position]), rank=rank + 1)
-                    for rank, position in enumerate(order)]
-            query_timings = dict(timings, tokenize=query.tokenize_ms,
-                                 total=query.tokenize_ms + batch_ms)
-            results.append(SearchResult(query.text, hits, query.settings, query_timings, count,
-                                        len(candidates[row]), view.generation))
+            scores = joint[row, : len(shortlist[row])]
+            order = np.argsort(-scores, kind="stable")[: query.settings.k]
+            hits = [
+                Hit(
+                    id=view.image_ids[shortlist[row][position]],
+                    index=int(shortlist[row][position]),
+                    score=float(scores[position]),
+                    maxsim=float(maxsim_scores[row][position]),
+                    rank=rank + 1,
+                )
+                for rank, position in enumerate(order)
+            ]
+            query_timings = dict(
+                timings, tokenize=query.tokenize_ms, total=query.tokenize_ms + batch_ms
+            )
+            results.append(
+                SearchResult(
+                    query.text,
+                    hits,
+                    query.settings,
+                    query_timings,
+                    count,
+                    len(candidates[row]),
+                    view.generation,
+                )
+            )
         return results
 
-    def _first_stage(self, queries: list[PreparedQuery], tower, view: IndexView
-                     ) -> list[np.ndarray]:
+    def _first_stage(
+        self, queries: list[PreparedQuery], tower, view: IndexView
+    ) -> list[np.ndarray]:
         """Each query's first-stage candidates: [<= n] int64 INDEX rows, best first."""
         candidates: list[np.ndarray] = [np.zeros(0, np.int64)] * len(queries)
         for name in sorted({query.settings.first_stage for query in queries}):
             rows = [row for row, query in enumerate(queries) if query.settings.first_stage == name]
-            count = bucket_for(max(queries[row].settings.n for row in rows),
-                               self.buckets.candidates, "n")
+            count = bucket_for(
+                max(queries[row].settings.n for row in rows), self.buckets.candidates, "n"
+            )
             side = QuerySide(tower.concepts[rows], tower.mask[rows], tower.global_vector[rows])
-            ids, _ = view.stages[name].search(side, count)                 # [q, n bucket]
+            ids, _ = view.stages[name].search(side, count)  # [q, n bucket]
             for position, row in enumerate(rows):
-                found = ids[position, :queries[row].settings.n]
+                found = ids[position, : queries[row].settings.n]
                 # Images added to a first stage after this store was written cannot be reranked.
                 candidates[row] = found[(found >= 0) & (found < view.num_images)]
         return candidates
 
-    def _maxsim(self, tower, candidates: list[np.ndarray], batch: int, top: list[int],
-                view: IndexView):
+    def _maxsim(
+        self, tower, candidates: list[np.ndarray], batch: int, top: list[int], view: IndexView
+    ):
         """Exact MaxSim on the stored concepts of each query's candidates; keeps the top K.
 
         Returns (shortlist: Q x [<= K] int64 rows, scores: Q x [<= K] float32), best first.
         """
-        count = bucket_for(max(1, max(len(ids) for ids in candidates)),
-                           self.buckets.candidates, "first-stage candidates")
-        image_concepts, image_mask = self._gather_rows(      # [B, n, R, C], [B, n, R]
-            candidates, batch, count, view.store.concept_dim, view.store.gather_concepts)
+        count = bucket_for(
+            max(1, max(len(ids) for ids in candidates)),
+            self.buckets.candidates,
+            "first-stage candidates",
+        )
+        image_concepts, image_mask = self._gather_rows(  # [B, n, R, C], [B, n, R]
+            candidates, batch, count, view.store.concept_dim, view.store.gather_concepts
+        )
         scores = self.compiled.maxsim(tower.concepts, tower.mask, image_concepts, image_mask)
         shortlist, kept_scores = [], []
         for row, ids in enumerate(candidates):
-            row_scores = scores[row, :len(ids)]
-            order = np.argsort(-row_scores, kind="stable")[:top[row]]
+            row_scores = scores[row, : len(ids)]
+            order = np.argsort(-row_scores, kind="stable")[: top[row]]
             shortlist.append(ids[order])
             kept_scores.append(row_scores[order])
         return shortlist, kept_scores
@@ -388,7 +493,6 @@ class Searcher:
         for row, ids in enumerate(rows):
             if len(ids):
                 positions = np.searchsorted(unique, ids)
-                laid_out[row, :len(ids)] = values[positions]
-                laid_mask[row, :len(ids)] = mask[positions]
+                laid_out[row, : len(ids)] = values[positions]
+                laid_mask[row, : len(ids)] = mask[positions]
         return laid_out, laid_mask
-

@@ -14,9 +14,8 @@ import itertools
 
 import numpy as np
 
-from index.first_stage import QuerySide, SEARCH_NAMES, built_stages, open_first_stage
+from index.first_stage import SEARCH_NAMES, QuerySide, built_stages, open_first_stage, tombstones
 from index.first_stage import exact as exact_stage
-from index.first_stage import tombstones
 from index.store import ActivationStore
 from serve.buckets import Buckets, bucket_for
 
@@ -26,13 +25,17 @@ EXACT_NAMES = ("exact", "exact_global")
 def _exact_from_store(store: ActivationStore, kind: str, arrays: dict):
     """An ExactStage over the activation store's vectors (no INDEX/first_stage needed)."""
     if not arrays:
-        arrays["concepts"] = store.read_concepts(0, store.num_images)      # [N, R, C]
+        arrays["concepts"] = store.read_concepts(0, store.num_images)  # [N, R, C]
         arrays["region_mask"] = store.read_region_mask(0, store.num_images)  # [N, R]
         arrays["global"] = store.read_global(0, store.num_images).astype(np.float32)  # [N, C]
-    record = {"num_images": store.num_images, "concept_dim": store.concept_dim,
-              "regions": store.regions}
+    record = {
+        "num_images": store.num_images,
+        "concept_dim": store.concept_dim,
+        "regions": store.regions,
+    }
     return exact_stage.ExactStage(
-        arrays, tombstones.bitmap(store.index_dir, store.num_images, store.manifest), record, kind)
+        arrays, tombstones.bitmap(store.index_dir, store.num_images, store.manifest), record, kind
+    )
 
 
 def available_names(index_dir: str, manifest: dict | None = None) -> list[str]:
@@ -56,9 +59,11 @@ def load_stages(store: ActivationStore, names) -> dict:
     names = list(names)
     unknown = [name for name in names if name not in usable]
     if unknown or not names:
-        raise ValueError(f"first stages {names}: expected a non-empty subset of {usable} for "
-                         f"INDEX {index_dir!r} (build others with python -m index.build "
-                         f"--index={index_dir} --first_stage=...)")
+        raise ValueError(
+            f"first stages {names}: expected a non-empty subset of {usable} for "
+            f"INDEX {index_dir!r} (build others with python -m index.build "
+            f"--index={index_dir} --first_stage=...)"
+        )
     built = set(built_stages(index_dir, store.manifest))
     stages, shared_arrays = {}, {}
     for name in names:
@@ -74,14 +79,19 @@ def load_stages(store: ActivationStore, names) -> dict:
 def query_counts(max_queries: int) -> list[int]:
     """Query counts a stage is warmed for: the powers of two below max_queries, and max_queries
     (the exact stage pads its query blocks to powers of two)."""
-    return sorted({1 << power for power in range(max_queries.bit_length())
-                   if 1 << power <= max_queries} | {max_queries})
+    return sorted(
+        {1 << power for power in range(max_queries.bit_length()) if 1 << power <= max_queries}
+        | {max_queries}
+    )
 
 
 def every_shape(buckets: Buckets) -> list[tuple[int, int, int]]:
     """Every (queries, words T, n) a Searcher passes to a first stage, small ones first."""
-    return sorted(itertools.product(query_counts(buckets.max_batch), buckets.query_lengths,
-                                    buckets.candidates))
+    return sorted(
+        itertools.product(
+            query_counts(buckets.max_batch), buckets.query_lengths, buckets.candidates
+        )
+    )
 
 
 def first_shapes(buckets: Buckets) -> list[tuple[int, int, int]]:
@@ -91,11 +101,12 @@ def first_shapes(buckets: Buckets) -> list[tuple[int, int, int]]:
 
 def later_shapes(buckets: Buckets) -> list[tuple[int, int, int]]:
     """The other shapes, a default query's first."""
-    default = (1, buckets.query_lengths[0], bucket_for(buckets.default_n, buckets.candidates,
-                                                       "n"))
+    default = (1, buckets.query_lengths[0], bucket_for(buckets.default_n, buckets.candidates, "n"))
     first = set(first_shapes(buckets))
-    return sorted((shape for shape in every_shape(buckets) if shape not in first),
-                  key=lambda shape: (shape != default, shape))
+    return sorted(
+        (shape for shape in every_shape(buckets) if shape not in first),
+        key=lambda shape: (shape != default, shape),
+    )
 
 
 class WarmedStage:
@@ -118,7 +129,7 @@ class WarmedStage:
         concepts = np.zeros((queries, length, concept_dim), np.float32)
         concepts[:, :, 0] = 1.0
         mask = np.zeros((queries, length), bool)
-        mask[:, :min(3, length)] = True
+        mask[:, : min(3, length)] = True
         global_vector = np.zeros((queries, concept_dim), np.float32)
         global_vector[:, 0] = 1.0
         self.stage.search(QuerySide(concepts, mask, global_vector), count)
@@ -129,21 +140,25 @@ class WarmedStage:
         queries, length = np.shape(query_side.mask)
         fitting = [shape for shape in self.warmed if shape[1] >= length and shape[2] >= n]
         if not fitting:
-            raise ValueError(f"{self.stage.name}.search: shape {(queries, length, n)} is larger "
-                             f"than every warmed one ({sorted(self.warmed)})")
+            raise ValueError(
+                f"{self.stage.name}.search: shape {(queries, length, n)} is larger "
+                f"than every warmed one ({sorted(self.warmed)})"
+            )
         holding = [shape for shape in fitting if shape[0] >= queries]
         if not holding:  # in pieces of the most queries a warmed shape holds
             step = max(shape[0] for shape in fitting)
-            pieces = [self.search(QuerySide(*(np.asarray(array)[start:start + step]
-                                              for array in query_side)), n)
-                      for start in range(0, queries, step)]
+            pieces = [
+                self.search(
+                    QuerySide(*(np.asarray(array)[start : start + step] for array in query_side)), n
+                )
+                for start in range(0, queries, step)
+            ]
             return tuple(np.concatenate([piece[part] for piece in pieces]) for part in (0, 1))
         rows, words, count = min(holding, key=lambda shape: shape[0] * shape[1] * shape[2])
         order = np.concatenate([np.arange(queries), np.zeros(rows - queries, np.int64)])
         concepts, mask, global_vector = (np.asarray(array)[order] for array in query_side)
         grow = ((0, 0), (0, words - length))
-        padded = QuerySide(np.pad(concepts, grow + ((0, 0),)), np.pad(mask, grow),
-                           global_vector)
+        padded = QuerySide(np.pad(concepts, grow + ((0, 0),)), np.pad(mask, grow), global_vector)
         ids, scores = self.stage.search(padded, count)
         return ids[:queries, :n], scores[:queries, :n]
 

@@ -42,7 +42,13 @@ def test_bazel_runner_maps_the_test_environment_to_pytest_arguments():
 
     environ = {"XML_OUTPUT_FILE": "/o/test.xml", "TEST_TMPDIR": "/t", "TESTBRIDGE_TEST_ONLY": "x"}
     assert pytest_args(["tests/test_a.py", "-x"], environ) == [
-        "-p", "no:cacheprovider", "--junitxml=/o/test.xml", "--basetemp=/t/pytest",
-        "-k", "x", "tests/test_a.py", "-x",
+        "-p",
+        "no:cacheprovider",
+        "--junitxml=/o/test.xml",
+        "--basetemp=/t/pytest",
+        "-k",
+        "x",
+        "tests/test_a.py",
+        "-x",
     ]
     assert pytest_args(["tests/test_a.py"], {}) == ["-p", "no:cacheprovider", "tests/test_a.py"]

@@ -14,9 +14,19 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 def tiny_config(**overrides) -> ModelConfig:
-    values = dict(vocab_size=120, hidden_size=32, num_heads=4, mlp_dim=64, num_layers=3,
-                  split_layer=1, region_feature_dim=24, max_text_length=16, max_regions=6,
-                  concept_dim=16, max_position_embeddings=32)
+    values = dict(
+        vocab_size=120,
+        hidden_size=32,
+        num_heads=4,
+        mlp_dim=64,
+        num_layers=3,
+        split_layer=1,
+        region_feature_dim=24,
+        max_text_length=16,
+        max_regions=6,
+        concept_dim=16,
+        max_position_embeddings=32,
+    )
     values.update(overrides)
     return ModelConfig(**values)
 
@@ -62,24 +72,32 @@ def _shared_fixtures_stay_unchanged():
 @pytest.fixture(scope="session")
 def scenes_dir():
     """A small scenes corpus (train 64, dev 24, test 200) shared by the pipeline tests."""
+
     def build(out):
         from lateint.data import region_encoder, scenes
-        scenes.generate(out, **SCENES,
-                        encoder_config=region_encoder.EncoderConfig(**SCENES_ENCODER))
+
+        scenes.generate(
+            out, **SCENES, encoder_config=region_encoder.EncoderConfig(**SCENES_ENCODER)
+        )
+
     return fixture_cache.cached_directory(
-        "scenes_small", {**SCENES, "encoder": SCENES_ENCODER}, ("lateint",), build)
+        "scenes_small", {**SCENES, "encoder": SCENES_ENCODER}, ("lateint",), build
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_workdir(scenes_dir):
     """A workdir holding a tiny trained model (random init, a few steps)."""
+
     def build(workdir):
         from train import trainer
         from train.configs import tiny
+
         config = tiny.get_config()
         config.data.path = scenes_dir
         config.update(TINY_TRAINING)
         trainer.train_and_evaluate(config, workdir)
+
     inputs = {**TINY_TRAINING, "data": os.path.basename(scenes_dir)}  # the corpus's own key
     return fixture_cache.cached_directory("tiny_model", inputs, ("lateint", "train"), build)
 
@@ -88,15 +106,28 @@ def tiny_workdir(scenes_dir):
 def concepts_index(tiny_workdir, scenes_dir):
     """The tiny model's float32 INDEX of the test split with the 'concepts' first stage. Tests
     that change an INDEX copy it first."""
+
     def build(folder):
         from index.first_stage import build as first_stage_build
         from index.precompute import precompute
+
         index_dir = os.path.join(folder, "index")
-        precompute(tiny_workdir, scenes_dir, CONCEPTS_INDEX["split"], index_dir,
-                   storage=CONCEPTS_INDEX["storage"], batch_size=CONCEPTS_INDEX["batch_size"])
+        precompute(
+            tiny_workdir,
+            scenes_dir,
+            CONCEPTS_INDEX["split"],
+            index_dir,
+            storage=CONCEPTS_INDEX["storage"],
+            batch_size=CONCEPTS_INDEX["batch_size"],
+        )
         first_stage_build.build_from_index(index_dir, CONCEPTS_INDEX["first_stages"])
-    inputs = {**CONCEPTS_INDEX, "model": os.path.basename(tiny_workdir),
-              "data": os.path.basename(scenes_dir)}
-    entry = fixture_cache.cached_directory("concepts_index", inputs,
-                                           ("lateint", "train", "index"), build)
+
+    inputs = {
+        **CONCEPTS_INDEX,
+        "model": os.path.basename(tiny_workdir),
+        "data": os.path.basename(scenes_dir),
+    }
+    entry = fixture_cache.cached_directory(
+        "concepts_index", inputs, ("lateint", "train", "index"), build
+    )
     return os.path.join(entry, "index")

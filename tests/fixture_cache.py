@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEEP = 2  # entries kept per name (the newest by last use); older ones are deleted
@@ -84,8 +84,9 @@ def entry_key(name: str, inputs: dict, sources: tuple[str, ...]) -> str:
     for own in ("conftest.py", os.path.basename(__file__)):
         with open(os.path.join(here, own), "rb") as file:
             digest.update(hashlib.sha256(file.read()).digest())
-    distributions = sorted(f"{d.metadata['Name']}=={d.version}"
-                           for d in importlib.metadata.distributions())
+    distributions = sorted(
+        f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+    )
     digest.update("\n".join([sys.version, *distributions]).encode())
     digest.update(json.dumps({k: os.environ.get(k) for k in _ENVIRONMENT}).encode())
     return digest.hexdigest()
@@ -118,9 +119,11 @@ def _check(entry: str) -> None:
         return
     recorded = _read(entry + ".sha256")
     if tree_digest(entry) != recorded:
-        raise RuntimeError(f"fixture cache entry {entry} was changed after it was built (a test "
-                           f"wrote into a shared fixture instead of copying it): delete it "
-                           f"(rm -rf {entry} {entry}.sha256) and find that test")
+        raise RuntimeError(
+            f"fixture cache entry {entry} was changed after it was built (a test "
+            f"wrote into a shared fixture instead of copying it): delete it "
+            f"(rm -rf {entry} {entry}.sha256) and find that test"
+        )
     _used[entry] = recorded
     os.utime(entry + ".sha256")  # last use, for pruning
 
@@ -130,7 +133,7 @@ def _prune(root: str, name: str) -> None:
     being built)."""
     digests = sorted(glob.glob(os.path.join(root, f"{name}-*.sha256")), key=os.path.getmtime)
     for digest_file in digests[:-KEEP]:
-        entry = digest_file[:-len(".sha256")]
+        entry = digest_file[: -len(".sha256")]
         with _locked(entry + ".lock", blocking=False) as acquired:
             if acquired:
                 shutil.rmtree(entry, ignore_errors=True)
@@ -139,8 +142,9 @@ def _prune(root: str, name: str) -> None:
             os.remove(entry + ".lock")
 
 
-def cached_directory(name: str, inputs: dict, sources: tuple[str, ...],
-                     build: Callable[[str], None]) -> str:
+def cached_directory(
+    name: str, inputs: dict, sources: tuple[str, ...], build: Callable[[str], None]
+) -> str:
     """The path of the cache entry `name` for these inputs, built by `build(folder)` (which
     fills the empty `folder`) by the first process that needs it. Never write into it."""
     root = cache_root()

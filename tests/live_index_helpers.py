@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
+from index.first_stage import QuerySide, postings, records
 from index.first_stage import build as first_stage_build
-from index.first_stage import postings, records, QuerySide
 from index.manifest import read_manifest
 from index.precompute import precompute
 from index.store import read_array
@@ -25,12 +25,17 @@ def subset(corpus: RegionCorpus, rows) -> RegionCorpus:
     """The images `rows` [n] of `corpus` with their captions, in that order."""
     rows = np.asarray(rows)
     per_image = np.bincount(corpus.caption_image, minlength=corpus.num_images)[0]
-    captions = [corpus.captions[row * per_image + offset] for row in rows
-                for offset in range(per_image)]
-    return RegionCorpus(np.asarray(corpus.regions[rows]), np.asarray(corpus.boxes[rows]),
-                        np.asarray(corpus.region_counts[rows]), captions,
-                        np.repeat(np.arange(len(rows)), per_image),
-                        [corpus.image_ids[row] for row in rows])
+    captions = [
+        corpus.captions[row * per_image + offset] for row in rows for offset in range(per_image)
+    ]
+    return RegionCorpus(
+        np.asarray(corpus.regions[rows]),
+        np.asarray(corpus.boxes[rows]),
+        np.asarray(corpus.region_counts[rows]),
+        captions,
+        np.repeat(np.arange(len(rows)), per_image),
+        [corpus.image_ids[row] for row in rows],
+    )
 
 
 def write_subset(scenes_dir: str, rows, out: str) -> str:
@@ -50,9 +55,11 @@ def build_index(workdir: str, data: str, index_dir: str, centroids=None) -> str:
 
 def centroids_of(index_dir: str) -> np.ndarray:
     from index.first_stage import concepts
+
     manifest = read_manifest(index_dir)
-    return concepts.read_centroids(index_dir, records.committed_record(index_dir, "concepts",
-                                                                       manifest))
+    return concepts.read_centroids(
+        index_dir, records.committed_record(index_dir, "concepts", manifest)
+    )
 
 
 def queries(concept_dim: int, count: int = 6, words: int = 5, seed: int = 3) -> QuerySide:
@@ -69,6 +76,7 @@ def stage_arrays(index_dir: str) -> dict:
     """{name: arrays} of every published stage: the CSR lists (base + delta merged), the
     dictionary, the exact stage's rows."""
     from index.first_stage import exact
+
     manifest = read_manifest(index_dir)
     found = {}
     for name in first_stage_build.built_stages(index_dir, manifest):
@@ -77,8 +85,7 @@ def stage_arrays(index_dir: str) -> dict:
             found[name] = exact._read_arrays(index_dir, record)
             continue
         lists = postings.read_lists(index_dir, records.generations_prefix(name), record)
-        found[name] = {"offsets": lists.offsets, "images": lists.images,
-                       "weights": lists.weights}
+        found[name] = {"offsets": lists.offsets, "images": lists.images, "weights": lists.weights}
         if name == "concepts":
             found[name]["centroids"] = centroids_of(index_dir)
     return found
@@ -94,19 +101,32 @@ def search_all(index_dir: str, count: int = 40) -> dict:
     manifest = read_manifest(index_dir)
     side = queries(manifest["shapes"]["concept_dim"])
     names = first_stage_build.built_stages(index_dir, manifest)
-    return {name: first_stage_build.open_first_stage(index_dir, name, manifest).search(side, count)
-            for name in names + ["exact_global"]}
+    return {
+        name: first_stage_build.open_first_stage(index_dir, name, manifest).search(side, count)
+        for name in names + ["exact_global"]
+    }
 
 
 def run_binary(module: str, *arguments, timeout: float = 300):
     """Runs `python -m module` from the worktree, waiting for it."""
     environment = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *arguments], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start_binary(module: str, *arguments):
     environment = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, "-m", module, *arguments], cwd=REPO,
-                            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *arguments],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

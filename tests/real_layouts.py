@@ -46,31 +46,49 @@ def write_coco(root, images=None):
     annotations = os.path.join(root, "annotations")
     os.makedirs(annotations)
     expected, next_id = {}, 1000
-    files = {"captions_train2014.json": ("train",),
-             "captions_val2014.json": ("restval", "dev", "test")}
+    files = {
+        "captions_train2014.json": ("train",),
+        "captions_val2014.json": ("restval", "dev", "test"),
+    }
     for json_name, splits in files.items():
         content = {"images": [], "annotations": []}
         for split in splits:
             ids = []
             for image_id, (width, height, count, sentences) in images[split].items():
-                content["images"].append({"id": image_id, "width": width, "height": height,
-                                          "file_name": f"COCO_{image_id:012d}.jpg"})
+                content["images"].append(
+                    {
+                        "id": image_id,
+                        "width": width,
+                        "height": height,
+                        "file_name": f"COCO_{image_id:012d}.jpg",
+                    }
+                )
                 for k in range(sentences):
                     content["annotations"].append(
-                        {"id": next_id, "image_id": image_id,
-                         "caption": f"Image {image_id} caption {k}. "})
+                        {
+                            "id": next_id,
+                            "image_id": image_id,
+                            "caption": f"Image {image_id} caption {k}. ",
+                        }
+                    )
                     ids.append(next_id)
                     next_id += 1
-                expected[image_id] = _features(os.path.join(root, "features_36"), image_id,
-                                               count, width, height)
+                expected[image_id] = _features(
+                    os.path.join(root, "features_36"), image_id, count, width, height
+                )
             np.save(os.path.join(annotations, f"coco_{split}_ids.npy"), np.asarray(ids))
         with open(os.path.join(annotations, json_name), "w") as file:
             json.dump(content, file)
     return expected
 
 
-FLICKR = [("train", (500, 333), 2), ("val", (375, 500), 3), ("test", (500, 375), 4),
-          ("test", (333, 500), 2), ("val", (500, 400), 1)]
+FLICKR = [
+    ("train", (500, 333), 2),
+    ("val", (375, 500), 3),
+    ("test", (500, 375), 4),
+    ("test", (333, 500), 2),
+    ("val", (500, 400), 1),
+]
 
 
 def write_f30k(root):
@@ -78,15 +96,20 @@ def write_f30k(root):
     os.makedirs(os.path.join(root, "images"))
     images, sizes, expected = [], [], {}
     for position, (split, size, count) in enumerate(FLICKR):
-        images.append({"split": split, "filename": f"{1000 + position}.jpg", "imgid": position,
-                       "sentences": [{"raw": f" flickr {position} sentence {k}\n", "tokens": []}
-                                     for k in range(5)]})
-        sizes.append(size)   # PIL image.size: (width, height)
+        images.append(
+            {
+                "split": split,
+                "filename": f"{1000 + position}.jpg",
+                "imgid": position,
+                "sentences": [
+                    {"raw": f" flickr {position} sentence {k}\n", "tokens": []} for k in range(5)
+                ],
+            }
+        )
+        sizes.append(size)  # PIL image.size: (width, height)
         expected[position] = _features(os.path.join(root, "features_36"), position, count, *size)
     with open(os.path.join(root, "annotations", "dataset_flickr30k.json"), "w") as file:
         json.dump({"dataset": "flickr30k", "images": images}, file)
     with open(os.path.join(root, "images", "sizes.pkl"), "wb") as file:
         pickle.dump(sizes, file)
     return expected
-
-

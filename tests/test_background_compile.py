@@ -16,10 +16,22 @@ from serve import stages as stages_lib
 from serve.buckets import Buckets
 from serve.searcher import Searcher
 
-BUCKETS = Buckets(query_lengths=(16, 32), query_batches=(1, 4), candidates=(64, 256),
-                  rerank=(16, 32), default_n=64, default_K=16)
-QUERIES = ["two horses", "a cat to the left of a dog", "three birds above a frog",
-           "one seven below a shoe", "a shoe", "two frogs and a horse right of a seven"]
+BUCKETS = Buckets(
+    query_lengths=(16, 32),
+    query_batches=(1, 4),
+    candidates=(64, 256),
+    rerank=(16, 32),
+    default_n=64,
+    default_K=16,
+)
+QUERIES = [
+    "two horses",
+    "a cat to the left of a dog",
+    "three birds above a frog",
+    "one seven below a shoe",
+    "a shoe",
+    "two frogs and a horse right of a seven",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +52,10 @@ class CompileEvents:
     def __enter__(self):
         self.events = []
         self.listener = lambda event, *args, **kwargs: (
-            self.events.append(event) if event == "/jax/core/compile/backend_compile_duration"
-            else None)
+            self.events.append(event)
+            if event == "/jax/core/compile/backend_compile_duration"
+            else None
+        )
         jax.monitoring.register_event_duration_secs_listener(self.listener)
         jax.jit(lambda x: x * 5 - 2)(np.ones(7))
         assert self.events, "no compile event seen: the check would prove nothing"
@@ -64,8 +78,12 @@ def _assert_same_ranking(got, expected):
 
 def test_first_shapes_hold_every_request_shape():
     first = compile_plan.first_shapes(BUCKETS)
-    assert set(first) == {("text", (1, 32)), ("maxsim", (1, 32, 256)), ("joint", (1, 32, 32)),
-                          ("joint", (1, 16, 16))}
+    assert set(first) == {
+        ("text", (1, 32)),
+        ("maxsim", (1, 32, 256)),
+        ("joint", (1, 32, 32)),
+        ("joint", (1, 16, 16)),
+    }
     later = compile_plan.later_shapes(BUCKETS)
     assert sorted(first + later) == sorted(compile_plan.every_shape(BUCKETS))
     assert len(first + later) == 2 * 2 * (1 + 2 + 2)
@@ -74,8 +92,9 @@ def test_first_shapes_hold_every_request_shape():
     assert later[:2] == [("text", (1, 16)), ("maxsim", (1, 16, 64))]  # a default request's
     assert stages_lib.first_shapes(BUCKETS) == [(1, 32, 256)]
     assert stages_lib.later_shapes(BUCKETS)[0] == (1, 16, 64)
-    assert sorted(stages_lib.first_shapes(BUCKETS) + stages_lib.later_shapes(BUCKETS)) == \
-        stages_lib.every_shape(BUCKETS)
+    assert sorted(
+        stages_lib.first_shapes(BUCKETS) + stages_lib.later_shapes(BUCKETS)
+    ) == stages_lib.every_shape(BUCKETS)
 
 
 def test_a_searcher_answers_from_the_first_shapes_without_compiling(first_only, complete):
@@ -86,8 +105,7 @@ def test_a_searcher_answers_from_the_first_shapes_without_compiling(first_only, 
         for count in (1, 2, 3, 4, 6):
             for stage in ("concepts", "exact", "exact_global"):
                 for n, K in ((64, 16), (17, 16), (256, 32), (200, 20)):
-                    padded = first_only.search(QUERIES[:count], k=5, n=n, K=K,
-                                               first_stage=stage)
+                    padded = first_only.search(QUERIES[:count], k=5, n=n, K=K, first_stage=stage)
                     exact = complete.search(QUERIES[:count], k=5, n=n, K=K, first_stage=stage)
                     for got, expected in zip(padded, exact):
                         assert got.candidates == expected.candidates
@@ -97,12 +115,12 @@ def test_a_searcher_answers_from_the_first_shapes_without_compiling(first_only, 
 
 def test_padded_calls_equal_their_own_buckets(first_only, complete):
     rng = np.random.default_rng(0)
-    token_ids = rng.integers(1000, 2000, (3, 9)).astype(np.int32)          # [B, T]
-    token_mask = np.arange(9)[None] < np.array([[9], [5], [3]])            # [B, T]
-    exact = complete.compiled.text_tower(token_ids, token_mask)   # on (4, 16): 1 padding row
+    token_ids = rng.integers(1000, 2000, (3, 9)).astype(np.int32)  # [B, T]
+    token_mask = np.arange(9)[None] < np.array([[9], [5], [3]])  # [B, T]
+    exact = complete.compiled.text_tower(token_ids, token_mask)  # on (4, 16): 1 padding row
     regions, concept_dim = complete.store.regions, complete.store.concept_dim
     concepts = rng.normal(size=(3, 40, regions, concept_dim)).astype(np.float32)  # [B, n, R, C]
-    region_mask = rng.random((3, 40, regions)) < 0.7                               # [B, n, R]
+    region_mask = rng.random((3, 40, regions)) < 0.7  # [B, n, R]
     stored = rng.normal(size=(3, 12, regions, complete.store.hidden)).astype(np.float32)
     maxsim = complete.compiled.maxsim(exact.concepts, exact.mask, concepts, region_mask)
     joint = complete.compiled.joint(exact.activations, exact.mask, stored, region_mask[:, :12])
@@ -113,12 +131,20 @@ def test_padded_calls_equal_their_own_buckets(first_only, complete):
         for got, expected in zip(tower, exact):
             assert got.shape[1:] == expected.shape[1:]
             np.testing.assert_allclose(got[0], expected[row], atol=1e-5)
-        np.testing.assert_allclose(first_only.compiled.maxsim(
-            tower.concepts, tower.mask, concepts[one], region_mask[one])[0], maxsim[row],
-            atol=1e-5)
-        np.testing.assert_allclose(first_only.compiled.joint(
-            tower.activations, tower.mask, stored[one], region_mask[one, :12])[0], joint[row],
-            atol=1e-5)
+        np.testing.assert_allclose(
+            first_only.compiled.maxsim(tower.concepts, tower.mask, concepts[one], region_mask[one])[
+                0
+            ],
+            maxsim[row],
+            atol=1e-5,
+        )
+        np.testing.assert_allclose(
+            first_only.compiled.joint(
+                tower.activations, tower.mask, stored[one], region_mask[one, :12]
+            )[0],
+            joint[row],
+            atol=1e-5,
+        )
     with pytest.raises(ValueError, match="larger than every compiled bucket"):
         first_only.compiled.text_tower(np.zeros((5, 16), np.int32), np.ones((5, 16), bool))
 
@@ -130,8 +156,8 @@ def test_a_warmed_stage_runs_more_queries_than_it_was_warmed_for_in_pieces(first
     token_ids = np.zeros((3, 16), np.int32)
     token_mask = np.zeros((3, 16), bool)
     for row, query in enumerate(prepared):
-        token_ids[row, :len(query.token_ids)] = query.token_ids
-        token_mask[row, :len(query.token_ids)] = True
+        token_ids[row, : len(query.token_ids)] = query.token_ids
+        token_mask[row, : len(query.token_ids)] = True
     tower = complete.compiled.text_tower(token_ids, token_mask)
     side = QuerySide(tower.concepts, tower.mask, tower.global_vector)
     warmed = set(exact.warmed)
@@ -153,8 +179,7 @@ def test_the_background_compile_completes(tiny_workdir, concepts_index):
     searcher = Searcher.load(tiny_workdir, concepts_index, BUCKETS, background_compile=True)
     assert searcher.compiled.wait(timeout=600)
     progress = searcher.compiled.progress()
-    assert progress == {"compiled": 20, "total": 20, "background": False,
-                        "usable_batches": [1, 4]}
+    assert progress == {"compiled": 20, "total": 20, "background": False, "usable_batches": [1, 4]}
     assert searcher.compiled.background_error is None
     exact = searcher.stages["exact"]
     assert isinstance(exact, stages_lib.WarmedStage)

@@ -41,7 +41,7 @@ def _train(config, workdir, **overrides):
 
 
 def _word_table(model) -> np.ndarray:
-    return np.asarray(model.text_embeddings.word.embedding[...], np.float32)       # [V, H]
+    return np.asarray(model.text_embeddings.word.embedding[...], np.float32)  # [V, H]
 
 
 def test_the_main_jobs_config_trains_at_its_own_sizes(scenes_dir, tmp_path):
@@ -59,13 +59,16 @@ def test_the_main_jobs_config_trains_at_its_own_sizes(scenes_dir, tmp_path):
     fresh = SplitEncoder(model_config, nnx.Rngs(0))
     pretrained.import_word_embeddings(fresh, pretrained.default_minilm_directory())
     np.testing.assert_allclose(_word_table(model), _word_table(fresh), atol=1e-6)
-    assert not np.allclose(np.asarray(model.region_embeddings.feature.kernel[...]),
-                           np.asarray(fresh.region_embeddings.feature.kernel[...]))
+    assert not np.allclose(
+        np.asarray(model.region_embeddings.feature.kernel[...]),
+        np.asarray(fresh.region_embeddings.feature.kernel[...]),
+    )
 
 
 def _minilm_words() -> np.ndarray:
     return pretrained.read_bert_tensors(pretrained.default_minilm_directory())[
-        "embeddings.word_embeddings.weight"]                                       # [V, 384]
+        "embeddings.word_embeddings.weight"
+    ]  # [V, 384]
 
 
 def test_scenes_minilm_starts_from_minilm(scenes_dir, tmp_path):
@@ -75,8 +78,11 @@ def test_scenes_minilm_starts_from_minilm(scenes_dir, tmp_path):
     workdir = str(tmp_path / "minilm")
     _train(config, workdir, batch_size=8, eval_images=24, rerank_k=4)
     model_config = read_model_config(workdir)
-    assert (model_config.hidden_size, model_config.num_heads, model_config.mlp_dim) == \
-        (384, 12, 1536)  # sizes from the MiniLM checkpoint
+    assert (model_config.hidden_size, model_config.num_heads, model_config.mlp_dim) == (
+        384,
+        12,
+        1536,
+    )  # sizes from the MiniLM checkpoint
     model, _ = load_model(workdir)
     # Two warm-up steps move MiniLM's weights by ~learning_rate; a random init is far away.
     np.testing.assert_allclose(_word_table(model), _minilm_words(), atol=1e-3)
@@ -88,12 +94,17 @@ def _precomp_corpus(images: int, seed: int) -> RegionCorpus:
     corners = np.sort(rng.uniform(size=(images, 36, 2, 2)), axis=2)
     x1, x2, y1, y2 = corners[..., 0, 0], corners[..., 1, 0], corners[..., 0, 1], corners[..., 1, 1]
     boxes = np.stack([x1, y1, x2, y2, (x2 - x1) * (y2 - y1)], -1).astype(np.float32)
-    captions = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 9))))
-                for _ in range(5 * images)]
+    captions = [
+        " ".join(rng.choice(WORDS, size=int(rng.integers(3, 9)))) for _ in range(5 * images)
+    ]
     return RegionCorpus(
-        regions=rng.normal(size=(images, 36, 64)).astype(np.float32), boxes=boxes,
-        region_counts=rng.integers(10, 37, images).astype(np.int32), captions=captions,
-        caption_image=np.arange(5 * images) // 5, image_ids=[str(i) for i in range(images)])
+        regions=rng.normal(size=(images, 36, 64)).astype(np.float32),
+        boxes=boxes,
+        region_counts=rng.integers(10, 37, images).astype(np.int32),
+        captions=captions,
+        caption_image=np.arange(5 * images) // 5,
+        image_ids=[str(i) for i in range(images)],
+    )
 
 
 @pytest.fixture(scope="module")

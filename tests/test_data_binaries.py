@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from real_layouts import F, write_coco
 
 from index.store import ActivationStore
-from real_layouts import F, write_coco
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every image has 3 regions, as TERAN's features_36 have 36 each; 5 captions, one image 6.
@@ -25,8 +25,13 @@ IMAGES = {
 
 
 def _run(module, *arguments, timeout=600):
-    result = subprocess.run([sys.executable, "-m", module, *arguments], cwd=REPO,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -41,11 +46,20 @@ def coco_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(coco_root, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("coco_model"))
-    _run("train.main", "--config=train/configs/tiny.py", f"--workdir={workdir}",
-         f"--data={coco_root}", "--data_dev_images=2", "--config.data.group_batches=False",
-         "--config.data.semantics=False",
-         "--config.num_steps=2", "--config.checkpoint_every=2", "--config.eval_every=100",
-         "--config.eval_images=8", "--config.rerank_k=2")
+    _run(
+        "train.main",
+        "--config=train/configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--data={coco_root}",
+        "--data_dev_images=2",
+        "--config.data.group_batches=False",
+        "--config.data.semantics=False",
+        "--config.num_steps=2",
+        "--config.checkpoint_every=2",
+        "--config.eval_every=100",
+        "--config.eval_images=8",
+        "--config.rerank_k=2",
+    )
     return workdir
 
 
@@ -59,15 +73,33 @@ def test_train_reads_the_tree_and_records_the_options(trained, coco_root):
 
 def test_precompute_and_evaluate_take_the_same_flags(trained, coco_root, tmp_path):
     index_dir = str(tmp_path / "index")
-    _run("index.precompute", f"--workdir={trained}", f"--data={coco_root}/features_36",
-         "--split=test", f"--index={index_dir}", "--batch_size=8")
+    _run(
+        "index.precompute",
+        f"--workdir={trained}",
+        f"--data={coco_root}/features_36",
+        "--split=test",
+        f"--index={index_dir}",
+        "--batch_size=8",
+    )
     store = ActivationStore.open(index_dir)
     assert store.image_ids == [str(400 + i) for i in range(5)]
     out = str(tmp_path / "out")
-    _run("serve.evaluate", f"--workdir={trained}", f"--index={index_dir}", f"--data={coco_root}",
-         "--split=test", "--first_stages=exact", "--protocol=full", "--n=5", "--K=5",
-         "--max_queries=0", "--latency_queries=1", "--sample_queries=1", "--batch_size=8",
-         f"--out={out}")
+    _run(
+        "serve.evaluate",
+        f"--workdir={trained}",
+        f"--index={index_dir}",
+        f"--data={coco_root}",
+        "--split=test",
+        "--first_stages=exact",
+        "--protocol=full",
+        "--n=5",
+        "--K=5",
+        "--max_queries=0",
+        "--latency_queries=1",
+        "--sample_queries=1",
+        "--batch_size=8",
+        f"--out={out}",
+    )
     with open(os.path.join(out, "results.json")) as file:
         records = json.load(file)["records"]
     # The standard protocol: 5 captions per image (image 401 has 6 ids), every one a query.

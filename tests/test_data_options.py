@@ -44,5 +44,7 @@ def test_training_config_takes_the_flags_and_records_them():
     assert path == "data/f30k" and path.options == {"dev_images": 0}
     untouched = coco_precomp.get_config()
     options.apply_to_config(untouched, _flags())
-    assert options.from_config(untouched.data).options == {"captions_per_image": 5,
-                                                           "dev_images": 1000}
+    assert options.from_config(untouched.data).options == {
+        "captions_per_image": 5,
+        "dev_images": 1000,
+    }

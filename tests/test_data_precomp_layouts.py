@@ -36,10 +36,11 @@ def test_vsepp_one_vector_per_image(tmp_path):
     _write(tmp_path, "test", images, captions)
     corpus = load_corpus(str(tmp_path), "test")
     assert corpus.regions.shape == (4, 1, D) and isinstance(corpus.regions, np.memmap)
-    im_div = 5 if images.shape[0] != len(captions) else 1   # VSE++'s rule
+    im_div = 5 if images.shape[0] != len(captions) else 1  # VSE++'s rule
     for index in range(len(captions)):
-        np.testing.assert_array_equal(corpus.regions[corpus.caption_image[index], 0],
-                                      images[index // im_div])
+        np.testing.assert_array_equal(
+            corpus.regions[corpus.caption_image[index], 0], images[index // im_div]
+        )
     assert corpus.region_mask.all() and corpus.captions == captions
 
 
@@ -56,21 +57,24 @@ def test_vsepp_10crop_one_row_per_caption(tmp_path):
 
 
 def test_captions_are_stripped_like_scan_and_lose_the_bom(tmp_path):
-    raw = ("\ufeffA dog runs.  \r\n  Two cats\tsleep \nA  red car.\t\n"
-           "x\n" "y \n").encode("utf-8")
+    raw = ("\ufeffA dog runs.  \r\n  Two cats\tsleep \nA  red car.\t\nx\ny \n").encode("utf-8")
     _write(tmp_path, "test", np.zeros((1, 2, D), np.float32), None, raw=raw)
     corpus = load_corpus(str(tmp_path), "test")
     expected = [line.decode("utf-8") for line in _scan_captions(tmp_path / "test_caps.txt")]
-    expected[0] = expected[0].lstrip("\ufeff")   # SCAN would keep the BOM inside caption 0
-    assert corpus.captions == expected == ["A dog runs.", "Two cats\tsleep", "A  red car.",
-                                           "x", "y"]
+    expected[0] = expected[0].lstrip("\ufeff")  # SCAN would keep the BOM inside caption 0
+    assert (
+        corpus.captions == expected == ["A dog runs.", "Two cats\tsleep", "A  red car.", "x", "y"]
+    )
 
 
 def test_three_captions_per_image_are_refused_unless_asked(tmp_path):
     _write(tmp_path, "test", np.zeros((4, 2, D), np.float32), [f"c{i}" for i in range(12)])
-    with pytest.raises(ValueError, match=r"test_caps.txt: expected 5 captions per image "
-                                         r"\(20; .*got 12 captions \(3 per image\); pass "
-                                         r"captions_per_image=K \(--data_captions_per_image=K\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"test_caps.txt: expected 5 captions per image "
+        r"\(20; .*got 12 captions \(3 per image\); pass "
+        r"captions_per_image=K \(--data_captions_per_image=K\)",
+    ):
         load_corpus(str(tmp_path), "test")
     corpus = load_corpus(str(tmp_path), "test", captions_per_image=3)
     np.testing.assert_array_equal(corpus.caption_image, np.arange(12) // 3)
@@ -85,20 +89,20 @@ def test_dev_keeps_the_first_1000_images_like_scan(tmp_path):
     captions = [f"image {i // 5} caption {i % 5}" for i in range(6000)]
     _write(tmp_path, "dev", images, captions)
     corpus = load_corpus(str(tmp_path), "dev")
-    length = 5000   # SCAN: if data_split == 'dev': self.length = 5000
+    length = 5000  # SCAN: if data_split == 'dev': self.length = 5000
     assert corpus.num_captions == length and corpus.captions == captions[:length]
     assert corpus.num_images == 1000 and corpus.caption_image.max() == (length - 1) // 5
     np.testing.assert_array_equal(corpus.regions[:, 0, 0], np.arange(1000))
     assert load_corpus(str(tmp_path), "dev", dev_images=0).num_images == 1200
     _write(tmp_path, "test", images, captions)
-    assert load_corpus(str(tmp_path), "test").num_images == 1200   # other splits: all
+    assert load_corpus(str(tmp_path), "test").num_images == 1200  # other splits: all
 
 
 def _header_only(path):
     array = np.zeros((4, 2, D), np.float32)
     np.save(path, array)
     with open(path, "rb") as file:
-        head = file.read(40)   # inside the header
+        head = file.read(40)  # inside the header
     with open(path, "wb") as file:
         file.write(head)
 
@@ -109,14 +113,25 @@ def _data_cut(path):
         file.truncate(os.path.getsize(path) - 20)
 
 
-@pytest.mark.parametrize("mutate, pattern", [
-    (lambda path: open(path, "wb").close(),
-     r"test_ims.npy: regions: expected a .npy array, got an empty file .*cut short"),
-    (_header_only, r"test_ims.npy: regions: expected a .npy array, got 40 bytes without a "
-                   r"complete .npy header"),
-    (_data_cut, r"test_ims.npy: regions: truncated: its header says shape \(4, 2, 7\) float32, "
-                r"352 bytes, the file has 332 \(20 missing\)"),
-])
+@pytest.mark.parametrize(
+    "mutate, pattern",
+    [
+        (
+            lambda path: open(path, "wb").close(),
+            r"test_ims.npy: regions: expected a .npy array, got an empty file .*cut short",
+        ),
+        (
+            _header_only,
+            r"test_ims.npy: regions: expected a .npy array, got 40 bytes without a "
+            r"complete .npy header",
+        ),
+        (
+            _data_cut,
+            r"test_ims.npy: regions: truncated: its header says shape \(4, 2, 7\) float32, "
+            r"352 bytes, the file has 332 \(20 missing\)",
+        ),
+    ],
+)
 def test_broken_npy_files_name_the_file(tmp_path, mutate, pattern):
     _write(tmp_path, "test", np.zeros((4, 2, D), np.float32), [f"c{i}" for i in range(20)])
     mutate(str(tmp_path / "test_ims.npy"))
@@ -127,13 +142,19 @@ def test_broken_npy_files_name_the_file(tmp_path, mutate, pattern):
 def test_non_utf8_captions_name_the_file_and_line(tmp_path):
     raw = "one\ntwo\ncaf\xe9 au lait\nfour\n".encode("latin-1")
     _write(tmp_path, "test", np.zeros((4, 2, D), np.float32), None, raw=raw)
-    with pytest.raises(ValueError, match=r"test_caps.txt: line 3: expected UTF-8 text, got byte "
-                                         r"0xe9"):
+    with pytest.raises(
+        ValueError,
+        match=r"test_caps.txt: line 3: expected UTF-8 text, got byte "
+        r"0xe9",
+    ):
         load_corpus(str(tmp_path), "test")
 
 
 def test_teran_only_options_are_refused_for_precomp(tmp_path):
     _write(tmp_path, "test", np.zeros((4, 2, D), np.float32), [f"c{i}" for i in range(20)])
-    with pytest.raises(ValueError, match=r"holds a SCAN/VSE\+\+ precomp directory, which takes "
-                                         r"the options .*got \['sizes'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds a SCAN/VSE\+\+ precomp directory, which takes "
+        r"the options .*got \['sizes'\]",
+    ):
         load_corpus(str(tmp_path), "test", sizes="sizes.pkl")

@@ -12,8 +12,11 @@ from lateint.data.restricted_pickle import load_restricted
 
 
 def test_sources_load_with_the_documented_shapes():
-    expected = {"mnist": (5000, 28, 28), "sklearn_digits": (1797, 8, 8),
-                "animal_mnist": (10000, 28, 28)}
+    expected = {
+        "mnist": (5000, 28, 28),
+        "sklearn_digits": (1797, 8, 8),
+        "animal_mnist": (10000, 28, 28),
+    }
     for source, shape in expected.items():
         images, labels, names = sprites.load_source(source)
         assert images.shape == shape and images.dtype == np.float32
@@ -37,8 +40,11 @@ def test_restricted_unpickler_refuses_code_and_object_arrays(tmp_path):
     evil = str(tmp_path / "evil.gz")
     with gzip.open(evil, "wb") as file:
         pickle.dump([np.zeros(3), _Evil()], file)
-    with pytest.raises(pickle.UnpicklingError, match=r"evil.gz: refusing to load global "
-                                                     r"(posix|os).system; allowed: numpy"):
+    with pytest.raises(
+        pickle.UnpicklingError,
+        match=r"evil.gz: refusing to load global "
+        r"(posix|os).system; allowed: numpy",
+    ):
         load_restricted(evil)
     objects = str(tmp_path / "objects.pkl")
     with open(objects, "wb") as file:
@@ -72,11 +78,14 @@ def test_partition_is_disjoint_complete_and_fixed():
                 assert key not in seen, (key, seen.get(key), split)
                 seen[key] = split
     assert len(seen) == 5000 + 1797 + 10000  # every instance has ink and one split
-    counts = {split: sum(1 for value in seen.values() if value == split)
-              for split in sprites.SPLITS}
+    counts = {
+        split: sum(1 for value in seen.values() if value == split) for split in sprites.SPLITS
+    }
     assert counts["train"] > 6 * counts["dev"] and abs(counts["dev"] - counts["test"]) < 20
     # A bank rebuilt from the same sources assigns every instance to the same split.
-    rebuilt = sprites.SpriteBank({source: sprites.load_source(source)
-                                  for source in sprites.SOURCES})
-    assert [s.instance for s in rebuilt.pool("test", "zebra")] == \
-        [s.instance for s in bank.pool("test", "zebra")]
+    rebuilt = sprites.SpriteBank(
+        {source: sprites.load_source(source) for source in sprites.SOURCES}
+    )
+    assert [s.instance for s in rebuilt.pool("test", "zebra")] == [
+        s.instance for s in bank.pool("test", "zebra")
+    ]

@@ -11,23 +11,25 @@ import shutil
 
 import numpy as np
 import pytest
+from real_layouts import write_coco, write_f30k
 
 from lateint.data import load_corpus
 from lateint.data.options import DataPath
 from lateint.data.teran import convert_teran_to_precomp
-from real_layouts import write_coco, write_f30k
 
 
 def teran_coco_reference(root, split):
     """TERAN's CocoDataset over the ids of `split`: [(image_id, caption)] in dataset order."""
     annotations = os.path.join(root, "annotations")
     items = []
-    for stem, json_name in {"train": [("train", "captions_train2014.json"),
-                                      ("restval", "captions_val2014.json")],
-                            "test": [("test", "captions_val2014.json")],
-                            "dev": [("dev", "captions_val2014.json")]}[split]:
-        anns = {a["id"]: a for a in json.load(open(os.path.join(annotations, json_name)))[
-            "annotations"]}
+    for stem, json_name in {
+        "train": [("train", "captions_train2014.json"), ("restval", "captions_val2014.json")],
+        "test": [("test", "captions_val2014.json")],
+        "dev": [("dev", "captions_val2014.json")],
+    }[split]:
+        anns = {
+            a["id"]: a for a in json.load(open(os.path.join(annotations, json_name)))["annotations"]
+        }
         ids = np.load(os.path.join(annotations, f"coco_{stem}_ids.npy"))
         if split == "dev":
             ids = ids[:5000]
@@ -50,14 +52,17 @@ def test_coco_test_split_from_the_tree(coco, where):
     images = list(dict.fromkeys(image for image, _ in reference))
     assert corpus.image_ids == [str(image) for image in images]
     # The standard protocol keeps the first 5 captions of image 72 (it has 6 ids).
-    first_five = [caption.strip() for image in images
-                  for caption in [c for i, c in reference if i == image][:5]]
+    first_five = [
+        caption.strip()
+        for image in images
+        for caption in [c for i, c in reference if i == image][:5]
+    ]
     assert corpus.captions == first_five and corpus.num_captions == 15
     np.testing.assert_array_equal(corpus.caption_image, np.arange(15) // 5)
     for index, image in enumerate(images):
         feat, boxes = expected[image]
-        np.testing.assert_array_equal(corpus.regions[index, :len(feat)], feat)
-        np.testing.assert_allclose(corpus.boxes[index, :len(feat), :4], boxes, atol=1e-6)
+        np.testing.assert_array_equal(corpus.regions[index, : len(feat)], feat)
+        np.testing.assert_allclose(corpus.boxes[index, : len(feat), :4], boxes, atol=1e-6)
     every = load_corpus(path, "test", captions_per_image=0)
     assert every.num_captions == 16
 
@@ -89,16 +94,22 @@ def test_annotations_and_split_ids_elsewhere(coco, tmp_path):
     shutil.move(os.path.join(moved, "coco_test_ids.npy"), ids)
     path = DataPath(root, annotations=moved, split_ids=os.path.join(ids, "coco_test_ids.npy"))
     assert load_corpus(path, "test").image_ids == ["71", "72", "73"]
-    with pytest.raises(FileNotFoundError, match=r"coco_test_ids.npy: missing COCO split ids .*"
-                                                r"--data_split_ids=PATH"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"coco_test_ids.npy: missing COCO split ids .*"
+        r"--data_split_ids=PATH",
+    ):
         load_corpus(DataPath(root, annotations=moved), "test")
 
 
 def test_unknown_annotation_id_names_both_files(coco):
     root, _ = coco
     np.save(os.path.join(root, "annotations", "coco_test_ids.npy"), np.array([1, 2]))
-    with pytest.raises(ValueError, match=r"coco_test_ids.npy: entry 0: annotation id 1 is not "
-                                         r"in .*captions_val2014.json"):
+    with pytest.raises(
+        ValueError,
+        match=r"coco_test_ids.npy: entry 0: annotation id 1 is not "
+        r"in .*captions_val2014.json",
+    ):
         load_corpus(root, "test")
 
 
@@ -122,7 +133,7 @@ def test_f30k_tree_with_sizes_in_the_images_folder(tmp_path):
     assert corpus.captions[0] == dataset["images"][2]["sentences"][0]["raw"].strip()
     for index, position in enumerate(positions):
         feat, boxes = expected[position]
-        np.testing.assert_allclose(corpus.boxes[index, :len(feat), :4], boxes, atol=1e-6)
+        np.testing.assert_allclose(corpus.boxes[index, : len(feat), :4], boxes, atol=1e-6)
     assert load_corpus(os.path.join(root, "features_36"), "dev").image_ids == ["1", "4"]
 
 
@@ -131,17 +142,26 @@ def test_f30k_sizes_elsewhere_need_the_option(tmp_path):
     write_f30k(root)
     moved = str(tmp_path / "sizes.pkl")
     shutil.move(os.path.join(root, "images", "sizes.pkl"), moved)
-    with pytest.raises(FileNotFoundError, match=r"expected image sizes .*images/sizes.pkl.*; "
-                                                r"pass sizes= \(--data_sizes=PATH\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"expected image sizes .*images/sizes.pkl.*; "
+        r"pass sizes= \(--data_sizes=PATH\)",
+    ):
         load_corpus(root, "test")
     assert load_corpus(DataPath(root, sizes=moved), "test").num_images == 2
 
 
-@pytest.mark.parametrize("name, pattern", [
-    ("bu_att/72.npz", r"bu_att/72.npz: expected an .npz archive with key 'feat', got an "
-                      r"unreadable file"),
-    ("bu_box/72.npy", r"bu_box/72.npy: expected a readable .npy / .npz array"),
-])
+@pytest.mark.parametrize(
+    "name, pattern",
+    [
+        (
+            "bu_att/72.npz",
+            r"bu_att/72.npz: expected an .npz archive with key 'feat', got an "
+            r"unreadable file",
+        ),
+        ("bu_box/72.npy", r"bu_box/72.npy: expected a readable .npy / .npz array"),
+    ],
+)
 def test_truncated_per_image_files_name_the_file(coco, name, pattern):
     root, _ = coco
     path = os.path.join(root, "features_36", name)
@@ -155,6 +175,9 @@ def test_non_utf8_annotations_name_the_file(coco):
     root, _ = coco
     with open(os.path.join(root, "annotations", "captions_val2014.json"), "ab") as file:
         file.write(b"\xff")
-    with pytest.raises(ValueError, match=r"captions_val2014.json: expected UTF-8 JSON, got byte "
-                                         r"0xff"):
+    with pytest.raises(
+        ValueError,
+        match=r"captions_val2014.json: expected UTF-8 JSON, got byte "
+        r"0xff",
+    ):
         load_corpus(root, "test")

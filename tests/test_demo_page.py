@@ -6,6 +6,7 @@ fails the tests instead of skipping them.
 """
 
 import html.parser
+import os
 import shutil
 import subprocess
 
@@ -18,10 +19,19 @@ from serve.launcher import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                  "--hide-scrollbars", "--virtual-time-budget=20000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--virtual-time-budget=20000",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,8 +41,9 @@ def _chromium_is_installed():
     if CHROMIUM is None:
         missing = "chromium is not installed (Debian: apt-get install -y chromium)"
         if os.environ.get("LATEINT_REQUIRE_CHROMIUM") == "1":
-            pytest.fail(f"{missing}, and LATEINT_REQUIRE_CHROMIUM=1 says this test must run",
-                        pytrace=False)
+            pytest.fail(
+                f"{missing}, and LATEINT_REQUIRE_CHROMIUM=1 says this test must run", pytrace=False
+            )
         pytest.skip(missing)
 
 
@@ -40,8 +51,14 @@ def _chromium_is_installed():
 def server(tiny_workdir, scenes_dir, tmp_path_factory):
     index_dir = str(tmp_path_factory.mktemp("demo_index"))
     precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64)
-    flags = ["--query_length_buckets=16", "--query_batch_buckets=1", "--candidate_buckets=256",
-             "--rerank_buckets=16", "--default_n=256", "--default_K=16"]
+    flags = [
+        "--query_length_buckets=16",
+        "--query_batch_buckets=1",
+        "--candidate_buckets=256",
+        "--rerank_buckets=16",
+        "--default_n=256",
+        "--default_K=16",
+    ]
     with ServerProcess(tiny_workdir, index_dir, flags) as server:  # images: from the manifest
         server.wait_ready()
         yield server
@@ -49,8 +66,12 @@ def server(tiny_workdir, scenes_dir, tmp_path_factory):
 
 def _chromium(tmp_path, *arguments) -> subprocess.CompletedProcess:
     profile = tmp_path / "chromium-profile"
-    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *arguments],
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 class _Page(html.parser.HTMLParser):
@@ -59,7 +80,7 @@ class _Page(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
         self.body_state = None
-        self.results: list[dict] = []   # one per <figure class="result">, in page order
+        self.results: list[dict] = []  # one per <figure class="result">, in page order
         self.image_states: list[str] = []
         self.timing_rows: list[str] = []
         self.error_text = []
@@ -70,9 +91,13 @@ class _Page(html.parser.HTMLParser):
         if tag == "body":
             self.body_state = attributes.get("data-state")
         elif tag == "figure" and attributes.get("class") == "result":
-            self.results.append({"id": attributes["data-id"],
-                                 "rank": int(attributes["data-rank"]),
-                                 "score": float(attributes["data-score"])})
+            self.results.append(
+                {
+                    "id": attributes["data-id"],
+                    "rank": int(attributes["data-rank"]),
+                    "score": float(attributes["data-score"]),
+                }
+            )
         elif tag == "img":
             self.image_states.append(attributes.get("data-state"))
         elif tag == "tr" and "data-stage" in attributes:
@@ -91,14 +116,21 @@ def test_the_page_runs_the_query_and_renders_images_scores_and_timings(server, t
     page = _Page()
     page.feed(completed.stdout)
     assert page.body_state == "done", ("".join(page.error_text), completed.stdout[-3000:])
-    assert [result["id"] for result in page.results] == \
-        [hit["id"] for hit in expected["results"]]
+    assert [result["id"] for result in page.results] == [hit["id"] for hit in expected["results"]]
     assert [result["rank"] for result in page.results] == [1, 2, 3, 4, 5, 6]
     for shown, hit in zip(page.results, expected["results"]):
         assert shown["score"] == pytest.approx(hit["score"], abs=1e-6)
     assert page.image_states == ["loaded"] * 6  # every <img> fetched and decoded its PNG
-    assert page.timing_rows == ["tokenize", "text_tower", "first_stage", "maxsim", "gather",
-                                "joint", "queue", "total"]
+    assert page.timing_rows == [
+        "tokenize",
+        "text_tower",
+        "first_stage",
+        "maxsim",
+        "gather",
+        "joint",
+        "queue",
+        "total",
+    ]
     assert "two horses" in completed.stdout
 
 
@@ -113,13 +145,18 @@ def test_a_refused_query_shows_the_error(server, tmp_path):
 
 def test_a_screenshot_shows_the_results(server, tmp_path):
     screenshot = tmp_path / "demo.png"
-    completed = _chromium(tmp_path, f"--screenshot={screenshot}", "--window-size=1200,900",
-                          server.url + "/?q=two%20horses&k=8")
+    completed = _chromium(
+        tmp_path,
+        f"--screenshot={screenshot}",
+        "--window-size=1200,900",
+        server.url + "/?q=two%20horses&k=8",
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     from PIL import Image
+
     with Image.open(screenshot) as image:
         assert image.format == "PNG" and image.size == (1200, 900)
-        luminance = np.asarray(image.convert("L"))                               # [900, 1200]
+        luminance = np.asarray(image.convert("L"))  # [900, 1200]
     # The page is light (#fafafa); the 8 result thumbnails (>= 170 px square) are dark scenes.
     # A page that rendered no results (an error, an empty grid) has almost no dark pixels.
     dark = int((luminance < 96).sum())

@@ -9,11 +9,11 @@ import pytest
 
 from lateint import metrics
 
-
 # ---- lateint.metrics additions ------------------------------------------------------------------
 
+
 def test_top_k_summary_hand_computed():
-    t2i = np.array([0, 3, 7, 40])   # with 8 known: 40 only means "not in the top 8"
+    t2i = np.array([0, 3, 7, 40])  # with 8 known: 40 only means "not in the top 8"
     i2t = np.array([0, 1])
     summary = metrics.top_k_summary(t2i, i2t, t2i_known=8)
     assert (summary["t2i_r1"], summary["t2i_r5"]) == (25.0, 50.0)
@@ -30,36 +30,54 @@ def test_top_k_summary_hand_computed():
 
 def test_image_subset_ranks_ties_and_several_positives():
     caption_image = np.array([0, 0, 1, 1, 2])
-    scores = np.array([[0.5, 0.9, 0.9, 0.1, 0.9],    # image 2: caption 4 tied with 1 and 2
-                       [0.2, 0.8, 0.8, 0.3, 0.1]])   # image 0: best positive 0.8, tied with 2
+    scores = np.array(
+        [
+            [0.5, 0.9, 0.9, 0.1, 0.9],  # image 2: caption 4 tied with 1 and 2
+            [0.2, 0.8, 0.8, 0.3, 0.1],
+        ]
+    )  # image 0: best positive 0.8, tied with 2
     ranks = metrics.ranks_image_subset_to_text(scores, np.array([2, 0]), caption_image)
     np.testing.assert_array_equal(ranks, [2, 1])
     full = np.random.default_rng(0).normal(size=(3, 5))
     np.testing.assert_array_equal(
         metrics.ranks_image_subset_to_text(full[[2, 0, 1]], np.array([2, 0, 1]), caption_image),
-        metrics.ranks_image_to_text(full, caption_image)[[2, 0, 1]])
+        metrics.ranks_image_to_text(full, caption_image)[[2, 0, 1]],
+    )
     with pytest.raises(ValueError, match="distinct images"):
         metrics.ranks_image_subset_to_text(scores, np.array([0, 0]), caption_image)
 
 
 # ---- the harness on tiny data -------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def index_dir(tiny_workdir, scenes_dir, tmp_path_factory):
     from index.first_stage import build as first_stage_build
     from index.precompute import precompute
+
     index_dir = str(tmp_path_factory.mktemp("evaluate") / "index")
     precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64)
-    first_stage_build.build_from_index(index_dir, ["concepts", "exact"],
-                                       {"concepts": {"num_centroids": 16}})
+    first_stage_build.build_from_index(
+        index_dir, ["concepts", "exact"], {"concepts": {"num_centroids": 16}}
+    )
     return index_dir
 
 
 def _settings(**overrides):
     from serve.evaluation import Settings
-    values = dict(n=200, K=200, first_stages=("concepts", "sq", "exact"), max_queries=100,
-                  max_exhaustive_queries=100, max_exhaustive_pairs=20_000, latency_queries=2,
-                  recall_queries=20, sample_queries=2, batch_size=128)
+
+    values = dict(
+        n=200,
+        K=200,
+        first_stages=("concepts", "sq", "exact"),
+        max_queries=100,
+        max_exhaustive_queries=100,
+        max_exhaustive_pairs=20_000,
+        latency_queries=2,
+        recall_queries=20,
+        sample_queries=2,
+        batch_size=128,
+    )
     values.update(overrides)
     return Settings(**values)
 
@@ -67,6 +85,7 @@ def _settings(**overrides):
 @pytest.fixture(scope="module")
 def evaluated(tiny_workdir, scenes_dir, index_dir):
     from serve.evaluation import Evaluation
+
     evaluation = Evaluation(tiny_workdir, scenes_dir, "test", _settings())
     records, samples = evaluation.evaluate_index(index_dir)
     return evaluation, records, samples
@@ -100,13 +119,15 @@ def joint_only(tiny_workdir, scenes_dir, tmp_path_factory):
     from lateint.checkpoint import read_model_config, save_model
     from lateint.model import SplitEncoder
     from serve.evaluation import Evaluation
+
     folder = tmp_path_factory.mktemp("joint_only")
     config = dataclasses.replace(read_model_config(tiny_workdir), joint_residual=0.0)
     save_model(str(folder / "model"), SplitEncoder(config, nnx.Rngs(3)))
     index = str(folder / "index")
     precompute(str(folder / "model"), scenes_dir, "test", index, storage="float32", batch_size=64)
-    return Evaluation(str(folder / "model"), scenes_dir, "test", _settings(),
-                      log=lambda _: None), index
+    return Evaluation(
+        str(folder / "model"), scenes_dir, "test", _settings(), log=lambda _: None
+    ), index
 
 
 def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(joint_only):
@@ -116,33 +137,40 @@ def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(join
     import dataclasses
 
     from index.store import ActivationStore
+
     evaluation, index_dir = joint_only
     store = ActivationStore.open(index_dir)
-    context = dict(store=store, concepts=store.read_concepts(0, store.num_images),
-                   region_mask=store.read_region_mask(0, store.num_images))
-    images, exhaustive = evaluation._exhaustive_i2t(store)                 # [S], [S]
+    context = dict(
+        store=store,
+        concepts=store.read_concepts(0, store.num_images),
+        region_mask=store.read_region_mask(0, store.num_images),
+    )
+    images, exhaustive = evaluation._exhaustive_i2t(store)  # [S], [S]
     assert images.size == 20  # max_exhaustive_pairs 20,000 // 1,000 captions
     every = copy.copy(evaluation)
     every.settings = dataclasses.replace(evaluation.settings, K=evaluation.corpus.num_captions)
     every._i2t_cache = {}
-    staged = every._staged_i2t(context)                                    # [N0]
+    staged = every._staged_i2t(context)  # [N0]
     # Equal up to float noise: the two paths batch the pairs differently, and an untrained head
     # gives near-tied scores, so a rank may move past captions scored within 1e-5 of the best
     # positive (these exhaustive joint scores are what _exhaustive_i2t ranks).
     captions, caption_image = evaluation.corpus.num_captions, evaluation.corpus.caption_image
-    stored, image_mask = store.gather(images)                            # [S, R, H'], [S, R]
+    stored, image_mask = store.gather(images)  # [S, R, H'], [S, R]
     for row, image in enumerate(images):
-        scores = evaluation._joint(np.arange(captions), np.broadcast_to(
-            stored[row], (captions,) + stored.shape[1:]), np.broadcast_to(
-            image_mask[row], (captions, image_mask.shape[1])))           # [M]
+        scores = evaluation._joint(
+            np.arange(captions),
+            np.broadcast_to(stored[row], (captions,) + stored.shape[1:]),
+            np.broadcast_to(image_mask[row], (captions, image_mask.shape[1])),
+        )  # [M]
         positive = scores[caption_image == image].max()
         near = int(np.sum(np.abs(scores - positive) <= 1e-5)) - 1
         assert abs(int(staged[image]) - int(exhaustive[row])) <= near, (image, near)
     assert np.mean(staged[images] == exhaustive) >= 0.5
     # MaxSim's own i2t differs there, so the equality above tells the scorers apart; and with
     # K = 16 of 1,000 captions the staged i2t is another ranking again.
-    maxsim = metrics.ranks_image_to_text(evaluation._split_maxsim(context).T,
-                                         evaluation.corpus.caption_image)          # [N0]
+    maxsim = metrics.ranks_image_to_text(
+        evaluation._split_maxsim(context).T, evaluation.corpus.caption_image
+    )  # [N0]
     assert not np.array_equal(maxsim[images], exhaustive)
     few = copy.copy(evaluation)
     few.settings = dataclasses.replace(evaluation.settings, K=16)
@@ -153,16 +181,22 @@ def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(join
 def test_records_hold_every_scorer_with_nulls_where_undefined(evaluated):
     _, records, samples = evaluated
     labels = [(r["scorer"], r.get("first_stage")) for r in records]
-    assert labels == [("joint_exhaustive", None), ("global", None), ("maxsim", None),
-                      ("staged", "concepts"), ("staged", "exact")]
+    assert labels == [
+        ("joint_exhaustive", None),
+        ("global", None),
+        ("maxsim", None),
+        ("staged", "concepts"),
+        ("staged", "exact"),
+    ]
     for record in records:
         full = record["recall"]["full"]
         assert set(full) == set(metrics.SUMMARY_KEYS)
         assert record["recall"]["1k5fold"] is None and record["recall"]["5k"] is None
         assert any("1k5fold" in note for note in record["notes"])  # 200 test images
         assert record["num_images"] == 200 and record["distractors"] == 0
-        assert record["skipped_first_stages"] == {"sq": "not built in this INDEX (python -m "
-                                                        "index.build)"}
+        assert record["skipped_first_stages"] == {
+            "sq": "not built in this INDEX (python -m index.build)"
+        }
         # Medians of latency_queries=2 rows are means, so they add up like the rows: 'total' is
         # the sum of the stages timed, or (staged: the whole batch) at least that.
         latency = record["latency_ms"]
@@ -173,7 +207,8 @@ def test_records_hold_every_scorer_with_nulls_where_undefined(evaluated):
         else:
             assert latency["total"] == pytest.approx(sum(parts), rel=1e-9), latency
         assert record["bytes_per_image"]["total"] == sum(
-            value for key, value in record["bytes_per_image"].items() if key != "total")
+            value for key, value in record["bytes_per_image"].items() if key != "total"
+        )
     staged = records[3]
     assert staged["recall"]["full"]["t2i_medr"] is None and staged["recall"]["full"]["rsum"]
     assert all(staged["latency_ms"][key] is not None for key in staged["latency_ms"])
@@ -190,6 +225,7 @@ def test_relational_metrics_recomputed_from_scores_and_layouts(evaluated, scenes
     scores and the layouts; the joint score's partner accuracy is shared by staged and
     exhaustive rows (it is one scorer)."""
     from lateint.data import scenes, semantics
+
     evaluation, records, _ = evaluated
     corpus = evaluation.corpus
     layouts = scenes.read_records(scenes_dir, "test", corpus.image_ids)
@@ -197,24 +233,30 @@ def test_relational_metrics_recomputed_from_scores_and_layouts(evaluated, scenes
     by_label = {(r["scorer"], r.get("first_stage")): r for r in records}
     global_record = by_label["global", None]
     from index.store import ActivationStore
+
     store = ActivationStore.open(global_record["index"])
     image_global = store.read_global(0, store.num_images)
-    scores = evaluation.text.global_vector[evaluation.queries] @ image_global.T       # [Q, N]
+    scores = evaluation.text.global_vector[evaluation.queries] @ image_global.T  # [Q, N]
     top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
     hits = np.take_along_axis(truth[evaluation.queries], top, axis=1)
     for level in (1, 5, 10):
         assert global_record["oracle"][f"oracle_r{level}"] == pytest.approx(
-            100 * hits[:, :level].any(axis=1).mean())
+            100 * hits[:, :level].any(axis=1).mean()
+        )
     # partner accuracy by brute force over the group partners
     wins, pairs = 0.0, 0
-    all_scores = evaluation.text.global_vector @ image_global.T                       # [M, N]
+    all_scores = evaluation.text.global_vector @ image_global.T  # [M, N]
     for caption, image in enumerate(corpus.caption_image):
         for other in range(corpus.num_images):
-            if other != image and layouts[other]["group"] == layouts[image]["group"] and \
-                    not truth[caption, other]:
+            if (
+                other != image
+                and layouts[other]["group"] == layouts[image]["group"]
+                and not truth[caption, other]
+            ):
                 pairs += 1
                 wins += (all_scores[caption, image] > all_scores[caption, other]) + 0.5 * (
-                    all_scores[caption, image] == all_scores[caption, other])
+                    all_scores[caption, image] == all_scores[caption, other]
+                )
     assert pairs > 100 and global_record["partner"]["partner_pairs"] == pairs
     assert global_record["partner"]["partner_accuracy"] == pytest.approx(100 * wins / pairs)
     joint = by_label["joint_exhaustive", None]["partner"]
@@ -224,12 +266,15 @@ def test_relational_metrics_recomputed_from_scores_and_layouts(evaluated, scenes
     pair_scores = [evaluation._joint(captions, *store.gather(images)) for images in (own, partner)]
     wins = (pair_scores[0] > pair_scores[1]) + 0.5 * (pair_scores[0] == pair_scores[1])
     assert joint["partner_accuracy"] == pytest.approx(100 * wins.mean())
-    assert by_label["staged", "exact"]["oracle"]["oracle_r10"] >= \
-        by_label["staged", "exact"]["recall"]["full"]["t2i_r10"]
+    assert (
+        by_label["staged", "exact"]["oracle"]["oracle_r10"]
+        >= by_label["staged", "exact"]["recall"]["full"]["t2i_r10"]
+    )
 
 
 def test_report_writes_json_markdown_and_plot(evaluated, tmp_path):
     from serve import report
+
     _, records, samples = evaluated
     report.write_json(str(tmp_path / "results.json"), {"records": records})
     loaded = json.loads((tmp_path / "results.json").read_text())["records"]
@@ -248,6 +293,7 @@ def test_report_writes_json_markdown_and_plot(evaluated, tmp_path):
 
 def test_index_of_another_split_is_refused(evaluated, tiny_workdir, scenes_dir, tmp_path):
     from index.precompute import precompute
+
     evaluation = evaluated[0]
     other = str(tmp_path / "dev_index")
     precompute(tiny_workdir, scenes_dir, "dev", other, storage="float32", batch_size=64)
@@ -255,30 +301,51 @@ def test_index_of_another_split_is_refused(evaluated, tiny_workdir, scenes_dir, 
         evaluation.evaluate_index(other)
 
 
-def test_distractor_scaling_run_writes_every_N_and_resumes(tiny_workdir, scenes_dir, index_dir,
-                                                            tmp_path):
+def test_distractor_scaling_run_writes_every_N_and_resumes(
+    tiny_workdir, scenes_dir, index_dir, tmp_path
+):
     from serve import distractors, evaluate
+
     with pytest.raises(ValueError, match="equals the seed"):
         distractors.ensure_pool(str(tmp_path), 10, seed=5, data=scenes_dir)
     out = str(tmp_path / "eval")
-    settings = _settings(K=16, n=64, first_stages=("concepts", "exact"), max_queries=20,
-                         max_exhaustive_queries=20, max_exhaustive_pairs=4000, sample_queries=1)
-    records, _ = evaluate.run(tiny_workdir, index_dir, scenes_dir, "test", settings, out,
-                              sizes=[200, 230], distractor_seed=6)
+    settings = _settings(
+        K=16,
+        n=64,
+        first_stages=("concepts", "exact"),
+        max_queries=20,
+        max_exhaustive_queries=20,
+        max_exhaustive_pairs=4000,
+        sample_queries=1,
+    )
+    records, _ = evaluate.run(
+        tiny_workdir,
+        index_dir,
+        scenes_dir,
+        "test",
+        settings,
+        out,
+        sizes=[200, 230],
+        distractor_seed=6,
+    )
     assert sorted({record["num_images"] for record in records}) == [200, 230]
     scaled = [record for record in records if record["num_images"] == 230]
     assert {record["distractors"] for record in scaled} == {30}
     assert [(r["scorer"], r.get("first_stage")) for r in scaled][-2:] == [
-        ("staged", "concepts"), ("staged", "exact")]  # first stages built on the new index
+        ("staged", "concepts"),
+        ("staged", "exact"),
+    ]  # first stages built on the new index
     from index.store import ActivationStore
+
     store = ActivationStore.open(os.path.join(out, "scaling", "n230", "index"))
     assert store.image_ids[:200] == ActivationStore.open(index_dir).image_ids
     assert all(image_id.startswith("s6-") for image_id in store.image_ids[200:])
     for name in ("results.json", "results.md", "rsum_latency.png", "n200.json", "n230.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     stamp = os.path.getmtime(os.path.join(out, "n230.json"))
-    again, _ = evaluate.run(tiny_workdir, index_dir, scenes_dir, "test", settings, out,
-                            sizes=[230], distractor_seed=6)
+    again, _ = evaluate.run(
+        tiny_workdir, index_dir, scenes_dir, "test", settings, out, sizes=[230], distractor_seed=6
+    )
     assert os.path.getmtime(os.path.join(out, "n230.json")) == stamp  # reused, not recomputed
     assert len(again) == len(scaled)
 
@@ -287,13 +354,19 @@ def test_cached_results_are_keyed_by_the_index_state(index_dir, tmp_path):
     """serve.evaluate reuses OUT/n{N}.json only for the same INDEX: another path, a rebuilt
     first stage or another manifest (e.g. another storage mode) changes the key."""
     import shutil
+
     from serve import evaluate
+
     copy = str(tmp_path / "index")
     shutil.copytree(index_dir, copy)
     base = evaluate.index_digest(copy)
     assert evaluate.index_digest(copy) == base and evaluate.index_digest(index_dir) == base
-    stage_records = [os.path.join(root, name) for root, _, names in os.walk(copy)
-                     for name in names if name.endswith(".json") and root != copy]
+    stage_records = [
+        os.path.join(root, name)
+        for root, _, names in os.walk(copy)
+        for name in names
+        if name.endswith(".json") and root != copy
+    ]
     assert stage_records  # the first stages' own records are part of the key
     with open(stage_records[0], "a", encoding="utf-8") as handle:
         handle.write(" ")
@@ -308,7 +381,8 @@ def test_cached_results_are_keyed_by_the_index_state(index_dir, tmp_path):
 
 
 def test_a_rerun_into_the_same_out_reevaluates_another_index_and_a_rebuilt_stage(
-        tiny_workdir, scenes_dir, index_dir, tmp_path):
+    tiny_workdir, scenes_dir, index_dir, tmp_path
+):
     """OUT/n{N}.json is reused for the same INDEX only: an int8 INDEX of the same images, a
     copy at another path, and a first stage rebuilt in place with other parameters are each
     evaluated again into the same --out (their numbers, not the cached ones, come back)."""
@@ -318,9 +392,18 @@ def test_a_rerun_into_the_same_out_reevaluates_another_index_and_a_rebuilt_stage
     from index.first_stage import build as first_stage_build
     from index.precompute import precompute
     from serve import evaluate
-    settings = _settings(K=16, n=64, first_stages=("concepts",), max_queries=20,
-                         max_exhaustive_queries=20, max_exhaustive_pairs=4000, latency_queries=1,
-                         recall_queries=20, sample_queries=1)
+
+    settings = _settings(
+        K=16,
+        n=64,
+        first_stages=("concepts",),
+        max_queries=20,
+        max_exhaustive_queries=20,
+        max_exhaustive_pairs=4000,
+        latency_queries=1,
+        recall_queries=20,
+        sample_queries=1,
+    )
     out, cached = str(tmp_path / "eval"), str(tmp_path / "eval" / "n200.json")
 
     def evaluate_into_out(index):
@@ -341,8 +424,10 @@ def test_a_rerun_into_the_same_out_reevaluates_another_index_and_a_rebuilt_stage
     quantized = evaluate_into_out(int8)
     assert {record["storage"] for record in quantized.values()} == {"int8"}
     # R = 8 regions of H' = 32: int8 codes + a float32 scale per region, + the region mask
-    assert quantized["joint_exhaustive", None]["bytes_per_image"]["activations"] == \
-        8 * codecs.bytes_per_region("int8", 32) + 8
+    assert (
+        quantized["joint_exhaustive", None]["bytes_per_image"]["activations"]
+        == 8 * codecs.bytes_per_region("int8", 32) + 8
+    )
     assert first["joint_exhaustive", None]["bytes_per_image"]["activations"] == 8 * 32 * 4 + 8
 
     # Rebuilt in place (same path, 4 centroids instead of 16): its size per image changes.
@@ -351,5 +436,6 @@ def test_a_rerun_into_the_same_out_reevaluates_another_index_and_a_rebuilt_stage
     rebuilt = evaluate_into_out(int8)["staged", "concepts"]
     from index.first_stage import open_first_stage
     from index.store import ActivationStore
+
     stage = open_first_stage(int8, "concepts", ActivationStore.open(int8).manifest)
     assert rebuilt["bytes_per_image"]["first_stage"] == stage.nbytes / 200 != staged_bytes

@@ -3,8 +3,18 @@
 import numpy as np
 import pytest
 
-from index.first_stage import (ArraySource, QuerySide, add, build_stages, concepts, delete,
-                               open_first_stage, postings, records, synthetic)
+from index.first_stage import (
+    ArraySource,
+    QuerySide,
+    add,
+    build_stages,
+    concepts,
+    delete,
+    open_first_stage,
+    postings,
+    records,
+    synthetic,
+)
 from lateint import metrics, scoring
 
 NUM_IMAGES = 240
@@ -28,8 +38,9 @@ def built(corpus, tmp_path_factory):
 
 def exact_scores(data, queries):
     """[Q, N] exact MaxSim."""
-    return np.asarray(scoring.maxsim(queries.concepts, queries.mask, data.concepts,
-                                     data.region_mask))
+    return np.asarray(
+        scoring.maxsim(queries.concepts, queries.mask, data.concepts, data.region_mask)
+    )
 
 
 def exact_top(scores, n, allowed=None):
@@ -44,23 +55,29 @@ def exact_top(scores, n, allowed=None):
 
 
 def subset(data, images):
-    return synthetic.SyntheticImages(data.concepts[images], data.region_mask[images],
-                                     data.global_vectors[images])
+    return synthetic.SyntheticImages(
+        data.concepts[images], data.region_mask[images], data.global_vectors[images]
+    )
 
 
 def test_one_centroid_per_region_and_all_probed_is_exact_maxsim(corpus, tmp_path):
     data, queries = corpus
     regions = data.concepts[data.region_mask]
-    build_stages(str(tmp_path), ArraySource(*data), ["concepts"],
-                 {"concepts": {"centroids": regions}})
+    build_stages(
+        str(tmp_path), ArraySource(*data), ["concepts"], {"concepts": {"centroids": regions}}
+    )
     stage = open_first_stage(str(tmp_path), "concepts", nprobe=regions.shape[0])
     ids, scores = stage.search(queries, NUM_IMAGES)
     reference = exact_scores(data, queries)
     has_region = data.region_mask.any(axis=1)
     assert (ids >= 0).sum(axis=1).tolist() == [has_region.sum()] * ids.shape[0]
-    np.testing.assert_allclose(scores, np.take_along_axis(reference, np.maximum(ids, 0), 1)
-                               * (ids >= 0) + np.where(ids >= 0, 0, -np.inf), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        scores,
+        np.take_along_axis(reference, np.maximum(ids, 0), 1) * (ids >= 0)
+        + np.where(ids >= 0, 0, -np.inf),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     np.testing.assert_array_equal(ids[:, :20], exact_top(reference, 20, has_region))
 
 
@@ -78,9 +95,12 @@ def test_all_centroids_probed_returns_every_image_with_a_region(corpus, built):
 def test_recall_against_exact_grows_with_nprobe(corpus, built):
     data, queries = corpus
     reference = exact_top(exact_scores(data, queries), 10)
-    recalls = {nprobe: metrics.first_stage_recall(
-        open_first_stage(built, "concepts", nprobe=nprobe).search(queries, 60)[0], reference)
-        for nprobe in (1, 8)}
+    recalls = {
+        nprobe: metrics.first_stage_recall(
+            open_first_stage(built, "concepts", nprobe=nprobe).search(queries, 60)[0], reference
+        )
+        for nprobe in (1, 8)
+    }
     assert recalls[8] >= 0.9, recalls
     assert recalls[1] < recalls[8], recalls
 
@@ -113,8 +133,9 @@ def test_add_equals_rebuild_with_the_same_centroids(corpus, tmp_path, monkeypatc
     np.testing.assert_array_equal(left.lists.images, right.lists.images)
     np.testing.assert_array_equal(left.lists.weights, right.lists.weights)
     for nprobe in (2, 8):
-        for got, expected in zip(left.search(queries, 50, nprobe), right.search(queries, 50,
-                                                                                 nprobe)):
+        for got, expected in zip(
+            left.search(queries, 50, nprobe), right.search(queries, 50, nprobe)
+        ):
             np.testing.assert_array_equal(got, expected)
 
 
@@ -133,19 +154,25 @@ def test_delete_equals_rebuild_without_the_deleted(corpus, built, tmp_path):
     data, queries = corpus
     index_dir = str(tmp_path / "deleted")
     centroids = open_first_stage(built, "concepts").centroids
-    build_stages(index_dir, ArraySource(*data), ["concepts"],
-                 {"concepts": {"centroids": centroids}})
+    build_stages(
+        index_dir, ArraySource(*data), ["concepts"], {"concepts": {"centroids": centroids}}
+    )
     deleted = np.random.default_rng(5).choice(NUM_IMAGES, 40, replace=False)
     assert delete(index_dir, deleted) == 40
     kept = np.setdiff1d(np.arange(NUM_IMAGES), deleted)
     rebuilt = str(tmp_path / "rebuilt")
-    build_stages(rebuilt, ArraySource(*subset(data, kept)), ["concepts"],
-                 {"concepts": {"centroids": centroids}})
+    build_stages(
+        rebuilt,
+        ArraySource(*subset(data, kept)),
+        ["concepts"],
+        {"concepts": {"centroids": centroids}},
+    )
     after = open_first_stage(index_dir, "concepts").search(queries, 80, 8)
     reference = open_first_stage(rebuilt, "concepts").search(queries, 80, 8)
     assert not np.isin(after[0], deleted).any()
-    np.testing.assert_array_equal(after[0], np.where(reference[0] >= 0,
-                                                     kept[np.maximum(reference[0], 0)], -1))
+    np.testing.assert_array_equal(
+        after[0], np.where(reference[0] >= 0, kept[np.maximum(reference[0], 0)], -1)
+    )
     np.testing.assert_array_equal(after[1], reference[1])
 
 
@@ -154,7 +181,8 @@ def test_padding_and_queries_without_words(corpus, built):
     mask = queries.mask.copy()
     mask[0] = False
     ids, scores = open_first_stage(built, "concepts", nprobe=1).search(
-        QuerySide(queries.concepts, mask, queries.global_vector), NUM_IMAGES + 5)
+        QuerySide(queries.concepts, mask, queries.global_vector), NUM_IMAGES + 5
+    )
     assert (ids[0] == -1).all() and np.isneginf(scores[0]).all()
     assert (ids[1:, -5:] == -1).all()  # never more than N candidates
     assert ids.dtype == np.int64 and scores.dtype == np.float32

@@ -26,8 +26,10 @@ def purity(assigned, labels):
     return correct / labels.size
 
 
-@pytest.mark.parametrize("count, expected", [(1, 1), (5, 5), (100, 32), (200_000, 2048),
-                                             (2_000_000, 4096), (10**12, 65536)])
+@pytest.mark.parametrize(
+    "count, expected",
+    [(1, 1), (5, 5), (100, 32), (200_000, 2048), (2_000_000, 4096), (10**12, 65536)],
+)
 def test_number_of_centroids_rule(count, expected):
     assert kmeans.number_of_centroids(count) == expected
 

@@ -13,8 +13,7 @@ def random_postings(rng, num_lists=7, num_images=40, first_image=0):
     pairs = rng.random((num_images, num_lists)) < 0.3
     images, lists = np.nonzero(pairs)
     order = rng.permutation(images.size)
-    return (lists[order], first_image + images[order],
-            rng.random(images.size).astype(np.float32))
+    return (lists[order], first_image + images[order], rng.random(images.size).astype(np.float32))
 
 
 def reference_lists(lists, images, weights, num_lists):
@@ -26,9 +25,15 @@ def reference_lists(lists, images, weights, num_lists):
 
 
 def as_table(inverted):
-    return {k: list(zip(inverted.images[inverted.offsets[k]:inverted.offsets[k + 1]].tolist(),
-                        inverted.weights[inverted.offsets[k]:inverted.offsets[k + 1]].tolist()))
-            for k in range(inverted.num_lists)}
+    return {
+        k: list(
+            zip(
+                inverted.images[inverted.offsets[k] : inverted.offsets[k + 1]].tolist(),
+                inverted.weights[inverted.offsets[k] : inverted.offsets[k + 1]].tolist(),
+            )
+        )
+        for k in range(inverted.num_lists)
+    }
 
 
 def assert_same_lists(left, right):
@@ -58,12 +63,14 @@ def test_merge_equals_build_of_union(rng):
     early = random_postings(rng, num_images=30)
     late = random_postings(rng, num_images=20, first_image=30)
     merged = postings.InvertedLists.from_postings(*early, 7).merge(
-        postings.InvertedLists.from_postings(*late, 7))
+        postings.InvertedLists.from_postings(*late, 7)
+    )
     union = [np.concatenate(pair) for pair in zip(early, late)]
     assert_same_lists(merged, postings.InvertedLists.from_postings(*union, 7))
     with pytest.raises(ValueError, match="must all exceed"):
         postings.InvertedLists.from_postings(*late, 7).merge(
-            postings.InvertedLists.from_postings(*early, 7))
+            postings.InvertedLists.from_postings(*early, 7)
+        )
 
 
 def test_gather_returns_every_posting_of_the_probed_lists(rng):
@@ -95,8 +102,8 @@ def test_top_dense_matches_full_sort(rng):
     for row in range(5):
         candidates = [(-scores[row, i], i) for i in np.flatnonzero(hits[row])]
         expected = [i for _, i in sorted(candidates)[:12]]
-        assert ids[row, :len(expected)].tolist() == expected
-        assert (ids[row, len(expected):] == -1).all()
+        assert ids[row, : len(expected)].tolist() == expected
+        assert (ids[row, len(expected) :] == -1).all()
 
 
 def committed(index_dir, record):
@@ -107,8 +114,12 @@ def committed(index_dir, record):
 def test_delta_appends_then_compaction_equal_full_build(tmp_path, rng, monkeypatch):
     index_dir, prefix = str(tmp_path), "first_stage/test/lists"
     parts = [random_postings(rng, num_images=30, first_image=30 * part) for part in range(4)]
-    record = committed(index_dir, postings.write_base(
-        index_dir, prefix, 0, postings.InvertedLists.from_postings(*parts[0], 7)))
+    record = committed(
+        index_dir,
+        postings.write_base(
+            index_dir, prefix, 0, postings.InvertedLists.from_postings(*parts[0], 7)
+        ),
+    )
     record = committed(index_dir, postings.append_postings(index_dir, prefix, record, *parts[1]))
     assert record["generation"] == 0 and record["delta_postings"] == parts[1][0].size
     record = committed(index_dir, postings.append_postings(index_dir, prefix, record, *parts[2]))
@@ -119,26 +130,35 @@ def test_delta_appends_then_compaction_equal_full_build(tmp_path, rng, monkeypat
     postings.remove_stale_generations(index_dir, prefix, 1)
     assert sorted(os.listdir(records.folder(index_dir, prefix))) == ["g1"]
     union = [np.concatenate(column) for column in zip(*parts)]
-    assert_same_lists(postings.read_lists(index_dir, prefix, record),
-                      postings.InvertedLists.from_postings(*union, 7))
+    assert_same_lists(
+        postings.read_lists(index_dir, prefix, record),
+        postings.InvertedLists.from_postings(*union, 7),
+    )
 
 
 def test_uncommitted_delta_rows_are_ignored_then_compacted(tmp_path, rng):
     index_dir, prefix = str(tmp_path), "first_stage/test/lists"
-    first, lost, retried = (random_postings(rng, num_images=20, first_image=20 * part)
-                            for part in range(3))
-    record = committed(index_dir, postings.write_base(
-        index_dir, prefix, 0, postings.InvertedLists.from_postings(*first, 7)))
+    first, lost, retried = (
+        random_postings(rng, num_images=20, first_image=20 * part) for part in range(3)
+    )
+    record = committed(
+        index_dir,
+        postings.write_base(index_dir, prefix, 0, postings.InvertedLists.from_postings(*first, 7)),
+    )
     postings.append_postings(index_dir, prefix, record, *lost)  # killed before its commit
-    assert_same_lists(postings.read_lists(index_dir, prefix, record),
-                      postings.InvertedLists.from_postings(*first, 7))
+    assert_same_lists(
+        postings.read_lists(index_dir, prefix, record),
+        postings.InvertedLists.from_postings(*first, 7),
+    )
     # The retried add reuses the same image ids; the stale rows must not survive.
     retried = (retried[0], retried[1] - 20, retried[2])
     record = committed(index_dir, postings.append_postings(index_dir, prefix, record, *retried))
     assert record["generation"] == 1
     union = [np.concatenate(pair) for pair in zip(first, retried)]
-    assert_same_lists(postings.read_lists(index_dir, prefix, record),
-                      postings.InvertedLists.from_postings(*union, 7))
+    assert_same_lists(
+        postings.read_lists(index_dir, prefix, record),
+        postings.InvertedLists.from_postings(*union, 7),
+    )
 
 
 def test_tombstones(tmp_path):

@@ -4,8 +4,18 @@ import numpy as np
 import pytest
 
 from index import store
-from index.first_stage import (ArraySource, QuerySide, add, build_stages, delete, exact,
-                               open_first_stage, records, surrogate, synthetic)
+from index.first_stage import (
+    ArraySource,
+    QuerySide,
+    add,
+    build_stages,
+    delete,
+    exact,
+    open_first_stage,
+    records,
+    surrogate,
+    synthetic,
+)
 from lateint import metrics, scoring
 
 NUM_IMAGES = 240
@@ -28,8 +38,9 @@ def built(corpus, tmp_path_factory):
 
 
 def subset(data, images):
-    return synthetic.SyntheticImages(data.concepts[images], data.region_mask[images],
-                                     data.global_vectors[images])
+    return synthetic.SyntheticImages(
+        data.concepts[images], data.region_mask[images], data.global_vectors[images]
+    )
 
 
 def dense_frequencies(vectors, kind, size, quantization=0):
@@ -51,8 +62,9 @@ def reference_top(scores, allowed, n):
     for row in scores:
         candidates = np.flatnonzero(allowed(row))
         order = np.lexsort((candidates, -row[candidates]))
-        rows.append(np.pad(candidates[order][:n], (0, max(0, n - candidates.size)),
-                           constant_values=-1))
+        rows.append(
+            np.pad(candidates[order][:n], (0, max(0, n - candidates.size)), constant_values=-1)
+        )
     return np.array(rows)
 
 
@@ -71,10 +83,12 @@ def test_search_equals_brute_force_surrogate_scores(corpus, built, kind):
     data, queries = corpus
     stage = open_first_stage(built, kind)
     parameters = stage.parameters
-    documents = dense_frequencies(data.global_vectors, kind, parameters["size"],
-                                  parameters["quantization"])
-    query_terms = dense_frequencies(queries.global_vector, kind, parameters["query_size"],
-                                    parameters["quantization"])
+    documents = dense_frequencies(
+        data.global_vectors, kind, parameters["size"], parameters["quantization"]
+    )
+    query_terms = dense_frequencies(
+        queries.global_vector, kind, parameters["query_size"], parameters["quantization"]
+    )
     scores = query_terms @ documents.T  # [Q, N]
     ids, got = stage.search(queries, 30)
     np.testing.assert_array_equal(ids, reference_top(scores, lambda row: row > 0, 30))
@@ -91,17 +105,20 @@ def test_recall_against_exact_global(corpus, built, kind, minimum):
 
 def test_exact_stages_equal_references(corpus, built):
     data, queries = corpus
-    maxsim = np.asarray(scoring.maxsim(queries.concepts, queries.mask, data.concepts,
-                                       data.region_mask))
+    maxsim = np.asarray(
+        scoring.maxsim(queries.concepts, queries.mask, data.concepts, data.region_mask)
+    )
     ids, scores = open_first_stage(built, "exact").search(queries, NUM_IMAGES + 3)
-    np.testing.assert_array_equal(ids[:, :NUM_IMAGES],
-                                  reference_top(maxsim, lambda row: row == row, NUM_IMAGES))
-    np.testing.assert_allclose(scores[:, :NUM_IMAGES], -np.sort(-maxsim, axis=1), rtol=1e-6,
-                               atol=1e-6)
+    np.testing.assert_array_equal(
+        ids[:, :NUM_IMAGES], reference_top(maxsim, lambda row: row == row, NUM_IMAGES)
+    )
+    np.testing.assert_allclose(
+        scores[:, :NUM_IMAGES], -np.sort(-maxsim, axis=1), rtol=1e-6, atol=1e-6
+    )
     assert (ids[:, NUM_IMAGES:] == -1).all() and np.isneginf(scores[:, NUM_IMAGES:]).all()
     # An image without regions is still a (last) candidate of exact MaxSim.
     empty = np.flatnonzero(~data.region_mask.any(axis=1))
-    assert empty.size and np.isin(ids[0, -3 - empty.size:-3], empty).all()
+    assert empty.size and np.isin(ids[0, -3 - empty.size : -3], empty).all()
     dots = queries.global_vector @ data.global_vectors.T
     ids, scores = open_first_stage(built, "exact_global").search(queries, 25)
     np.testing.assert_array_equal(ids, reference_top(dots, lambda row: row == row, 25))
@@ -140,8 +157,10 @@ def test_exact_add_compacts_rows_left_by_a_killed_add(corpus, tmp_path):
     assert records.read_record(index_dir, "exact")["generation"] == 1
     rebuilt = str(tmp_path / "rebuilt")
     build_stages(rebuilt, ArraySource(*data), ["exact"])
-    for got, expected in zip(open_first_stage(index_dir, "exact").search(queries, 20),
-                             open_first_stage(rebuilt, "exact").search(queries, 20)):
+    for got, expected in zip(
+        open_first_stage(index_dir, "exact").search(queries, 20),
+        open_first_stage(rebuilt, "exact").search(queries, 20),
+    ):
         np.testing.assert_array_equal(got, expected)
 
 
@@ -151,7 +170,8 @@ def test_bad_parameters_and_queries(corpus, built, tmp_path):
         build_stages(str(tmp_path), ArraySource(*data), ["sq"], {"sq": {"quantization": 9999}})
     with pytest.raises(ValueError, match=r"global_vector expected \(16, 24\)"):
         open_first_stage(built, "sq").search(
-            QuerySide(queries.concepts, queries.mask, queries.global_vector[:3]), 5)
+            QuerySide(queries.concepts, queries.mask, queries.global_vector[:3]), 5
+        )
     with pytest.raises(ValueError, match="stage names expected"):
         open_first_stage(built, "bm25")
     with pytest.raises(FileNotFoundError, match="'concepts' is not built"):

@@ -9,9 +9,8 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import fixture_cache
+import pytest
 
 _BUILDER = textwrap.dedent("""
     import os, sys, time
@@ -39,9 +38,11 @@ def cache(tmp_path, monkeypatch):
 
 def _write(text):
     """A build function that writes `text` into file.txt."""
+
     def build(folder):
         with open(os.path.join(folder, "file.txt"), "w") as file:
             file.write(text)
+
     return build
 
 
@@ -49,8 +50,12 @@ def test_two_processes_build_an_entry_once_and_share_it(cache, tmp_path):
     log = tmp_path / "builds.log"
     script = _BUILDER.format(tests=os.path.dirname(os.path.abspath(__file__)), log=str(log))
     environment = dict(os.environ, LATEINT_TEST_CACHE=str(cache))
-    processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                                  text=True, env=environment) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=environment
+        )
+        for _ in range(2)
+    ]
     paths = [process.communicate(timeout=120)[0].strip() for process in processes]
     assert [process.returncode for process in processes] == [0, 0]
     assert paths[0] == paths[1] and os.path.basename(paths[0]).startswith("corpus-")
@@ -58,7 +63,8 @@ def test_two_processes_build_an_entry_once_and_share_it(cache, tmp_path):
     with open(os.path.join(paths[0], "sub", "data.txt")) as file:
         assert file.read() == "built"
     assert sorted(os.listdir(cache)) == sorted(
-        os.path.basename(paths[0]) + suffix for suffix in ("", ".lock", ".sha256"))
+        os.path.basename(paths[0]) + suffix for suffix in ("", ".lock", ".sha256")
+    )
 
 
 def _contents(path):
@@ -72,8 +78,9 @@ def test_other_inputs_or_sources_make_another_entry(cache):
     assert first == again and _contents(again) == "one"
     other_inputs = fixture_cache.cached_directory("entry", {"n": 2}, ("lateint",), _write("two"))
     assert other_inputs != first and _contents(other_inputs) == "two"
-    other_sources = fixture_cache.cached_directory("entry", {"n": 1}, ("lateint", "train"),
-                                                   _write("three"))
+    other_sources = fixture_cache.cached_directory(
+        "entry", {"n": 1}, ("lateint", "train"), _write("three")
+    )
     assert other_sources not in (first, other_inputs) and _contents(other_sources) == "three"
     with pytest.raises(FileNotFoundError, match="no_such_folder"):
         fixture_cache.cached_directory("entry", {}, ("no_such_folder",), _write("x"))
@@ -106,10 +113,11 @@ def test_a_failed_build_leaves_no_entry_and_the_next_one_succeeds(cache):
 def test_only_the_newest_entries_of_a_name_are_kept(cache):
     paths = []
     for n in range(fixture_cache.KEEP + 2):
-        paths.append(fixture_cache.cached_directory("entry", {"n": n}, ("lateint",),
-                                                    _write(str(n))))
+        paths.append(
+            fixture_cache.cached_directory("entry", {"n": n}, ("lateint",), _write(str(n)))
+        )
         os.utime(paths[-1] + ".sha256", (1000 + n, 1000 + n))  # a clear order of last use
-    kept = sorted(name[:-len(".sha256")] for name in os.listdir(cache) if name.endswith(".sha256"))
-    assert kept == sorted(os.path.basename(path) for path in paths[-fixture_cache.KEEP:])
-    assert not any(os.path.exists(path) for path in paths[:-fixture_cache.KEEP])
+    kept = sorted(name[: -len(".sha256")] for name in os.listdir(cache) if name.endswith(".sha256"))
+    assert kept == sorted(os.path.basename(path) for path in paths[-fixture_cache.KEEP :])
+    assert not any(os.path.exists(path) for path in paths[: -fixture_cache.KEEP])
     assert len(os.listdir(cache)) == 3 * fixture_cache.KEEP  # entry, .lock, .sha256 each

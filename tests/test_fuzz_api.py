@@ -18,17 +18,29 @@ from serve.launcher import ServerProcess
 # schemathesis 4.x (pyproject.toml pins >=4.32,<5): its CLI writes the run report as JSON
 # (--report=json), which this test reads instead of parsing the console text.
 SCHEMATHESIS = os.path.join(os.path.dirname(sys.executable), "schemathesis")
-CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
-          "response_schema_conformance", "negative_data_rejection")
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+)
 PHASES = ("examples", "coverage", "fuzzing", "stateful")
 
 
 @pytest.fixture(scope="module")
 def server(tiny_workdir, concepts_index):
     """The server over the shared float32 'concepts' INDEX (it only reads it)."""
-    flags = ["--query_length_buckets=16", "--query_batch_buckets=1,4", "--candidate_buckets=256",
-             "--rerank_buckets=16,32", "--default_n=256", "--default_K=16", "--max_queue=64",
-             "--request_timeout_ms=30000"]  # a 503 from a slow shared machine is no finding
+    flags = [
+        "--query_length_buckets=16",
+        "--query_batch_buckets=1,4",
+        "--candidate_buckets=256",
+        "--rerank_buckets=16,32",
+        "--default_n=256",
+        "--default_K=16",
+        "--max_queue=64",
+        "--request_timeout_ms=30000",
+    ]  # a 503 from a slow shared machine is no finding
     with ServerProcess(tiny_workdir, concepts_index, flags) as server:
         server.wait_ready()
         yield server
@@ -45,14 +57,28 @@ def _server_errors(server) -> float:
 def _run_schemathesis(url: str, folder) -> tuple[subprocess.CompletedProcess, dict]:
     """Runs the CLI against `url` and returns it with its JSON run report."""
     assert os.path.exists(SCHEMATHESIS), (
-        f"{SCHEMATHESIS} is missing: install the test extras (pip install -e '.[test]')")
+        f"{SCHEMATHESIS} is missing: install the test extras (pip install -e '.[test]')"
+    )
     report = folder / "schemathesis.json"
-    command = [SCHEMATHESIS, "run", url, "--checks", ",".join(CHECKS),
-               "--max-examples=40", "--seed=7", "--generation-database=none", "--workers=1",
-               f"--phases={','.join(PHASES)}", "--request-timeout=30", "--no-color",
-               "--report=json", f"--report-json-path={report}"]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                               cwd=str(folder))
+    command = [
+        SCHEMATHESIS,
+        "run",
+        url,
+        "--checks",
+        ",".join(CHECKS),
+        "--max-examples=40",
+        "--seed=7",
+        "--generation-database=none",
+        "--workers=1",
+        f"--phases={','.join(PHASES)}",
+        "--request-timeout=30",
+        "--no-color",
+        "--report=json",
+        f"--report-json-path={report}",
+    ]
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=str(folder)
+    )
     output = (completed.stdout + completed.stderr)[-6000:]
     assert report.exists(), output
     return completed, json.loads(report.read_text())
@@ -68,8 +94,9 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     operations = report["operations"]
     assert operations["errored"] == 0 and operations["tested"] == operations["selected"] >= 3
     # The run did exercise the API: every phase asked for ran, and enough cases were sent.
-    assert {phase: report["phases"][phase]["status"] for phase in PHASES} == \
-        dict.fromkeys(PHASES, "success"), report["phases"]
+    assert {phase: report["phases"][phase]["status"] for phase in PHASES} == dict.fromkeys(
+        PHASES, "success"
+    ), report["phases"]
     cases = report["test_cases"]
     assert cases["generated"] >= 100 and cases["errored"] == 0, cases
     assert cases["with_failures"] == 0 and cases["unique_failures"] == 0, cases

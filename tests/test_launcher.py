@@ -9,8 +9,11 @@ from serve.launcher import ServerProcess
 
 def test_a_second_start_is_refused_and_with_after_start_starts_one_child(tmp_path):
     # No model there: the child exits by itself soon; what matters is how many were started.
-    server = ServerProcess(str(tmp_path / "no_workdir"), str(tmp_path / "no_index"),
-                           log_path=str(tmp_path / "server.log"))
+    server = ServerProcess(
+        str(tmp_path / "no_workdir"),
+        str(tmp_path / "no_index"),
+        log_path=str(tmp_path / "server.log"),
+    )
     with server.start() as entered:
         assert entered is server
         child = server.process

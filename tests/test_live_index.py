@@ -9,14 +9,20 @@ import os
 
 import numpy as np
 import pytest
+from live_index_helpers import (
+    build_index,
+    centroids_of,
+    search_all,
+    stage_arrays,
+    store_arrays,
+    write_subset,
+)
 
 from index.add import add_images
 from index.compact import compact_index
 from index.delete import delete_images
 from index.first_stage import build as first_stage_build
 from index.manifest import read_ids, read_manifest
-from live_index_helpers import (build_index, centroids_of, search_all, stage_arrays,
-                                store_arrays, write_subset)
 
 A_ROWS, B_ROWS = np.arange(0, 120), np.arange(120, 200)
 DELETED_ROWS = np.array([3, 17, 64, 119, 120, 150, 199])  # rows of the scenes test split
@@ -26,15 +32,18 @@ DELETED_ROWS = np.array([3, 17, 64, 119, 120, 150, 199])  # rows of the scenes t
 def corpora(scenes_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("live_corpora")
     kept = np.setdiff1d(np.concatenate([A_ROWS, B_ROWS]), DELETED_ROWS)
-    return {name: write_subset(scenes_dir, rows, str(root / name)) for name, rows in
-            (("a", A_ROWS), ("b", B_ROWS), ("kept", kept))}
+    return {
+        name: write_subset(scenes_dir, rows, str(root / name))
+        for name, rows in (("a", A_ROWS), ("b", B_ROWS), ("kept", kept))
+    }
 
 
 @pytest.fixture(scope="module")
 def changed(tiny_workdir, corpora, tmp_path_factory):
     """(index after add + delete, ids deleted, manifest before compact); then compacted."""
-    index_dir = build_index(tiny_workdir, corpora["a"],
-                            str(tmp_path_factory.mktemp("live") / "index"))
+    index_dir = build_index(
+        tiny_workdir, corpora["a"], str(tmp_path_factory.mktemp("live") / "index")
+    )
     add_images(tiny_workdir, corpora["b"], "test", index_dir, batch_size=16)
     ids = read_ids(index_dir, read_manifest(index_dir))
     deleted_ids = [ids[row] for row in DELETED_ROWS]
@@ -44,9 +53,12 @@ def changed(tiny_workdir, corpora, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rebuilt(tiny_workdir, corpora, changed, tmp_path_factory):
-    return build_index(tiny_workdir, corpora["kept"],
-                       str(tmp_path_factory.mktemp("rebuilt") / "index"),
-                       centroids=centroids_of(changed[0]))
+    return build_index(
+        tiny_workdir,
+        corpora["kept"],
+        str(tmp_path_factory.mktemp("rebuilt") / "index"),
+        centroids=centroids_of(changed[0]),
+    )
 
 
 def test_add_and_delete_search_like_a_rebuild_before_compaction(changed, rebuilt):
@@ -64,6 +76,7 @@ def test_add_and_delete_search_like_a_rebuild_before_compaction(changed, rebuilt
 
 def test_add_records_how_well_the_first_dictionary_fits_the_new_images(changed):
     from index.first_stage import concepts, records
+
     index_dir, _ = changed
     record = records.committed_record(index_dir, "concepts", read_manifest(index_dir))
     fit = record["fit"]
@@ -92,15 +105,17 @@ def test_compact_equals_a_rebuild_with_the_first_dictionary(changed, rebuilt):
     got, expected = search_all(index_dir), search_all(rebuilt)
     for name in expected:
         for position in range(2):
-            np.testing.assert_array_equal(got[name][position], expected[name][position],
-                                          err_msg=name)
+            np.testing.assert_array_equal(
+                got[name][position], expected[name][position], err_msg=name
+            )
     # The generation before (its arrays at the top level) stays for servers not yet reloaded.
     assert sorted(os.listdir(os.path.join(index_dir, "store"))) == ["g4"]
     assert os.path.isdir(os.path.join(index_dir, "activations"))
 
 
 def test_recluster_equals_a_rebuild_with_a_dictionary_trained_on_every_image(
-        tiny_workdir, corpora, changed, tmp_path):
+    tiny_workdir, corpora, changed, tmp_path
+):
     index_dir, _ = changed
     manifest = compact_index(index_dir, recluster=True)
     assert manifest["generation"] == 5
@@ -124,4 +139,8 @@ def test_duplicate_and_unknown_ids_are_refused_by_name(tiny_workdir, corpora, ch
         delete_images(index_dir, ["no-such-image", read_ids(index_dir, before)[0], "nor-this"])
     assert read_manifest(index_dir) == before
     assert first_stage_build.built_stages(index_dir, before) == [
-        "concepts", "sq", "permutation", "exact"]
+        "concepts",
+        "sq",
+        "permutation",
+        "exact",
+    ]

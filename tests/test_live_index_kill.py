@@ -14,13 +14,19 @@ import time
 
 import numpy as np
 import pytest
+from live_index_helpers import (
+    build_index,
+    search_all,
+    stage_arrays,
+    start_binary,
+    store_arrays,
+    write_subset,
+)
 
 from index.add import add_images
 from index.compact import compact_index
 from index.delete import delete_images
 from index.manifest import read_ids, read_manifest
-from live_index_helpers import (build_index, search_all, stage_arrays, start_binary,
-                                store_arrays, write_subset)
 
 ATTEMPTS = 12
 
@@ -48,8 +54,9 @@ def _assert_same_index(got: str, expected: str) -> None:
         np.testing.assert_array_equal(got_results[name][1], scores, err_msg=name)
 
 
-def _kill_mid_way(copy_from: str, index_dir: str, arguments, observed, seed: int,
-                  latest: float = 0.3, landed=None) -> None:
+def _kill_mid_way(
+    copy_from: str, index_dir: str, arguments, observed, seed: int, latest: float = 0.3, landed=None
+) -> None:
     """Runs the binary on fresh copies of `copy_from` until a kill, `observed(index_dir)` then
     a seeded 0-`latest` s later, leaves the INDEX in the state `landed(index_dir)` asks for
     (default: the operation unpublished)."""
@@ -92,8 +99,14 @@ def test_killed_add_resumes_to_the_same_index(tiny_workdir, base, tmp_path):
     shutil.copytree(base_dir, reference)
     add_images(tiny_workdir, f"{root}/b", "test", reference, batch_size=8)
     killed = str(tmp_path / "killed")
-    arguments = ("index.add", f"--workdir={tiny_workdir}", f"--index={killed}",
-                 f"--data={root}/b", "--split=test", "--batch_size=8")
+    arguments = (
+        "index.add",
+        f"--workdir={tiny_workdir}",
+        f"--index={killed}",
+        f"--data={root}/b",
+        "--split=test",
+        "--batch_size=8",
+    )
 
     def journaled_a_new_unit(index_dir):
         with open(os.path.join(index_dir, "progress.json"), encoding="utf-8") as handle:
@@ -123,20 +136,32 @@ def test_killed_delete_resumes_to_the_same_index(base, tmp_path):
     killed = str(tmp_path / "killed")
     tombstone_json = "first_stage/tombstones/tombstones.json"
     published = _journal(base_dir, tombstone_json)
-    folders = set(os.listdir(os.path.join(base_dir, "first_stage", "tombstones"))) \
-        if os.path.isdir(os.path.join(base_dir, "first_stage", "tombstones")) else set()
+    folders = (
+        set(os.listdir(os.path.join(base_dir, "first_stage", "tombstones")))
+        if os.path.isdir(os.path.join(base_dir, "first_stage", "tombstones"))
+        else set()
+    )
 
     def writing_tombstones(index_dir):  # a new tombstone generation folder appeared
         folder = os.path.join(index_dir, "first_stage", "tombstones")
         return os.path.isdir(folder) and bool(set(os.listdir(folder)) - folders)
 
     def written_not_published(index_dir):
-        return (_journal(index_dir, tombstone_json) != published and
-                read_manifest(index_dir)["generation"] == read_manifest(base_dir)["generation"])
+        return (
+            _journal(index_dir, tombstone_json) != published
+            and read_manifest(index_dir)["generation"] == read_manifest(base_dir)["generation"]
+        )
 
     # The window between the set's commit and the manifest's is milliseconds wide.
-    _kill_mid_way(base_dir, killed, ("index.delete", f"--index={killed}", f"--ids={id_file}"),
-                  writing_tombstones, seed=12, latest=0.03, landed=written_not_published)
+    _kill_mid_way(
+        base_dir,
+        killed,
+        ("index.delete", f"--index={killed}", f"--ids={id_file}"),
+        writing_tombstones,
+        seed=12,
+        latest=0.03,
+        landed=written_not_published,
+    )
     log = _rerun("index.delete", f"--index={killed}", f"--ids={id_file}")
     assert "resuming: tombstone set" in log, log[-2000:]
     _assert_same_index(killed, reference)
@@ -160,6 +185,8 @@ def test_killed_compact_resumes_to_the_same_index(tiny_workdir, base, tmp_path):
     _kill_mid_way(changed, killed, ("index.compact", f"--index={killed}"), copied_rows, seed=13)
     journal = _journal(killed, "compact.json")
     log = _rerun("index.compact", f"--index={killed}")
-    assert (f"resuming on generation {journal['from_generation']}" in log and
-            f"{journal['rows_copied']} rows copied" in log), log[-2000:]
+    assert (
+        f"resuming on generation {journal['from_generation']}" in log
+        and f"{journal['rows_copied']} rows copied" in log
+    ), log[-2000:]
     _assert_same_index(killed, reference)

@@ -13,15 +13,22 @@ import time
 import httpx
 import numpy as np
 import pytest
+from live_index_helpers import build_index, run_binary, write_subset
 
 from index.add import add_images
 from index.manifest import read_manifest
-from live_index_helpers import build_index, run_binary, write_subset
 from serve.launcher import ServerProcess
 
-BUCKET_FLAGS = ["--query_length_buckets=16", "--query_batch_buckets=1,4",
-                "--candidate_buckets=64", "--rerank_buckets=16", "--default_n=64",
-                "--default_K=16", "--max_batch=4", "--max_wait_ms=5"]
+BUCKET_FLAGS = [
+    "--query_length_buckets=16",
+    "--query_batch_buckets=1,4",
+    "--candidate_buckets=64",
+    "--rerank_buckets=16",
+    "--default_n=64",
+    "--default_K=16",
+    "--max_batch=4",
+    "--max_wait_ms=5",
+]
 QUERIES = ["two horses", "a cat left of a dog", "three birds", "a small fish", "one frog"]
 CLIENTS = 3
 
@@ -32,8 +39,11 @@ def _load(url: str, stop: threading.Event, answers: list, errors: list) -> None:
     with httpx.Client(timeout=60) as client:
         turn = 0
         while not stop.is_set():
-            body = {"query": QUERIES[turn % len(QUERIES)], "k": 10,
-                    "options": {"first_stage": ["concepts", "exact"][turn % 2]}}
+            body = {
+                "query": QUERIES[turn % len(QUERIES)],
+                "k": 10,
+                "options": {"first_stage": ["concepts", "exact"][turn % 2]},
+            }
             turn += 1
             sent = time.monotonic()
             try:
@@ -46,8 +56,10 @@ def _load(url: str, stop: threading.Event, answers: list, errors: list) -> None:
                 continue
             answer = response.json()
             if int(response.headers["x-index-generation"]) != answer["generation"]:
-                errors.append(f"header {response.headers['x-index-generation']} != body "
-                              f"{answer['generation']}")
+                errors.append(
+                    f"header {response.headers['x-index-generation']} != body "
+                    f"{answer['generation']}"
+                )
             answers.append((sent, answer["generation"], [hit["id"] for hit in answer["results"]]))
 
 
@@ -65,31 +77,38 @@ def index_dir(tiny_workdir, scenes_dir, tmp_path_factory):
     return build_index(tiny_workdir, str(root / "a"), str(root / "index"))
 
 
-def test_add_and_delete_under_load_without_errors_or_mixed_generations(tiny_workdir,
-                                                                       index_dir, tmp_path):
+def test_add_and_delete_under_load_without_errors_or_mixed_generations(
+    tiny_workdir, index_dir, tmp_path
+):
     first = read_manifest(index_dir)["generation"]
     with ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS).start() as server:
         health = server.wait_ready()
         assert health["generation"] == first and health["images"] == 120
         stop, per_client = threading.Event(), [([], []) for _ in range(CLIENTS)]
-        threads = [threading.Thread(target=_load, args=(server.url, stop, *lists))
-                   for lists in per_client]
+        threads = [
+            threading.Thread(target=_load, args=(server.url, stop, *lists)) for lists in per_client
+        ]
         for thread in threads:
             thread.start()
         try:
-            add_images(tiny_workdir, index_dir.rsplit("/", 1)[0] + "/b", "test", index_dir,
-                       batch_size=16)
+            add_images(
+                tiny_workdir, index_dir.rsplit("/", 1)[0] + "/b", "test", index_dir, batch_size=16
+            )
             added = _reload(server)
-            assert added == dict(added, generation=first + 1, previous_generation=first,
-                                 images=200)
-            top = httpx.post(server.url + "/search", json={"query": QUERIES[0], "k": 10},
-                             timeout=60).json()
+            assert added == dict(added, generation=first + 1, previous_generation=first, images=200)
+            top = httpx.post(
+                server.url + "/search", json={"query": QUERIES[0], "k": 10}, timeout=60
+            ).json()
             assert top["generation"] == first + 1
             deleted = {hit["id"] for hit in top["results"][:5]}
             id_file = tmp_path / "deleted.txt"
             id_file.write_text("".join(f"{image_id}\n" for image_id in sorted(deleted)))
-            result = run_binary("index.delete", f"--index={index_dir}", f"--ids={id_file}",
-                                f"--reload_url={server.url}/admin/reload")
+            result = run_binary(
+                "index.delete",
+                f"--index={index_dir}",
+                f"--ids={id_file}",
+                f"--reload_url={server.url}/admin/reload",
+            )
             assert result.returncode == 0, result.stderr[-2000:]
             switched = time.monotonic()  # the binary returns once the server reloaded
             assert httpx.get(server.url + "/healthz").json()["generation"] == first + 2
@@ -127,9 +146,18 @@ def test_reload_answers_loopback_clients_only(tiny_workdir, index_dir):
     from serve.buckets import Buckets
     from serve.searcher import Searcher
 
-    searcher = Searcher.load(tiny_workdir, index_dir, Buckets(
-        query_lengths=(16,), query_batches=(1,), candidates=(64,), rerank=(16,), default_n=64,
-        default_K=16))
+    searcher = Searcher.load(
+        tiny_workdir,
+        index_dir,
+        Buckets(
+            query_lengths=(16,),
+            query_batches=(1,),
+            candidates=(64,),
+            rerank=(16,),
+            default_n=64,
+            default_K=16,
+        ),
+    )
     app = create_app(searcher)
 
     async def reload_from(host: str) -> httpx.Response:

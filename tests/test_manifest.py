@@ -12,14 +12,22 @@ from index import codecs, manifest, manifest_schema
 
 def _manifest(**overrides):
     value = {
-        "format_version": manifest.FORMAT_VERSION, "complete": False,
-        "created": "2026-01-01T00:00:00+00:00", "finalized": None,
-        "model_fingerprint": "abc123", "split_layer": 2,
+        "format_version": manifest.FORMAT_VERSION,
+        "complete": False,
+        "created": "2026-01-01T00:00:00+00:00",
+        "finalized": None,
+        "model_fingerprint": "abc123",
+        "split_layer": 2,
         "storage": {"activations_dtype": "int8", "compression_dim": 0, "concepts_dtype": "float32"},
         "shapes": {"images": 3, "regions": 4, "hidden": 8, "concept_dim": 5},
         "layout": {"shard_rows": 2, "inner_rows": 1},
-        "arrays": {"activations": "activations", "activation_scale": "activation_scale",
-                   "region_mask": "region_mask", "concepts": "concepts", "global": "global"},
+        "arrays": {
+            "activations": "activations",
+            "activation_scale": "activation_scale",
+            "region_mask": "region_mask",
+            "concepts": "concepts",
+            "global": "global",
+        },
         "counts": {"images": 3, "regions": None},
         "ids": {"file": "ids.txt", "count": 3, "sha256": "0" * 64},
         "source": {"data": "data/scenes", "split": "dev"},
@@ -49,17 +57,23 @@ def test_write_read_round_trip_and_completeness(tmp_path):
         (lambda m: m.pop("model_fingerprint"), "missing field 'model_fingerprint'"),
         (lambda m: m.update(split_layer="2"), "'split_layer' expected int, got str"),
         (lambda m: m.update(format_version=99), "'format_version' expected 1, got 99"),
-        (lambda m: m["storage"].update(activations_dtype="fp8"),
-         r"'storage.activations_dtype' expected 'float32', 'bfloat16' or 'int8', got 'fp8'"),
+        (
+            lambda m: m["storage"].update(activations_dtype="fp8"),
+            r"'storage.activations_dtype' expected 'float32', 'bfloat16' or 'int8', got 'fp8'",
+        ),
         (lambda m: m["shapes"].pop("regions"), "missing field 'shapes.regions'"),
         (lambda m: m["shapes"].update(hidden=-1), r"'shapes.hidden' expected an int >= 0, got -1"),
         (lambda m: m["ids"].update(count=4), r"'ids.count' expected 3 \(shapes.images\), got 4"),
         (lambda m: m["arrays"].pop("activation_scale"), "int8 storage needs"),
-        (lambda m: m["arrays"].update(concepts="/abs/concepts"),
-         "'arrays.concepts' must be a relative"),
+        (
+            lambda m: m["arrays"].update(concepts="/abs/concepts"),
+            "'arrays.concepts' must be a relative",
+        ),
         (lambda m: m["arrays"].update(concepts="../other/concepts"), "must be a relative"),
-        (lambda m: m["arrays"].update(extra="extra"),
-         r"unknown field 'arrays.extra'; expected fields among \['activations', "),
+        (
+            lambda m: m["arrays"].update(extra="extra"),
+            r"unknown field 'arrays.extra'; expected fields among \['activations', ",
+        ),
         (lambda m: m.update(corpus={"split": "dev"}), "missing field 'corpus.images'"),
         (lambda m: m.update(complete=1), "'complete' expected bool, got int 1"),
         (lambda m: m.update(storage=[]), r"'storage' expected an object, got list \[\]"),
@@ -84,9 +98,11 @@ def test_every_problem_is_named_in_one_message(tmp_path):
         manifest.write_manifest(str(tmp_path), value)
     message = str(refusal.value)
     assert message.startswith(os.path.join(str(tmp_path), manifest.MANIFEST_FILE) + ": ")
-    for problem in ("field 'split_layer' expected int, got str '2'",
-                    "field 'shapes.hidden' expected an int >= 0, got -1",
-                    "missing field 'ids.sha256'"):
+    for problem in (
+        "field 'split_layer' expected int, got str '2'",
+        "field 'shapes.hidden' expected an int >= 0, got -1",
+        "missing field 'ids.sha256'",
+    ):
         assert problem in message
     with pytest.raises(ValueError, match="expected a JSON object, got list"):
         manifest.validate_manifest([1, 2])
@@ -96,8 +112,13 @@ def test_a_valid_manifest_parses_to_the_typed_model():
     typed = manifest_schema.IndexManifest.model_validate(_manifest(generation=3))
     assert typed.shapes.images == 3 and typed.storage.activations_dtype == "int8"
     assert typed.arrays.global_ == "global" and typed.generation == 3
-    assert manifest.ARRAY_ROLES == ("activations", "activation_scale", "region_mask",
-                                    "concepts", "global")
+    assert manifest.ARRAY_ROLES == (
+        "activations",
+        "activation_scale",
+        "region_mask",
+        "concepts",
+        "global",
+    )
 
 
 def test_read_rejects_invalid_json(tmp_path):
@@ -149,14 +170,15 @@ def test_merge_ranges():
 
 def test_array_layout_follows_storage():
     layout = manifest.array_layout(_manifest())
-    assert layout == {"activations": ((3, 4, 8), np.dtype(np.int8)),
-                      "activation_scale": ((3, 4), np.dtype(np.float32)),
-                      "region_mask": ((3, 4), np.dtype(np.bool_)),
-                      "concepts": ((3, 4, 5), np.dtype(np.float32)),
-                      "global": ((3, 5), np.dtype(np.float32))}
+    assert layout == {
+        "activations": ((3, 4, 8), np.dtype(np.int8)),
+        "activation_scale": ((3, 4), np.dtype(np.float32)),
+        "region_mask": ((3, 4), np.dtype(np.bool_)),
+        "concepts": ((3, 4, 5), np.dtype(np.float32)),
+        "global": ((3, 5), np.dtype(np.float32)),
+    }
     bf16 = copy.deepcopy(_manifest())
     bf16["storage"]["activations_dtype"] = "bfloat16"
     del bf16["arrays"]["activation_scale"]
     assert "activation_scale" not in manifest.array_layout(bf16)
-    assert manifest.array_layout(bf16)["activations"] == ((3, 4, 8),
-                                                          codecs.numpy_dtype("bfloat16"))
+    assert manifest.array_layout(bf16)["activations"] == ((3, 4, 8), codecs.numpy_dtype("bfloat16"))

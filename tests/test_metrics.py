@@ -13,12 +13,14 @@ def argsort_rank(row, positives):
 
 
 def test_text_to_image_ties_are_pessimistic():
-    scores = np.array([
-        [1.0, 1.0, 0.5],  # true image 0 ties with image 1 → rank 1
-        [0.2, 0.9, 0.9],  # true image 2 ties with image 1 → rank 1
-        [0.1, 0.3, 0.7],  # true image 2 strictly best → rank 0
-        [0.5, 0.6, 0.7],  # true image 0 worst → rank 2
-    ])
+    scores = np.array(
+        [
+            [1.0, 1.0, 0.5],  # true image 0 ties with image 1 → rank 1
+            [0.2, 0.9, 0.9],  # true image 2 ties with image 1 → rank 1
+            [0.1, 0.3, 0.7],  # true image 2 strictly best → rank 0
+            [0.5, 0.6, 0.7],  # true image 0 worst → rank 2
+        ]
+    )
     ranks = metrics.ranks_text_to_image(scores, np.array([0, 2, 2, 0]))
     np.testing.assert_array_equal(ranks, [1, 1, 0, 2])
     assert ranks.dtype == np.int64
@@ -29,14 +31,16 @@ def test_text_to_image_ties_are_pessimistic():
 
 def test_image_to_text_best_caption_and_ties():
     caption_image = np.array([0, 0, 1, 1, 2, 2])
-    scores = np.array([
-        # best positive 0.8 (caption 1); negatives >= 0.8: caption 2 (0.9), caption 5 (tie)
-        [0.1, 0.8, 0.9, 0.2, 0.3, 0.8],
-        # best positive 0.5 (caption 2); caption 0 ties → rank 1
-        [0.5, 0.4, 0.5, 0.1, 0.2, 0.3],
-        # both positives tie with each other at the top: ties among positives cost nothing
-        [0.0, 0.0, 0.0, 0.0, 0.6, 0.6],
-    ])
+    scores = np.array(
+        [
+            # best positive 0.8 (caption 1); negatives >= 0.8: caption 2 (0.9), caption 5 (tie)
+            [0.1, 0.8, 0.9, 0.2, 0.3, 0.8],
+            # best positive 0.5 (caption 2); caption 0 ties → rank 1
+            [0.5, 0.4, 0.5, 0.1, 0.2, 0.3],
+            # both positives tie with each other at the top: ties among positives cost nothing
+            [0.0, 0.0, 0.0, 0.0, 0.6, 0.6],
+        ]
+    )
     np.testing.assert_array_equal(metrics.ranks_image_to_text(scores, caption_image), [2, 1, 0])
     constant = metrics.ranks_image_to_text(np.ones((3, 6)), caption_image)
     np.testing.assert_array_equal(constant, [4, 4, 4])
@@ -52,8 +56,9 @@ def test_ranks_match_argsort_reference_with_five_captions():
     expected = [argsort_rank(scores[m], [caption_image[m]]) for m in range(caption_image.size)]
     np.testing.assert_array_equal(ranks, expected)
     ranks = metrics.ranks_image_to_text(scores.T, caption_image)
-    expected = [argsort_rank(scores.T[n], np.flatnonzero(caption_image == n))
-                for n in range(num_images)]
+    expected = [
+        argsort_rank(scores.T[n], np.flatnonzero(caption_image == n)) for n in range(num_images)
+    ]
     np.testing.assert_array_equal(ranks, expected)
 
 
@@ -72,10 +77,14 @@ def test_recall_summary_hand_computed():
     summary = metrics.recall_summary(np.array([0, 1, 4, 9, 10, 20]), np.array([0, 0, 2, 5]))
     assert tuple(summary) == metrics.SUMMARY_KEYS
     expected = {
-        "t2i_r1": 100 / 6, "t2i_r5": 50.0, "t2i_r10": 400 / 6,
+        "t2i_r1": 100 / 6,
+        "t2i_r5": 50.0,
+        "t2i_r10": 400 / 6,
         "t2i_medr": 7.0,  # median rank 6.5 (0-based) → floor + 1
         "t2i_meanr": 44 / 6 + 1,
-        "i2t_r1": 50.0, "i2t_r5": 75.0, "i2t_r10": 100.0,
+        "i2t_r1": 50.0,
+        "i2t_r5": 75.0,
+        "i2t_r10": 100.0,
         "i2t_medr": 2.0,  # median of [0, 0, 2, 5] is 1 → 2
         "i2t_meanr": 7 / 4 + 1,
         "rsum": 100 / 6 + 50 + 400 / 6 + 50 + 75 + 100,
@@ -150,7 +159,12 @@ def test_1k_default_protocol_is_five_folds_of_1000():
 
     summary = metrics.coco_1k_5fold(score_fn, caption_image, num_images=5000)
     assert [(batch[0], batch.size) for batch in image_batches] == [
-        (0, 1000), (1000, 1000), (2000, 1000), (3000, 1000), (4000, 1000)]
+        (0, 1000),
+        (1000, 1000),
+        (2000, 1000),
+        (3000, 1000),
+        (4000, 1000),
+    ]
     assert summary["t2i_r1"] < 1.0  # random scores: chance level is 0.1 %
 
 
@@ -163,8 +177,9 @@ def test_protocol_errors():
     with pytest.raises(ValueError, match="coco_5k.*5000"):
         metrics.coco_5k(scores, caption_image)
     with pytest.raises(ValueError, match="returned"):
-        metrics.coco_1k_5fold(lambda captions, images: np.zeros((1, 1)), caption_image,
-                              num_images=10, fold_size=2)
+        metrics.coco_1k_5fold(
+            lambda captions, images: np.zeros((1, 1)), caption_image, num_images=10, fold_size=2
+        )
 
 
 def test_coco_5k_ranks_over_all_5000_images():

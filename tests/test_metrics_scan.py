@@ -59,7 +59,7 @@ def scan_evalrank(sims, fold5):
     for i in range(5):
         # img_embs[i * 5000:(i + 1) * 5000:5] and cap_embs[i * 5000:(i + 1) * 5000]: images
         # [1000i, 1000(i+1)), captions [5000i, 5000(i+1)); sims recomputed for the fold.
-        shard = sims[i * 1000:(i + 1) * 1000, i * 5000:(i + 1) * 5000].copy()
+        shard = sims[i * 1000 : (i + 1) * 1000, i * 5000 : (i + 1) * 5000].copy()
         r, _ = scan_i2t(shard)
         ri, _ = scan_t2i(shard)
         ar = (r[0] + r[1] + r[2]) / 3
@@ -75,10 +75,12 @@ def scan_evalrank(sims, fold5):
 
 
 def _as_summary(r, ri):
-    summary = {f"i2t_{key}": float(value) for key, value in zip(
-        ("r1", "r5", "r10", "medr", "meanr"), r)}
-    summary.update({f"t2i_{key}": float(value) for key, value in zip(
-        ("r1", "r5", "r10", "medr", "meanr"), ri)})
+    summary = {
+        f"i2t_{key}": float(value) for key, value in zip(("r1", "r5", "r10", "medr", "meanr"), r)
+    }
+    summary.update(
+        {f"t2i_{key}": float(value) for key, value in zip(("r1", "r5", "r10", "medr", "meanr"), ri)}
+    )
     summary["rsum"] = float(r[0] + r[1] + r[2] + ri[0] + ri[1] + ri[2])
     return summary
 
@@ -104,9 +106,11 @@ def test_rank_functions_equal_scans_i2t_t2i(levels):
     _, i2t_ranks = scan_i2t(sims)
     _, t2i_ranks = scan_t2i(sims)
     np.testing.assert_array_equal(
-        metrics.ranks_image_to_text(sims, CAPTION_IMAGE_1K, ties="scan"), i2t_ranks)
+        metrics.ranks_image_to_text(sims, CAPTION_IMAGE_1K, ties="scan"), i2t_ranks
+    )
     np.testing.assert_array_equal(
-        metrics.ranks_text_to_image(sims.T, CAPTION_IMAGE_1K, ties="scan"), t2i_ranks)
+        metrics.ranks_text_to_image(sims.T, CAPTION_IMAGE_1K, ties="scan"), t2i_ranks
+    )
     pessimistic_i2t = metrics.ranks_image_to_text(sims, CAPTION_IMAGE_1K)
     pessimistic_t2i = metrics.ranks_text_to_image(sims.T, CAPTION_IMAGE_1K)
     if levels is None:  # no ties: both conventions are SCAN's
@@ -137,7 +141,7 @@ def test_coco_protocols_equal_scan_evalrank_with_ties():
     evalrank(fold5=False), coco_1k_5fold = evalrank(fold5=True), value for value."""
     caption_image = np.arange(25000) // 5
     sims = _sims(5000, 12, seed=11, signal=1.6)
-    scores = sims.T.astype(np.float32)   # lateint's caption x image matrix, float32
+    scores = sims.T.astype(np.float32)  # lateint's caption x image matrix, float32
     five_k = metrics.coco_5k(scores, caption_image)
     expected = scan_evalrank(sims, fold5=False)
     for key in metrics.SUMMARY_KEYS:
@@ -149,7 +153,8 @@ def test_coco_protocols_equal_scan_evalrank_with_ties():
     assert one_k["rsum"] == pytest.approx(expected["mean_fold_rsum"])
     # SCAN's printed fold-5 "rsum" is twice the i2t recall sum, not the rsum.
     assert expected["scan_printed_rsum"] == pytest.approx(
-        2 * (one_k["i2t_r1"] + one_k["i2t_r5"] + one_k["i2t_r10"]))
+        2 * (one_k["i2t_r1"] + one_k["i2t_r5"] + one_k["i2t_r10"])
+    )
 
 
 def test_scan_convention_follows_argsort_not_a_rule():
@@ -170,4 +175,5 @@ def test_subset_ranks_take_the_convention():
     images = np.array([3, 17, 30])
     np.testing.assert_array_equal(
         metrics.ranks_image_subset_to_text(sims[images], images, caption_image, ties="scan"),
-        scan_i2t(sims)[1][images])
+        scan_i2t(sims)[1][images],
+    )

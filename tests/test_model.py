@@ -16,16 +16,23 @@ SPLITS = [0, 1, 2, 3]  # l in {0, 1, L-1, L} for L = 3
 def _separate_score(model, token_ids, token_mask, regions, boxes, region_mask):
     text = model.encode_text(jnp.asarray(token_ids), jnp.asarray(token_mask))
     image = model.encode_image(jnp.asarray(regions), jnp.asarray(boxes), jnp.asarray(region_mask))
-    return model.joint_score(text.activations, text.mask, model.compress(image.activations),
-                             image.mask)
+    return model.joint_score(
+        text.activations, text.mask, model.compress(image.activations), image.mask
+    )
 
 
 @pytest.mark.parametrize("split", SPLITS)
-@pytest.mark.parametrize("shared,compression,residual",
-                         [(False, 0, 0.0), (True, 0, 0.0), (False, 8, 0.0), (False, 8, 2.0)])
+@pytest.mark.parametrize(
+    "shared,compression,residual",
+    [(False, 0, 0.0), (True, 0, 0.0), (False, 8, 0.0), (False, 8, 2.0)],
+)
 def test_precompute_equals_fused_forward(split, shared, compression, residual, rng):
-    config = tiny_config(split_layer=split, share_tower_weights=shared,
-                         compression_dim=compression, joint_residual=residual)
+    config = tiny_config(
+        split_layer=split,
+        share_tower_weights=shared,
+        compression_dim=compression,
+        joint_residual=residual,
+    )
     model = SplitEncoder(config, nnx.Rngs(split))
     inputs = random_pairs(config, rng, pairs=4)
     separate = np.asarray(_separate_score(model, *inputs))
@@ -41,7 +48,8 @@ def test_no_cross_links_before_split(shared, rng):
     model = SplitEncoder(config)
     token_ids, token_mask, regions, boxes, region_mask = random_pairs(config, rng)
     other_ids, other_mask, other_regions, other_boxes, other_region_mask = random_pairs(
-        config, np.random.default_rng(7))
+        config, np.random.default_rng(7)
+    )
     image = model.encode_image(regions, boxes, region_mask)
     text = model.encode_text(token_ids, token_mask)
     # The towers take no argument of the other modality; routed through the fused forward,
@@ -52,17 +60,20 @@ def test_no_cross_links_before_split(shared, rng):
     captured = {
         "a": model.fused_towers(token_ids, token_mask, regions, boxes, region_mask),
         "b": model.fused_towers(other_ids, other_mask, regions, boxes, region_mask),
-        "c": model.fused_towers(token_ids, token_mask, other_regions, other_boxes,
-                                other_region_mask),
+        "c": model.fused_towers(
+            token_ids, token_mask, other_regions, other_boxes, other_region_mask
+        ),
     }
     # text changed -> the image half is bit-identical (and equals encode_image)
     np.testing.assert_array_equal(np.asarray(captured["a"][1]), np.asarray(captured["b"][1]))
-    np.testing.assert_allclose(np.asarray(captured["a"][1]), np.asarray(image.activations),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(captured["a"][1]), np.asarray(image.activations), atol=1e-5
+    )
     # regions changed -> the text half is bit-identical (and equals encode_text)
     np.testing.assert_array_equal(np.asarray(captured["a"][0]), np.asarray(captured["c"][0]))
-    np.testing.assert_allclose(np.asarray(captured["a"][0]), np.asarray(text.activations),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(captured["a"][0]), np.asarray(text.activations), atol=1e-5
+    )
 
 
 def test_padding_and_region_order_do_not_change_scores(rng):
@@ -77,14 +88,20 @@ def test_padding_and_region_order_do_not_change_scores(rng):
     pad_boxes = np.concatenate([boxes, rng.uniform(size=(3, 3, 5))], 1).astype(np.float32)
     pad_region_mask = np.pad(region_mask, ((0, 0), (0, 3)))
     garbage = np.where(region_mask[..., None], regions, 55.0).astype(np.float32)
-    padded = _separate_score(model, np.where(pad_mask, pad_ids, 9), pad_mask,
-                             np.concatenate([garbage, pad_regions[:, 5:]], 1).astype(np.float32),
-                             pad_boxes, pad_region_mask)
+    padded = _separate_score(
+        model,
+        np.where(pad_mask, pad_ids, 9),
+        pad_mask,
+        np.concatenate([garbage, pad_regions[:, 5:]], 1).astype(np.float32),
+        pad_boxes,
+        pad_region_mask,
+    )
     np.testing.assert_allclose(np.asarray(padded), base, atol=1e-5)
     # permuting the regions (real ones among themselves, with their boxes and mask)
     order = rng.permutation(regions.shape[1])
-    permuted = _separate_score(model, token_ids, token_mask, regions[:, order], boxes[:, order],
-                               region_mask[:, order])
+    permuted = _separate_score(
+        model, token_ids, token_mask, regions[:, order], boxes[:, order], region_mask[:, order]
+    )
     np.testing.assert_allclose(np.asarray(permuted), base, atol=1e-5)
 
 
@@ -110,8 +127,9 @@ def test_tower_outputs_are_normalised_and_masked(rng):
     norms = np.linalg.norm(np.asarray(image.concepts), axis=-1)
     np.testing.assert_allclose(norms[region_mask], 1.0, atol=1e-5)
     np.testing.assert_array_equal(norms[~region_mask], 0.0)
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(image.global_vector), axis=-1), 1.0,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(np.asarray(image.global_vector), axis=-1), 1.0, atol=1e-5
+    )
 
 
 def test_maxsim_residual_starts_as_maxsim_and_learns_a_correction(rng):
@@ -120,7 +138,8 @@ def test_maxsim_residual_starts_as_maxsim_and_learns_a_correction(rng):
     config = tiny_config(split_layer=1, joint_residual=3.0)
     model = SplitEncoder(config, nnx.Rngs(0))
     token_ids, token_mask, regions, boxes, region_mask = map(
-        jnp.asarray, random_pairs(config, rng, pairs=4))
+        jnp.asarray, random_pairs(config, rng, pairs=4)
+    )
     text = model.encode_text(token_ids, token_mask)
     image = model.encode_image(regions, boxes, region_mask)
     expected = 3.0 * scoring.maxsim_pairs(text.concepts, text.mask, image.concepts, image.mask)
@@ -128,8 +147,9 @@ def test_maxsim_residual_starts_as_maxsim_and_learns_a_correction(rng):
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5, rtol=0)
 
     def head_output(head_model):
-        return jnp.sum(head_model.joint_score(text.activations, text.mask, image.activations,
-                                              image.mask) ** 2)
+        return jnp.sum(
+            head_model.joint_score(text.activations, text.mask, image.activations, image.mask) ** 2
+        )
 
     grads = nnx.grad(head_output)(model)
     assert float(jnp.abs(grads.score_head.dense.kernel[...]).max()) > 0
@@ -138,8 +158,14 @@ def test_maxsim_residual_starts_as_maxsim_and_learns_a_correction(rng):
 def _geometry_model(split: int, shared: bool = False) -> SplitEncoder:
     """A model with the relative-geometry bias and the box MLP; its bias output layer (zero at
     init, so that an untrained bias changes nothing) is randomised to make the bias matter."""
-    config = tiny_config(split_layer=split, share_tower_weights=shared, geometry_bias=True,
-                         box_embedding="mlp", joint_residual=2.0, joint_alignment_bias=3.0)
+    config = tiny_config(
+        split_layer=split,
+        share_tower_weights=shared,
+        geometry_bias=True,
+        box_embedding="mlp",
+        joint_residual=2.0,
+        joint_alignment_bias=3.0,
+    )
     model = SplitEncoder(config, nnx.Rngs(split))
     kernel = model.geometry.output.kernel
     kernel[...] = jax.random.normal(jax.random.key(3), kernel[...].shape)
@@ -155,8 +181,9 @@ def test_geometry_bias_keeps_both_contracts(split, shared, rng):
     np.testing.assert_allclose(separate, fused, atol=1e-5, rtol=0)
     token_ids, token_mask, regions, boxes, region_mask = inputs
     text_a, image_a = model.fused_towers(token_ids, token_mask, regions, boxes, region_mask)
-    text_b, image_b = model.fused_towers(token_ids[::-1], token_mask[::-1], regions, boxes,
-                                         region_mask)
+    text_b, image_b = model.fused_towers(
+        token_ids[::-1], token_mask[::-1], regions, boxes, region_mask
+    )
     np.testing.assert_array_equal(np.asarray(image_a), np.asarray(image_b))
 
 

@@ -13,9 +13,14 @@ import numpy as np
 import pytest
 
 from index import codecs
+from index.manifest import (
+    CORPUS_FIELDS,
+    IncompleteIndexError,
+    IndexRefusedError,
+    read_manifest,
+    write_manifest,
+)
 from index.precompute import precompute
-from index.manifest import (CORPUS_FIELDS, IncompleteIndexError, IndexRefusedError,
-                            read_manifest, write_manifest)
 from index.store import ActivationStore, read_array
 from lateint.checkpoint import load_model
 from lateint.data.corpus import load_corpus
@@ -26,8 +31,9 @@ ROLES = ("activations", "region_mask", "concepts", "global")
 
 def test_stored_scores_equal_the_fused_forward(tiny_workdir, scenes_dir, tmp_path):
     index_dir = str(tmp_path / "index")
-    precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64,
-               shard_rows=32)
+    precompute(
+        tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64, shard_rows=32
+    )
     model, _ = load_model(tiny_workdir)
     corpus = load_corpus(scenes_dir, "test")
     store = ActivationStore.open(index_dir)
@@ -37,11 +43,16 @@ def test_stored_scores_equal_the_fused_forward(tiny_workdir, scenes_dir, tmp_pat
     np.testing.assert_array_equal(mask, corpus.region_mask[ids])
     ids_text = np.array([[101, 1037, 2829, 2187, 1997, 1037, 2235, 1021, 102]] * len(ids))
     text = model.encode_text(jnp.asarray(ids_text), jnp.ones(ids_text.shape, bool))
-    from_store = model.joint_score(text.activations, text.mask, jnp.asarray(stored),
-                                   jnp.asarray(mask))
-    fused = model.fused_score(jnp.asarray(ids_text), jnp.ones(ids_text.shape, bool),
-                              jnp.asarray(corpus.regions[ids]), jnp.asarray(corpus.boxes[ids]),
-                              jnp.asarray(corpus.region_mask[ids]))
+    from_store = model.joint_score(
+        text.activations, text.mask, jnp.asarray(stored), jnp.asarray(mask)
+    )
+    fused = model.fused_score(
+        jnp.asarray(ids_text),
+        jnp.ones(ids_text.shape, bool),
+        jnp.asarray(corpus.regions[ids]),
+        jnp.asarray(corpus.boxes[ids]),
+        jnp.asarray(corpus.region_mask[ids]),
+    )
     np.testing.assert_allclose(np.asarray(from_store), np.asarray(fused), atol=1e-5)
     image = model.encode_image(corpus.regions[ids], corpus.boxes[ids], corpus.region_mask[ids])
     concepts, _ = store.gather_concepts(ids)
@@ -50,10 +61,24 @@ def test_stored_scores_equal_the_fused_forward(tiny_workdir, scenes_dir, tmp_pat
 
 def _precompute_process(workdir, data, index_dir, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "index.precompute", f"--workdir={workdir}", f"--data={data}",
-         "--split=test", f"--index={index_dir}", "--batch_size=8", "--shard_rows=8",
-         "--storage=int8", *extra],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "index.precompute",
+            f"--workdir={workdir}",
+            f"--data={data}",
+            "--split=test",
+            f"--index={index_dir}",
+            "--batch_size=8",
+            "--shard_rows=8",
+            "--storage=int8",
+            *extra,
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 PROGRESS_LINE = re.compile(r"\] (\d+)/200 images \|")  # logged after each journaled unit
@@ -100,8 +125,9 @@ def test_sigkill_and_resume_gives_an_identical_store(tiny_workdir, scenes_dir, t
     assert f"{journaled} of 200 images journaled, encoding the other {200 - journaled}" in stderr
     assert f"precomputed {200 - journaled} images " in stderr, stderr[-2000:]
     for role in ROLES + ("activation_scale",):
-        np.testing.assert_array_equal(read_array(killed_dir, role), read_array(reference, role),
-                                      err_msg=role)
+        np.testing.assert_array_equal(
+            read_array(killed_dir, role), read_array(reference, role), err_msg=role
+        )
     # a second run on the finished index is a no-op
     before = os.path.getmtime(os.path.join(killed_dir, "manifest.json"))
     process = _precompute_process(tiny_workdir, scenes_dir, killed_dir)
@@ -127,10 +153,12 @@ def test_storage_modes_stay_close_to_float32(tiny_workdir, scenes_dir, tmp_path,
     relative = np.abs(lossy[mask] - exact[mask]) / scale
     assert relative.max() < (1 / 127 if storage == "int8" else 1 / 128)
     assert codecs.bytes_per_region(storage, exact.shape[-1]) < codecs.bytes_per_region(
-        "float32", exact.shape[-1])
+        "float32", exact.shape[-1]
+    )
 
 
 # ---- refusing a mixed-up resume (issue 13, point 1) ----------------------------------------
+
 
 def _other_corpus(scenes_dir, tmp_path):
     """A copy of the scenes corpus with the same ids and shapes whose test features differ from
@@ -147,8 +175,7 @@ def _killed_after_first_shard(index_dir):
     """Rewinds a finished INDEX to the state a SIGKILL after its first 64-image shard leaves:
     journal [[0, 64]], manifest not complete."""
     manifest = read_manifest(index_dir)
-    manifest.update(complete=False, finalized=None,
-                    counts=dict(manifest["counts"], regions=None))
+    manifest.update(complete=False, finalized=None, counts=dict(manifest["counts"], regions=None))
     write_manifest(index_dir, manifest)
     with open(os.path.join(index_dir, "progress.json"), "w") as handle:
         json.dump({"completed": [[0, 64]]}, handle)
@@ -156,26 +183,35 @@ def _killed_after_first_shard(index_dir):
 
 def test_resume_on_another_corpus_is_refused_naming_both(tiny_workdir, scenes_dir, tmp_path):
     index_dir = str(tmp_path / "index")
-    first = precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32",
-                       batch_size=64, shard_rows=64)
+    first = precompute(
+        tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64, shard_rows=64
+    )
     assert set(first["corpus"]) == set(CORPUS_FIELDS)
     assert first["corpus"]["images"] == 200 and first["corpus"]["sampled_images"] == 200
     _killed_after_first_shard(index_dir)
     other = _other_corpus(scenes_dir, tmp_path)
     stored = read_manifest(index_dir, require_complete=False)["corpus"]["content_sha256"]
-    with pytest.raises(IndexRefusedError, match=r"another corpus.*corpus.content_sha256: index "
-                       rf"'{stored}', --data '[0-9a-f]{{64}}'"):
-        precompute(tiny_workdir, other, "test", index_dir, storage="float32", batch_size=64,
-                   shard_rows=64)
+    with pytest.raises(
+        IndexRefusedError,
+        match=r"another corpus.*corpus.content_sha256: index "
+        rf"'{stored}', --data '[0-9a-f]{{64}}'",
+    ):
+        precompute(
+            tiny_workdir, other, "test", index_dir, storage="float32", batch_size=64, shard_rows=64
+        )
     with pytest.raises(IndexRefusedError, match=r"corpus.split: index 'test', --data 'dev'"):
         precompute(tiny_workdir, scenes_dir, "dev", index_dir, storage="float32")
-    with pytest.raises(IndexRefusedError, match=r"'storage.activations_dtype' is 'float32', "
-                                                r"--storage is 'int8'"):
+    with pytest.raises(
+        IndexRefusedError,
+        match=r"'storage.activations_dtype' is 'float32', "
+        r"--storage is 'int8'",
+    ):
         precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="int8")
     # Nothing was written by the refused runs: the right corpus resumes to the same store.
     assert read_manifest(index_dir, require_complete=False)["complete"] is False
-    resumed = precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32",
-                         batch_size=64, shard_rows=64)
+    resumed = precompute(
+        tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64, shard_rows=64
+    )
     assert resumed["complete"] and resumed["corpus"] == first["corpus"]
 
 
@@ -189,8 +225,11 @@ def test_rerun_on_a_finished_index_checks_model_and_corpus(tiny_workdir, scenes_
     ours = manifest["model_fingerprint"]
     manifest["model_fingerprint"] = "0123456789abcdef"  # as if another checkpoint wrote it
     write_manifest(index_dir, manifest)
-    with pytest.raises(IndexRefusedError, match=rf"'model_fingerprint' is '0123456789abcdef', "
-                                                rf"the checkpoint in --workdir has '{ours}'"):
+    with pytest.raises(
+        IndexRefusedError,
+        match=rf"'model_fingerprint' is '0123456789abcdef', "
+        rf"the checkpoint in --workdir has '{ours}'",
+    ):
         precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32")
     # The binary: one line naming the file and the field, exit status 2, no traceback.
     process = _precompute_process(tiny_workdir, scenes_dir, index_dir, "--storage=float32")
@@ -202,11 +241,11 @@ def test_rerun_on_a_finished_index_checks_model_and_corpus(tiny_workdir, scenes_
     assert "manifest.json: field 'model_fingerprint'" in refusal[0]
 
 
-def test_an_index_without_a_corpus_fingerprint_is_not_resumed(tiny_workdir, scenes_dir,
-                                                              tmp_path):
+def test_an_index_without_a_corpus_fingerprint_is_not_resumed(tiny_workdir, scenes_dir, tmp_path):
     index_dir = str(tmp_path / "index")
-    precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64,
-               shard_rows=64)
+    precompute(
+        tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64, shard_rows=64
+    )
     _killed_after_first_shard(index_dir)
     manifest = read_manifest(index_dir, require_complete=False)
     del manifest["corpus"]  # written before corpus fingerprints existed

@@ -41,16 +41,19 @@ def test_parity_with_reference_hidden_states(bert_dir):
 
 
 def test_split_import_places_layers(bert_dir):
-    config = config_from_bert(bert_dir, split_layer=4, share_tower_weights=False,
-                              region_feature_dim=8)
+    config = config_from_bert(
+        bert_dir, split_layer=4, share_tower_weights=False, region_feature_dim=8
+    )
     model = SplitEncoder(config)
     import_bert(model, bert_dir)
     tensors = load_file(os.path.join(bert_dir, "model.safetensors"))
     query = "encoder.layer.{}.attention.self.query.weight"
-    np.testing.assert_array_equal(model.image_layers[3].attention.query.kernel[...],
-                                  tensors[query.format(3)].T)
-    np.testing.assert_array_equal(model.joint_layers[1].attention.query.kernel[...],
-                                  tensors[query.format(5)].T)
+    np.testing.assert_array_equal(
+        model.image_layers[3].attention.query.kernel[...], tensors[query.format(3)].T
+    )
+    np.testing.assert_array_equal(
+        model.joint_layers[1].attention.query.kernel[...], tensors[query.format(5)].T
+    )
 
 
 def _copy_checkpoint(bert_dir, target, mutate_tensors=None, mutate_config=None):
@@ -114,9 +117,13 @@ def test_tokenizer_buckets_truncation_and_errors(bert_dir):
     assert ids.shape == (1, 8) and mask.sum() == 4
     ids, mask = tokenizer.encode(["word " * 40])
     assert ids.shape == (1, 16) and mask.all() and ids[0, -1] == tokenizer.sep_id
-    for bad, message in [([], "empty batch"), (["   "], "empty or whitespace"),
-                         ([b"bytes"], "expected str"), ("plain string", "single str"),
-                         ([None], "expected str")]:
+    for bad, message in [
+        ([], "empty batch"),
+        (["   "], "empty or whitespace"),
+        ([b"bytes"], "expected str"),
+        ("plain string", "single str"),
+        ([None], "expected str"),
+    ]:
         with pytest.raises(ValueError, match=message):
             tokenizer.encode(bad)
 

@@ -33,16 +33,27 @@ def _substituted(block: str, workdir: str, index_dir: str) -> str:
 
 def _environment(tmp_path) -> dict:
     """The test's Python first on PATH (the snippets say `python`); a private XLA cache."""
-    return dict(os.environ, JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path / "cache"),
-                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+    )
 
 
-def test_the_python_quick_start_prints_ranked_ids_and_scores(tiny_workdir, concepts_index,
-                                                            tmp_path):
+def test_the_python_quick_start_prints_ranked_ids_and_scores(
+    tiny_workdir, concepts_index, tmp_path
+):
     (block,) = _blocks("python")
     code = _substituted(block, tiny_workdir, concepts_index)
-    finished = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True,
-                              text=True, timeout=900, env=_environment(tmp_path))
+    finished = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=_environment(tmp_path),
+    )
     assert finished.returncode == 0, finished.stderr[-4000:]
     lines = finished.stdout.split("\n")[:-1]
     assert len(lines) == 5, finished.stdout
@@ -61,9 +72,14 @@ def test_the_http_quick_start_answers_ranked_json(tiny_workdir, concepts_index, 
     (block,) = _blocks("bash")
     port = free_port()
     script = _substituted(block, tiny_workdir, concepts_index).replace("8080", str(port))
-    finished = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=REPOSITORY,
-                              capture_output=True, text=True, timeout=900,
-                              env=_environment(tmp_path))
+    finished = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=_environment(tmp_path),
+    )
     assert finished.returncode == 0, finished.stderr[-4000:]
     answer = json.loads(finished.stdout)
     assert [hit["rank"] for hit in answer["results"]] == [1, 2, 3, 4, 5]

@@ -13,8 +13,13 @@ from lateint.relation_head import RelationHead
 
 
 def _relation_model(split: int, trained_claims: bool = True) -> SplitEncoder:
-    config = tiny_config(split_layer=split, geometry_bias=True, box_embedding="mlp",
-                         joint_residual=2.0, relation_head=True)
+    config = tiny_config(
+        split_layer=split,
+        geometry_bias=True,
+        box_embedding="mlp",
+        joint_residual=2.0,
+        relation_head=True,
+    )
     model = SplitEncoder(config, nnx.Rngs(split))
     if trained_claims:  # the claim layer starts at zero; randomise it so the head matters
         kernel = model.relation.claim.kernel
@@ -25,8 +30,11 @@ def _relation_model(split: int, trained_claims: bool = True) -> SplitEncoder:
 def _scores(model, token_ids, token_mask, regions, boxes, region_mask):
     text = model.encode_text(jnp.asarray(token_ids), jnp.asarray(token_mask))
     image = model.encode_image(jnp.asarray(regions), jnp.asarray(boxes), jnp.asarray(region_mask))
-    return np.asarray(model.joint_score(text.activations, text.mask,
-                                        model.compress(image.activations), image.mask))
+    return np.asarray(
+        model.joint_score(
+            text.activations, text.mask, model.compress(image.activations), image.mask
+        )
+    )
 
 
 @pytest.mark.parametrize("split", [1, 2, 3])
@@ -43,8 +51,7 @@ def test_untrained_relation_head_adds_nothing(rng):
     config = with_head.config.replace(relation_head=False)
     without = SplitEncoder(config, nnx.Rngs(2))
     inputs = random_pairs(config, rng, pairs=3)
-    np.testing.assert_allclose(_scores(with_head, *inputs), _scores(without, *inputs),
-                               atol=1e-6)
+    np.testing.assert_allclose(_scores(with_head, *inputs), _scores(without, *inputs), atol=1e-6)
 
 
 def test_relation_term_depends_on_geometry_and_ignores_padding(rng):
@@ -62,12 +69,14 @@ def test_relation_term_depends_on_geometry_and_ignores_padding(rng):
     # padding: a padded word's or region's content never reaches the score
     noisy_text = text.at[0, 5:].set(100.0)
     noisy_image = image.at[0, 4:].set(-50.0)
-    padded = np.asarray(head(noisy_text, text_mask, concepts_t, noisy_image, image_mask,
-                             concepts_r))
+    padded = np.asarray(
+        head(noisy_text, text_mask, concepts_t, noisy_image, image_mask, concepts_r)
+    )
     np.testing.assert_allclose(padded[0], base[0], rtol=1e-5, atol=1e-5)
     # geometry: other regions with the same concepts (another arrangement) score otherwise
-    moved = np.asarray(head(text, text_mask, concepts_t, image[:, ::-1], image_mask[:, ::-1],
-                            concepts_r))
+    moved = np.asarray(
+        head(text, text_mask, concepts_t, image[:, ::-1], image_mask[:, ::-1], concepts_r)
+    )
     assert np.abs(moved[1] - base[1]) > 1e-5
 
 
@@ -75,6 +84,7 @@ def test_box_loss_trains_the_readout_to_recover_boxes(rng):
     """A few Adam steps on the box loss alone: the read-back corners approach the true ones,
     and the loss ignores padded regions."""
     import optax
+
     config = tiny_config(relation_head=True)
     head = RelationHead(config, nnx.Rngs(0))
     activations = jnp.asarray(rng.normal(size=(64, 4, config.hidden_size)), jnp.float32)
@@ -88,6 +98,7 @@ def test_box_loss_trains_the_readout_to_recover_boxes(rng):
     def step(params, state):
         def loss(params):
             return nnx.merge(graph, params).box_loss(activations, mask, boxes)
+
         value, grads = jax.value_and_grad(loss)(params)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state, value
@@ -100,6 +111,8 @@ def test_box_loss_trains_the_readout_to_recover_boxes(rng):
     trained = nnx.merge(graph, params)
     padded_mask = mask.at[:, -1].set(False)
     garbage = boxes.at[:, -1].set(50.0)
-    np.testing.assert_allclose(float(trained.box_loss(activations, padded_mask, garbage)),
-                               float(trained.box_loss(activations[:, :3], mask[:, :3],
-                                                      boxes[:, :3])), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(trained.box_loss(activations, padded_mask, garbage)),
+        float(trained.box_loss(activations[:, :3], mask[:, :3], boxes[:, :3])),
+        rtol=1e-5,
+    )

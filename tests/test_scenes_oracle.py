@@ -21,13 +21,21 @@ DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 COUNTS = {"two": 2, "three": 3, "four": 4, "five": 5}
 SIZE_OF = {"small": "small", "little": "small", "large": "large", "big": "large"}
 RELATION_OF = {
-    "to the left of": "left", "on the left of": "left", "left of": "left",
-    "to the right of": "right", "on the right of": "right", "right of": "right",
-    "above": "above", "over": "above", "higher than": "above",
-    "below": "below", "under": "below", "beneath": "below", "lower than": "below",
+    "to the left of": "left",
+    "on the left of": "left",
+    "left of": "left",
+    "to the right of": "right",
+    "on the right of": "right",
+    "right of": "right",
+    "above": "above",
+    "over": "above",
+    "higher than": "above",
+    "below": "below",
+    "under": "below",
+    "beneath": "below",
+    "lower than": "below",
 }
-RELATION_PATTERN = re.compile(
-    r" (" + "|".join(sorted(RELATION_OF, key=len, reverse=True)) + r") ")
+RELATION_PATTERN = re.compile(r" (" + "|".join(sorted(RELATION_OF, key=len, reverse=True)) + r") ")
 PREFIXES = ("there is ", "there are ", "a picture of ", "an image with ", "a scene with ")
 
 
@@ -96,14 +104,20 @@ def parse_caption(caption: str) -> list:
     for clause in re.split(r", and |, while ", text):
         for prefix in PREFIXES:
             if clause.startswith(prefix):
-                clause = clause[len(prefix):]
+                clause = clause[len(prefix) :]
                 break
         found = RELATION_PATTERN.search(clause)
         if found:
-            left = clause[:found.start()]
+            left = clause[: found.start()]
             left = re.sub(r" (is|are)$", "", left)
-            claims.append(("relation", parse_noun_phrase(left), RELATION_OF[found.group(1)],
-                           parse_noun_phrase(clause[found.end():])))
+            claims.append(
+                (
+                    "relation",
+                    parse_noun_phrase(left),
+                    RELATION_OF[found.group(1)],
+                    parse_noun_phrase(clause[found.end() :]),
+                )
+            )
         else:
             for part in re.split(r", | and ", clause):
                 claims.append(("exists", parse_noun_phrase(part)))
@@ -113,14 +127,18 @@ def parse_caption(caption: str) -> list:
 def related(box_a, box_b, relation: str) -> bool:
     ax1, ay1, ax2, ay2 = box_a
     bx1, by1, bx2, by2 = box_b
-    return {"left": ax2 <= bx1, "right": ax1 >= bx2, "above": ay2 <= by1,
-            "below": ay1 >= by2}[relation]
+    return {"left": ax2 <= bx1, "right": ax1 >= bx2, "above": ay2 <= by1, "below": ay1 >= by2}[
+        relation
+    ]
 
 
 def referent_sets(objects: list, phrase: tuple) -> list:
     quantity, size, class_name = phrase
-    matching = [obj for obj in objects
-                if obj["class"] == class_name and (size is None or obj["size"] == size)]
+    matching = [
+        obj
+        for obj in objects
+        if obj["class"] == class_name and (size is None or obj["size"] == size)
+    ]
     if quantity == "a":
         return [[obj] for obj in matching]
     wanted = 1 if quantity == "the" else quantity
@@ -131,9 +149,11 @@ def claim_true(objects: list, claim: tuple) -> bool:
     if claim[0] == "exists":
         return bool(referent_sets(objects, claim[1]))
     _, subject, relation, target = claim
-    return any(all(related(a["box"], b["box"], relation) for a in subjects for b in targets)
-               for subjects in referent_sets(objects, subject)
-               for targets in referent_sets(objects, target))
+    return any(
+        all(related(a["box"], b["box"], relation) for a in subjects for b in targets)
+        for subjects in referent_sets(objects, subject)
+        for targets in referent_sets(objects, target)
+    )
 
 
 def caption_true(objects: list, caption: str) -> bool:
@@ -152,29 +172,34 @@ HAND_SCENE = [  # a cat left of two dogs, a big 7 above everything
 ]
 
 
-@pytest.mark.parametrize("caption, expected", [
-    ("a cat left of two dogs", True),
-    ("The small cat is to the left of a big dog.", True),
-    ("there are two dogs right of the cat", True),
-    ("a cat right of a dog", False),
-    ("the dog right of the cat", False),          # "the dog" needs exactly one dog
-    ("three dogs right of the cat", False),
-    ("a large cat left of a dog", False),          # the cat is small
-    ("the big number seven is above two dogs", True),
-    ("a 7 below a cat", False),
-    ("two sevens above a cat", False),
-    ("an image with a cat, two dogs and a seven", True),
-    ("a picture of a cat, two dogs and a bear", False),
-    ("the small dog is over the cat", False),      # same height: neither above nor below
-    ("a seven above the cat, and a dog below the 7", True),
-    ("a seven above the cat, while a dog above the 7", False),
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("a cat left of two dogs", True),
+        ("The small cat is to the left of a big dog.", True),
+        ("there are two dogs right of the cat", True),
+        ("a cat right of a dog", False),
+        ("the dog right of the cat", False),  # "the dog" needs exactly one dog
+        ("three dogs right of the cat", False),
+        ("a large cat left of a dog", False),  # the cat is small
+        ("the big number seven is above two dogs", True),
+        ("a 7 below a cat", False),
+        ("two sevens above a cat", False),
+        ("an image with a cat, two dogs and a seven", True),
+        ("a picture of a cat, two dogs and a bear", False),
+        ("the small dog is over the cat", False),  # same height: neither above nor below
+        ("a seven above the cat, and a dog below the 7", True),
+        ("a seven above the cat, while a dog above the 7", False),
+    ],
+)
 def test_oracle_on_a_hand_built_scene(caption, expected):
     assert caption_true(HAND_SCENE, caption) is expected
 
 
-@pytest.mark.parametrize("caption", ["a cats left of a dog", "an cat left of a dog",
-                                     "two dog", "a lion above a cat", "seven cats"])
+@pytest.mark.parametrize(
+    "caption",
+    ["a cats left of a dog", "an cat left of a dog", "two dog", "a lion above a cat", "seven cats"],
+)
 def test_oracle_rejects_ungrammatical_captions(caption):
     with pytest.raises(ParseError):
         parse_caption(caption)
@@ -183,8 +208,9 @@ def test_oracle_rejects_ungrammatical_captions(caption):
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("scenes"))
-    scenes.generate(out, num_train=120, num_dev=30, num_test=30, seed=3, images=False,
-                    region_features="pixels")
+    scenes.generate(
+        out, num_train=120, num_dev=30, num_test=30, seed=3, images=False, region_features="pixels"
+    )
     return out
 
 
@@ -228,8 +254,9 @@ def test_captions_tell_group_members_apart(generated):
 
 
 def test_captions_vary(generated):
-    captions = [caption for record in _records(generated, "train")
-                for caption in record["captions"]]
+    captions = [
+        caption for record in _records(generated, "train") for caption in record["captions"]
+    ]
     assert len(set(captions)) >= 0.95 * len(captions)
     words = {word for caption in captions for word in re.findall(r"[a-z0-9]+", caption.lower())}
     assert {"left", "right", "above", "below", "small", "large", "two"} <= words
@@ -237,14 +264,20 @@ def test_captions_vary(generated):
 
 # ---- the library's caption semantics and rewrites, checked against this oracle ---------------
 
+
 def test_library_semantics_agree_with_the_oracle_on_every_caption_and_scene(generated):
     from lateint.data import semantics
+
     for split in ("train", "test"):
         records = _records(generated, split)
         captions = [caption for record in records for caption in record["captions"]]
-        truth = semantics.SceneTruth.from_records(records).truth_matrix(captions)    # [M, N]
-        expected = np.array([[caption_true(record["objects"], caption) for record in records]
-                             for caption in captions])
+        truth = semantics.SceneTruth.from_records(records).truth_matrix(captions)  # [M, N]
+        expected = np.array(
+            [
+                [caption_true(record["objects"], caption) for record in records]
+                for caption in captions
+            ]
+        )
         np.testing.assert_array_equal(truth, expected)
         assert truth[np.arange(len(captions)), np.arange(len(captions)) // 5].all()
         assert 0 < truth.mean() < 0.5  # captions are true of some other scenes, not of most
@@ -252,11 +285,15 @@ def test_library_semantics_agree_with_the_oracle_on_every_caption_and_scene(gene
 
 def test_library_semantics_on_the_hand_built_scene():
     from lateint.data import semantics
+
     truth = semantics.SceneTruth.from_records([{"objects": HAND_SCENE}])
-    for caption, expected in [("a cat left of two dogs", True), ("a cat right of a dog", False),
-                              ("the dog right of the cat", False),
-                              ("the big number seven is above two dogs", True),
-                              ("a seven above the cat, while a dog above the 7", False)]:
+    for caption, expected in [
+        ("a cat left of two dogs", True),
+        ("a cat right of a dog", False),
+        ("the dog right of the cat", False),
+        ("the big number seven is above two dogs", True),
+        ("a seven above the cat, while a dog above the 7", False),
+    ]:
         assert bool(truth.holds(semantics.parse(caption))[0]) is expected, caption
     assert semantics.kind(semantics.parse("two dogs right of the cat")) == "count"
     assert semantics.kind(semantics.parse("a cat left of a dog")) == "relation"
@@ -268,20 +305,28 @@ def test_library_semantics_on_the_hand_built_scene():
 
 def test_relational_rewrites_are_false_of_their_scene_and_keep_the_words(generated):
     from lateint.data import rewrites, semantics
+
     records = _records(generated, "train")
     truth = semantics.SceneTruth.from_records(records)
     made = 0
     for index, record in enumerate(records):
         for caption in record["captions"]:
-            negatives = rewrites.relational_negatives(caption, truth.subset(np.array([index])),
-                                                      seed=index)
+            negatives = rewrites.relational_negatives(
+                caption, truth.subset(np.array([index])), seed=index
+            )
             relational = any(claim[0] == "relation" for claim in parse_caption(caption))
             assert relational or not negatives
             for negative in negatives:
                 assert not caption_true(record["objects"], negative), (caption, negative)
-                nouns = lambda text: sorted(  # noqa: E731
-                    phrase[2] for claim in parse_caption(text) for phrase in claim[1::2]
-                    if isinstance(phrase, tuple))
+
+                def nouns(text):
+                    return sorted(
+                        phrase[2]
+                        for claim in parse_caption(text)
+                        for phrase in claim[1::2]
+                        if isinstance(phrase, tuple)
+                    )
+
                 assert nouns(negative) == nouns(caption)  # same objects, other relations
             made += len(negatives)
     assert made >= 2 * len(records)

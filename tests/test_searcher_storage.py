@@ -11,11 +11,21 @@ from index.store import ActivationStore
 from serve.buckets import Buckets
 from serve.searcher import Searcher
 
-QUERIES = ["two horses", "a cat to the left of a dog", "three birds above a frog",
-           "one seven below a shoe"]
+QUERIES = [
+    "two horses",
+    "a cat to the left of a dog",
+    "three birds above a frog",
+    "one seven below a shoe",
+]
 IMAGES = 200  # the scenes test split of the session fixtures
-BUCKETS = Buckets(query_lengths=(16,), query_batches=(1, 4), candidates=(256,),
-                  rerank=(16, 256), default_n=256, default_K=16)
+BUCKETS = Buckets(
+    query_lengths=(16,),
+    query_batches=(1, 4),
+    candidates=(256,),
+    rerank=(16, 256),
+    default_n=256,
+    default_K=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +50,14 @@ def test_joint_scores_are_those_of_the_decoded_stored_activations(lossy):
     assert stored.dtype == np.float32  # decoded: bf16 widened, int8 codes times their scale
     token_ids, token_mask = searcher.tokenizer.encode(QUERIES[:1], length=16)
     text = searcher.model.encode_text(jnp.asarray(token_ids), jnp.asarray(token_mask))
-    expected = np.asarray(searcher.model.joint_score(
-        jnp.repeat(text.activations, IMAGES, 0), jnp.repeat(text.mask, IMAGES, 0),
-        jnp.asarray(stored), jnp.asarray(mask)))                                 # [N]
+    expected = np.asarray(
+        searcher.model.joint_score(
+            jnp.repeat(text.activations, IMAGES, 0),
+            jnp.repeat(text.mask, IMAGES, 0),
+            jnp.asarray(stored),
+            jnp.asarray(mask),
+        )
+    )  # [N]
     got = np.array([hit.score for hit in sorted(result.hits, key=lambda hit: hit.index)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
 

@@ -23,24 +23,41 @@ def _edited_copy(index_dir, tmp_path, **fields):
 
 
 def _serve(workdir, index_dir) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serve.main", f"--workdir={workdir}",
-                           f"--index={index_dir}", "--port=1"],  # never bound: it must not serve
-                          cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serve.main",
+            f"--workdir={workdir}",
+            f"--index={index_dir}",
+            "--port=1",
+        ],  # never bound: it must not serve
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("case", ["another_model", "split_layer", "no_index"])
-def test_serve_main_refuses_with_one_line_and_exit_status_2(tiny_workdir, concepts_index,
-                                                            tmp_path, case):
+def test_serve_main_refuses_with_one_line_and_exit_status_2(
+    tiny_workdir, concepts_index, tmp_path, case
+):
     ours = read_manifest(concepts_index)
     if case == "another_model":
         index_dir = _edited_copy(concepts_index, tmp_path, model_fingerprint="0123456789abcdef")
-        expected = [f"{index_dir}/manifest.json: ", "'0123456789abcdef'",
-                    repr(ours["model_fingerprint"])]
+        expected = [
+            f"{index_dir}/manifest.json: ",
+            "'0123456789abcdef'",
+            repr(ours["model_fingerprint"]),
+        ]
     elif case == "split_layer":
         # The fingerprint matches; the manifest says the activations stop at another layer.
         index_dir = _edited_copy(concepts_index, tmp_path, split_layer=ours["split_layer"] + 1)
-        expected = [f"{index_dir}/manifest.json: field 'split_layer' is "
-                    f"{ours['split_layer'] + 1}, the model's config has {ours['split_layer']}"]
+        expected = [
+            f"{index_dir}/manifest.json: field 'split_layer' is "
+            f"{ours['split_layer'] + 1}, the model's config has {ours['split_layer']}"
+        ]
     else:
         index_dir = str(tmp_path / "missing")
         expected = [os.path.join(index_dir, "manifest.json")]

@@ -22,9 +22,15 @@ from index.manifest import read_manifest, write_manifest
 from index.precompute import precompute
 from serve.launcher import REPOSITORY, ServerProcess
 
-BUCKET_FLAGS = ["--query_length_buckets=16", "--query_batch_buckets=1,4",
-                "--candidate_buckets=256", "--rerank_buckets=16,32", "--default_n=256",
-                "--default_K=16", "--max_query_chars=200"]
+BUCKET_FLAGS = [
+    "--query_length_buckets=16",
+    "--query_batch_buckets=1,4",
+    "--candidate_buckets=256",
+    "--rerank_buckets=16,32",
+    "--default_n=256",
+    "--default_K=16",
+    "--max_query_chars=200",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +66,25 @@ def hold_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def servers(tiny_workdir, index_dir, images_dir, hold_file):
     """Starts both servers at once (their compiles overlap), stops them at the end."""
-    main = ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS + [
-        "--max_batch=4", "--max_wait_ms=20", "--max_queue=64",
-        f"--images_dir={images_dir}"]).start()
-    gated = ServerProcess(tiny_workdir, index_dir, BUCKET_FLAGS + [
-        "--max_batch=16", "--max_wait_ms=5", "--max_queue=3", "--request_timeout_ms=60000",
-        "--drain_s=120",  # drains until no request is open: the listener stays up for the test
-        f"--test_hold_file={hold_file}"]).start()
+    main = ServerProcess(
+        tiny_workdir,
+        index_dir,
+        BUCKET_FLAGS
+        + ["--max_batch=4", "--max_wait_ms=20", "--max_queue=64", f"--images_dir={images_dir}"],
+    ).start()
+    gated = ServerProcess(
+        tiny_workdir,
+        index_dir,
+        BUCKET_FLAGS
+        + [
+            "--max_batch=16",
+            "--max_wait_ms=5",
+            "--max_queue=3",
+            "--request_timeout_ms=60000",
+            "--drain_s=120",  # drains until no request is open: the listener stays up for the test
+            f"--test_hold_file={hold_file}",
+        ],
+    ).start()
     try:
         main.wait_ready()
         gated.wait_ready()
@@ -93,8 +111,7 @@ def _search(server, body, **keywords) -> httpx.Response:
 
 async def _concurrent(url: str, bodies: list[dict]) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as client:
-        return await asyncio.gather(*(client.post(url + "/search", json=body)
-                                      for body in bodies))
+        return await asyncio.gather(*(client.post(url + "/search", json=body) for body in bodies))
 
 
 def test_search_returns_ranked_images_with_stage_timings(server):
@@ -107,12 +124,23 @@ def test_search_returns_ranked_images_with_stage_timings(server):
     assert scores == sorted(scores, reverse=True)
     assert all(hit["id"].startswith("s5-test-") for hit in results)
     assert all(hit["image_url"] == f"/images/{hit['id']}" for hit in results)
-    assert set(answer["timings_ms"]) == {"tokenize", "text_tower", "first_stage", "maxsim",
-                                         "gather", "joint", "total", "queue"}
+    assert set(answer["timings_ms"]) == {
+        "tokenize",
+        "text_tower",
+        "first_stage",
+        "maxsim",
+        "gather",
+        "joint",
+        "total",
+        "queue",
+    }
     assert answer["settings"] == {"k": 5, "n": 256, "K": 16, "first_stage": "concepts"}
     # Explicit options, and the same answer twice (exact first stage: deterministic).
-    body = {"query": "a cat left of a dog", "k": 3,
-            "options": {"n": 200, "K": 32, "first_stage": "exact"}}
+    body = {
+        "query": "a cat left of a dog",
+        "k": 3,
+        "options": {"n": 200, "K": 32, "first_stage": "exact"},
+    }
     first, second = _search(server, body).json(), _search(server, body).json()
     assert first["settings"] == {"k": 3, "n": 200, "K": 32, "first_stage": "exact"}
     assert first["results"] == second["results"]
@@ -131,8 +159,11 @@ def test_metrics_count_requests_stages_batches_and_queue(server):
     _search(server, {"query": "three birds", "k": 2})
     _search(server, {"query": "", "k": 2})
     for _ in range(2):  # non-finite numbers: a JSON 422, counted like every other answer
-        httpx.post(server.url + "/search", content=b'{"query": "a dog", "k": NaN}',
-                   headers={"content-type": "application/json"})
+        httpx.post(
+            server.url + "/search",
+            content=b'{"query": "a dog", "k": NaN}',
+            headers={"content-type": "application/json"},
+        )
     text = httpx.get(server.url + "/metrics").text
     samples = {}
     for line in text.splitlines():
@@ -142,8 +173,17 @@ def test_metrics_count_requests_stages_batches_and_queue(server):
     assert samples['lateint_requests_total{endpoint="/search",status="200"}'] >= 1
     assert samples['lateint_requests_total{endpoint="/search",status="422"}'] >= 3
     assert not any('status="500"' in name for name in samples)
-    for stage in ("tokenize", "text_tower", "first_stage", "maxsim", "gather", "joint",
-                  "total", "queue", "request"):
+    for stage in (
+        "tokenize",
+        "text_tower",
+        "first_stage",
+        "maxsim",
+        "gather",
+        "joint",
+        "total",
+        "queue",
+        "request",
+    ):
         assert samples[f'lateint_stage_latency_seconds_count{{stage="{stage}"}}'] >= 1
     assert samples["lateint_batch_size_count"] >= 1
     assert samples['lateint_search_latency_seconds_count{status="200"}'] >= 1
@@ -176,19 +216,25 @@ BAD_REQUESTS = [
     ({"query": "two horses", "options": {"n": 0}}, None, 422, "body.options.n"),
     ({"query": "two horses", "options": {"n": 257}}, None, 422, "body.options.n"),
     ({"query": "two horses", "options": {"K": 33}}, None, 422, "body.options.K"),
-    ({"query": "two horses", "options": {"first_stage": "sq"}}, None, 422,
-     "body.options.first_stage"),
+    (
+        {"query": "two horses", "options": {"first_stage": "sq"}},
+        None,
+        422,
+        "body.options.first_stage",
+    ),
     ({"query": "two horses", "options": {"nprobe": 3}}, None, 422, "Extra inputs"),
     ({"query": "two horses", "options": [1]}, None, 422, "body.options"),
     ({"query": "two horses", "mode": "fast"}, None, 422, "body.mode: Extra inputs"),
-    ({"query": "two horses", "k": 20, "options": {"K": 10}}, None, 422,
-     "k: expected at most K=10"),
-    ({"query": "two horses", "options": {"K": 30, "n": 20}}, None, 422,
-     "K: expected at most n=20"),
-    (b'{"query": "a\\ud800"}', "application/json", 422, "body.query: Input should be a valid "
-     "string, unable to parse raw data as a unicode string"),
+    ({"query": "two horses", "k": 20, "options": {"K": 10}}, None, 422, "k: expected at most K=10"),
+    ({"query": "two horses", "options": {"K": 30, "n": 20}}, None, 422, "K: expected at most n=20"),
+    (
+        b'{"query": "a\\ud800"}',
+        "application/json",
+        422,
+        "body.query: Input should be a valid string, unable to parse raw data as a unicode string",
+    ),
     (b'{"query": ', "application/json", 422, "body: invalid JSON at character 10: Expecting"),
-    (b'[1, 2]', "application/json", 422, "body: Input should be a valid dictionary"),
+    (b"[1, 2]", "application/json", 422, "body: Input should be a valid dictionary"),
     (b'{"query": "caf\xe9"}', "application/json", 400, "expected UTF-8 JSON, got byte 0xe9"),
     (b'{"query": "' + b"a" * 20000 + b'"}', "application/json", 413, "at most 16384 bytes"),
     (b'{"query": "two horses"}', "text/plain", 415, "expected Content-Type application/json"),
@@ -196,8 +242,12 @@ BAD_REQUESTS = [
     # Python's JSON reader takes these; JSON has no such numbers (was a plain-text 500).
     (b'{"query": "a dog", "k": NaN}', "application/json", 422, "NaN is not a JSON number"),
     (b'{"query": "a dog", "k": Infinity}', "application/json", 422, "Infinity is not a JSON"),
-    (b'{"query": "a dog", "options": {"n": -Infinity}}', "application/json", 422,
-     "-Infinity is not a JSON number"),
+    (
+        b'{"query": "a dog", "options": {"n": -Infinity}}',
+        "application/json",
+        422,
+        "-Infinity is not a JSON number",
+    ),
     (b'{"query": "a dog", "k": 1e999}', "application/json", 422, "1e999 is beyond the float"),
     (b'{"query": NaN}', "application/json", 422, "NaN is not a JSON number"),
 ]
@@ -205,12 +255,14 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("body, content_type, status, message", BAD_REQUESTS)
 def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(
-        server, body, content_type, status, message):
+    server, body, content_type, status, message
+):
     if isinstance(body, dict):
         response = _search(server, body)
     else:
-        response = httpx.post(server.url + "/search", content=body,
-                              headers={"content-type": content_type}, timeout=30)
+        response = httpx.post(
+            server.url + "/search", content=body, headers={"content-type": content_type}, timeout=30
+        )
     assert response.status_code == status, response.text
     assert message in response.json()["error"], response.text
     assert _search(server, {"query": "two horses", "k": 1}).status_code == 200
@@ -220,16 +272,21 @@ def test_images_are_served_for_index_ids_only(server, images_dir):
     image = httpx.get(server.url + "/images/s5-test-000007")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.content.startswith(b"\x89PNG\r\n\x1a\n")
-    for path in ("/images/s5-test-999999", "/images/..%2F..%2Fmanifest.json",
-                 "/images/%2Fetc%2Fpasswd",
-                 "/images/s5-test-000008",   # a symlink to /etc/passwd
-                 "/images/s5-test-000009",   # a symlink to a real PNG outside the folder
-                 "/images/s5-test-000010"):  # a directory
+    for path in (
+        "/images/s5-test-999999",
+        "/images/..%2F..%2Fmanifest.json",
+        "/images/%2Fetc%2Fpasswd",
+        "/images/s5-test-000008",  # a symlink to /etc/passwd
+        "/images/s5-test-000009",  # a symlink to a real PNG outside the folder
+        "/images/s5-test-000010",
+    ):  # a directory
         response = httpx.get(server.url + path)
         assert response.status_code == 404, path
         assert images_dir not in response.text and "/tmp" not in response.text, response.text
-    assert "no image file for id 's5-test-000008'" in httpx.get(
-        server.url + "/images/s5-test-000008").json()["error"]
+    assert (
+        "no image file for id 's5-test-000008'"
+        in httpx.get(server.url + "/images/s5-test-000008").json()["error"]
+    )
 
 
 def test_liveness_is_separate_and_there_is_no_cdn_docs_page(server):
@@ -273,11 +330,15 @@ def test_a_full_queue_answers_503_and_the_server_recovers(gated_server, hold_fil
     hold_file.touch()
 
     async def scenario():
-        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=20)) as \
-                client:
-            pending = [asyncio.create_task(client.post(
-                gated_server.url + "/search", json={"query": "two horses", "k": 2}))
-                for _ in range(12)]
+        async with httpx.AsyncClient(
+            timeout=120, limits=httpx.Limits(max_connections=20)
+        ) as client:
+            pending = [
+                asyncio.create_task(
+                    client.post(gated_server.url + "/search", json={"query": "two horses", "k": 2})
+                )
+                for _ in range(12)
+            ]
 
             async def nine_refused():
                 return sum(task.done() for task in pending) >= 9
@@ -309,9 +370,14 @@ def test_sigterm_answers_in_flight_requests_then_exits_0(gated_server, hold_file
 
     async def scenario():
         async with httpx.AsyncClient(timeout=120) as client:
-            pending = [asyncio.create_task(client.post(
-                gated_server.url + "/search", json={"query": f"{count} birds", "k": 2}))
-                for count in ("one", "two", "three")]
+            pending = [
+                asyncio.create_task(
+                    client.post(
+                        gated_server.url + "/search", json={"query": f"{count} birds", "k": 2}
+                    )
+                )
+                for count in ("one", "two", "three")
+            ]
 
             async def three_queued():
                 return await _queue_depth(client, gated_server) == 3
@@ -339,12 +405,17 @@ def test_sigterm_answers_in_flight_requests_then_exits_0(gated_server, hold_file
 
 # ---- the micro-batcher alone (no model) ------------------------------------------------------
 
+
 def test_batcher_fills_batches_up_to_max_batch_and_keeps_order():
     from serve.batcher import MicroBatcher
 
     batches = []
-    batcher = MicroBatcher(lambda items: batches.append(list(items)) or [i * 10 for i in items],
-                           max_batch=4, max_wait_ms=200, max_queue=100)
+    batcher = MicroBatcher(
+        lambda items: batches.append(list(items)) or [i * 10 for i in items],
+        max_batch=4,
+        max_wait_ms=200,
+        max_queue=100,
+    )
     futures = [batcher.submit(number) for number in range(10)]  # queued before the worker runs
     batcher.start()
     assert [future.result(timeout=10) for future in futures] == [i * 10 for i in range(10)]
@@ -399,17 +470,23 @@ def test_batcher_sheds_load_and_drains_on_close():
 
 
 @pytest.mark.parametrize("binary", ["serve.main", "index.build"])
-def test_a_refused_index_is_one_line_and_exit_status_2(tiny_workdir, index_dir, tmp_path,
-                                                        binary):
+def test_a_refused_index_is_one_line_and_exit_status_2(tiny_workdir, index_dir, tmp_path, binary):
     unfinished = str(tmp_path / "unfinished")
     shutil.copytree(index_dir, unfinished)
     manifest = read_manifest(unfinished)
     manifest.update(complete=False, finalized=None)
     write_manifest(unfinished, manifest)
-    arguments = {"serve.main": [f"--workdir={tiny_workdir}", f"--index={unfinished}"],
-                 "index.build": [f"--index={unfinished}"]}[binary]
-    completed = subprocess.run([sys.executable, "-m", binary, *arguments], cwd=REPOSITORY,
-                               capture_output=True, text=True, timeout=300)
+    arguments = {
+        "serve.main": [f"--workdir={tiny_workdir}", f"--index={unfinished}"],
+        "index.build": [f"--index={unfinished}"],
+    }[binary]
+    completed = subprocess.run(
+        [sys.executable, "-m", binary, *arguments],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 2, completed.stderr[-3000:]
     assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
     refusal = [line for line in completed.stderr.splitlines() if "refused INDEX" in line]
@@ -443,8 +520,7 @@ def test_batcher_admits_by_expected_queue_time_and_drops_expired_items():
     running = batcher.submit("running")  # an idle batcher always admits
     while batcher.health().busy_seconds == 0:
         time.sleep(0.01)
-    queued = [batcher.submit(f"queued {n}", deadline=time.perf_counter() + 3600)
-              for n in range(4)]
+    queued = [batcher.submit(f"queued {n}", deadline=time.perf_counter() + 3600) for n in range(4)]
     with pytest.raises(Overloaded, match="overloaded: 4 requests wait ahead"):
         batcher.submit("late", deadline=time.perf_counter() + 2 * per_item)  # 5 items ahead
     # Admitted (its deadline allows for the queue ahead), then the deadline passes in the queue

@@ -24,8 +24,14 @@ from serve.launcher import free_port
 from serve.main import DrainingServer
 from serve.searcher import Searcher
 
-BUCKETS = Buckets(query_lengths=(16,), query_batches=(1, 4), candidates=(256,), rerank=(16,),
-                  default_n=256, default_K=16)
+BUCKETS = Buckets(
+    query_lengths=(16,),
+    query_batches=(1, 4),
+    candidates=(256,),
+    rerank=(16,),
+    default_n=256,
+    default_K=16,
+)
 
 
 class GatedSearcher:
@@ -53,9 +59,13 @@ class InProcessServer:
         self.app = create_app(searcher, settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = DrainingServer(uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"),
-            self.app.state.readiness, drain_s)
+        self.server = DrainingServer(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            ),
+            self.app.state.readiness,
+            drain_s,
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -85,20 +95,23 @@ async def _behind_the_gate(url, gated: GatedSearcher, count: int, open_after: bo
     more at once; opens the gate once those are answered if open_after. Returns (the first
     response, the others' responses)."""
     async with httpx.AsyncClient(timeout=60) as client:
-        first = asyncio.create_task(client.post(url + "/search",
-                                                json={"query": "one dog", "k": 2}))
+        first = asyncio.create_task(client.post(url + "/search", json={"query": "one dog", "k": 2}))
         while not gated.entered.is_set() and not first.done():
             await asyncio.sleep(0.01)
-        rest = await asyncio.gather(*(client.post(url + "/search",
-                                                  json={"query": f"{n} dogs", "k": 2})
-                                      for n in range(count)))
+        rest = await asyncio.gather(
+            *(
+                client.post(url + "/search", json={"query": f"{n} dogs", "k": 2})
+                for n in range(count)
+            )
+        )
         if open_after:
             gated.gate.set()
         return await first, rest
 
 
 def test_a_damaged_store_fails_searches_without_paths_and_healthz_says_why(
-        tiny_workdir, concepts_index, tmp_path):
+    tiny_workdir, concepts_index, tmp_path
+):
     damaged = str(tmp_path / "damaged")
     shutil.copytree(concepts_index, damaged)
     searcher = Searcher.load(tiny_workdir, damaged, BUCKETS)
@@ -108,7 +121,8 @@ def test_a_damaged_store_fails_searches_without_paths_and_healthz_says_why(
             if entry != "zarr.json":
                 shutil.rmtree(os.path.join(damaged, "region_mask", entry))
         searcher.view = dataclasses.replace(  # the same generation, read with no warm cache
-            searcher.view, store=type(searcher.store).open(damaged, cache_bytes=0))
+            searcher.view, store=type(searcher.store).open(damaged, cache_bytes=0)
+        )
         response = _search(server.url)
         assert response.status_code == 500, response.text
         message = response.json()["error"]
@@ -116,8 +130,9 @@ def test_a_damaged_store_fails_searches_without_paths_and_healthz_says_why(
         assert damaged not in response.text and str(tmp_path) not in response.text
         health = httpx.get(server.url + "/healthz", timeout=60)
         assert health.status_code == 503, health.text
-        assert any("'region_mask' is unreadable" in reason
-                   for reason in health.json()["reasons"]), health.text
+        assert any(
+            "'region_mask' is unreadable" in reason for reason in health.json()["reasons"]
+        ), health.text
         assert damaged not in health.text
         assert httpx.get(server.url + "/livez").status_code == 200
         metrics = httpx.get(server.url + "/metrics").text
@@ -138,8 +153,11 @@ def test_requests_past_the_deadline_get_503_and_a_stuck_worker_shows_in_healthz(
         responses = [first, *rest]
         assert [response.status_code for response in responses] == [503] * 13
         assert all(response.headers["retry-after"] == "1" for response in responses)
-        assert all("within request_timeout_ms=300" in response.json()["error"]
-                   or "overloaded" in response.json()["error"] for response in responses)
+        assert all(
+            "within request_timeout_ms=300" in response.json()["error"]
+            or "overloaded" in response.json()["error"]
+            for response in responses
+        )
         # The held batch has now run longer than the whole exchange above (>= 300 ms).
         server.app.state.readiness.stuck_seconds = 0.25
         health = httpx.get(server.url + "/healthz", timeout=60)
@@ -174,16 +192,18 @@ def test_sigterm_drains_answering_new_connections_with_connection_close(searcher
 
         async def scenario():
             async with httpx.AsyncClient(timeout=60) as client:
-                held = asyncio.create_task(client.post(server.url + "/search",
-                                                       json={"query": "one dog", "k": 2}))
+                held = asyncio.create_task(
+                    client.post(server.url + "/search", json={"query": "one dog", "k": 2})
+                )
                 while not gated.entered.is_set():  # the request is open, held at the gate
                     await asyncio.sleep(0.01)
                 server.server.handle_exit(signal.SIGTERM, None)  # what the signal handler does
                 async with httpx.AsyncClient(timeout=60) as fresh:  # a new connection
                     health = await fresh.get(server.url + "/healthz")
                     alive = await fresh.get(server.url + "/livez")
-                    late = asyncio.create_task(fresh.post(server.url + "/search",
-                                                          json={"query": "two dogs", "k": 2}))
+                    late = asyncio.create_task(
+                        fresh.post(server.url + "/search", json={"query": "two dogs", "k": 2})
+                    )
                     await asyncio.sleep(0)
                     while server.app.state.batcher.depth == 0 and not late.done():
                         await asyncio.sleep(0.01)  # until the late request waits in the queue

@@ -24,15 +24,26 @@ def _corpus(seed=0):
 
 def _create(directory, storage_dtype="float32", **options):
     return ActivationStore.create(
-        str(directory), image_ids=[f"image-{i}" for i in range(N)], regions=R, hidden=H,
-        concept_dim=C, model_fingerprint="fp-1", split_layer=2, storage_dtype=storage_dtype,
-        shard_rows=SHARD, source={"data": "scenes", "split": "dev"}, **options)
+        str(directory),
+        image_ids=[f"image-{i}" for i in range(N)],
+        regions=R,
+        hidden=H,
+        concept_dim=C,
+        model_fingerprint="fp-1",
+        split_layer=2,
+        storage_dtype=storage_dtype,
+        shard_rows=SHARD,
+        source={"data": "scenes", "split": "dev"},
+        **options,
+    )
 
 
 def _write(store, corpus, batch, order=None):
     starts = list(range(0, N, batch))
     for start in order(starts) if order else starts:
-        store.write_batch(start, {key: value[start:start + batch] for key, value in corpus.items()})
+        store.write_batch(
+            start, {key: value[start : start + batch] for key, value in corpus.items()}
+        )
 
 
 def _build(directory, corpus, storage_dtype="float32", batch=5, **options):
@@ -43,8 +54,9 @@ def _build(directory, corpus, storage_dtype="float32", batch=5, **options):
     return store.finalize()
 
 
-@pytest.mark.parametrize("storage_dtype, tolerance", [("float32", 0.0), ("bfloat16", 2.0**-8),
-                                                      ("int8", 1 / 254)])
+@pytest.mark.parametrize(
+    "storage_dtype, tolerance", [("float32", 0.0), ("bfloat16", 2.0**-8), ("int8", 1 / 254)]
+)
 def test_round_trip_each_mode(tmp_path, storage_dtype, tolerance):
     corpus = _corpus()
     final = _build(tmp_path, corpus, storage_dtype)

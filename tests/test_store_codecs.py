@@ -48,8 +48,11 @@ def test_int8_per_region_error_bound():
 def test_any_width_is_stored():  # learned compression: the model hands over H' < H
     values = _activations((2, 4, 7))
     per_region_max = np.abs(values).max(axis=-1, keepdims=True)
-    bounds = {"float32": np.zeros_like(values), "bfloat16": np.abs(values) * 2.0**-8,
-              "int8": per_region_max / 254 * (1 + 1e-5) + 1e-12}
+    bounds = {
+        "float32": np.zeros_like(values),
+        "bfloat16": np.abs(values) * 2.0**-8,
+        "int8": per_region_max / 254 * (1 + 1e-5) + 1e-12,
+    }
     assert set(bounds) == set(codecs.STORAGE_DTYPES)
     for mode, bound in bounds.items():
         encoded = codecs.encode(values, mode)

@@ -14,22 +14,37 @@ N, R, H, C, SHARD = 20, 3, 4, 2, 8
 def _build(directory):
     rng = np.random.default_rng(0)
     writer = ActivationStore.create(
-        str(directory), image_ids=[str(i) for i in range(N)], regions=R, hidden=H,
-        concept_dim=C, model_fingerprint="fp", split_layer=1, storage_dtype="int8",
-        shard_rows=SHARD)
-    writer.write_batch(0, {
-        "activations": rng.standard_normal((N, R, H)).astype(np.float32),
-        "region_mask": np.zeros((N, R), bool),  # all fill value: must still be written
-        "concepts": rng.standard_normal((N, R, C)).astype(np.float32),
-        "global": rng.standard_normal((N, C)).astype(np.float32),
-    })
+        str(directory),
+        image_ids=[str(i) for i in range(N)],
+        regions=R,
+        hidden=H,
+        concept_dim=C,
+        model_fingerprint="fp",
+        split_layer=1,
+        storage_dtype="int8",
+        shard_rows=SHARD,
+    )
+    writer.write_batch(
+        0,
+        {
+            "activations": rng.standard_normal((N, R, H)).astype(np.float32),
+            "region_mask": np.zeros((N, R), bool),  # all fill value: must still be written
+            "concepts": rng.standard_normal((N, R, C)).astype(np.float32),
+            "global": rng.standard_normal((N, C)).astype(np.float32),
+        },
+    )
     writer.mark_completed(0, N)
     writer.finalize()
 
 
 def _shard_file(directory, array, shard):
-    path = os.path.join(directory, array, "c", str(shard), *["0"] * (2 if array in (
-        "activations", "concepts") else 1))
+    path = os.path.join(
+        directory,
+        array,
+        "c",
+        str(shard),
+        *["0"] * (2 if array in ("activations", "concepts") else 1),
+    )
     assert os.path.isfile(path), path
     return path
 
@@ -45,8 +60,11 @@ def test_missing_shard_file(tmp_path):
     os.remove(_shard_file(tmp_path, "activations", 1))
     reader = ActivationStore.open(str(tmp_path))
     reader.gather([0, 7, 16, 19])  # other shards still read
-    with pytest.raises(OSError, match=r"array 'activations' .* images \[8, 16\) .* first bad "
-                                      r"image 9.*NOT_FOUND"):
+    with pytest.raises(
+        OSError,
+        match=r"array 'activations' .* images \[8, 16\) .* first bad "
+        r"image 9.*NOT_FOUND",
+    ):
         reader.gather([0, 9, 12])
 
 
@@ -64,8 +82,11 @@ def test_corrupt_row_inside_shard(tmp_path):
     _flip_byte(_shard_file(tmp_path, "concepts", 0), 3 * row_bytes + 5)  # inside image 3
     reader = ActivationStore.open(str(tmp_path))
     np.testing.assert_equal(reader.gather_concepts([2, 4])[0].shape, (2, R, C))
-    with pytest.raises(OSError, match=r"array 'concepts' .* images \[0, 8\) .* first bad image 3"
-                                      r".*DATA_LOSS"):
+    with pytest.raises(
+        OSError,
+        match=r"array 'concepts' .* images \[0, 8\) .* first bad image 3"
+        r".*DATA_LOSS",
+    ):
         reader.read_concepts(0, 10)
 
 

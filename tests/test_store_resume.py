@@ -50,8 +50,13 @@ print("finished", flush=True)
 def _run(directory, kill_after_batches=None):
     """Runs the writer; with kill_after_batches, SIGKILLs it once it has printed that many
     batch lines. Returns (exit code, stdout lines, stderr)."""
-    process = subprocess.Popen([sys.executable, "-c", WRITER, directory], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, directory],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     if kill_after_batches is not None:
         for line in process.stdout:
@@ -82,8 +87,14 @@ def _contents(directory):
     store = ActivationStore.open(directory)
     everything = np.arange(store.num_images)
     activations, mask = store.gather(everything)
-    return activations, mask, store.read_concepts(0, store.num_images), store.read_global(
-        0, store.num_images), store.image_ids, store.manifest["counts"]
+    return (
+        activations,
+        mask,
+        store.read_concepts(0, store.num_images),
+        store.read_global(0, store.num_images),
+        store.image_ids,
+        store.manifest["counts"],
+    )
 
 
 def test_killed_and_resumed_writer_matches_clean_run(tmp_path):

@@ -23,8 +23,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("scenes"))
-    scenes.generate(out, num_train=48, num_dev=16, num_test=0, seed=3, images=False,
-                    region_features="pixels")
+    scenes.generate(
+        out, num_train=48, num_dev=16, num_test=0, seed=3, images=False, region_features="pixels"
+    )
     return out
 
 
@@ -34,10 +35,23 @@ def _params(workdir):
 
 
 def _run(workdir, data_dir, *overrides, env=None):
-    command = [sys.executable, "-m", "train.main", "--config=train/configs/tiny.py",
-               f"--workdir={workdir}", f"--config.data.path={data_dir}", *overrides]
-    return subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "train.main",
+        "--config=train/configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data.path={data_dir}",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +107,14 @@ def test_sigkill_and_resume_gives_identical_parameters(uninterrupted, data_dir, 
     process = _run(workdir, data_dir, *overrides)
     deadline = time.monotonic() + 300
     while process.poll() is None and not (
-            _finished_checkpoints(workdir) and max(_logged_steps(workdir), default=0)
-            >= kill_at_step):
+        _finished_checkpoints(workdir) and max(_logged_steps(workdir), default=0) >= kill_at_step
+    ):
         assert time.monotonic() < deadline, "training never reached the kill point"
         time.sleep(0.01)
     assert process.poll() is None, (
         f"training exited ({process.returncode}) before step {kill_at_step}: "
-        f"{process.stderr.read()[-3000:]}")
+        f"{process.stderr.read()[-3000:]}"
+    )
     process.send_signal(signal.SIGKILL)
     process.wait()
     restorable = _finished_checkpoints(workdir)[-1]
@@ -114,17 +129,20 @@ def test_sigkill_and_resume_gives_identical_parameters(uninterrupted, data_dir, 
     assert _logged_steps(workdir) == list(range(1, 13))  # no step logged twice, none missing
     params, meta = _params(workdir)
     assert meta["step"] == 12
-    for (path, expected), (_, got) in zip(jax.tree_util.tree_leaves_with_path(reference),
-                                          jax.tree_util.tree_leaves_with_path(params)):
+    for (path, expected), (_, got) in zip(
+        jax.tree_util.tree_leaves_with_path(reference), jax.tree_util.tree_leaves_with_path(params)
+    ):
         np.testing.assert_array_equal(got, expected, err_msg=jax.tree_util.keystr(path))
 
 
 def test_data_parallel_on_eight_devices_matches_one(uninterrupted, data_dir, tmp_path):
     reference, _ = _params(uninterrupted[0])
     workdir = str(tmp_path / "mesh8")
-    process = _run(workdir, data_dir,
-                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-                        "JAX_PLATFORMS": "cpu"})
+    process = _run(
+        workdir,
+        data_dir,
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"},
+    )
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
     assert "CpuDevice(id=7)" in stderr  # the run logged its 8 devices

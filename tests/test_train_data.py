@@ -48,26 +48,38 @@ def test_semantic_batches_mark_true_captions_and_carry_false_rewrites(scenes_dir
     every valid text negative is a rewrite false of its own image."""
     from lateint.data import semantics
     from train.data import CaptionSemantics
+
     corpus = load_corpus(scenes_dir, "train")
     records = scenes.read_records(scenes_dir, "train", corpus.image_ids)
     tokenizer = WordPieceTokenizer.from_directory(default_minilm_directory(), buckets=(32,))
     caption_semantics = CaptionSemantics(corpus, records, negatives_per_caption=3, seed=0)
-    batches = TrainBatches(corpus, tokenizer, 32, 8, seed=4,
-                           groups=scenes.read_groups(scenes_dir, "train", corpus.image_ids),
-                           caption_semantics=caption_semantics, text_negatives=2)
+    batches = TrainBatches(
+        corpus,
+        tokenizer,
+        32,
+        8,
+        seed=4,
+        groups=scenes.read_groups(scenes_dir, "train", corpus.image_ids),
+        caption_semantics=caption_semantics,
+        text_negatives=2,
+    )
     truth = semantics.SceneTruth.from_records(records)
     decode = {token_id: token for token, token_id in tokenizer._tokenizer.get_vocab().items()}
     valid_seen = 0
     for step in range(6):
         batch = batches.batch(step)
-        images = [int(np.flatnonzero((corpus.regions == r).all(axis=(1, 2)))[0])
-                  for r in batch["regions"]]
+        images = [
+            int(np.flatnonzero((corpus.regions == r).all(axis=(1, 2)))[0]) for r in batch["regions"]
+        ]
         for row in range(8):
-            caption = [c for c, ids in zip(*(range(corpus.num_captions),
-                                             batches.token_ids)) if
-                       (ids == batch["token_ids"][row]).all()][0]
-            expected = truth.subset(np.array(images)).holds(semantics.parse(
-                corpus.captions[caption]))
+            caption = [
+                c
+                for c, ids in zip(*(range(corpus.num_captions), batches.token_ids))
+                if (ids == batch["token_ids"][row]).all()
+            ][0]
+            expected = truth.subset(np.array(images)).holds(
+                semantics.parse(corpus.captions[caption])
+            )
             np.testing.assert_array_equal(batch["positives"][row], expected)
             for slot in range(2):
                 mask = batch["negative_token_mask"][row, slot]
@@ -78,6 +90,5 @@ def test_semantic_batches_mark_true_captions_and_carry_false_rewrites(scenes_dir
                 words = [decode[t] for t in batch["negative_token_ids"][row, slot][mask]][1:-1]
                 text = " ".join(words).replace(" ##", "").replace(" ,", ",").replace(" .", ".")
                 assert text in caption_semantics.negatives[caption]
-                assert not truth.subset(np.array([images[row]])).holds(
-                    semantics.parse(text))[0]
+                assert not truth.subset(np.array([images[row]])).holds(semantics.parse(text))[0]
     assert valid_seen >= 40

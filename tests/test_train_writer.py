@@ -33,9 +33,20 @@ def test_a_resumed_writer_drops_the_steps_after_the_checkpoint(tmp_path):
 
 
 def _train(workdir, data):
-    return subprocess.run([sys.executable, "-m", "train.main", "--config=train/configs/tiny.py",
-                           f"--workdir={workdir}", f"--config.data.path={data}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train.main",
+            "--config=train/configs/tiny.py",
+            f"--workdir={workdir}",
+            f"--config.data.path={data}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_failed_run_leaves_no_workdir_it_created(tmp_path):

@@ -24,16 +24,18 @@ class CaptionSemantics:
     parsed claims of each of the M captions; negatives: [M] lists of rewrite strings.
     """
 
-    def __init__(self, corpus: RegionCorpus, records: list, negatives_per_caption: int,
-                 seed: int):
+    def __init__(self, corpus: RegionCorpus, records: list, negatives_per_caption: int, seed: int):
         self.truth = semantics.SceneTruth.from_records(records)
         self.claims = [semantics.parse(caption) for caption in corpus.captions]
         self.negatives = []
         progress = Progress(len(corpus.captions), 0, "captions")
         for index, caption in enumerate(corpus.captions):
-            scene = self.truth.subset(corpus.caption_image[index:index + 1])
-            self.negatives.append(rewrites.relational_negatives(
-                caption, scene, negatives_per_caption, seed=seed * 1_000_003 + index))
+            scene = self.truth.subset(corpus.caption_image[index : index + 1])
+            self.negatives.append(
+                rewrites.relational_negatives(
+                    caption, scene, negatives_per_caption, seed=seed * 1_000_003 + index
+                )
+            )
             if (index + 1) % 5000 == 0:
                 progress.log(index + 1, "relational rewrites")
 
@@ -49,13 +51,22 @@ class TrainBatches:
     boxes [B, R, 5] float32, region_mask [B, R] bool.
     """
 
-    def __init__(self, corpus: RegionCorpus, tokenizer: WordPieceTokenizer, text_length: int,
-                 batch_size: int, seed: int, groups: np.ndarray | None = None,
-                 caption_semantics: CaptionSemantics | None = None,
-                 text_negatives: int = 0):
+    def __init__(
+        self,
+        corpus: RegionCorpus,
+        tokenizer: WordPieceTokenizer,
+        text_length: int,
+        batch_size: int,
+        seed: int,
+        groups: np.ndarray | None = None,
+        caption_semantics: CaptionSemantics | None = None,
+        text_negatives: int = 0,
+    ):
         if batch_size > corpus.num_images:
-            raise ValueError(f"batch_size {batch_size} exceeds the {corpus.num_images} training "
-                             "images (a batch holds distinct images)")
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the {corpus.num_images} training "
+                "images (a batch holds distinct images)"
+            )
         self.corpus = corpus
         self.batch_size = batch_size
         self.seed = seed
@@ -72,9 +83,11 @@ class TrainBatches:
         if self.text_negatives:
             flat = [text for texts in caption_semantics.negatives for text in texts]
             self._negative_offsets = np.concatenate(
-                [[0], np.cumsum([len(texts) for texts in caption_semantics.negatives])])
+                [[0], np.cumsum([len(texts) for texts in caption_semantics.negatives])]
+            )
             self._negative_ids, self._negative_mask = tokenizer.encode(
-                flat or ["[PAD]"], length=text_length)
+                flat or ["[PAD]"], length=text_length
+            )
         self._group_members = None
         if groups is not None:
             if len(groups) != corpus.num_images:
@@ -88,7 +101,7 @@ class TrainBatches:
             return np.sort(rng.choice(self.corpus.num_images, self.batch_size, replace=False))
         chosen, count = [], 0
         for group in rng.permutation(len(self._group_members)):
-            members = self._group_members[group][:self.batch_size - count]
+            members = self._group_members[group][: self.batch_size - count]
             chosen.append(members)
             count += len(members)
             if count == self.batch_size:
@@ -99,8 +112,9 @@ class TrainBatches:
         rng = np.random.default_rng([self.seed, step])
         images = self._images(rng)
         starts, stops = self._caption_offsets[images], self._caption_offsets[images + 1]
-        captions = self._caption_order[starts + (rng.random(len(images)) * (stops - starts)
-                                                 ).astype(np.int64)]
+        captions = self._caption_order[
+            starts + (rng.random(len(images)) * (stops - starts)).astype(np.int64)
+        ]
         mask = self.corpus.region_mask[images]
         batch = {
             "token_ids": self.token_ids[captions],
@@ -120,12 +134,14 @@ class TrainBatches:
         caption's rewrites are invalid): ids/mask [B, n, T], valid [B, n]."""
         count = self.text_negatives
         starts = self._negative_offsets[captions]
-        available = self._negative_offsets[captions + 1] - starts                    # [B]
+        available = self._negative_offsets[captions + 1] - starts  # [B]
         keys = rng.random((len(captions), max(int(available.max(initial=0)), count)))
         keys = np.where(np.arange(keys.shape[1])[None] < available[:, None], keys, 2.0)
-        slots = np.argsort(keys, axis=1)[:, :count]                                   # [B, n]
+        slots = np.argsort(keys, axis=1)[:, :count]  # [B, n]
         valid = slots < available[:, None]
         rows = np.where(valid, starts[:, None] + slots, 0)
-        return {"negative_token_ids": self._negative_ids[rows],
-                "negative_token_mask": self._negative_mask[rows] & valid[..., None],
-                "negative_valid": valid}
+        return {
+            "negative_token_ids": self._negative_ids[rows],
+            "negative_token_mask": self._negative_mask[rows] & valid[..., None],
+            "negative_valid": valid,
+        }

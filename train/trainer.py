@@ -32,16 +32,21 @@ def resolve_pretrained(name: str) -> str:
     if name == "minilm":
         return pretrained.default_minilm_directory()
     if name and not os.path.isdir(name):
-        raise FileNotFoundError(f"config.pretrained={name!r}: not a directory holding a "
-                                "HuggingFace BERT checkpoint (config.json, model.safetensors)")
+        raise FileNotFoundError(
+            f"config.pretrained={name!r}: not a directory holding a "
+            "HuggingFace BERT checkpoint (config.json, model.safetensors)"
+        )
     return name
 
 
 def build_model_config(config: ml_collections.ConfigDict, bert_dir: str, corpus) -> ModelConfig:
     """Sizes from the pretrained checkpoint (if any), the data, then config.model."""
     overrides = dict(config.model.to_dict())
-    overrides.update(region_feature_dim=corpus.feature_dim, max_regions=corpus.max_regions,
-                     max_text_length=config.text_length)
+    overrides.update(
+        region_feature_dim=corpus.feature_dim,
+        max_regions=corpus.max_regions,
+        max_text_length=config.text_length,
+    )
     if bert_dir:
         return pretrained.config_from_bert(bert_dir, **overrides)
     return ModelConfig(**overrides)
@@ -52,9 +57,11 @@ def _check_same_model(workdir: str, model_config: ModelConfig) -> None:
     if os.path.exists(path):
         existing = checkpoint.read_model_config(workdir)
         if existing != model_config:
-            raise ValueError(f"{path} describes a different model than this config; use a new "
-                             f"--workdir. existing: {existing.to_dict()} new: "
-                             f"{model_config.to_dict()}")
+            raise ValueError(
+                f"{path} describes a different model than this config; use a new "
+                f"--workdir. existing: {existing.to_dict()} new: "
+                f"{model_config.to_dict()}"
+            )
 
 
 def _tokenizer(bert_dir: str, text_length: int) -> WordPieceTokenizer:
@@ -70,18 +77,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bert_dir = resolve_pretrained(config.pretrained)
     data = data_options.from_config(config.data)  # config.data.path + its reader options
     train_corpus = load_corpus(data, config.data.train_split)
-    dev_corpus = evaluate.subset(load_corpus(data, config.data.dev_split),
-                                 config.eval_images)
+    dev_corpus = evaluate.subset(load_corpus(data, config.data.dev_split), config.eval_images)
     dev_records = None
     if config.data.get("semantics", False):
-        dev_records = scenes.read_records(config.data.path, config.data.dev_split,
-                                          dev_corpus.image_ids)
+        dev_records = scenes.read_records(
+            config.data.path, config.data.dev_split, dev_corpus.image_ids
+        )
     model_config = build_model_config(config, bert_dir, train_corpus)
     _check_same_model(workdir, model_config)
     tokenizer = _tokenizer(bert_dir, config.text_length)
     if tokenizer.vocab_size > model_config.vocab_size:
-        raise ValueError(f"tokenizer vocabulary {tokenizer.vocab_size} exceeds the model's "
-                         f"vocab_size {model_config.vocab_size}")
+        raise ValueError(
+            f"tokenizer vocabulary {tokenizer.vocab_size} exceeds the model's "
+            f"vocab_size {model_config.vocab_size}"
+        )
 
     model = SplitEncoder(model_config, nnx.Rngs(config.seed))
     if bert_dir:
@@ -90,14 +99,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     word_embeddings = config.get("word_embeddings", "")
     if word_embeddings:
         found = pretrained.import_word_embeddings(model, resolve_pretrained(word_embeddings))
-        logging.info("word embeddings: PCA of %s to H=%d (%.1f%% of the variance)",
-                     word_embeddings, model_config.hidden_size, 100 * found["explained_variance"])
+        logging.info(
+            "word embeddings: PCA of %s to H=%d (%.1f%% of the variance)",
+            word_embeddings,
+            model_config.hidden_size,
+            100 * found["explained_variance"],
+        )
     graph, params = nnx.split(model)
     frozen = None
     if config.get("freeze_word_embeddings", False):
         frozen = jax.tree_util.tree_map_with_path(
-            lambda path, _: "text_embeddings/word" in "/".join(
-                str(getattr(key, "key", key)) for key in path), params)
+            lambda path, _: (
+                "text_embeddings/word" in "/".join(str(getattr(key, "key", key)) for key in path)
+            ),
+            params,
+        )
     tx, schedule = steps.make_optimizer(config.optimizer, config.num_steps, frozen)
     opt_state = tx.init(params)
 
@@ -105,15 +121,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     if config.batch_size % mesh.size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                         f"{mesh.size} devices of the data mesh")
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by the "
+            f"{mesh.size} devices of the data mesh"
+        )
 
     store = checkpoint.CheckpointStore(workdir, max_to_keep=config.keep_checkpoints)
     start_step = store.latest_step() or 0
     if start_step:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                                (params, opt_state))
+            (params, opt_state),
+        )
         params, opt_state, meta = store.restore(start_step, *abstract)
         logging.info("resumed from step %d (fingerprint %s)", start_step, meta.get("fingerprint"))
     else:
@@ -123,22 +142,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     groups = None
     if config.data.group_batches:
-        groups = scenes.read_groups(config.data.path, config.data.train_split,
-                                    train_corpus.image_ids)
+        groups = scenes.read_groups(
+            config.data.path, config.data.train_split, train_corpus.image_ids
+        )
     caption_semantics = None
     if config.data.get("semantics", False):
         began = time.perf_counter()
         caption_semantics = CaptionSemantics(
-            train_corpus, scenes.read_records(config.data.path, config.data.train_split,
-                                              train_corpus.image_ids),
-            config.loss.get("text_negatives", 0), config.seed)
-        logging.info("caption semantics: %d captions parsed, %d relational rewrites in %.1f s",
-                     train_corpus.num_captions,
-                     sum(len(texts) for texts in caption_semantics.negatives),
-                     time.perf_counter() - began)
-    batches = TrainBatches(train_corpus, tokenizer, config.text_length, config.batch_size,
-                           config.seed, groups, caption_semantics,
-                           config.loss.get("text_negatives", 0))
+            train_corpus,
+            scenes.read_records(config.data.path, config.data.train_split, train_corpus.image_ids),
+            config.loss.get("text_negatives", 0),
+            config.seed,
+        )
+        logging.info(
+            "caption semantics: %d captions parsed, %d relational rewrites in %.1f s",
+            train_corpus.num_captions,
+            sum(len(texts) for texts in caption_semantics.negatives),
+            time.perf_counter() - began,
+        )
+    batches = TrainBatches(
+        train_corpus,
+        tokenizer,
+        config.text_length,
+        config.batch_size,
+        config.seed,
+        groups,
+        caption_semantics,
+        config.loss.get("text_negatives", 0),
+    )
     train_step = steps.make_train_step(graph, tx, config.loss)
     writer = MetricWriter(workdir, resume_step=start_step)
     progress = Progress(config.num_steps, start_step, "steps", config.batch_size, "examples")
@@ -151,13 +182,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def run_eval(step):
         started = time.perf_counter()
         inference = Inference(nnx.merge(graph, jax.device_get(params)))
-        found = evaluate.dev_recall(inference, dev_corpus, tokenizer, config.text_length,
-                                    config.rerank_k, records=dev_records)
-        writer.write(step, {f"dev/{scorer}/{key}": value for scorer, summary in found.items()
-                            for key, value in summary.items()})
-        logging.info("dev recall at step %d (%d images, %.1fs):\n%s", step,
-                     dev_corpus.num_images, time.perf_counter() - started,
-                     evaluate.format_table(found))
+        found = evaluate.dev_recall(
+            inference,
+            dev_corpus,
+            tokenizer,
+            config.text_length,
+            config.rerank_k,
+            records=dev_records,
+        )
+        writer.write(
+            step,
+            {
+                f"dev/{scorer}/{key}": value
+                for scorer, summary in found.items()
+                for key, value in summary.items()
+            },
+        )
+        logging.info(
+            "dev recall at step %d (%d images, %.1fs):\n%s",
+            step,
+            dev_corpus.num_images,
+            time.perf_counter() - started,
+            evaluate.format_table(found),
+        )
         return found
 
     for step in range(start_step, config.num_steps):
@@ -169,16 +216,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             raise FloatingPointError(
                 f"loss is {loss} at step {done} (parts: "
                 f"{ {k: float(v) for k, v in parts.items()} }); lower optimizer.learning_rate or "
-                f"check the data for NaN features. Last checkpoint: {store.latest_step()}")
+                f"check the data for NaN features. Last checkpoint: {store.latest_step()}"
+            )
         if done % config.log_every == 0 or done == config.num_steps:
             scalars = {k: float(v) for k, v in parts.items()}
-            scalars.update(learning_rate=float(schedule(step)),
-                           steps_per_second=progress.rate(done),
-                           examples_per_second=progress.rate(done) * config.batch_size)
+            scalars.update(
+                learning_rate=float(schedule(step)),
+                steps_per_second=progress.rate(done),
+                examples_per_second=progress.rate(done) * config.batch_size,
+            )
             writer.write(done, scalars)
-            progress.log(done, f"loss {loss:.4f} joint_acc {scalars['joint_accuracy']:.2f}" + (
-                f" text_neg_acc {scalars['text_negative_accuracy']:.2f}"
-                if "text_negative_accuracy" in scalars else ""))
+            progress.log(
+                done,
+                f"loss {loss:.4f} joint_acc {scalars['joint_accuracy']:.2f}"
+                + (
+                    f" text_neg_acc {scalars['text_negative_accuracy']:.2f}"
+                    if "text_negative_accuracy" in scalars
+                    else ""
+                ),
+            )
         if done % config.checkpoint_every == 0 or done == config.num_steps:
             save(done)
         if done % config.eval_every == 0 and done != config.num_steps:
@@ -187,11 +243,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     store.wait()
     results = run_eval(config.num_steps)
     if jax.process_index() == 0:
-        atomic.write_json(os.path.join(workdir, "dev_recall.json"),  # marks training done
-                          {"step": config.num_steps, "results": results}, indent=2)
+        atomic.write_json(
+            os.path.join(workdir, "dev_recall.json"),  # marks training done
+            {"step": config.num_steps, "results": results},
+            indent=2,
+        )
     store.close()
     writer.close()
-    logging.info("trained %d steps in %s; dev rsum global %.1f / maxsim %.1f / rerank %.1f",
-                 config.num_steps - start_step, format_seconds(progress.elapsed),
-                 results["global"]["rsum"], results["maxsim"]["rsum"], results["rerank"]["rsum"])
+    logging.info(
+        "trained %d steps in %s; dev rsum global %.1f / maxsim %.1f / rerank %.1f",
+        config.num_steps - start_step,
+        format_seconds(progress.elapsed),
+        results["global"]["rsum"],
+        results["maxsim"]["rsum"],
+        results["rerank"]["rsum"],
+    )
     return results

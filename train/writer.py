@@ -49,11 +49,14 @@ class MetricWriter:
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter
+
         path = os.path.join(workdir, METRICS_FILE)
         truncate_metrics(path, resume_step)
         self._jsonl = open(path, "a")
-        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                          purge_step=resume_step + 1 if resume_step else None)
+        self._tensorboard = SummaryWriter(
+            os.path.join(workdir, "tensorboard"),
+            purge_step=resume_step + 1 if resume_step else None,
+        )
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:

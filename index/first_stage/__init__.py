@@ -5,10 +5,26 @@ text, deep permutations, exact brute force), all with search(query_side, n) -> (
     ids, scores = stage.search(QuerySide(concepts, mask, global_vector), n)  # [Q, n] each
 """
 
-from index.first_stage.build import (BUILD_NAMES, SEARCH_NAMES, add, build_stages,
-                                     built_stages, delete, open_first_stage)
+from index.first_stage.build import (
+    BUILD_NAMES,
+    SEARCH_NAMES,
+    add,
+    build_stages,
+    built_stages,
+    delete,
+    open_first_stage,
+)
 from index.first_stage.query import QuerySide
 from index.first_stage.sources import ArraySource
 
-__all__ = ["BUILD_NAMES", "SEARCH_NAMES", "ArraySource", "QuerySide", "add", "build_stages",
-           "built_stages", "delete", "open_first_stage"]
+__all__ = [
+    "BUILD_NAMES",
+    "SEARCH_NAMES",
+    "ArraySource",
+    "QuerySide",
+    "add",
+    "build_stages",
+    "built_stages",
+    "delete",
+    "open_first_stage",
+]

@@ -22,8 +22,9 @@ def _check_names(names, allowed, what: str) -> list[str]:
     names = list(names)
     unknown = [name for name in names if name not in allowed]
     if unknown or not names:
-        raise ValueError(f"{what}: stage names expected a non-empty subset of {list(allowed)}, "
-                         f"got {names}")
+        raise ValueError(
+            f"{what}: stage names expected a non-empty subset of {list(allowed)}, got {names}"
+        )
     return names
 
 
@@ -73,8 +74,10 @@ def add(index_dir: str, source, start: int) -> dict:
         if count == start + source.num_images:
             continue
         if count != start:
-            raise ValueError(f"add: stage {name!r} in {index_dir!r} holds {count} images, so "
-                             f"new images must start at id {count}; got start={start}")
+            raise ValueError(
+                f"add: stage {name!r} in {index_dir!r} holds {count} images, so "
+                f"new images must start at id {count}; got start={start}"
+            )
         if name == "concepts":
             updated[name] = concepts.add(index_dir, source, start)
         elif name == "exact":
@@ -124,14 +127,17 @@ def open_first_stage(index_dir: str, name: str, manifest: dict | None = None, **
 
 def build_from_index(index_dir: str, names, options: dict | None = None) -> dict:
     """Builds the named stages from a finished INDEX's stored vectors (index.store)."""
-    from index import store  # the store pulls TensorStore; only this entry point needs it
-
-    from index import generation  # the manifest switch; imports this module
+    from index import (
+        generation,  # the manifest switch; imports this module
+        store,  # the store pulls TensorStore; only this entry point needs it
+    )
 
     activation_store = store.ActivationStore.open(index_dir)
-    logger.info(f"{index_dir}: {activation_store.num_images} images, "
-                f"{activation_store.regions} regions of {activation_store.concept_dim} concept "
-                f"dims")
+    logger.info(
+        f"{index_dir}: {activation_store.num_images} images, "
+        f"{activation_store.regions} regions of {activation_store.concept_dim} concept "
+        f"dims"
+    )
     manifest = generation.adopt(index_dir, activation_store.manifest)
     built = build_stages(index_dir, activation_store, names, options)
     # Publish the (re)built stages with the others as the next generation: a server that

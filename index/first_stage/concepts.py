@@ -59,29 +59,43 @@ def image_postings(concepts, region_mask, first_image: int, centroids):
     keys = (first_image + rows.astype(np.int64)) * num_centroids + assigned
     order = np.argsort(keys, kind="stable")
     keys = keys[order]
-    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if keys.size else \
-        np.zeros(0, np.int64)
-    weights = np.maximum.reduceat(similarity[order], starts) if keys.size else \
-        np.zeros(0, np.float32)
+    starts = (
+        np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        if keys.size
+        else np.zeros(0, np.int64)
+    )
+    weights = (
+        np.maximum.reduceat(similarity[order], starts) if keys.size else np.zeros(0, np.float32)
+    )
     unique = keys[starts]
-    return ((unique % num_centroids).astype(np.int32), (unique // num_centroids).astype(np.int32),
-            weights.astype(np.float32))
+    return (
+        (unique % num_centroids).astype(np.int32),
+        (unique // num_centroids).astype(np.int32),
+        weights.astype(np.float32),
+    )
 
 
 def _source_postings(source, centroids, first_image: int, block_rows: int):
     pieces = []
     for start, stop in sources.blocks(source, block_rows):
-        pieces.append(image_postings(source.read_concepts(start, stop),
-                                     source.read_region_mask(start, stop),
-                                     first_image + start, centroids))
+        pieces.append(
+            image_postings(
+                source.read_concepts(start, stop),
+                source.read_region_mask(start, stop),
+                first_image + start,
+                centroids,
+            )
+        )
         logger.info(f"{NAME}: assigned images [{first_image + start}, {first_image + stop})")
     return [np.concatenate([piece[column] for piece in pieces]) for column in range(3)]
 
 
 def _training_vectors(source, max_vectors: int, seed: int, block_rows: int):
     """Real region vectors [M, C], a uniform sample of at most max_vectors; and the total count."""
-    total = sum(int(source.read_region_mask(start, stop).sum())
-                for start, stop in sources.blocks(source, block_rows))
+    total = sum(
+        int(source.read_region_mask(start, stop).sum())
+        for start, stop in sources.blocks(source, block_rows)
+    )
     if total == 0:
         raise ValueError(f"{NAME}: the source has no real region (region_mask is all False)")
     keep_probability = min(1.0, max_vectors / total)
@@ -95,9 +109,18 @@ def _training_vectors(source, max_vectors: int, seed: int, block_rows: int):
     return np.concatenate(pieces), total
 
 
-def build(index_dir: str, source, *, num_centroids: int | None = None, centroids=None,
-          seed: int = 0, iterations: int = 10, max_training_vectors: int = 1 << 21,
-          nprobe: int = DEFAULT_NPROBE, block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
+def build(
+    index_dir: str,
+    source,
+    *,
+    num_centroids: int | None = None,
+    centroids=None,
+    seed: int = 0,
+    iterations: int = 10,
+    max_training_vectors: int = 1 << 21,
+    nprobe: int = DEFAULT_NPROBE,
+    block_rows: int = sources.DEFAULT_BLOCK_ROWS,
+) -> dict:
     """Trains (or takes) centroids and writes the inverted list; returns the committed record.
 
     Args:
@@ -108,36 +131,53 @@ def build(index_dir: str, source, *, num_centroids: int | None = None, centroids
       nprobe: the default for search.
     """
     sources.check_source(source, None, None, NAME)
-    parameters = {"seed": seed, "iterations": iterations, "nprobe": nprobe,
-                  "max_training_vectors": max_training_vectors}
+    parameters = {
+        "seed": seed,
+        "iterations": iterations,
+        "nprobe": nprobe,
+        "max_training_vectors": max_training_vectors,
+    }
     records.mark_building(index_dir, NAME, parameters)
     if centroids is None:
         vectors, total_regions = _training_vectors(source, max_training_vectors, seed, block_rows)
-        parameters["centroid_rule"] = ("--num_centroids" if num_centroids
-                                       else "2^round(log2(4*sqrt(regions)))")
+        parameters["centroid_rule"] = (
+            "--num_centroids" if num_centroids else "2^round(log2(4*sqrt(regions)))"
+        )
         num_centroids = num_centroids or kmeans.number_of_centroids(total_regions)
         num_centroids = min(num_centroids, vectors.shape[0])
-        logger.info(f"{NAME}: k-means, {num_centroids} centroids over {vectors.shape[0]} of "
-                    f"{total_regions} regions")
-        centroids = kmeans.train_centroids(vectors, num_centroids, seed=seed,
-                                           iterations=iterations)
+        logger.info(
+            f"{NAME}: k-means, {num_centroids} centroids over {vectors.shape[0]} of "
+            f"{total_regions} regions"
+        )
+        centroids = kmeans.train_centroids(vectors, num_centroids, seed=seed, iterations=iterations)
         del vectors
     else:
         centroids = np.asarray(centroids, np.float32)
         if centroids.ndim != 2 or centroids.shape[1] != source.concept_dim:
-            raise ValueError(f"{NAME}: centroids expected [K, {source.concept_dim}], "
-                             f"got {centroids.shape}")
+            raise ValueError(
+                f"{NAME}: centroids expected [K, {source.concept_dim}], got {centroids.shape}"
+            )
         parameters["centroid_rule"] = "given"
-    record = _write_generation(index_dir, source, centroids, block_rows, {
-        "state": "ready", "parameters": parameters, "regions": source.regions,
-        "concept_dim": source.concept_dim})
-    logger.info(f"{NAME}: {record['base_postings']} postings over {centroids.shape[0]} lists for "
-                f"{source.num_images} images")
+    record = _write_generation(
+        index_dir,
+        source,
+        centroids,
+        block_rows,
+        {
+            "state": "ready",
+            "parameters": parameters,
+            "regions": source.regions,
+            "concept_dim": source.concept_dim,
+        },
+    )
+    logger.info(
+        f"{NAME}: {record['base_postings']} postings over {centroids.shape[0]} lists for "
+        f"{source.num_images} images"
+    )
     return record
 
 
-def _write_generation(index_dir: str, source, centroids, block_rows: int,
-                      record: dict) -> dict:
+def _write_generation(index_dir: str, source, centroids, block_rows: int, record: dict) -> dict:
     """Writes the dictionary and the lists of `source` as a new generation, commits `record`
     updated with them and returns it. The dictionary lives per generation (dictionary/g<n>),
     so a rebuild or a recluster never changes what a published generation reads."""
@@ -146,23 +186,44 @@ def _write_generation(index_dir: str, source, centroids, block_rows: int,
     generation = postings.next_generation(index_dir, LISTS_PREFIX)
     name = f"{PREFIX}/dictionary/g{generation}"
     store.write_array(index_dir, name, centroids)
-    fit = {"trained": float(np.mean(inverted.weights, dtype=np.float64))
-           if inverted.num_postings else None, "added": None, "added_postings": 0}
-    record = dict(record, **postings.write_base(index_dir, LISTS_PREFIX, generation, inverted),
-                  centroids=name, num_images=source.num_images,
-                  num_centroids=centroids.shape[0], fit=fit)
+    fit = {
+        "trained": float(np.mean(inverted.weights, dtype=np.float64))
+        if inverted.num_postings
+        else None,
+        "added": None,
+        "added_postings": 0,
+    }
+    record = dict(
+        record,
+        **postings.write_base(index_dir, LISTS_PREFIX, generation, inverted),
+        centroids=name,
+        num_images=source.num_images,
+        num_centroids=centroids.shape[0],
+        fit=fit,
+    )
     records.write_record(index_dir, NAME, record)
     postings.remove_stale_generations(index_dir, LISTS_PREFIX, generation)
-    kept = {entry["centroids"].rsplit("/", 1)[1] for entry in
-            records.published_records(index_dir, NAME) + [record] if "centroids" in entry}
+    kept = {
+        entry["centroids"].rsplit("/", 1)[1]
+        for entry in records.published_records(index_dir, NAME) + [record]
+        if "centroids" in entry
+    }
     postings.remove_folders(index_dir, f"{PREFIX}/dictionary", keep=kept)
     return record
 
 
 def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
     """Appends the postings of images start..start+B-1 (assigned to the existing centroids)."""
-    return postings.add_postings(index_dir, NAME, source, start, lambda record: _source_postings(
-        source, read_centroids(index_dir, record), start, block_rows), _fit_after_add)
+    return postings.add_postings(
+        index_dir,
+        NAME,
+        source,
+        start,
+        lambda record: _source_postings(
+            source, read_centroids(index_dir, record), start, block_rows
+        ),
+        _fit_after_add,
+    )
 
 
 def recluster_advice(record: dict) -> str:
@@ -171,11 +232,16 @@ def recluster_advice(record: dict) -> str:
     if fit.get("trained") is None or fit.get("added") is None:
         return "no fit measured (a dictionary built before fits were recorded, or no adds)"
     drop = fit["trained"] - fit["added"]
-    verdict = ("index.compact --recluster is advised" if drop > RECLUSTER_FIT_DROP else
-               "the dictionary still fits")
-    return (f"mean posting weight {fit['added']:.3f} for the {fit['added_postings']} added "
-            f"postings vs {fit['trained']:.3f} for the trained ones (drop {drop:.3f}; "
-            f"threshold {RECLUSTER_FIT_DROP}): {verdict}")
+    verdict = (
+        "index.compact --recluster is advised"
+        if drop > RECLUSTER_FIT_DROP
+        else "the dictionary still fits"
+    )
+    return (
+        f"mean posting weight {fit['added']:.3f} for the {fit['added_postings']} added "
+        f"postings vs {fit['trained']:.3f} for the trained ones (drop {drop:.3f}; "
+        f"threshold {RECLUSTER_FIT_DROP}): {verdict}"
+    )
 
 
 def _fit_after_add(record: dict, weights) -> dict:
@@ -197,18 +263,25 @@ def read_centroids(index_dir: str, record: dict) -> np.ndarray:
     return store.read_array(index_dir, record.get("centroids", f"{PREFIX}/centroids"))
 
 
-def recluster(index_dir: str, source, record: dict,
-              block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
+def recluster(
+    index_dir: str, source, record: dict, block_rows: int = sources.DEFAULT_BLOCK_ROWS
+) -> dict:
     """Retrains the dictionary over `source` (k-means with the record's K, seed and iterations)
     and rewrites the lists as a new generation; returns the committed record."""
     parameters = record["parameters"]
-    vectors, total = _training_vectors(source, parameters["max_training_vectors"],
-                                       parameters["seed"], block_rows)
-    logger.info(f"{NAME}: reclustering {record['num_centroids']} centroids over "
-                f"{vectors.shape[0]} of {total} regions")
-    centroids = kmeans.train_centroids(vectors, min(record["num_centroids"], vectors.shape[0]),
-                                       seed=parameters["seed"],
-                                       iterations=parameters["iterations"])
+    vectors, total = _training_vectors(
+        source, parameters["max_training_vectors"], parameters["seed"], block_rows
+    )
+    logger.info(
+        f"{NAME}: reclustering {record['num_centroids']} centroids over "
+        f"{vectors.shape[0]} of {total} regions"
+    )
+    centroids = kmeans.train_centroids(
+        vectors,
+        min(record["num_centroids"], vectors.shape[0]),
+        seed=parameters["seed"],
+        iterations=parameters["iterations"],
+    )
     return _write_generation(index_dir, source, centroids, block_rows, record)
 
 
@@ -217,8 +290,14 @@ class ConceptStage:
 
     name = NAME
 
-    def __init__(self, centroids, lists: postings.InvertedLists, deleted, record: dict,
-                 nprobe: int | None = None):
+    def __init__(
+        self,
+        centroids,
+        lists: postings.InvertedLists,
+        deleted,
+        record: dict,
+        nprobe: int | None = None,
+    ):
         self.centroids = np.asarray(centroids, np.float32)  # [K, C]
         self.lists = lists
         self.deleted = deleted  # [N] bool
@@ -231,8 +310,13 @@ class ConceptStage:
         """manifest: read the generation it publishes (default: the stage.json record)."""
         record = records.committed_record(index_dir, NAME, manifest)
         lists = postings.read_lists(index_dir, LISTS_PREFIX, record)
-        return cls(read_centroids(index_dir, record), lists,
-                   tombstones.bitmap(index_dir, record["num_images"], manifest), record, nprobe)
+        return cls(
+            read_centroids(index_dir, record),
+            lists,
+            tombstones.bitmap(index_dir, record["num_images"], manifest),
+            record,
+            nprobe,
+        )
 
     @property
     def nbytes(self) -> int:
@@ -254,7 +338,8 @@ class ConceptStage:
         words, mask = query_side.concepts, query_side.mask
         num_queries, num_words = mask.shape
         similarities = (words.reshape(-1, words.shape[2]) @ self.centroids.T).reshape(
-            num_queries, num_words, -1)  # [Q, T, K]; one 2-D GEMM, not Q small ones
+            num_queries, num_words, -1
+        )  # [Q, T, K]; one 2-D GEMM, not Q small ones
         if probes < similarities.shape[2]:
             probed = np.argpartition(similarities, -probes, axis=2)[:, :, -probes:]
         else:
@@ -268,19 +353,22 @@ class ConceptStage:
         while start < num_queries:
             # The largest run of queries whose postings fit the chunk budget (at least one).
             base = per_query[start - 1] if start else 0
-            stop = max(start + 1, int(np.searchsorted(per_query, base + POSTINGS_PER_CHUNK,
-                                                      side="right")))
+            stop = max(
+                start + 1, int(np.searchsorted(per_query, base + POSTINGS_PER_CHUNK, side="right"))
+            )
             chunk = slice(start, stop)
             ids[chunk], scores[chunk] = self._score_chunk(
-                probed[chunk], probed_similarities[chunk], mask[chunk], n)
+                probed[chunk], probed_similarities[chunk], mask[chunk], n
+            )
             start = stop
         return ids, scores
 
     def _score_chunk(self, probed, probed_similarities, mask, n):
         """probed / probed_similarities [q, T, p], mask [q, T] -> top n of the chunk."""
         num_queries, num_words, _ = probed.shape
-        word_of_probe = np.broadcast_to(np.arange(num_queries * num_words).reshape(
-            num_queries, num_words, 1), probed.shape)
+        word_of_probe = np.broadcast_to(
+            np.arange(num_queries * num_words).reshape(num_queries, num_words, 1), probed.shape
+        )
         real = np.broadcast_to(mask[:, :, None], probed.shape)
         probe, images, weights = self.lists.gather(probed[real])
         word = word_of_probe[real][probe]  # [S] query * T + word
@@ -299,5 +387,4 @@ class ConceptStage:
         pair_first = np.flatnonzero(np.concatenate([[True], pair_keys[1:] != pair_keys[:-1]]))
         totals = np.add.reduceat(best, pair_first) if pair_first.size else best[:0]
         query_index, images = np.divmod(pair_keys[pair_first], self.num_images)
-        return query.top_per_query(query_index, images, totals.astype(np.float32),
-                                   num_queries, n)
+        return query.top_per_query(query_index, images, totals.astype(np.float32), num_queries, n)

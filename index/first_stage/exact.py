@@ -57,9 +57,14 @@ def build(index_dir: str, source, block_rows: int = sources.DEFAULT_BLOCK_ROWS) 
     records.mark_building(index_dir, NAME, {})
     generation = postings.next_generation(index_dir, PREFIX)
     _write_rows(index_dir, generation, source, block_rows, True)
-    record = {"state": "ready", "parameters": {}, "generation": generation,
-              "num_images": source.num_images, "regions": source.regions,
-              "concept_dim": source.concept_dim}
+    record = {
+        "state": "ready",
+        "parameters": {},
+        "generation": generation,
+        "num_images": source.num_images,
+        "regions": source.regions,
+        "concept_dim": source.concept_dim,
+    }
     records.write_record(index_dir, NAME, record)
     postings.remove_stale_generations(index_dir, PREFIX, generation)
     return record
@@ -71,9 +76,11 @@ def _read_arrays(index_dir: str, record: dict, names=ARRAYS) -> dict:
     for name in names:
         array = store.read_array(index_dir, f"{base}/{name}")
         if array.shape[0] < record["num_images"]:
-            raise ValueError(f"{index_dir}/{base}/{name}: expected at least "
-                             f"{record['num_images']} rows (stage record), got {array.shape[0]}")
-        arrays[name] = array[:record["num_images"]]
+            raise ValueError(
+                f"{index_dir}/{base}/{name}: expected at least "
+                f"{record['num_images']} rows (stage record), got {array.shape[0]}"
+            )
+        arrays[name] = array[: record["num_images"]]
     return arrays
 
 
@@ -86,8 +93,9 @@ def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BL
         generation = record["generation"]
         if stored != record["num_images"]:
             logger.info(f"{NAME}: {stored - record['num_images']} uncommitted rows; compacting")
-            generation = _rewrite(index_dir, record, np.ones(record["num_images"], bool),
-                                  block_rows)
+            generation = _rewrite(
+                index_dir, record, np.ones(record["num_images"], bool), block_rows
+            )
         _write_rows(index_dir, generation, source, block_rows, False)
         return {"generation": generation}
 
@@ -97,15 +105,17 @@ def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BL
 def _rewrite(index_dir: str, record: dict, alive, block_rows: int) -> int:
     """Copies the record's rows where alive [N] is True into a new generation; returns it."""
     arrays = _read_arrays(index_dir, record)
-    kept = sources.ArraySource(arrays["concepts"][alive], arrays["region_mask"][alive],
-                               arrays["global"][alive])
+    kept = sources.ArraySource(
+        arrays["concepts"][alive], arrays["region_mask"][alive], arrays["global"][alive]
+    )
     generation = postings.next_generation(index_dir, PREFIX)
     _write_rows(index_dir, generation, kept, block_rows, True)
     return generation
 
 
-def compact(index_dir: str, record: dict, alive,
-            block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
+def compact(
+    index_dir: str, record: dict, alive, block_rows: int = sources.DEFAULT_BLOCK_ROWS
+) -> dict:
     """Rewrites `record`'s rows without the images where alive [N] is False (renumbered, in
     order) as a new generation; commits and returns the record."""
     generation = _rewrite(index_dir, record, np.asarray(alive, bool), block_rows)
@@ -130,8 +140,9 @@ def _maxsim_top(words, word_mask, concepts, region_mask, alive, n):
         block_concepts, block_mask, block_alive = inputs
         scores = scoring.maxsim(words, word_mask, block_concepts, block_mask)  # [Qb, B]
         scores = jnp.where(block_alive[None, :], scores, -jnp.inf)
-        block_ids = jnp.broadcast_to(first + jnp.arange(block, dtype=jnp.int32),
-                                     (num_queries, block))
+        block_ids = jnp.broadcast_to(
+            first + jnp.arange(block, dtype=jnp.int32), (num_queries, block)
+        )
         # Earlier (smaller) ids come first, and top_k keeps the first of equal scores.
         merged_scores = jnp.concatenate([best_scores, scores], axis=1)
         merged_ids = jnp.concatenate([best_ids, block_ids], axis=1)
@@ -139,8 +150,11 @@ def _maxsim_top(words, word_mask, concepts, region_mask, alive, n):
         best_ids = jnp.take_along_axis(merged_ids, positions, axis=1)
         return (best_scores, best_ids, first + block), None
 
-    initial = (jnp.full((num_queries, n), -jnp.inf, jnp.float32),
-               jnp.full((num_queries, n), -1, jnp.int32), jnp.int32(0))
+    initial = (
+        jnp.full((num_queries, n), -jnp.inf, jnp.float32),
+        jnp.full((num_queries, n), -1, jnp.int32),
+        jnp.int32(0),
+    )
     (scores, ids, _), _ = jax.lax.scan(step, initial, (concepts, region_mask, alive))
     return scores, jnp.where(jnp.isneginf(scores), -1, ids)
 
@@ -184,20 +198,26 @@ class ExactStage:
             region_mask = np.pad(arrays["region_mask"], ((0, pad), (0, 0)))
             alive = np.pad(~deleted, (0, pad))
             self._concepts = jnp.asarray(concepts.reshape(-1, IMAGE_BLOCK, *concepts.shape[1:]))
-            self._region_mask = jnp.asarray(region_mask.reshape(-1, IMAGE_BLOCK,
-                                                                region_mask.shape[1]))
+            self._region_mask = jnp.asarray(
+                region_mask.reshape(-1, IMAGE_BLOCK, region_mask.shape[1])
+            )
             self._alive = jnp.asarray(alive.reshape(-1, IMAGE_BLOCK))
 
     @classmethod
     def load(cls, index_dir: str, kind: str = "exact", manifest: dict | None = None):
         """manifest: read the generation it publishes (default: the stage.json record)."""
         if kind not in ("exact", "exact_global"):
-            raise ValueError(f"ExactStage.load: kind expected 'exact' or 'exact_global', "
-                             f"got {kind!r}")
+            raise ValueError(
+                f"ExactStage.load: kind expected 'exact' or 'exact_global', got {kind!r}"
+            )
         record = records.committed_record(index_dir, NAME, manifest)
         names = ARRAYS if kind == "exact" else ("global",)
-        return cls(_read_arrays(index_dir, record, names),
-                   tombstones.bitmap(index_dir, record["num_images"], manifest), record, kind)
+        return cls(
+            _read_arrays(index_dir, record, names),
+            tombstones.bitmap(index_dir, record["num_images"], manifest),
+            record,
+            kind,
+        )
 
     @property
     def nbytes(self) -> int:
@@ -229,8 +249,9 @@ class ExactStage:
             pad = min(QUERY_BLOCK, 1 << (stop - start - 1).bit_length()) - (stop - start)
             block_words = np.pad(words[start:stop], ((0, pad), (0, 0), (0, 0)))
             block_mask = np.pad(mask[start:stop], ((0, pad), (0, 0)))
-            block_scores, block_ids = _maxsim_top(block_words, block_mask, self._concepts,
-                                                  self._region_mask, self._alive, kept)
-            scores[start:stop, :kept] = np.asarray(block_scores)[:stop - start]
-            ids[start:stop, :kept] = np.asarray(block_ids)[:stop - start]
+            block_scores, block_ids = _maxsim_top(
+                block_words, block_mask, self._concepts, self._region_mask, self._alive, kept
+            )
+            scores[start:stop, :kept] = np.asarray(block_scores)[: stop - start]
+            ids[start:stop, :kept] = np.asarray(block_ids)[: stop - start]
         return ids, scores

@@ -44,7 +44,7 @@ def number_of_centroids(num_vectors: int) -> int:
     if num_vectors < 1:
         raise ValueError(f"number_of_centroids: num_vectors expected >= 1, got {num_vectors}")
     power = round(math.log2(4.0 * math.sqrt(num_vectors)))
-    return int(max(1, min(2 ** power, num_vectors, MAX_CENTROIDS)))
+    return int(max(1, min(2**power, num_vectors, MAX_CENTROIDS)))
 
 
 def _nearest(similarities):
@@ -76,19 +76,21 @@ def assign(vectors, centroids) -> tuple[np.ndarray, np.ndarray]:
     vectors = np.asarray(vectors, np.float32)
     centroids = jnp.asarray(centroids, jnp.float32)
     if vectors.ndim != 2 or vectors.shape[1] != centroids.shape[1]:
-        raise ValueError(f"kmeans.assign: vectors expected [M, {centroids.shape[1]}], "
-                         f"got {vectors.shape}")
+        raise ValueError(
+            f"kmeans.assign: vectors expected [M, {centroids.shape[1]}], got {vectors.shape}"
+        )
     ids = np.empty(vectors.shape[0], np.int64)
     similarities = np.empty(vectors.shape[0], np.float32)
     for start in range(0, vectors.shape[0], ASSIGN_BLOCK):
-        block = vectors[start:start + ASSIGN_BLOCK]
+        block = vectors[start : start + ASSIGN_BLOCK]
         rows = block.shape[0]
         if rows < ASSIGN_BLOCK:
-            block = np.concatenate([block, np.zeros((ASSIGN_BLOCK - rows, block.shape[1]),
-                                                    np.float32)])
+            block = np.concatenate(
+                [block, np.zeros((ASSIGN_BLOCK - rows, block.shape[1]), np.float32)]
+            )
         block_ids, block_similarities = _assign_block(block, centroids)
-        ids[start:start + rows] = np.asarray(block_ids)[:rows]
-        similarities[start:start + rows] = np.asarray(block_similarities)[:rows]
+        ids[start : start + rows] = np.asarray(block_ids)[:rows]
+        similarities[start : start + rows] = np.asarray(block_similarities)[:rows]
     return ids, similarities
 
 
@@ -134,8 +136,11 @@ def _lloyd_step(blocks, valid, centroids):
         total = total + jnp.sum(best * weight)
         return (sums, counts, total), None
 
-    initial = (jnp.zeros_like(centroids), jnp.zeros(num_centroids, centroids.dtype),
-               jnp.zeros((), centroids.dtype))
+    initial = (
+        jnp.zeros_like(centroids),
+        jnp.zeros(num_centroids, centroids.dtype),
+        jnp.zeros((), centroids.dtype),
+    )
     (sums, counts, total), _ = jax.lax.scan(per_block, initial, (blocks, valid))
     return _normalise(sums, centroids), counts, total / jnp.maximum(jnp.sum(valid), 1)
 
@@ -156,9 +161,16 @@ def _minibatch_step(centroids, counts, vectors, key):
     return _normalise(moved, centroids), counts, jnp.mean(best)
 
 
-def train_centroids(vectors, num_centroids: int, *, seed: int = 0, iterations: int = 10,
-                    init: str = "kmeans++", full_batch_limit: int = FULL_BATCH_LIMIT,
-                    minibatch_steps: int | None = None) -> np.ndarray:
+def train_centroids(
+    vectors,
+    num_centroids: int,
+    *,
+    seed: int = 0,
+    iterations: int = 10,
+    init: str = "kmeans++",
+    full_batch_limit: int = FULL_BATCH_LIMIT,
+    minibatch_steps: int | None = None,
+) -> np.ndarray:
     """Spherical k-means centroids of vectors [M, C] float32 (L2-normalised rows).
 
     Args:
@@ -173,19 +185,23 @@ def train_centroids(vectors, num_centroids: int, *, seed: int = 0, iterations: i
     """
     vectors = np.asarray(vectors, np.float32)
     if vectors.ndim != 2 or vectors.shape[0] == 0:
-        raise ValueError(f"train_centroids: vectors expected a non-empty [M, C] array, "
-                         f"got {vectors.shape}")
+        raise ValueError(
+            f"train_centroids: vectors expected a non-empty [M, C] array, got {vectors.shape}"
+        )
     count = vectors.shape[0]
     if not 1 <= num_centroids <= count:
-        raise ValueError(f"train_centroids: num_centroids expected in [1, {count}] (M vectors), "
-                         f"got {num_centroids}")
+        raise ValueError(
+            f"train_centroids: num_centroids expected in [1, {count}] (M vectors), "
+            f"got {num_centroids}"
+        )
     if init not in INITS:
         raise ValueError(f"train_centroids: init expected one of {INITS}, got {init!r}")
     generator = np.random.default_rng(seed)
     key = jax.random.key(seed)
     if init == "kmeans++":
-        pool = vectors[np.sort(generator.choice(count, min(count, 4 * num_centroids),
-                                                replace=False))]
+        pool = vectors[
+            np.sort(generator.choice(count, min(count, 4 * num_centroids), replace=False))
+        ]
         centroids = _kmeans_plus_plus(jnp.asarray(pool), key, num_centroids)
     else:
         centroids = jnp.asarray(vectors[generator.choice(count, num_centroids, replace=False)])
@@ -202,17 +218,22 @@ def train_centroids(vectors, num_centroids: int, *, seed: int = 0, iterations: i
                 reseeds = vectors[generator.choice(count, empty.size, replace=False)]
                 centroids = centroids.at[empty].set(reseeds)
             if (iteration + 1) % 5 == 0 or iteration + 1 == iterations:
-                logger.info(f"k-means iteration {iteration + 1}/{iterations}: mean similarity "
-                            f"{float(mean_similarity):.4f}, empty centroids re-seeded {empty.size}")
+                logger.info(
+                    f"k-means iteration {iteration + 1}/{iterations}: mean similarity "
+                    f"{float(mean_similarity):.4f}, empty centroids re-seeded {empty.size}"
+                )
     else:
         steps = minibatch_steps or int(min(400, max(100, 3 * count // ASSIGN_BLOCK)))
         device_vectors = jnp.asarray(vectors)
         counts = jnp.zeros(num_centroids, jnp.float32)
         for step in range(steps):
             key, step_key = jax.random.split(key)
-            centroids, counts, mean_similarity = _minibatch_step(centroids, counts,
-                                                                 device_vectors, step_key)
+            centroids, counts, mean_similarity = _minibatch_step(
+                centroids, counts, device_vectors, step_key
+            )
             if (step + 1) % 50 == 0 or step + 1 == steps:
-                logger.info(f"mini-batch k-means step {step + 1}/{steps}: batch mean similarity "
-                            f"{float(mean_similarity):.4f}")
+                logger.info(
+                    f"mini-batch k-means step {step + 1}/{steps}: batch mean similarity "
+                    f"{float(mean_similarity):.4f}"
+                )
     return np.asarray(centroids, np.float32)

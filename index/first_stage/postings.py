@@ -56,7 +56,7 @@ class InvertedLists:
         return self.offsets.nbytes + self.images.nbytes + self.weights.nbytes
 
     @classmethod
-    def from_postings(cls, lists, images, weights, num_lists: int) -> "InvertedLists":
+    def from_postings(cls, lists, images, weights, num_lists: int) -> InvertedLists:
         """Builds the CSR from postings in any order.
 
         Args:
@@ -68,39 +68,49 @@ class InvertedLists:
         images = np.asarray(images, np.int64)
         weights = np.asarray(weights)
         if not lists.shape == images.shape == weights.shape or lists.ndim != 1:
-            raise ValueError(f"InvertedLists.from_postings: lists, images, weights expected equal "
-                             f"[P] shapes, got {lists.shape}, {images.shape}, {weights.shape}")
+            raise ValueError(
+                f"InvertedLists.from_postings: lists, images, weights expected equal "
+                f"[P] shapes, got {lists.shape}, {images.shape}, {weights.shape}"
+            )
         if lists.size and (lists.min() < 0 or lists.max() >= num_lists):
-            raise ValueError(f"InvertedLists.from_postings: list ids expected in "
-                             f"[0, {num_lists}), got [{lists.min()}, {lists.max()}]")
+            raise ValueError(
+                f"InvertedLists.from_postings: list ids expected in "
+                f"[0, {num_lists}), got [{lists.min()}, {lists.max()}]"
+            )
         if images.size and (images.min() < 0 or images.max() > MAX_IMAGES):
-            raise ValueError(f"InvertedLists.from_postings: image ids expected in "
-                             f"[0, {MAX_IMAGES}], got [{images.min()}, {images.max()}]")
+            raise ValueError(
+                f"InvertedLists.from_postings: image ids expected in "
+                f"[0, {MAX_IMAGES}], got [{images.min()}, {images.max()}]"
+            )
         order = np.lexsort((images, lists))
         lists, images = lists[order], images[order]
         duplicate = (lists[1:] == lists[:-1]) & (images[1:] == images[:-1])
         if np.any(duplicate):
             at = int(np.flatnonzero(duplicate)[0])
-            raise ValueError(f"InvertedLists.from_postings: image {images[at]} posts twice to "
-                             f"list {lists[at]}")
+            raise ValueError(
+                f"InvertedLists.from_postings: image {images[at]} posts twice to list {lists[at]}"
+            )
         offsets = np.zeros(num_lists + 1, np.int64)
         np.cumsum(np.bincount(lists, minlength=num_lists), out=offsets[1:])
         return cls(offsets, images.astype(np.int32), weights[order])
 
-    def merge(self, later: "InvertedLists") -> "InvertedLists":
+    def merge(self, later: InvertedLists) -> InvertedLists:
         """This CSR followed, list by list, by `later`, whose images all have larger ids.
 
         O(P): each list's postings stay in ascending image order, so the result equals
         `from_postings` over the union.
         """
         if later.num_lists != self.num_lists:
-            raise ValueError(f"InvertedLists.merge: lists expected {self.num_lists}, "
-                             f"got {later.num_lists}")
+            raise ValueError(
+                f"InvertedLists.merge: lists expected {self.num_lists}, got {later.num_lists}"
+            )
         if later.num_postings == 0:
             return self
         if self.num_postings and later.images.min() <= self.images.max():
-            raise ValueError(f"InvertedLists.merge: later images must all exceed "
-                             f"{self.images.max()}, got minimum {later.images.min()}")
+            raise ValueError(
+                f"InvertedLists.merge: later images must all exceed "
+                f"{self.images.max()}, got minimum {later.images.min()}"
+            )
         counts = np.diff(self.offsets)
         later_counts = np.diff(later.offsets)
         offsets = np.zeros_like(self.offsets)
@@ -112,27 +122,34 @@ class InvertedLists:
         old_list = np.repeat(np.arange(self.num_lists), counts)
         old_positions = offsets[old_list] + np.arange(self.num_postings) - self.offsets[old_list]
         new_list = np.repeat(np.arange(self.num_lists), later_counts)
-        new_positions = (offsets[new_list] + counts[new_list] + np.arange(later.num_postings)
-                         - later.offsets[new_list])
+        new_positions = (
+            offsets[new_list]
+            + counts[new_list]
+            + np.arange(later.num_postings)
+            - later.offsets[new_list]
+        )
         images[old_positions], weights[old_positions] = self.images, self.weights
         images[new_positions], weights[new_positions] = later.images, later.weights
         return InvertedLists(offsets, images, weights)
 
-    def select(self, alive) -> "InvertedLists":
+    def select(self, alive) -> InvertedLists:
         """Drops the postings of images where alive [N] bool is False and renumbers the others
         0..alive.sum()-1 in order; the map is monotone, so the result equals `from_postings`
         over the surviving images."""
         alive = np.asarray(alive, bool)
         if self.num_postings and self.images.max() >= alive.shape[0]:
-            raise ValueError(f"InvertedLists.select: alive covers {alive.shape[0]} images, "
-                             f"postings reach image {self.images.max()}")
+            raise ValueError(
+                f"InvertedLists.select: alive covers {alive.shape[0]} images, "
+                f"postings reach image {self.images.max()}"
+            )
         renumbered = np.cumsum(alive) - 1
         keep = alive[self.images]
         list_of_posting = np.repeat(np.arange(self.num_lists), np.diff(self.offsets))
         offsets = np.zeros_like(self.offsets)
         np.cumsum(np.bincount(list_of_posting[keep], minlength=self.num_lists), out=offsets[1:])
-        return InvertedLists(offsets, renumbered[self.images[keep]].astype(np.int32),
-                             self.weights[keep])
+        return InvertedLists(
+            offsets, renumbered[self.images[keep]].astype(np.int32), self.weights[keep]
+        )
 
     def gather(self, lists) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every posting of the given lists, vectorised.
@@ -153,8 +170,9 @@ class InvertedLists:
 
 
 def empty_lists(num_lists: int, weight_dtype) -> InvertedLists:
-    return InvertedLists(np.zeros(num_lists + 1, np.int64), np.zeros(0, np.int32),
-                         np.zeros(0, weight_dtype))
+    return InvertedLists(
+        np.zeros(num_lists + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, weight_dtype)
+    )
 
 
 def generation_prefix(prefix: str, generation: int) -> str:
@@ -166,8 +184,11 @@ def next_generation(index_dir: str, prefix: str) -> int:
     folder = records.folder(index_dir, prefix)
     if not os.path.isdir(folder):
         return 0
-    found = [int(entry[1:]) for entry in os.listdir(folder)
-             if entry.startswith("g") and entry[1:].isdigit()]
+    found = [
+        int(entry[1:])
+        for entry in os.listdir(folder)
+        if entry.startswith("g") and entry[1:].isdigit()
+    ]
     return max(found, default=-1) + 1
 
 
@@ -177,8 +198,12 @@ def write_base(index_dir: str, prefix: str, generation: int, lists: InvertedList
     store.write_array(index_dir, f"{base}/offsets", lists.offsets)
     store.write_array(index_dir, f"{base}/images", lists.images)
     store.write_array(index_dir, f"{base}/weights", lists.weights)
-    return {"generation": int(generation), "num_lists": lists.num_lists,
-            "base_postings": lists.num_postings, "delta_postings": 0}
+    return {
+        "generation": int(generation),
+        "num_lists": lists.num_lists,
+        "base_postings": lists.num_postings,
+        "delta_postings": 0,
+    }
 
 
 def _read_delta(index_dir: str, base: str, name: str, dtype) -> np.ndarray:
@@ -195,24 +220,31 @@ def read_lists(index_dir: str, prefix: str, record: dict) -> InvertedLists:
     images = store.read_array(index_dir, f"{base}/images")
     weights = store.read_array(index_dir, f"{base}/weights")
     if offsets.shape != (record["num_lists"] + 1,) or images.shape != (record["base_postings"],):
-        raise ValueError(f"{index_dir}/{base}: offsets/images shapes expected "
-                         f"({record['num_lists'] + 1},)/({record['base_postings']},) from the "
-                         f"stage record, got {offsets.shape}/{images.shape}")
+        raise ValueError(
+            f"{index_dir}/{base}: offsets/images shapes expected "
+            f"({record['num_lists'] + 1},)/({record['base_postings']},) from the "
+            f"stage record, got {offsets.shape}/{images.shape}"
+        )
     lists = InvertedLists(offsets, images, weights)
     delta = record["delta_postings"]
     if delta == 0:
         return lists
-    columns = [_read_delta(index_dir, base, name, dtype)[:delta] for name, dtype in
-               (("delta_lists", np.int32), ("delta_images", np.int32),
-                ("delta_weights", weights.dtype))]
+    columns = [
+        _read_delta(index_dir, base, name, dtype)[:delta]
+        for name, dtype in (
+            ("delta_lists", np.int32),
+            ("delta_images", np.int32),
+            ("delta_weights", weights.dtype),
+        )
+    ]
     if any(column.shape[0] != delta for column in columns):
-        raise ValueError(f"{index_dir}/{base}: delta arrays hold fewer than the committed "
-                         f"{delta} postings")
+        raise ValueError(
+            f"{index_dir}/{base}: delta arrays hold fewer than the committed {delta} postings"
+        )
     return lists.merge(InvertedLists.from_postings(*columns, record["num_lists"]))
 
 
-def append_postings(index_dir: str, prefix: str, record: dict, lists, images,
-                    weights) -> dict:
+def append_postings(index_dir: str, prefix: str, record: dict, lists, images, weights) -> dict:
     """Adds postings of new images (ids above every stored one); returns the postings fields
     (generation, num_lists, base_postings, delta_postings) to commit.
 
@@ -227,17 +259,23 @@ def append_postings(index_dir: str, prefix: str, record: dict, lists, images,
     stored = _read_delta(index_dir, base, "delta_lists", np.int32).shape[0]
     delta = record["delta_postings"]
     grown = delta + lists.shape[0]
-    if stored == delta and grown <= max(COMPACT_FRACTION * record["base_postings"],
-                                            MIN_COMPACT_POSTINGS):
+    if stored == delta and grown <= max(
+        COMPACT_FRACTION * record["base_postings"], MIN_COMPACT_POSTINGS
+    ):
         if lists.shape[0]:
             order = np.lexsort((lists, images))
             store.append_array(index_dir, f"{base}/delta_lists", lists[order])
             store.append_array(index_dir, f"{base}/delta_images", images[order])
             store.append_array(index_dir, f"{base}/delta_weights", np.asarray(weights)[order])
-        return {"generation": record["generation"], "num_lists": record["num_lists"],
-                "base_postings": record["base_postings"], "delta_postings": grown}
+        return {
+            "generation": record["generation"],
+            "num_lists": record["num_lists"],
+            "base_postings": record["base_postings"],
+            "delta_postings": grown,
+        }
     merged = read_lists(index_dir, prefix, record).merge(
-        InvertedLists.from_postings(lists, images, weights, record["num_lists"]))
+        InvertedLists.from_postings(lists, images, weights, record["num_lists"])
+    )
     return write_base(index_dir, prefix, next_generation(index_dir, prefix), merged)
 
 
@@ -270,8 +308,9 @@ def update_stage(index_dir: str, stage: str, source, start: int, change) -> dict
     return record
 
 
-def add_postings(index_dir: str, stage: str, source, start: int, image_postings,
-                 extra_fields=None) -> dict:
+def add_postings(
+    index_dir: str, stage: str, source, start: int, image_postings, extra_fields=None
+) -> dict:
     """`update_stage` for an inverted-list stage: image_postings(record) -> (lists [P],
     images [P], weights [P]) of the new images, appended as a delta (append_postings);
     extra_fields(record, weights) -> more record fields to commit with them."""

@@ -33,20 +33,28 @@ def check_query_side(query_side: QuerySide, concept_dim: int, stage: str) -> Que
     Raises ValueError naming the stage, the field, what was expected and what was given.
     """
     if not isinstance(query_side, tuple) or len(query_side) != 3:
-        raise ValueError(f"{stage}.search: query_side expected QuerySide(concepts, mask, "
-                         f"global_vector), got {type(query_side).__name__}")
+        raise ValueError(
+            f"{stage}.search: query_side expected QuerySide(concepts, mask, "
+            f"global_vector), got {type(query_side).__name__}"
+        )
     concepts = np.asarray(query_side.concepts, dtype=np.float32)
     mask = np.asarray(query_side.mask)
     global_vector = np.asarray(query_side.global_vector, dtype=np.float32)
     if concepts.ndim != 3 or concepts.shape[2] != concept_dim:
-        raise ValueError(f"{stage}.search: query_side.concepts expected [Q, T, {concept_dim}], "
-                         f"got shape {concepts.shape}")
+        raise ValueError(
+            f"{stage}.search: query_side.concepts expected [Q, T, {concept_dim}], "
+            f"got shape {concepts.shape}"
+        )
     if mask.shape != concepts.shape[:2] or mask.dtype != np.bool_:
-        raise ValueError(f"{stage}.search: query_side.mask expected bool {concepts.shape[:2]}, "
-                         f"got {mask.dtype} {mask.shape}")
+        raise ValueError(
+            f"{stage}.search: query_side.mask expected bool {concepts.shape[:2]}, "
+            f"got {mask.dtype} {mask.shape}"
+        )
     if global_vector.shape != (concepts.shape[0], concept_dim):
-        raise ValueError(f"{stage}.search: query_side.global_vector expected "
-                         f"{(concepts.shape[0], concept_dim)}, got {global_vector.shape}")
+        raise ValueError(
+            f"{stage}.search: query_side.global_vector expected "
+            f"{(concepts.shape[0], concept_dim)}, got {global_vector.shape}"
+        )
     return QuerySide(concepts, mask, global_vector)
 
 
@@ -84,8 +92,9 @@ def top_per_query(query, image, score, num_queries: int, n: int):
     # One stable sort on (query, descending score) packed into a uint64, so ties keep the
     # ascending image order. Six times faster than a 3-key lexsort.
     bits = score.view(np.uint32).astype(np.uint64)
-    ascending = np.where(bits >> np.uint64(31), ~bits & np.uint64(0xFFFFFFFF),
-                         bits | np.uint64(0x80000000))  # unsigned order of the float values
+    ascending = np.where(
+        bits >> np.uint64(31), ~bits & np.uint64(0xFFFFFFFF), bits | np.uint64(0x80000000)
+    )  # unsigned order of the float values
     keys = (query.astype(np.uint64) << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - ascending)
     order = np.argsort(keys, kind="stable")
     sorted_query = query[order]

@@ -55,17 +55,22 @@ def read_record(index_dir: str, stage: str) -> dict:
     """The committed record of a ready stage; raises naming the file and what is wrong."""
     path = record_path(index_dir, stage)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"first stage {stage!r} is not built in {index_dir!r} "
-                                f"(expected {path}); run python -m index.build "
-                                f"--index={index_dir} --first_stage={stage}")
+        raise FileNotFoundError(
+            f"first stage {stage!r} is not built in {index_dir!r} "
+            f"(expected {path}); run python -m index.build "
+            f"--index={index_dir} --first_stage={stage}"
+        )
     with open(path, encoding="utf-8") as handle:
         record = json.load(handle)
     if record.get("version") != RECORD_VERSION:
-        raise ValueError(f"{path}: field 'version' expected {RECORD_VERSION}, "
-                         f"got {record.get('version')!r}")
+        raise ValueError(
+            f"{path}: field 'version' expected {RECORD_VERSION}, got {record.get('version')!r}"
+        )
     if record.get("state") != "ready":
-        raise RuntimeError(f"{path}: field 'state' expected 'ready', got {record.get('state')!r} "
-                           f"(a build was interrupted; rebuild the stage)")
+        raise RuntimeError(
+            f"{path}: field 'state' expected 'ready', got {record.get('state')!r} "
+            f"(a build was interrupted; rebuild the stage)"
+        )
     return record
 
 
@@ -86,9 +91,11 @@ def committed_record(index_dir: str, stage: str, manifest: dict | None = None) -
         return read_record(index_dir, stage)
     snapshot = manifest["first_stage"]
     if stage not in snapshot:
-        raise FileNotFoundError(f"first stage {stage!r} is not in generation "
-                                f"{manifest.get('generation', 0)} of {index_dir!r} (its manifest "
-                                f"publishes {sorted(snapshot)})")
+        raise FileNotFoundError(
+            f"first stage {stage!r} is not in generation "
+            f"{manifest.get('generation', 0)} of {index_dir!r} (its manifest "
+            f"publishes {sorted(snapshot)})"
+        )
     return snapshot[stage]
 
 
@@ -104,8 +111,11 @@ def _published_views(index_dir: str) -> list[dict]:
 
 def published_records(index_dir: str, stage: str) -> list[dict]:
     """The records of `stage` this generation and the previous one publish (0 to 2)."""
-    return [view["first_stage"][stage] for view in _published_views(index_dir)
-            if stage in (view.get("first_stage") or {})]
+    return [
+        view["first_stage"][stage]
+        for view in _published_views(index_dir)
+        if stage in (view.get("first_stage") or {})
+    ]
 
 
 def referenced_generations(index_dir: str, prefix: str) -> set[int]:

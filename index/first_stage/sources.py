@@ -28,12 +28,15 @@ class ArraySource:
         if self.concepts.ndim != 3:
             raise ValueError(f"ArraySource: concepts expected [N, R, C], got {self.concepts.shape}")
         if self.region_mask.shape != self.concepts.shape[:2] or self.region_mask.dtype != bool:
-            raise ValueError(f"ArraySource: region_mask expected bool {self.concepts.shape[:2]}, "
-                             f"got {self.region_mask.dtype} {self.region_mask.shape}")
+            raise ValueError(
+                f"ArraySource: region_mask expected bool {self.concepts.shape[:2]}, "
+                f"got {self.region_mask.dtype} {self.region_mask.shape}"
+            )
         expected = (self.concepts.shape[0], self.concepts.shape[2])
         if self.global_vectors.shape != expected:
-            raise ValueError(f"ArraySource: global_vectors expected {expected}, "
-                             f"got {self.global_vectors.shape}")
+            raise ValueError(
+                f"ArraySource: global_vectors expected {expected}, got {self.global_vectors.shape}"
+            )
 
     num_images = property(lambda self: self.concepts.shape[0])
     regions = property(lambda self: self.concepts.shape[1])
@@ -60,8 +63,10 @@ def check_source(source, concept_dim: int | None, regions: int | None, stage: st
     for field, expected in (("concept_dim", concept_dim), ("regions", regions)):
         got = getattr(source, field)
         if expected is not None and got != expected:
-            raise ValueError(f"first stage {stage!r}: source {field} expected {expected} "
-                             f"(the built stage), got {got}")
+            raise ValueError(
+                f"first stage {stage!r}: source {field} expected {expected} "
+                f"(the built stage), got {got}"
+            )
     if source.num_images < 1:
         raise ValueError(f"first stage {stage!r}: the source holds no images")
 
@@ -72,8 +77,9 @@ class RowWindow:
 
     def __init__(self, source, start: int, stop: int):
         if not 0 <= start <= stop <= source.num_images:
-            raise ValueError(f"RowWindow: rows [{start}, {stop}) outside [0, "
-                             f"{source.num_images}) of the source")
+            raise ValueError(
+                f"RowWindow: rows [{start}, {stop}) outside [0, {source.num_images}) of the source"
+            )
         self.source, self.start, self.stop = source, int(start), int(stop)
 
     num_images = property(lambda self: self.stop - self.start)

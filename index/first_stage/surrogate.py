@@ -67,18 +67,29 @@ def _check_parameters(kind: str, size: int, quantization: int) -> None:
 def _source_postings(source, parameters: dict, first_image: int, block_rows: int):
     pieces = []
     for start, stop in sources.blocks(source, block_rows):
-        rows, terms, frequencies = surrogate_terms(source.read_global(start, stop),
-                                                   parameters["kind"], parameters["size"],
-                                                   parameters["quantization"])
+        rows, terms, frequencies = surrogate_terms(
+            source.read_global(start, stop),
+            parameters["kind"],
+            parameters["size"],
+            parameters["quantization"],
+        )
         pieces.append((terms, (first_image + start + rows).astype(np.int32), frequencies))
-        logger.info(f"{parameters['kind']}: encoded images [{first_image + start}, "
-                    f"{first_image + stop})")
+        logger.info(
+            f"{parameters['kind']}: encoded images [{first_image + start}, {first_image + stop})"
+        )
     return [np.concatenate([piece[column] for piece in pieces]) for column in range(3)]
 
 
-def build(index_dir: str, source, kind: str, *, size: int | None = None,
-          quantization: int | None = None, query_size: int | None = None,
-          block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
+def build(
+    index_dir: str,
+    source,
+    kind: str,
+    *,
+    size: int | None = None,
+    quantization: int | None = None,
+    query_size: int | None = None,
+    block_rows: int = sources.DEFAULT_BLOCK_ROWS,
+) -> dict:
     """Writes the surrogate-text inverted list of `kind` ('sq' | 'permutation').
 
     Args:
@@ -93,38 +104,56 @@ def build(index_dir: str, source, kind: str, *, size: int | None = None,
     quantization = int(quantization or defaults.get("quantization", 0)) if kind == "sq" else 0
     _check_parameters(kind, size, quantization)
     sources.check_source(source, None, None, kind)
-    parameters = {"kind": kind, "size": size, "quantization": quantization,
-                  "query_size": int(query_size or size),
-                  "sparsification": 1.0 - min(size, 2 * source.concept_dim) /
-                  (2 * source.concept_dim)}
+    parameters = {
+        "kind": kind,
+        "size": size,
+        "quantization": quantization,
+        "query_size": int(query_size or size),
+        "sparsification": 1.0 - min(size, 2 * source.concept_dim) / (2 * source.concept_dim),
+    }
     records.mark_building(index_dir, kind, parameters)
     terms, images, frequencies = _source_postings(source, parameters, 0, block_rows)
-    inverted = postings.InvertedLists.from_postings(terms, images, frequencies,
-                                                    2 * source.concept_dim)
+    inverted = postings.InvertedLists.from_postings(
+        terms, images, frequencies, 2 * source.concept_dim
+    )
     prefix = f"{records.stage_prefix(kind)}/lists"
     generation = postings.next_generation(index_dir, prefix)
     record = postings.write_base(index_dir, prefix, generation, inverted)
-    record.update(state="ready", parameters=parameters, num_images=source.num_images,
-                  regions=source.regions, concept_dim=source.concept_dim)
+    record.update(
+        state="ready",
+        parameters=parameters,
+        num_images=source.num_images,
+        regions=source.regions,
+        concept_dim=source.concept_dim,
+    )
     records.write_record(index_dir, kind, record)
     postings.remove_stale_generations(index_dir, prefix, generation)
-    logger.info(f"{kind}: {inverted.num_postings} postings over {inverted.num_lists} terms for "
-                f"{source.num_images} images")
+    logger.info(
+        f"{kind}: {inverted.num_postings} postings over {inverted.num_lists} terms for "
+        f"{source.num_images} images"
+    )
     return record
 
 
-def add(index_dir: str, source, start: int, kind: str,
-        block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
+def add(
+    index_dir: str, source, start: int, kind: str, block_rows: int = sources.DEFAULT_BLOCK_ROWS
+) -> dict:
     """Appends the postings of images start..start+B-1."""
-    return postings.add_postings(index_dir, kind, source, start, lambda record: _source_postings(
-        source, record["parameters"], start, block_rows))
+    return postings.add_postings(
+        index_dir,
+        kind,
+        source,
+        start,
+        lambda record: _source_postings(source, record["parameters"], start, block_rows),
+    )
 
 
 class SurrogateStage:
     """Loaded surrogate-text stage. search(query_side, n) -> (ids [Q, n], scores [Q, n])."""
 
-    def __init__(self, lists: postings.InvertedLists, deleted, record: dict,
-                 query_size: int | None = None):
+    def __init__(
+        self, lists: postings.InvertedLists, deleted, record: dict, query_size: int | None = None
+    ):
         self.lists = lists
         self.deleted = deleted  # [N] bool
         self.record = record
@@ -135,13 +164,15 @@ class SurrogateStage:
         self.query_size = int(query_size or self.parameters["query_size"])
 
     @classmethod
-    def load(cls, index_dir: str, kind: str, query_size: int | None = None,
-             manifest: dict | None = None):
+    def load(
+        cls, index_dir: str, kind: str, query_size: int | None = None, manifest: dict | None = None
+    ):
         """manifest: read the generation it publishes (default: the stage.json record)."""
         record = records.committed_record(index_dir, kind, manifest)
         lists = postings.read_lists(index_dir, records.generations_prefix(kind), record)
-        return cls(lists, tombstones.bitmap(index_dir, record["num_images"], manifest), record,
-                   query_size)
+        return cls(
+            lists, tombstones.bitmap(index_dir, record["num_images"], manifest), record, query_size
+        )
 
     @property
     def nbytes(self) -> int:
@@ -167,16 +198,21 @@ class SurrogateStage:
         for start in range(0, num_queries, chunk):
             stop = min(num_queries, start + chunk)
             ids[start:stop], scores[start:stop] = self._score_chunk(
-                vectors[start:stop], n, int(query_size or self.query_size))
+                vectors[start:stop], n, int(query_size or self.query_size)
+            )
         return ids, scores
 
     def _score_chunk(self, vectors, n: int, query_size: int):
         """vectors [q, C] -> top n of each row."""
-        rows, terms, frequencies = surrogate_terms(vectors, self.name, query_size,
-                                                   self.parameters["quantization"])
+        rows, terms, frequencies = surrogate_terms(
+            vectors, self.name, query_size, self.parameters["quantization"]
+        )
         probe, images, image_frequencies = self.lists.gather(terms)
         contribution = frequencies[probe].astype(np.float64) * image_frequencies
-        dense = np.bincount(rows[probe] * self.num_images + images, weights=contribution,
-                            minlength=vectors.shape[0] * self.num_images)
+        dense = np.bincount(
+            rows[probe] * self.num_images + images,
+            weights=contribution,
+            minlength=vectors.shape[0] * self.num_images,
+        )
         dense = dense.reshape(vectors.shape[0], self.num_images).astype(np.float32)
         return query.top_dense(dense, (dense > 0) & ~self.deleted[None, :], n)

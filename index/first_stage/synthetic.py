@@ -32,8 +32,16 @@ def topics(num_topics: int, concept_dim: int, seed: int = 0) -> np.ndarray:
     return _normalise(np.random.default_rng(seed).standard_normal((num_topics, concept_dim)))
 
 
-def images(topic_vectors, num_images: int, regions: int, *, min_regions: int = 1,
-           noise: float = 0.6, seed: int = 1, first_image: int = 0) -> SyntheticImages:
+def images(
+    topic_vectors,
+    num_images: int,
+    regions: int,
+    *,
+    min_regions: int = 1,
+    noise: float = 0.6,
+    seed: int = 1,
+    first_image: int = 0,
+) -> SyntheticImages:
     """Images [N] whose regions are noisy topic vectors (noise: norm of the noise relative to
     the topic). Rows depend only on (seed, first_image + row), so generating [0, N) in one call
     or in pieces gives the same images."""
@@ -48,20 +56,30 @@ def images(topic_vectors, num_images: int, regions: int, *, min_regions: int = 1
         count = generator.integers(min_regions, regions + 1)
         chosen = generator.choice(num_topics, count, p=frequencies)
         noisy = topic_vectors[chosen] + noise * generator.standard_normal(
-            (count, concept_dim)) / np.sqrt(concept_dim)
+            (count, concept_dim)
+        ) / np.sqrt(concept_dim)
         concepts[row, :count] = _normalise(noisy)
         region_mask[row, :count] = True
         # An image without regions (min_regions = 0) gets a random global vector.
         mean = concepts[row, :count].mean(axis=0) if count else np.zeros(concept_dim)
         scale = 0.3 * np.linalg.norm(mean) if count else 1.0
-        global_vectors[row] = _normalise(mean + scale * generator.standard_normal(concept_dim) /
-                                         np.sqrt(concept_dim))
+        global_vectors[row] = _normalise(
+            mean + scale * generator.standard_normal(concept_dim) / np.sqrt(concept_dim)
+        )
     return SyntheticImages(concepts, region_mask, global_vectors)
 
 
-def queries(data: SyntheticImages, topic_vectors, num_queries: int, words: int, *,
-            min_words: int = 2, noise: float = 0.8, generic_fraction: float = 0.25,
-            seed: int = 2) -> tuple[QuerySide, np.ndarray]:
+def queries(
+    data: SyntheticImages,
+    topic_vectors,
+    num_queries: int,
+    words: int,
+    *,
+    min_words: int = 2,
+    noise: float = 0.8,
+    generic_fraction: float = 0.25,
+    seed: int = 2,
+) -> tuple[QuerySide, np.ndarray]:
     """Queries describing random target images (among those with at least one region).
 
     Returns:
@@ -81,7 +99,8 @@ def queries(data: SyntheticImages, topic_vectors, num_queries: int, words: int, 
         generic = generator.random(count) < generic_fraction
         sources[generic] = topic_vectors[generator.integers(0, num_topics, generic.sum())]
         noisy = sources + noise * generator.standard_normal((count, concept_dim)) / np.sqrt(
-            concept_dim)
+            concept_dim
+        )
         concepts[row, :count] = _normalise(noisy)
         mask[row, :count] = True
         global_vector[row] = _normalise(concepts[row, :count].mean(axis=0))

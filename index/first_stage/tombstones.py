@@ -48,8 +48,10 @@ def read_deleted(index_dir: str, record: dict | None = None) -> np.ndarray:
         return np.zeros(0, np.int64)
     deleted = store.read_array(index_dir, f"{PREFIX}/g{record['generation']}/deleted")
     if deleted.shape != (record["count"],):
-        raise ValueError(f"{path}: field 'count' is {record['count']} but the deleted array "
-                         f"holds {deleted.shape}")
+        raise ValueError(
+            f"{path}: field 'count' is {record['count']} but the deleted array "
+            f"holds {deleted.shape}"
+        )
     return deleted
 
 
@@ -57,8 +59,11 @@ def bitmap(index_dir: str, num_images: int, manifest: dict | None = None) -> np.
     """Tombstones as [num_images] bool, True for deleted images: the set `manifest` publishes
     when it has a 'tombstones' field, else the newest tombstones.json."""
     if manifest is not None and "tombstones" in manifest:
-        deleted = read_deleted(index_dir, manifest["tombstones"]) if manifest["tombstones"] \
+        deleted = (
+            read_deleted(index_dir, manifest["tombstones"])
+            if manifest["tombstones"]
             else np.zeros(0, np.int64)
+        )
     else:
         deleted = read_deleted(index_dir)
     mask = np.zeros(num_images, bool)
@@ -73,13 +78,17 @@ def delete(index_dir: str, image_ids, num_images: int) -> int:
     """
     image_ids = np.asarray(image_ids)
     if image_ids.ndim != 1 or not (image_ids.dtype.kind in "iu" or image_ids.size == 0):
-        raise ValueError(f"delete: image_ids expected a 1-D integer array, got shape "
-                         f"{image_ids.shape} dtype {image_ids.dtype}")
+        raise ValueError(
+            f"delete: image_ids expected a 1-D integer array, got shape "
+            f"{image_ids.shape} dtype {image_ids.dtype}"
+        )
     image_ids = image_ids.astype(np.int64)
     outside = image_ids[(image_ids < 0) | (image_ids >= num_images)]
     if outside.size:
-        raise IndexError(f"delete: image ids {outside[:5].tolist()} outside [0, {num_images}) "
-                         f"of the first stages in {index_dir!r}")
+        raise IndexError(
+            f"delete: image ids {outside[:5].tolist()} outside [0, {num_images}) "
+            f"of the first stages in {index_dir!r}"
+        )
     old = read_deleted(index_dir)
     new = np.union1d(old, image_ids).astype(np.int64)
     if new.size == old.size:

@@ -26,8 +26,18 @@ from lateint.data.layout import relations
 
 COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DIGIT_PLURALS = ("zeros", "ones", "twos", "threes", "fours", "fives", "sixes", "sevens",
-                 "eights", "nines")
+DIGIT_PLURALS = (
+    "zeros",
+    "ones",
+    "twos",
+    "threes",
+    "fours",
+    "fives",
+    "sixes",
+    "sevens",
+    "eights",
+    "nines",
+)
 SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
 RELATION_PHRASES = {
     "left": ("left of", "to the left of", "on the left of"),
@@ -56,7 +66,7 @@ def article(word: str) -> str:
 
 
 def noun(class_name: str, plural: bool, rng: np.random.Generator) -> str:
-    """"zebra"/"zebras", or a digit as "7", "seven", "the digit 7", "7s", "sevens" ..."""
+    """ "zebra"/"zebras", or a digit as "7", "seven", "the digit 7", "7s", "sevens" ..."""
     if not class_name.isdigit():
         return class_name if not plural or class_name == "sheep" else class_name + "s"
     digit = int(class_name)
@@ -106,8 +116,12 @@ class Clause:
 
 
 def _matches(items: list, mention: Mention) -> list:
-    return [index for index, item in enumerate(items) if item.class_name == mention.class_name
-            and (mention.size is None or item.size == mention.size)]
+    return [
+        index
+        for index, item in enumerate(items)
+        if item.class_name == mention.class_name
+        and (mention.size is None or item.size == mention.size)
+    ]
 
 
 def _choices(items: list, mention: Mention) -> list:
@@ -121,10 +135,15 @@ def _choices(items: list, mention: Mention) -> list:
 
 def clause_holds(items: list, clause: Clause) -> bool:
     """True when the clause is true of `items` under the semantics in the module docstring."""
-    return any(all(clause.relation in relations(items[s].box, items[o].box)
-                   for s in subjects for o in targets)
-               for subjects in _choices(items, clause.subject)
-               for targets in _choices(items, clause.target))
+    return any(
+        all(
+            clause.relation in relations(items[s].box, items[o].box)
+            for s in subjects
+            for o in targets
+        )
+        for subjects in _choices(items, clause.subject)
+        for targets in _choices(items, clause.target)
+    )
 
 
 class Describer:
@@ -152,10 +171,10 @@ class Describer:
         for i, item_a in enumerate(self.items):
             for j, item_b in enumerate(self.items):
                 if item_a.class_name != item_b.class_name:
-                    found.extend((i, j, relation) for relation in relations(item_a.box,
-                                                                             item_b.box))
-        fresh = [found_one for found_one in found
-                 if frozenset(found_one[:2]) not in self.used_pairs]
+                    found.extend((i, j, relation) for relation in relations(item_a.box, item_b.box))
+        fresh = [
+            found_one for found_one in found if frozenset(found_one[:2]) not in self.used_pairs
+        ]
         return fresh or found
 
     def _random_clause(self, counting: bool) -> Clause:
@@ -171,8 +190,11 @@ class Describer:
         clause = Clause(self._mention(i, 0.5), relation, self._mention(j, 0.3))
         if not clause_holds(self.items, clause):
             item_a, item_b = self.items[i], self.items[j]
-            clause = Clause(Mention(item_a.class_name, item_a.size, "a"), relation,
-                            Mention(item_b.class_name, item_b.size, "a"))
+            clause = Clause(
+                Mention(item_a.class_name, item_a.size, "a"),
+                relation,
+                Mention(item_b.class_name, item_b.size, "a"),
+            )
         self.used_pairs.add(frozenset((i, j)))
         return clause
 
@@ -188,10 +210,12 @@ class Describer:
         return self._words(chosen)
 
     def _words(self, clause: Clause) -> str:
-        subject = noun_phrase(clause.subject.quantity, clause.subject.size,
-                              clause.subject.class_name, self.rng)
-        target = noun_phrase(clause.target.quantity, clause.target.size,
-                             clause.target.class_name, self.rng)
+        subject = noun_phrase(
+            clause.subject.quantity, clause.subject.size, clause.subject.class_name, self.rng
+        )
+        target = noun_phrase(
+            clause.target.quantity, clause.target.size, clause.target.class_name, self.rng
+        )
         phrase = _pick(self.rng, RELATION_PHRASES[clause.relation])
         be = "are" if isinstance(clause.subject.quantity, int) else "is"
         template = int(self.rng.integers(3))
@@ -202,7 +226,7 @@ class Describer:
         return f"there {be} {subject} {phrase} {target}"
 
     def inventory(self) -> str:
-        """"two horses, a zebra and a small 7": every class with its count (sizes sometimes)."""
+        """ "two horses, a zebra and a small 7": every class with its count (sizes sometimes)."""
         classes = list(dict.fromkeys(item.class_name for item in self.items))
         phrases, first_plural = [], False
         for position, k in enumerate(self.rng.permutation(len(classes))):
@@ -213,16 +237,23 @@ class Describer:
             phrases.append(noun_phrase(quantity, size, classes[k], self.rng))
             if position == 0:
                 first_plural = len(members) >= 2
-        listed = phrases[0] if len(phrases) == 1 else \
-            ", ".join(phrases[:-1]) + " and " + phrases[-1]
+        listed = (
+            phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+        )
         prefix = _pick(self.rng, INVENTORY_PREFIXES)
         return prefix.replace("BE", "are" if first_plural else "is") + listed
 
     def captions(self, count: int = 5) -> list:
         """`count` captions: an inventory, single, double and counting relations, shuffled."""
-        made = [self.inventory(), self.relation_clause(), self.relation_clause(),
-                self.relation_clause() + _pick(self.rng, (", and ", ", while ")) +
-                self.relation_clause(), self.relation_clause(counting=True)]
+        made = [
+            self.inventory(),
+            self.relation_clause(),
+            self.relation_clause(),
+            self.relation_clause()
+            + _pick(self.rng, (", and ", ", while "))
+            + self.relation_clause(),
+            self.relation_clause(counting=True),
+        ]
         while len(made) < count:
             made.append(self.relation_clause())
         made = [_finish(text, self.rng) for text in made[:count]]

@@ -46,25 +46,32 @@ def has_coco_ids(directory: str) -> bool:
 def _ids_path(split_ids: str | None, annotations: str, stem: str, split: str, files: tuple):
     if split_ids and os.path.isfile(split_ids):
         if len(files) > 1:
-            raise ValueError(f"{split_ids}: split {split!r} reads "
-                             f"{' + '.join(f'coco_{name}_ids.npy' for name, _ in files)}; pass "
-                             f"the directory holding them as split_ids (--data_split_ids=DIR)")
+            raise ValueError(
+                f"{split_ids}: split {split!r} reads "
+                f"{' + '.join(f'coco_{name}_ids.npy' for name, _ in files)}; pass "
+                f"the directory holding them as split_ids (--data_split_ids=DIR)"
+            )
         return split_ids
     return os.path.join(split_ids or annotations, f"coco_{stem}_ids.npy")
 
 
 def _read_ids(path: str) -> np.ndarray:
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: missing COCO split ids (VSE++/TERAN coco_*_ids.npy); "
-                                f"pass split_ids= (--data_split_ids=PATH) if they are elsewhere")
+        raise FileNotFoundError(
+            f"{path}: missing COCO split ids (VSE++/TERAN coco_*_ids.npy); "
+            f"pass split_ids= (--data_split_ids=PATH) if they are elsewhere"
+        )
     try:
         ids = np.load(path, allow_pickle=False)
     except (ValueError, EOFError, OSError) as error:
-        raise ValueError(f"{path}: expected a .npy array of COCO annotation ids, got: "
-                         f"{error}") from error
+        raise ValueError(
+            f"{path}: expected a .npy array of COCO annotation ids, got: {error}"
+        ) from error
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or ids.size == 0:
-        raise ValueError(f"{path}: expected a non-empty [K] integer array of COCO annotation "
-                         f"ids, got {ids.dtype} {ids.shape}")
+        raise ValueError(
+            f"{path}: expected a non-empty [K] integer array of COCO annotation "
+            f"ids, got {ids.dtype} {ids.shape}"
+        )
     return ids
 
 
@@ -73,23 +80,35 @@ class _Annotations:
 
     def __init__(self, path: str):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: missing COCO captions file (the split ids point "
-                                    f"into it); pass annotations= (--data_annotations=DIR)")
+            raise FileNotFoundError(
+                f"{path}: missing COCO captions file (the split ids point "
+                f"into it); pass annotations= (--data_annotations=DIR)"
+            )
         content = read_json(path)
-        if not isinstance(content, dict) or not isinstance(content.get("annotations"), list) \
-                or not isinstance(content.get("images"), list):
-            raise ValueError(f"{path}: expected COCO captions with 'images' and 'annotations' "
-                             f"lists, got keys "
-                             f"{sorted(content) if isinstance(content, dict) else '-'}")
+        if (
+            not isinstance(content, dict)
+            or not isinstance(content.get("annotations"), list)
+            or not isinstance(content.get("images"), list)
+        ):
+            raise ValueError(
+                f"{path}: expected COCO captions with 'images' and 'annotations' "
+                f"lists, got keys "
+                f"{sorted(content) if isinstance(content, dict) else '-'}"
+            )
         self.path = path
         try:
-            self.captions = {int(entry["id"]): (int(entry["image_id"]), entry["caption"])
-                             for entry in content["annotations"]}
-            self.sizes = {int(entry["id"]): (entry["width"], entry["height"])
-                          for entry in content["images"]}
+            self.captions = {
+                int(entry["id"]): (int(entry["image_id"]), entry["caption"])
+                for entry in content["annotations"]
+            }
+            self.sizes = {
+                int(entry["id"]): (entry["width"], entry["height"]) for entry in content["images"]
+            }
         except (KeyError, TypeError) as error:
-            raise ValueError(f"{path}: expected annotations {{id, image_id, caption}} and images "
-                             f"{{id, width, height}}, missing {error}") from error
+            raise ValueError(
+                f"{path}: expected annotations {{id, image_id, caption}} and images "
+                f"{{id, width, height}}, missing {error}"
+            ) from error
 
 
 def load_coco_split(annotations: str, split: str, split_ids: str | None = None):
@@ -99,8 +118,9 @@ def load_coco_split(annotations: str, split: str, split_ids: str | None = None):
     width/height per image).
     """
     if split not in SPLIT_FILES:
-        raise ValueError(f"{annotations}: split: expected one of {sorted(SPLIT_FILES)}, got "
-                         f"{split!r}")
+        raise ValueError(
+            f"{annotations}: split: expected one of {sorted(SPLIT_FILES)}, got {split!r}"
+        )
     files = SPLIT_FILES[split]
     tables, image_index, sizes = {}, {}, []
     captions, caption_image = [], []
@@ -112,24 +132,34 @@ def load_coco_split(annotations: str, split: str, split_ids: str | None = None):
         for position, annotation in enumerate(ids.tolist()):
             found = table.captions.get(annotation)
             if found is None:
-                raise ValueError(f"{ids_path}: entry {position}: annotation id {annotation} is "
-                                 f"not in {json_path}")
+                raise ValueError(
+                    f"{ids_path}: entry {position}: annotation id {annotation} is "
+                    f"not in {json_path}"
+                )
             image, caption = found
             if image not in image_index:
                 if image not in table.sizes:
-                    raise ValueError(f"{json_path}: expected width/height of image {image} "
-                                     f"(annotation {annotation}) in 'images', got none")
+                    raise ValueError(
+                        f"{json_path}: expected width/height of image {image} "
+                        f"(annotation {annotation}) in 'images', got none"
+                    )
                 image_index[image] = len(image_index)
                 sizes.append(table.sizes[image])
             text = clean_caption(str(caption))
             if not text:
-                raise ValueError(f"{json_path}: annotation {annotation}: expected a non-empty "
-                                 f"caption, got {caption!r}")
+                raise ValueError(
+                    f"{json_path}: annotation {annotation}: expected a non-empty "
+                    f"caption, got {caption!r}"
+                )
             captions.append(text)
             caption_image.append(image_index[image])
     image_ids = [str(image) for image in image_index]
-    record = KarpathySplit(dataset="coco", image_ids=image_ids,
-                           positions=np.arange(len(image_ids), dtype=np.int64),
-                           filenames=[""] * len(image_ids), captions=captions,
-                           caption_image=np.asarray(caption_image, np.int64))
+    record = KarpathySplit(
+        dataset="coco",
+        image_ids=image_ids,
+        positions=np.arange(len(image_ids), dtype=np.int64),
+        filenames=[""] * len(image_ids),
+        captions=captions,
+        caption_image=np.asarray(caption_image, np.int64),
+    )
     return record, np.asarray(sizes, np.float64)

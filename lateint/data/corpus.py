@@ -89,43 +89,68 @@ def validate_corpus(corpus: RegionCorpus, source: str) -> None:
     if max_regions < 1:
         _fail(source, "regions", "at least one region slot (R >= 1)", regions.shape)
     if not isinstance(boxes, np.ndarray) or boxes.shape != (num_images, max_regions, 5):
-        _fail(source, "boxes", f"shape {(num_images, max_regions, 5)} (x1, y1, x2, y2, area)",
-              getattr(boxes, "shape", type(boxes)))
+        _fail(
+            source,
+            "boxes",
+            f"shape {(num_images, max_regions, 5)} (x1, y1, x2, y2, area)",
+            getattr(boxes, "shape", type(boxes)),
+        )
     if boxes.dtype != np.float32:
         _fail(source, "boxes", "dtype float32", boxes.dtype)
     if not np.isfinite(boxes).all():
         _fail(source, "boxes", "finite values", "NaN or Inf")
     if boxes.size and (boxes.min() < -BOX_TOLERANCE or boxes.max() > 1 + BOX_TOLERANCE):
-        _fail(source, "boxes", "values in [0, 1] (normalised by image size)",
-              f"range [{boxes.min():.4g}, {boxes.max():.4g}]")
+        _fail(
+            source,
+            "boxes",
+            "values in [0, 1] (normalised by image size)",
+            f"range [{boxes.min():.4g}, {boxes.max():.4g}]",
+        )
     if not isinstance(counts, np.ndarray) or counts.shape != (num_images,):
-        _fail(source, "region_counts", f"shape ({num_images},)",
-              getattr(counts, "shape", type(counts)))
+        _fail(
+            source,
+            "region_counts",
+            f"shape ({num_images},)",
+            getattr(counts, "shape", type(counts)),
+        )
     if counts.dtype != np.int32:
         _fail(source, "region_counts", "dtype int32", counts.dtype)
     if num_images and (counts.min() < 1 or counts.max() > max_regions):
-        _fail(source, "region_counts", f"values in [1, {max_regions}]",
-              f"range [{counts.min()}, {counts.max()}]")
+        _fail(
+            source,
+            "region_counts",
+            f"values in [1, {max_regions}]",
+            f"range [{counts.min()}, {counts.max()}]",
+        )
     if len(corpus.image_ids) != num_images:
         _fail(source, "image_ids", f"{num_images} ids (one per image)", len(corpus.image_ids))
     if len(set(corpus.image_ids)) != num_images:
         _fail(source, "image_ids", "unique ids", "duplicates")
     caption_image = corpus.caption_image
     if not isinstance(caption_image, np.ndarray) or caption_image.shape != (len(corpus.captions),):
-        _fail(source, "caption_image", f"shape ({len(corpus.captions)},) (one per caption)",
-              getattr(caption_image, "shape", type(caption_image)))
+        _fail(
+            source,
+            "caption_image",
+            f"shape ({len(corpus.captions)},) (one per caption)",
+            getattr(caption_image, "shape", type(caption_image)),
+        )
     if caption_image.dtype != np.int64:
         _fail(source, "caption_image", "dtype int64", caption_image.dtype)
     if caption_image.size and (caption_image.min() < 0 or caption_image.max() >= num_images):
-        _fail(source, "caption_image", f"image indices in [0, {num_images})",
-              f"range [{caption_image.min()}, {caption_image.max()}]")
+        _fail(
+            source,
+            "caption_image",
+            f"image indices in [0, {num_images})",
+            f"range [{caption_image.min()}, {caption_image.max()}]",
+        )
     for index, caption in enumerate(corpus.captions):
         if not isinstance(caption, str) or not caption.strip():
             _fail(source, f"captions[{index}]", "a non-empty string", repr(caption))
 
 
-def check_finite_regions(regions: np.ndarray, source: str, full: bool | None = None,
-                         chunk_bytes: int = 64 << 20) -> None:
+def check_finite_regions(
+    regions: np.ndarray, source: str, full: bool | None = None, chunk_bytes: int = 64 << 20
+) -> None:
     """Raises ValueError naming `source` and the first image with NaN/Inf features.
 
     regions: [N, R, F]. Reads in chunks of about `chunk_bytes` so a memmap is never loaded whole.
@@ -146,23 +171,28 @@ def check_finite_regions(regions: np.ndarray, source: str, full: bool | None = N
     row_bytes = max(1, regions[0].nbytes)
     step = max(1, chunk_bytes // row_bytes)
     for start in range(0, len(rows), step):
-        index = rows[start:start + step]
-        block = (_read_rows(regions, int(index[0]), len(index)) if full else regions[index])
+        index = rows[start : start + step]
+        block = _read_rows(regions, int(index[0]), len(index)) if full else regions[index]
         finite = np.isfinite(block).reshape(block.shape[0], -1).all(axis=1)
         if not finite.all():
             bad = int(index[np.argmin(finite)])
-            raise ValueError(f"{source}: regions: expected finite features, got NaN or Inf "
-                             f"in image {bad}")
+            raise ValueError(
+                f"{source}: regions: expected finite features, got NaN or Inf in image {bad}"
+            )
 
 
 def _read_rows(regions: np.ndarray, start: int, count: int) -> np.ndarray:
     """regions[start:start + count]; for a whole-file memmap, read with plain file reads so a
     full scan does not leave the file's pages mapped into the process (its RSS stays flat)."""
     filename = getattr(regions, "filename", None)
-    whole_file = (isinstance(regions, np.memmap) and filename and regions.flags.c_contiguous
-                  and os.path.getsize(filename) == regions.offset + regions.nbytes)
+    whole_file = (
+        isinstance(regions, np.memmap)
+        and filename
+        and regions.flags.c_contiguous
+        and os.path.getsize(filename) == regions.offset + regions.nbytes
+    )
     if not whole_file:
-        return np.asarray(regions[start:start + count])
+        return np.asarray(regions[start : start + count])
     row_items = int(np.prod(regions.shape[1:]))
     with open(filename, "rb") as file:
         file.seek(regions.offset + start * row_items * regions.itemsize)
@@ -189,9 +219,11 @@ def load_corpus(path: str, split: str, **options) -> RegionCorpus:
     merged = {name: value for name, value in merged.items() if value is not None}
     path = str(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: not a directory (expected a corpus directory holding "
-                                f"{split}_ims.npy (precomp), bu_att/ or features_*/bu_att/ "
-                                f"(TERAN))")
+        raise FileNotFoundError(
+            f"{path}: not a directory (expected a corpus directory holding "
+            f"{split}_ims.npy (precomp), bu_att/ or features_*/bu_att/ "
+            f"(TERAN))"
+        )
     if os.path.exists(os.path.join(path, f"{split}_ims.npy")):
         _refuse_options(merged, precomp.OPTIONS, path, "a SCAN/VSE++ precomp directory")
         return precomp.load_precomp(path, split, **merged)
@@ -204,11 +236,14 @@ def load_corpus(path: str, split: str, **options) -> RegionCorpus:
     raise FileNotFoundError(
         f"{path}: no corpus for split {split!r}: expected {split}_ims.npy (SCAN/VSE++ precomp), "
         f"{teran.FEATURE_FOLDER}/ + {teran.BOX_FOLDER}/ or features_*/{teran.FEATURE_FOLDER}/ "
-        f"(TERAN); found: {shown or 'nothing'}")
+        f"(TERAN); found: {shown or 'nothing'}"
+    )
 
 
 def _refuse_options(options: dict, accepted: tuple, path: str, what: str) -> None:
     unused = sorted(set(options) - set(accepted))
     if unused:
-        raise ValueError(f"{path}: holds {what}, which takes the options {list(accepted)}; got "
-                         f"{unused} (the --data_{unused[0]} flag does not apply to it)")
+        raise ValueError(
+            f"{path}: holds {what}, which takes the options {list(accepted)}; got "
+            f"{unused} (the --data_{unused[0]} flag does not apply to it)"
+        )

@@ -43,8 +43,8 @@ SPLIT_ALIASES = {
     "testall": ("test",),
 }
 DEV_SPLITS = ("dev", "val")
-CAPTIONS_PER_IMAGE = 5   # the standard protocol's captions per image
-DEV_IMAGES = 1000        # SCAN / TERAN validate on the first 1,000 dev images
+CAPTIONS_PER_IMAGE = 5  # the standard protocol's captions per image
+DEV_IMAGES = 1000  # SCAN / TERAN validate on the first 1,000 dev images
 
 
 @dataclasses.dataclass
@@ -70,11 +70,15 @@ def find_karpathy_json(directory: str) -> str:
     """The one `dataset_*.json` in `directory`; FileNotFoundError/ValueError otherwise."""
     found = sorted(glob.glob(os.path.join(directory, "dataset_*.json")))
     if not found:
-        raise FileNotFoundError(f"{directory}: expected a Karpathy split file dataset_coco.json "
-                                f"or dataset_flickr30k.json, found none")
+        raise FileNotFoundError(
+            f"{directory}: expected a Karpathy split file dataset_coco.json "
+            f"or dataset_flickr30k.json, found none"
+        )
     if len(found) > 1:
-        raise ValueError(f"{directory}: expected one Karpathy split file, found {len(found)}: "
-                         f"{', '.join(os.path.basename(path) for path in found)}")
+        raise ValueError(
+            f"{directory}: expected one Karpathy split file, found {len(found)}: "
+            f"{', '.join(os.path.basename(path) for path in found)}"
+        )
     return found[0]
 
 
@@ -83,8 +87,10 @@ def _image_id(entry: dict, path: str, position: int) -> str:
         return str(entry["cocoid"])
     if "imgid" in entry or "filename" in entry:
         return str(position)
-    raise ValueError(f"{path}: images[{position}]: expected a 'cocoid', 'imgid' or 'filename' "
-                     f"field, got keys {sorted(entry)}")
+    raise ValueError(
+        f"{path}: images[{position}]: expected a 'cocoid', 'imgid' or 'filename' "
+        f"field, got keys {sorted(entry)}"
+    )
 
 
 def load_karpathy(path: str, split: str) -> KarpathySplit:
@@ -95,44 +101,55 @@ def load_karpathy(path: str, split: str) -> KarpathySplit:
         raise FileNotFoundError(f"{path}: missing Karpathy split file")
     content = read_json(path)
     if not isinstance(content, dict) or not isinstance(content.get("images"), list):
-        raise ValueError(f"{path}: expected an object with an 'images' list, got "
-                         f"{type(content).__name__} with keys "
-                         f"{sorted(content) if isinstance(content, dict) else '-'}")
+        raise ValueError(
+            f"{path}: expected an object with an 'images' list, got "
+            f"{type(content).__name__} with keys "
+            f"{sorted(content) if isinstance(content, dict) else '-'}"
+        )
     wanted = SPLIT_ALIASES[split]
     image_ids, positions, filenames, captions, caption_image = [], [], [], [], []
     seen_splits = set()
     for position, entry in enumerate(content["images"]):
         if not isinstance(entry, dict) or "split" not in entry:
-            raise ValueError(f"{path}: images[{position}]: expected an object with a 'split' "
-                             f"field, got {str(entry)[:80]}")
+            raise ValueError(
+                f"{path}: images[{position}]: expected an object with a 'split' "
+                f"field, got {str(entry)[:80]}"
+            )
         seen_splits.add(entry["split"])
         if entry["split"] not in wanted:
             continue
         sentences = entry.get("sentences")
         if not isinstance(sentences, list) or not sentences:
-            raise ValueError(f"{path}: images[{position}]: expected a non-empty 'sentences' "
-                             f"list, got {str(sentences)[:80]}")
+            raise ValueError(
+                f"{path}: images[{position}]: expected a non-empty 'sentences' "
+                f"list, got {str(sentences)[:80]}"
+            )
         image_index = len(image_ids)
         for number, sentence in enumerate(sentences):
             raw = sentence.get("raw") if isinstance(sentence, dict) else None
             if not isinstance(raw, str) or not raw.strip():
-                raise ValueError(f"{path}: images[{position}].sentences[{number}]: expected a "
-                                 f"non-empty 'raw' string, got {str(sentence)[:80]}")
+                raise ValueError(
+                    f"{path}: images[{position}].sentences[{number}]: expected a "
+                    f"non-empty 'raw' string, got {str(sentence)[:80]}"
+                )
             captions.append(clean_caption(raw))
             caption_image.append(image_index)
         image_ids.append(_image_id(entry, path, position))
         positions.append(position)
         filenames.append(str(entry.get("filename", "")))
     if not image_ids:
-        raise ValueError(f"{path}: split {split!r} (Karpathy {'+'.join(wanted)}): expected "
-                         f"images, got none; the file has splits {sorted(seen_splits)}")
+        raise ValueError(
+            f"{path}: split {split!r} (Karpathy {'+'.join(wanted)}): expected "
+            f"images, got none; the file has splits {sorted(seen_splits)}"
+        )
     return KarpathySplit(
         dataset=str(content.get("dataset", "")),
         image_ids=image_ids,
         positions=np.asarray(positions, np.int64),
         filenames=filenames,
         captions=captions,
-        caption_image=np.asarray(caption_image, np.int64))
+        caption_image=np.asarray(caption_image, np.int64),
+    )
 
 
 def read_json(path: str):
@@ -142,15 +159,21 @@ def read_json(path: str):
     try:
         return json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: expected UTF-8 JSON, got byte 0x{data[error.start]:02x} at "
-                         f"offset {error.start}") from error
+        raise ValueError(
+            f"{path}: expected UTF-8 JSON, got byte 0x{data[error.start]:02x} at "
+            f"offset {error.start}"
+        ) from error
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: expected JSON, got: {error}") from error
 
 
-def standardize(split: KarpathySplit, name: str, source: str,
-                captions_per_image: int = CAPTIONS_PER_IMAGE,
-                dev_images: int = DEV_IMAGES) -> KarpathySplit:
+def standardize(
+    split: KarpathySplit,
+    name: str,
+    source: str,
+    captions_per_image: int = CAPTIONS_PER_IMAGE,
+    dev_images: int = DEV_IMAGES,
+) -> KarpathySplit:
     """The standard protocol's view of `split` (named `name`): the first `dev_images` images of a
     dev split (0: all), the first `captions_per_image` captions of every image (0: all of them),
     captions grouped by image in image order. Raises ValueError naming `source` and the image when
@@ -169,11 +192,16 @@ def standardize(split: KarpathySplit, name: str, source: str,
                     f"{source}: image {split.image_ids[image]}: expected at least "
                     f"{captions_per_image} captions (the standard protocol keeps the first "
                     f"{captions_per_image} of each image), got {len(captions)}; pass "
-                    f"captions_per_image=0 (--data_captions_per_image=0) to keep every caption")
+                    f"captions_per_image=0 (--data_captions_per_image=0) to keep every caption"
+                )
         grouped = [captions[:captions_per_image] for captions in grouped]
     return KarpathySplit(
-        dataset=split.dataset, image_ids=split.image_ids[:num_images],
-        positions=split.positions[:num_images], filenames=split.filenames[:num_images],
+        dataset=split.dataset,
+        image_ids=split.image_ids[:num_images],
+        positions=split.positions[:num_images],
+        filenames=split.filenames[:num_images],
         captions=[caption for captions in grouped for caption in captions],
-        caption_image=np.repeat(np.arange(num_images, dtype=np.int64),
-                                [len(captions) for captions in grouped]))
+        caption_image=np.repeat(
+            np.arange(num_images, dtype=np.int64), [len(captions) for captions in grouped]
+        ),
+    )

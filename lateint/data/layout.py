@@ -22,37 +22,43 @@ class SceneConfig:
     """Knobs of the scenes benchmark (defaults give R = 8 regions of F = 256 features)."""
 
     canvas_size: int = 128
-    feature_side: int = 16           # region crops are resized to side x side: F = side ** 2
-    max_regions: int = 8             # R: objects + distractors never exceed it
+    feature_side: int = 16  # region crops are resized to side x side: F = side ** 2
+    max_regions: int = 8  # R: objects + distractors never exceed it
     min_objects: int = 2
     max_objects: int = 5
     max_distractors: int = 3
-    small_range: tuple = (12, 20)    # longer side in pixels of a "small" sprite
-    large_range: tuple = (30, 40)    # ... of a "large" one; the gap keeps the two unambiguous
-    max_large: int = 3               # at most this many large objects (2 when there are >= 4)
+    small_range: tuple = (12, 20)  # longer side in pixels of a "small" sprite
+    large_range: tuple = (30, 40)  # ... of a "large" one; the gap keeps the two unambiguous
+    max_large: int = 3  # at most this many large objects (2 when there are >= 4)
     repeat_probability: float = 0.4  # chance that a class appears 2-3 times (counting captions)
     animal_probability: float = 0.5  # chance that a class draw is an animal, not a digit
-    group_size: int = 2              # scenes per group sharing the same objects
-    min_gap: int = 2                 # pixels kept free between objects
+    group_size: int = 2  # scenes per group sharing the same objects
+    min_gap: int = 2  # pixels kept free between objects
 
     @property
     def feature_dim(self) -> int:
-        return self.feature_side ** 2
+        return self.feature_side**2
 
     def check(self) -> None:
         if not 2 <= self.min_objects <= self.max_objects <= self.max_regions:
-            raise ValueError(f"SceneConfig: expected 2 <= min_objects <= max_objects <= "
-                             f"max_regions, got {self.min_objects}, {self.max_objects}, "
-                             f"{self.max_regions}")
+            raise ValueError(
+                f"SceneConfig: expected 2 <= min_objects <= max_objects <= "
+                f"max_regions, got {self.min_objects}, {self.max_objects}, "
+                f"{self.max_regions}"
+            )
         if self.max_objects > 9 or self.large_range[1] > self.canvas_size // 3:
-            raise ValueError(f"SceneConfig: expected at most 9 objects and large sprites of at "
-                             f"most canvas_size // 3 = {self.canvas_size // 3} pixels (the grid "
-                             f"fallback needs them), got {self.max_objects} and "
-                             f"{self.large_range[1]}")
+            raise ValueError(
+                f"SceneConfig: expected at most 9 objects and large sprites of at "
+                f"most canvas_size // 3 = {self.canvas_size // 3} pixels (the grid "
+                f"fallback needs them), got {self.max_objects} and "
+                f"{self.large_range[1]}"
+            )
         if self.small_range[1] >= self.large_range[0] or self.group_size < 1:
-            raise ValueError(f"SceneConfig: expected small_range below large_range and "
-                             f"group_size >= 1, got {self.small_range}, {self.large_range}, "
-                             f"{self.group_size}")
+            raise ValueError(
+                f"SceneConfig: expected small_range below large_range and "
+                f"group_size >= 1, got {self.small_range}, {self.large_range}, "
+                f"{self.group_size}"
+            )
 
 
 @dataclasses.dataclass
@@ -89,8 +95,13 @@ def relation_signature(objects: list, boxes: list) -> frozenset:
         for j, (object_b, box_b) in enumerate(zip(objects, boxes)):
             if i != j:
                 for relation in relations(box_a, box_b):
-                    signature.add(((object_a.class_name, object_a.size), relation,
-                                   (object_b.class_name, object_b.size)))
+                    signature.add(
+                        (
+                            (object_a.class_name, object_a.size),
+                            relation,
+                            (object_b.class_name, object_b.size),
+                        )
+                    )
     return frozenset(signature)
 
 
@@ -99,8 +110,11 @@ def choose_classes(rng: np.random.Generator, config: SceneConfig) -> list:
     count = int(rng.integers(config.min_objects, config.max_objects + 1))
     names = []
     while len(names) < count:
-        pool = (sprites_lib.ANIMAL_NAMES if rng.random() < config.animal_probability
-                else sprites_lib.DIGIT_NAMES)
+        pool = (
+            sprites_lib.ANIMAL_NAMES
+            if rng.random() < config.animal_probability
+            else sprites_lib.DIGIT_NAMES
+        )
         name = str(pool[rng.integers(len(pool))])
         if name in names:
             continue
@@ -112,8 +126,9 @@ def choose_classes(rng: np.random.Generator, config: SceneConfig) -> list:
     return names
 
 
-def choose_objects(bank: sprites_lib.SpriteBank, split: str, rng: np.random.Generator,
-                   config: SceneConfig, scale) -> list:
+def choose_objects(
+    bank: sprites_lib.SpriteBank, split: str, rng: np.random.Generator, config: SceneConfig, scale
+) -> list:
     """Sprites (distinct instances), sizes and scaled pixels for one group of scenes.
 
     scale: callable (pixels [h, w], longest side) -> scaled pixels, from lateint.data.render.
@@ -140,12 +155,17 @@ def choose_objects(bank: sprites_lib.SpriteBank, split: str, rng: np.random.Gene
 
 
 def _separated(box_a, box_b, gap: int) -> bool:
-    return (box_a[2] + gap <= box_b[0] or box_b[2] + gap <= box_a[0] or
-            box_a[3] + gap <= box_b[1] or box_b[3] + gap <= box_a[1])
+    return (
+        box_a[2] + gap <= box_b[0]
+        or box_b[2] + gap <= box_a[0]
+        or box_a[3] + gap <= box_b[1]
+        or box_b[3] + gap <= box_a[1]
+    )
 
 
-def place(shapes: list, rng: np.random.Generator, config: SceneConfig, tries: int = 60,
-          restarts: int = 20) -> list:
+def place(
+    shapes: list, rng: np.random.Generator, config: SceneConfig, tries: int = 60, restarts: int = 20
+) -> list:
     """Non-overlapping pixel boxes for sprites of shapes [(h, w)], largest placed first.
 
     Rejection sampling; if that keeps failing, one sprite per cell of a 3 x 3 grid.
@@ -160,8 +180,7 @@ def place(shapes: list, rng: np.random.Generator, config: SceneConfig, tries: in
                 x1 = int(rng.integers(0, canvas - width + 1))
                 y1 = int(rng.integers(0, canvas - height + 1))
                 box = (x1, y1, x1 + width, y1 + height)
-                if all(other is None or _separated(box, other, config.min_gap)
-                       for other in boxes):
+                if all(other is None or _separated(box, other, config.min_gap) for other in boxes):
                     boxes[index] = box
                     break
             else:
@@ -212,13 +231,26 @@ def distractor_boxes(object_boxes: list, rng: np.random.Generator, config: Scene
             width, height = target[2] - target[0], target[3] - target[1]
             shift_x = int(round(rng.choice([-1, 1]) * rng.uniform(0.3, 0.6) * width))
             shift_y = int(round(rng.choice([-1, 1]) * rng.uniform(0.0, 0.5) * height))
-            box = (max(target[0] + shift_x, 0), max(target[1] + shift_y, 0),
-                   min(target[2] + shift_x, canvas), min(target[3] + shift_y, canvas))
+            box = (
+                max(target[0] + shift_x, 0),
+                max(target[1] + shift_y, 0),
+                min(target[2] + shift_x, canvas),
+                min(target[3] + shift_y, canvas),
+            )
             if box[2] - box[0] >= 3 and box[3] - box[1] >= 3 and box != target:
                 found.append((box, kind))
         else:
             first, second = rng.choice(len(object_boxes), size=2, replace=False)
             box_a, box_b = object_boxes[first], object_boxes[second]
-            found.append(((min(box_a[0], box_b[0]), min(box_a[1], box_b[1]),
-                           max(box_a[2], box_b[2]), max(box_a[3], box_b[3])), kind))
+            found.append(
+                (
+                    (
+                        min(box_a[0], box_b[0]),
+                        min(box_a[1], box_b[1]),
+                        max(box_a[2], box_b[2]),
+                        max(box_a[3], box_b[3]),
+                    ),
+                    kind,
+                )
+            )
     return found

@@ -25,19 +25,25 @@ class NpyStreamWriter:
         self.rows_written = 0
         self._partial = path + ".partial"
         self._file = open(self._partial, "wb")
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": self.shape}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": self.shape,
+        }
         np.lib.format.write_array_header_2_0(self._file, header)
 
     def append(self, block: np.ndarray) -> None:
         """Appends `block` [n, *shape[1:]] (cast to the writer's dtype)."""
         block = np.ascontiguousarray(block, dtype=self.dtype)
         if block.shape[1:] != self.shape[1:]:
-            raise ValueError(f"{self.path}: block rows have shape {block.shape[1:]}, "
-                             f"expected {self.shape[1:]}")
+            raise ValueError(
+                f"{self.path}: block rows have shape {block.shape[1:]}, expected {self.shape[1:]}"
+            )
         if self.rows_written + block.shape[0] > self.shape[0]:
-            raise ValueError(f"{self.path}: {self.rows_written + block.shape[0]} rows exceed the "
-                             f"declared {self.shape[0]}")
+            raise ValueError(
+                f"{self.path}: {self.rows_written + block.shape[0]} rows exceed the "
+                f"declared {self.shape[0]}"
+            )
         self._file.write(block.tobytes())
         self.rows_written += block.shape[0]
 
@@ -48,8 +54,9 @@ class NpyStreamWriter:
         self._file.close()
         if self.rows_written != self.shape[0]:
             os.remove(self._partial)
-            raise ValueError(f"{self.path}: wrote {self.rows_written} rows, "
-                             f"declared {self.shape[0]}")
+            raise ValueError(
+                f"{self.path}: wrote {self.rows_written} rows, declared {self.shape[0]}"
+            )
         os.replace(self._partial, self.path)
 
     def abort(self) -> None:

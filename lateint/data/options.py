@@ -28,17 +28,17 @@ from absl import flags
 OPTION_NAMES = ("annotations", "sizes", "split_ids", "captions_per_image", "dev_images")
 _HELP = {
     "data": "Corpus: a precomp directory, a TERAN features directory (bu_att/, bu_box/) or a "
-            "TERAN dataset root (data/coco, data/f30k) whose tree is discovered.",
+    "TERAN dataset root (data/coco, data/f30k) whose tree is discovered.",
     "annotations": "TERAN: Karpathy dataset_*.json or a COCO annotations directory "
-                   "(captions_*2014.json + coco_*_ids.npy); default: discovered.",
+    "(captions_*2014.json + coco_*_ids.npy); default: discovered.",
     "sizes": "TERAN: image sizes (image_sizes.json, sizes.pkl, COCO captions_*.json or their "
-             "directory); default: discovered.",
+    "directory); default: discovered.",
     "split_ids": "TERAN COCO: coco_{split}_ids.npy or its directory; default: the annotations "
-                 "directory.",
+    "directory.",
     "captions_per_image": "Captions per image of the standard protocol (5); 0: keep every "
-                          "caption (precomp: any whole number per image).",
+    "caption (precomp: any whole number per image).",
     "dev_images": "Split 'dev' keeps its first N images, as SCAN and TERAN validate (1000); "
-                  "0: all.",
+    "0: all.",
 }
 
 
@@ -48,8 +48,9 @@ class DataPath(str):
     def __new__(cls, path: str, **options):
         unknown = sorted(set(options) - set(OPTION_NAMES))
         if unknown:
-            raise ValueError(f"data options: expected names among {list(OPTION_NAMES)}, got "
-                             f"{unknown}")
+            raise ValueError(
+                f"data options: expected names among {list(OPTION_NAMES)}, got {unknown}"
+            )
         value = super().__new__(cls, path)
         value.options = {name: option for name, option in options.items() if option is not None}
         return value
@@ -76,16 +77,19 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     for name in ("annotations", "sizes", "split_ids"):
         flags.DEFINE_string(f"data_{name}", None, _HELP[name], flag_values=flag_values)
     for name in ("captions_per_image", "dev_images"):
-        flags.DEFINE_integer(f"data_{name}", None, _HELP[name], lower_bound=0,
-                             flag_values=flag_values)
+        flags.DEFINE_integer(
+            f"data_{name}", None, _HELP[name], lower_bound=0, flag_values=flag_values
+        )
 
 
 def from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> DataPath | None:
     """--data with its --data_* options as a DataPath; None when --data is not set."""
     if flag_values["data"].value is None:
         return None
-    return DataPath(flag_values["data"].value,
-                    **{name: flag_values[f"data_{name}"].value for name in OPTION_NAMES})
+    return DataPath(
+        flag_values["data"].value,
+        **{name: flag_values[f"data_{name}"].value for name in OPTION_NAMES},
+    )
 
 
 def from_config(data_config) -> DataPath:

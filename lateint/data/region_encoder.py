@@ -33,16 +33,16 @@ from lateint import atomic
 from lateint.data.sprites import CLASS_NAMES
 
 log = logging.getLogger(__name__)
-NONE_CLASS = len(CLASS_NAMES)          # label of distractor regions (no object)
+NONE_CLASS = len(CLASS_NAMES)  # label of distractor regions (no object)
 PARAMS_FILE = "params.npz"
 INFO_FILE = "encoder.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    side: int = 16            # crops are side x side
+    side: int = 16  # crops are side x side
     channels: tuple = (32, 64)
-    feature_dim: int = 128    # D
+    feature_dim: int = 128  # D
     steps: int = 400
     batch_size: int = 256
     learning_rate: float = 3e-3
@@ -68,8 +68,13 @@ class _Network(nnx.Module):
         x = pixels.reshape(-1, self.side, self.side, 1)
         x = nnx.max_pool(jax.nn.relu(self.conv1(x)), (2, 2), (2, 2))
         x = nnx.max_pool(jax.nn.relu(self.conv2(x)), (2, 2), (2, 2))
-        shape = jnp.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1],
-                           jnp.sqrt(boxes[:, 4])], axis=-1) * 4.0
+        shape = (
+            jnp.stack(
+                [boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1], jnp.sqrt(boxes[:, 4])],
+                axis=-1,
+            )
+            * 4.0
+        )
         return jax.nn.relu(self.dense(jnp.concatenate([x.reshape(x.shape[0], -1), shape], -1)))
 
     def __call__(self, pixels, boxes):
@@ -99,8 +104,7 @@ class RegionEncoder:
         self.config = config
         self.report = report or {}
         self._graph, self._params = nnx.split(network)
-        self._features = jax.jit(lambda params, p, b: nnx.merge(self._graph, params).features(
-            p, b))
+        self._features = jax.jit(lambda params, p, b: nnx.merge(self._graph, params).features(p, b))
 
     @property
     def feature_dim(self) -> int:
@@ -127,26 +131,34 @@ class RegionEncoder:
         for start in range(0, num * regions, block):
             stop = min(start + block, num * regions)
             pad = ((0, block - (stop - start)), (0, 0))  # one fixed shape: one compile
-            out[start:stop] = np.asarray(self._features(
-                self._params, np.pad(flat_pixels[start:stop], pad),
-                np.pad(flat_boxes[start:stop], pad)))[:stop - start]
+            out[start:stop] = np.asarray(
+                self._features(
+                    self._params,
+                    np.pad(flat_pixels[start:stop], pad),
+                    np.pad(flat_boxes[start:stop], pad),
+                )
+            )[: stop - start]
         return out.reshape(num, regions, self.feature_dim)
 
     def save(self, directory: str) -> None:
         """Parameters and config+report in `directory`; the training time is left out, so the
         same inputs give byte-identical files."""
         os.makedirs(directory, exist_ok=True)
-        leaves = {"/".join(map(str, path)): np.asarray(value)
-                  for path, value in nnx.to_flat_state(self._params)}
+        leaves = {
+            "/".join(map(str, path)): np.asarray(value)
+            for path, value in nnx.to_flat_state(self._params)
+        }
         np.savez(os.path.join(directory, PARAMS_FILE + ".partial.npz"), **leaves)
-        os.replace(os.path.join(directory, PARAMS_FILE + ".partial.npz"),
-                   os.path.join(directory, PARAMS_FILE))
+        os.replace(
+            os.path.join(directory, PARAMS_FILE + ".partial.npz"),
+            os.path.join(directory, PARAMS_FILE),
+        )
         report = {key: value for key, value in self.report.items() if key != "train_seconds"}
         info = {"config": dataclasses.asdict(self.config), "report": report}
         atomic.write_json(os.path.join(directory, INFO_FILE), info, indent=2)
 
     @classmethod
-    def load(cls, directory: str) -> "RegionEncoder":
+    def load(cls, directory: str) -> RegionEncoder:
         info_path = os.path.join(directory, INFO_FILE)
         if not os.path.exists(info_path):
             raise FileNotFoundError(f"{info_path}: missing (no region encoder was saved here)")
@@ -162,9 +174,11 @@ class RegionEncoder:
         for path, value in nnx.to_flat_state(params):
             key = "/".join(map(str, path))
             if key not in stored or stored[key].shape != value.shape:
-                raise ValueError(f"{directory}/{PARAMS_FILE}: parameter {key}: expected shape "
-                                 f"{value.shape}, got "
-                                 f"{stored[key].shape if key in stored else 'nothing'}")
+                raise ValueError(
+                    f"{directory}/{PARAMS_FILE}: parameter {key}: expected shape "
+                    f"{value.shape}, got "
+                    f"{stored[key].shape if key in stored else 'nothing'}"
+                )
             flat.append((path, jnp.asarray(stored[key])))
         params = nnx.from_flat_state(flat)
         return cls(config, nnx.merge(graph, params), info.get("report"))
@@ -176,13 +190,18 @@ def _batches(count: int, config: EncoderConfig):
     for _ in range(config.steps):
         if order.size < config.batch_size:
             order = np.concatenate([order, rng.permutation(count)])
-        yield order[:config.batch_size]
-        order = order[config.batch_size:]
+        yield order[: config.batch_size]
+        order = order[config.batch_size :]
 
 
-def train_encoder(pixels: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
-                  sizes: np.ndarray, config: EncoderConfig = EncoderConfig(),
-                  held_out: float = 0.1) -> RegionEncoder:
+def train_encoder(
+    pixels: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    sizes: np.ndarray,
+    config: EncoderConfig = EncoderConfig(),
+    held_out: float = 0.1,
+) -> RegionEncoder:
     """Trains on the real regions of the train split. pixels [N, R, P], boxes [N, R, 5],
     classes/sizes [N, R] from `region_labels` (-1 = padding). The last `held_out` of the
     images are kept out of training to report accuracy (the report is saved with the encoder).
@@ -205,9 +224,12 @@ def train_encoder(pixels: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
             class_loss = optax.softmax_cross_entropy_with_integer_labels(class_logits, labels)
             has_size = size_labels >= 0
             size_loss = optax.softmax_cross_entropy_with_integer_labels(
-                size_logits, jnp.maximum(size_labels, 0))
+                size_logits, jnp.maximum(size_labels, 0)
+            )
             return class_loss.mean() + jnp.sum(size_loss * has_size) / jnp.maximum(
-                has_size.sum(), 1)
+                has_size.sum(), 1
+            )
+
         loss, grads = nnx.value_and_grad(loss_fn)(network)
         optimizer.update(network, grads)
         return loss
@@ -215,22 +237,36 @@ def train_encoder(pixels: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
     began = time.perf_counter()
     for index, batch in enumerate(_batches(train_rows.size, config)):
         rows = train_rows[batch]
-        loss = step(network, optimizer, flat_pixels[rows], flat_boxes[rows], flat_classes[rows],
-                    flat_sizes[rows])
+        loss = step(
+            network,
+            optimizer,
+            flat_pixels[rows],
+            flat_boxes[rows],
+            flat_classes[rows],
+            flat_sizes[rows],
+        )
         if (index + 1) % 200 == 0:
-            log.info("region encoder: step %d/%d, loss %.3f, %.0f steps/s", index + 1,
-                     config.steps, float(loss), (index + 1) / (time.perf_counter() - began))
+            log.info(
+                "region encoder: step %d/%d, loss %.3f, %.0f steps/s",
+                index + 1,
+                config.steps,
+                float(loss),
+                (index + 1) / (time.perf_counter() - began),
+            )
     seconds = time.perf_counter() - began
     encoder = RegionEncoder(config, network)
     report = {"train_seconds": round(seconds, 1), "train_regions": int(train_rows.size)}
     if held.any():
         class_logits, size_logits = jax.jit(lambda p, b: network(p, b))(
-            flat_pixels[held], flat_boxes[held])
+            flat_pixels[held], flat_boxes[held]
+        )
         report["held_out_regions"] = int(held.sum())
-        report["held_out_class_accuracy"] = float(np.mean(
-            np.argmax(class_logits, -1) == flat_classes[held]))
+        report["held_out_class_accuracy"] = float(
+            np.mean(np.argmax(class_logits, -1) == flat_classes[held])
+        )
         objects = flat_sizes[held] >= 0
-        report["held_out_size_accuracy"] = float(np.mean(
-            np.argmax(size_logits, -1)[objects] == flat_sizes[held][objects]))
+        report["held_out_size_accuracy"] = float(
+            np.mean(np.argmax(size_logits, -1)[objects] == flat_sizes[held][objects])
+        )
     encoder.report = report
     return encoder

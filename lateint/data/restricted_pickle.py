@@ -37,7 +37,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             allowed = sorted(f"{m}.{n}" for m, n in self._allowed) or ["none"]
             raise pickle.UnpicklingError(
                 f"{self._source}: refusing to load global {module}.{name}; "
-                f"allowed: {', '.join(allowed)}")
+                f"allowed: {', '.join(allowed)}"
+            )
         return found
 
 

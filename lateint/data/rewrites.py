@@ -20,15 +20,21 @@ import numpy as np
 from lateint.data import captions as words
 from lateint.data import semantics
 
-_PHRASE_OF = {phrase: relation for relation, options in words.RELATION_PHRASES.items()
-              for phrase in options}
-_RELATION = re.compile(r" (" + "|".join(sorted(map(re.escape, _PHRASE_OF), key=len,
-                                                     reverse=True)) + r") ")
+_PHRASE_OF = {
+    phrase: relation for relation, options in words.RELATION_PHRASES.items() for phrase in options
+}
+_RELATION = re.compile(
+    r" (" + "|".join(sorted(map(re.escape, _PHRASE_OF), key=len, reverse=True)) + r") "
+)
 _CLAUSE_SPLIT = re.compile(r"(, and |, while )")
 _LEAD = re.compile(r"^(there (?:is|are) )")
 _PLURAL_DETERMINERS = set(words.COUNT_WORDS.values())
-_TURNS = {"left": ("above", "below"), "right": ("above", "below"),
-          "above": ("left", "right"), "below": ("left", "right")}
+_TURNS = {
+    "left": ("above", "below"),
+    "right": ("above", "below"),
+    "above": ("left", "right"),
+    "below": ("left", "right"),
+}
 
 
 def _be(noun_phrase: str) -> str:
@@ -42,12 +48,12 @@ def _clause_rewrites(clause: str, rng: np.random.Generator) -> list[str]:
         return []
     lead_match = _LEAD.match(clause)
     lead = lead_match.group(1) if lead_match else ""
-    subject = clause[len(lead):found.start()].rstrip()
+    subject = clause[len(lead) : found.start()].rstrip()
     verb = ""
     verb_match = re.search(r" (is|are)$", subject)
     if verb_match:
-        subject, verb = subject[:verb_match.start()], verb_match.group(1)
-    target = clause[found.end() - 1:].strip()
+        subject, verb = subject[: verb_match.start()], verb_match.group(1)
+    target = clause[found.end() - 1 :].strip()
     relation = _PHRASE_OF[found.group(1)]
 
     def pick(name):
@@ -59,25 +65,28 @@ def _clause_rewrites(clause: str, rng: np.random.Generator) -> list[str]:
         new_verb = f" {_be(first)}" if verb else ""
         return f"{new_lead}{first}{new_verb} {phrase} {second}"
 
-    out = [assemble(subject, pick(semantics.OPPOSITE[relation]), target),
-           assemble(target, found.group(1), subject)]
+    out = [
+        assemble(subject, pick(semantics.OPPOSITE[relation]), target),
+        assemble(target, found.group(1), subject),
+    ]
     out.extend(assemble(subject, pick(turn), target) for turn in _TURNS[relation])
     return out
 
 
-def relational_negatives(caption: str, scene: semantics.SceneTruth, limit: int = 4,
-                         seed: int = 0) -> list[str]:
+def relational_negatives(
+    caption: str, scene: semantics.SceneTruth, limit: int = 4, seed: int = 0
+) -> list[str]:
     """Up to `limit` distinct rewrites of `caption` that are false of `scene` (a one-scene
     SceneTruth), each changing one relation clause. [] for an inventory caption."""
     rng = np.random.default_rng(seed)
     text = " ".join(caption.strip().lower().split())
     end = "." if text.endswith(".") else ""
     text = text[:-1] if end else text
-    parts = _CLAUSE_SPLIT.split(text)            # clause, separator, clause, ...
+    parts = _CLAUSE_SPLIT.split(text)  # clause, separator, clause, ...
     found = []
     for index in range(0, len(parts), 2):
         for rewrite in _clause_rewrites(parts[index], rng):
-            candidate = "".join(parts[:index] + [rewrite] + parts[index + 1:]) + end
+            candidate = "".join(parts[:index] + [rewrite] + parts[index + 1 :]) + end
             if candidate in found or candidate == text + end:
                 continue
             try:

@@ -34,9 +34,9 @@ def _records(directory: str, split: str) -> list:
         return [json.loads(line) for line in file]
 
 
-def train_on_split(directory: str, split: str = "train",
-                   config: region_encoder.EncoderConfig | None = None
-                   ) -> region_encoder.RegionEncoder:
+def train_on_split(
+    directory: str, split: str = "train", config: region_encoder.EncoderConfig | None = None
+) -> region_encoder.RegionEncoder:
     """Trains the encoder on `split`'s raw crops (still in {split}_ims.npy) and saves it."""
     config = config or region_encoder.EncoderConfig()
     pixels = np.load(os.path.join(directory, f"{split}_ims.npy"), mmap_mode="r")
@@ -44,10 +44,15 @@ def train_on_split(directory: str, split: str = "train",
     classes, sizes = region_encoder.region_labels(_records(directory, split), pixels.shape[1])
     encoder = region_encoder.train_encoder(np.asarray(pixels), boxes, classes, sizes, config)
     report = encoder.report
-    log.info("region encoder: trained on %d %s regions in %.1f s; held-out class accuracy "
-             "%.3f, size accuracy %.3f", report["train_regions"], split,
-             report["train_seconds"], report.get("held_out_class_accuracy", float("nan")),
-             report.get("held_out_size_accuracy", float("nan")))
+    log.info(
+        "region encoder: trained on %d %s regions in %.1f s; held-out class accuracy "
+        "%.3f, size accuracy %.3f",
+        report["train_regions"],
+        split,
+        report["train_seconds"],
+        report.get("held_out_class_accuracy", float("nan")),
+        report.get("held_out_size_accuracy", float("nan")),
+    )
     encoder.save(os.path.join(directory, ENCODER_DIR))
     return encoder
 
@@ -65,10 +70,15 @@ def encode_split(directory: str, split: str, encoder: region_encoder.RegionEncod
     with NpyStreamWriter(features_path, shape, np.float32) as writer:
         for start in range(0, pixels.shape[0], BLOCK):
             stop = min(start + BLOCK, pixels.shape[0])
-            writer.append(encoder.encode(np.asarray(pixels[start:stop]),
-                                         np.asarray(boxes[start:stop])))
-    log.info("region encoder: encoded %s (%d images) in %.1f s", split, pixels.shape[0],
-             time.perf_counter() - began)
+            writer.append(
+                encoder.encode(np.asarray(pixels[start:stop]), np.asarray(boxes[start:stop]))
+            )
+    log.info(
+        "region encoder: encoded %s (%d images) in %.1f s",
+        split,
+        pixels.shape[0],
+        time.perf_counter() - began,
+    )
 
 
 def load_encoder(directory: str) -> region_encoder.RegionEncoder | None:

@@ -55,19 +55,37 @@ class Claim:
 
 _SIZES = {word: size for size, options in words.SIZE_WORDS.items() for word in options}
 _COUNTS = {word: count for count, word in words.COUNT_WORDS.items()}
-_RELATION_OF = {phrase: relation for relation, options in words.RELATION_PHRASES.items()
-                for phrase in options}
-_RELATION = re.compile(r" (" + "|".join(sorted(map(re.escape, _RELATION_OF), key=len,
-                                                     reverse=True)) + r") ")
-_PREFIXES = sorted({prefix.replace("BE", be) for prefix in words.INVENTORY_PREFIXES if prefix
-                    for be in ("is", "are")} | {"there is ", "there are "}, key=len, reverse=True)
-_SINGULAR_NOUNS = ({name: name for name in CLASS_NAMES if not name.isdigit()}
-                   | {str(d): str(d) for d in range(10)}
-                   | {word: str(d) for d, word in enumerate(words.DIGIT_WORDS)})
-_PLURAL_NOUNS = ({("sheep" if name == "sheep" else name + "s"): name
-                  for name in CLASS_NAMES if not name.isdigit()}
-                 | {f"{d}s": str(d) for d in range(10)}
-                 | {word: str(d) for d, word in enumerate(words.DIGIT_PLURALS)})
+_RELATION_OF = {
+    phrase: relation for relation, options in words.RELATION_PHRASES.items() for phrase in options
+}
+_RELATION = re.compile(
+    r" (" + "|".join(sorted(map(re.escape, _RELATION_OF), key=len, reverse=True)) + r") "
+)
+_PREFIXES = sorted(
+    {
+        prefix.replace("BE", be)
+        for prefix in words.INVENTORY_PREFIXES
+        if prefix
+        for be in ("is", "are")
+    }
+    | {"there is ", "there are "},
+    key=len,
+    reverse=True,
+)
+_SINGULAR_NOUNS = (
+    {name: name for name in CLASS_NAMES if not name.isdigit()}
+    | {str(d): str(d) for d in range(10)}
+    | {word: str(d) for d, word in enumerate(words.DIGIT_WORDS)}
+)
+_PLURAL_NOUNS = (
+    {
+        ("sheep" if name == "sheep" else name + "s"): name
+        for name in CLASS_NAMES
+        if not name.isdigit()
+    }
+    | {f"{d}s": str(d) for d in range(10)}
+    | {word: str(d) for d, word in enumerate(words.DIGIT_PLURALS)}
+)
 
 
 def _phrase(text: str, caption: str) -> Phrase:
@@ -91,8 +109,9 @@ def _phrase(text: str, caption: str) -> Phrase:
         rest = rest[1:]
     table = _PLURAL_NOUNS if plural else _SINGULAR_NOUNS
     if len(rest) != 1 or rest[0] not in table:
-        raise CaptionError(f"{caption!r}: expected a {'plural' if plural else 'singular'} "
-                           f"noun in {text!r}")
+        raise CaptionError(
+            f"{caption!r}: expected a {'plural' if plural else 'singular'} noun in {text!r}"
+        )
     return Phrase(quantity, size, table[rest[0]])
 
 
@@ -102,37 +121,53 @@ def parse(caption: str) -> list[Claim]:
     text = text[:-1] if text.endswith(".") else text
     claims = []
     for clause in re.split(r", and |, while ", text):
-        clause = next((clause[len(p):] for p in _PREFIXES if clause.startswith(p)), clause)
+        clause = next((clause[len(p) :] for p in _PREFIXES if clause.startswith(p)), clause)
         found = _RELATION.search(" " + clause + " ")
         if found:
-            subject = re.sub(r" (is|are)$", "", clause[:found.start()].rstrip())
-            target = clause[found.end() - 1:].strip()
-            claims.append(Claim("relation", _phrase(subject, caption),
-                                _RELATION_OF[found.group(1)], _phrase(target, caption)))
+            subject = re.sub(r" (is|are)$", "", clause[: found.start()].rstrip())
+            target = clause[found.end() - 1 :].strip()
+            claims.append(
+                Claim(
+                    "relation",
+                    _phrase(subject, caption),
+                    _RELATION_OF[found.group(1)],
+                    _phrase(target, caption),
+                )
+            )
         else:
-            claims.extend(Claim("exists", _phrase(part, caption))
-                          for part in re.split(r", | and ", clause))
+            claims.extend(
+                Claim("exists", _phrase(part, caption)) for part in re.split(r", | and ", clause)
+            )
     if not claims:
         raise CaptionError(f"{caption!r}: no claim")
     return claims
 
 
 def kind(claims: list[Claim]) -> str:
-    """"inventory" (only existence claims), "count" (a relation with a counted side), else
+    """ "inventory" (only existence claims), "count" (a relation with a counted side), else
     "relation"."""
     relational = [claim for claim in claims if claim.kind == "relation"]
     if not relational:
         return "inventory"
-    counted = any(isinstance(phrase.quantity, int)
-                  for claim in relational for phrase in (claim.subject, claim.target))
+    counted = any(
+        isinstance(phrase.quantity, int)
+        for claim in relational
+        for phrase in (claim.subject, claim.target)
+    )
     return "count" if counted else "relation"
 
 
 def _relation_tensor(boxes: np.ndarray) -> np.ndarray:
     """boxes [N, O, 4] (x1, y1, x2, y2) -> [4, N, O, O] bool, rel[r, n, a, b] = "a r b"."""
     x1, y1, x2, y2 = (boxes[..., k] for k in range(4))
-    return np.stack([x2[:, :, None] <= x1[:, None, :], x1[:, :, None] >= x2[:, None, :],
-                     y2[:, :, None] <= y1[:, None, :], y1[:, :, None] >= y2[:, None, :]])
+    return np.stack(
+        [
+            x2[:, :, None] <= x1[:, None, :],
+            x1[:, :, None] >= x2[:, None, :],
+            y2[:, :, None] <= y1[:, None, :],
+            y1[:, :, None] >= y2[:, None, :],
+        ]
+    )
 
 
 class SceneTruth:
@@ -143,10 +178,10 @@ class SceneTruth:
 
     def __init__(self, classes: np.ndarray, sizes: np.ndarray, boxes: np.ndarray):
         self.classes, self.sizes, self.boxes = classes, sizes, boxes
-        self.relations = _relation_tensor(boxes)                          # [4, N, O, O]
+        self.relations = _relation_tensor(boxes)  # [4, N, O, O]
 
     @classmethod
-    def from_records(cls, records: list) -> "SceneTruth":
+    def from_records(cls, records: list) -> SceneTruth:
         """records: scene layouts as in {split}_scenes.jsonl (objects with class, size, box)."""
         width = max([len(record["objects"]) for record in records] + [1])
         classes = np.full((len(records), width), -1, np.int32)
@@ -163,7 +198,7 @@ class SceneTruth:
     def num_scenes(self) -> int:
         return int(self.classes.shape[0])
 
-    def subset(self, rows: np.ndarray) -> "SceneTruth":
+    def subset(self, rows: np.ndarray) -> SceneTruth:
         return SceneTruth(self.classes[rows], self.sizes[rows], self.boxes[rows])
 
     def _matches(self, phrase: Phrase) -> tuple[np.ndarray, np.ndarray]:
@@ -182,15 +217,15 @@ class SceneTruth:
         if claim.kind == "exists":
             return subject_ok
         target, target_ok = self._matches(claim.target)
-        related = self.relations[RELATIONS.index(claim.relation)]            # [N, O, O]
-        pair = subject[:, :, None] & target[:, None, :]                      # [N, O, O]
+        related = self.relations[RELATIONS.index(claim.relation)]  # [N, O, O]
+        pair = subject[:, :, None] & target[:, None, :]  # [N, O, O]
         every_subject = isinstance(claim.subject.quantity, int)
         every_target = isinstance(claim.target.quantity, int)
         if every_subject and every_target:
             found = np.all(related | ~pair, axis=(1, 2))
-        elif every_subject:   # some target t with every subject s r t
+        elif every_subject:  # some target t with every subject s r t
             found = np.any(target & np.all(related | ~subject[:, :, None], axis=1), axis=1)
-        elif every_target:    # some subject s with s r every target t
+        elif every_target:  # some subject s with s r every target t
             found = np.any(subject & np.all(related | ~target[:, None, :], axis=2), axis=1)
         else:
             found = np.any(pair & related, axis=(1, 2))
@@ -205,5 +240,8 @@ class SceneTruth:
 
     def truth_matrix(self, captions: list[str]) -> np.ndarray:
         """[M, N] bool: caption m is true of scene n (parsing each caption once)."""
-        return np.stack([self.holds(parse(caption)) for caption in captions]) if captions \
+        return (
+            np.stack([self.holds(parse(caption)) for caption in captions])
+            if captions
             else np.zeros((0, self.num_scenes), bool)
+        )

@@ -24,8 +24,18 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 PARTITION_SEED = 20_240_901
 # animal-mnist labels 0..9 are these classes in alphabetical order (its README lists the names;
 # the order was checked by looking at a grid of each label's images).
-ANIMAL_NAMES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep",
-                "zebra")
+ANIMAL_NAMES = (
+    "bear",
+    "bird",
+    "cat",
+    "cow",
+    "dog",
+    "elephant",
+    "giraffe",
+    "horse",
+    "sheep",
+    "zebra",
+)
 DIGIT_NAMES = tuple(str(digit) for digit in range(10))
 CLASS_NAMES = DIGIT_NAMES + ANIMAL_NAMES
 # Pixels at or below this fraction of full ink count as background when cropping to the ink.
@@ -42,17 +52,23 @@ class Sprite:
     pixels: np.ndarray
 
 
-def _check_source(name: str, images: np.ndarray, labels: np.ndarray, shape: tuple,
-                  maximum: float, count: int) -> None:
+def _check_source(
+    name: str, images: np.ndarray, labels: np.ndarray, shape: tuple, maximum: float, count: int
+) -> None:
     if images.shape != (count,) + shape or labels.shape != (count,):
-        raise ValueError(f"{name}: expected images {(count,) + shape} and labels ({count},), got "
-                         f"{images.shape} and {labels.shape}")
+        raise ValueError(
+            f"{name}: expected images {(count,) + shape} and labels ({count},), got "
+            f"{images.shape} and {labels.shape}"
+        )
     if not np.isfinite(images).all() or images.min() < 0 or images.max() > maximum:
-        raise ValueError(f"{name}: expected pixel values in [0, {maximum}], got "
-                         f"[{images.min()}, {images.max()}]")
+        raise ValueError(
+            f"{name}: expected pixel values in [0, {maximum}], got [{images.min()}, {images.max()}]"
+        )
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9:
-        raise ValueError(f"{name}: expected integer labels 0..9, got {labels.dtype} "
-                         f"[{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"{name}: expected integer labels 0..9, got {labels.dtype} "
+            f"[{labels.min()}, {labels.max()}]"
+        )
 
 
 def load_mnist() -> tuple:
@@ -69,8 +85,7 @@ def load_sklearn_digits() -> tuple:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    _check_source("sklearn.datasets.load_digits", digits.images, digits.target, (8, 8), 16.0,
-                  1797)
+    _check_source("sklearn.datasets.load_digits", digits.images, digits.target, (8, 8), 16.0, 1797)
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
 
 
@@ -78,12 +93,16 @@ def animal_data_paths() -> tuple:
     """Paths of the animal-mnist data and label pickles inside the installed package."""
     spec = importlib.util.find_spec("animal_mnist")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("animal_mnist: package not installed; install it with "
-                                "`pip install --no-deps animal-mnist` (it declares tensorflow, "
-                                "which is not needed)")
+        raise FileNotFoundError(
+            "animal_mnist: package not installed; install it with "
+            "`pip install --no-deps animal-mnist` (it declares tensorflow, "
+            "which is not needed)"
+        )
     folder = os.path.join(spec.submodule_search_locations[0], "data", "Animal_MNIST")
-    return (os.path.join(folder, "animal_data_version_3.gz"),
-            os.path.join(folder, "animal_label_version_3.gz"))
+    return (
+        os.path.join(folder, "animal_data_version_3.gz"),
+        os.path.join(folder, "animal_label_version_3.gz"),
+    )
 
 
 def load_animals() -> tuple:
@@ -95,15 +114,21 @@ def load_animals() -> tuple:
     images = load_restricted(data_path)
     labels = load_restricted(label_path)
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise ValueError(f"{data_path}: expected a uint8 ndarray, got "
-                         f"{getattr(images, 'dtype', type(images).__name__)}")
+        raise ValueError(
+            f"{data_path}: expected a uint8 ndarray, got "
+            f"{getattr(images, 'dtype', type(images).__name__)}"
+        )
     if not isinstance(labels, np.ndarray) or labels.dtype != np.int64:
-        raise ValueError(f"{label_path}: expected an int64 ndarray, got "
-                         f"{getattr(labels, 'dtype', type(labels).__name__)}")
+        raise ValueError(
+            f"{label_path}: expected an int64 ndarray, got "
+            f"{getattr(labels, 'dtype', type(labels).__name__)}"
+        )
     _check_source(data_path, images, labels, (28, 28), 255, 10000)
     if (np.bincount(labels, minlength=10) != 1000).any():
-        raise ValueError(f"{label_path}: expected 1,000 images per class, got "
-                         f"{np.bincount(labels, minlength=10).tolist()}")
+        raise ValueError(
+            f"{label_path}: expected 1,000 images per class, got "
+            f"{np.bincount(labels, minlength=10).tolist()}"
+        )
     return (images / 255.0).astype(np.float32), labels
 
 
@@ -113,7 +138,7 @@ def crop_to_ink(image: np.ndarray) -> np.ndarray | None:
     rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     if rows.size == 0 or image.max() <= 0:
         return None
-    return image[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+    return image[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
 
 
 class SpriteBank:
@@ -126,14 +151,18 @@ class SpriteBank:
             for label, class_name in enumerate(names):
                 members = np.flatnonzero(labels == label)
                 order = np.random.default_rng([PARTITION_SEED, source_index, label]).permutation(
-                    members)
+                    members
+                )
                 bounds = np.round(np.cumsum(SPLIT_FRACTIONS) * len(order)).astype(int)
                 for split, chunk in zip(SPLITS, np.split(order, bounds[:-1])):
                     for instance in np.sort(chunk):
                         pixels = crop_to_ink(images[instance])
                         if pixels is not None:
-                            self.pools[split][class_name].append(Sprite(
-                                class_name, source, int(instance), np.ascontiguousarray(pixels)))
+                            self.pools[split][class_name].append(
+                                Sprite(
+                                    class_name, source, int(instance), np.ascontiguousarray(pixels)
+                                )
+                            )
         for split, pools in self.pools.items():
             empty = [name for name, pool in pools.items() if not pool]
             if empty:
@@ -150,7 +179,7 @@ SOURCES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_source(source: str) -> tuple:
     """(images [n, h, w] float32 in [0, 1], labels [n] int64, class names) of one source."""
     if source not in SOURCES:

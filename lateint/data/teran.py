@@ -46,8 +46,7 @@ BOX_FOLDER = "bu_box"
 SIZES_FILE = "image_sizes.json"
 FLICKR_SIZES_FILE = "sizes.pkl"
 # load_teran's keyword options (lateint.data.load_corpus refuses others for this layout).
-OPTIONS = ("annotations", "sizes", "split_ids", "captions_per_image", "dev_images",
-           "max_regions")
+OPTIONS = ("annotations", "sizes", "split_ids", "captions_per_image", "dev_images", "max_regions")
 # Detector boxes may overshoot the image border by a pixel or so; more than this fraction of the
 # image size means the sizes do not belong to these boxes.
 BOX_SLACK = 0.02
@@ -75,11 +74,15 @@ def find_tree(path: str) -> TeranTree | None:
         parent = os.path.dirname(os.path.abspath(path))
         root = parent if os.path.isdir(os.path.join(parent, "annotations")) else path
         return TeranTree(features=path, root=root)
-    found = sorted(os.path.dirname(folder) for folder in
-                   glob.glob(os.path.join(path, "features*", FEATURE_FOLDER)))
+    found = sorted(
+        os.path.dirname(folder)
+        for folder in glob.glob(os.path.join(path, "features*", FEATURE_FOLDER))
+    )
     if len(found) > 1:
-        raise ValueError(f"{path}: expected one TERAN features folder, found {len(found)}: "
-                         f"{', '.join(found)}; pass --data=one of them")
+        raise ValueError(
+            f"{path}: expected one TERAN features folder, found {len(found)}: "
+            f"{', '.join(found)}; pass --data=one of them"
+        )
     return TeranTree(features=found[0], root=path) if found else None
 
 
@@ -91,8 +94,9 @@ def _sizes_from_json(path: str, image_ids: list) -> np.ndarray:
     for image_id in image_ids:
         size = table.get(image_id) if isinstance(table, dict) else None
         if size is None:
-            raise ValueError(f"{path}: expected a [width, height] entry for image id "
-                             f"{image_id!r}, got none")
+            raise ValueError(
+                f"{path}: expected a [width, height] entry for image id {image_id!r}, got none"
+            )
         sizes.append(size)
     return np.asarray(sizes, np.float64)
 
@@ -104,17 +108,21 @@ def _sizes_from_coco(paths: list, image_ids: list) -> np.ndarray:
             table[str(image["id"])] = (image["width"], image["height"])
     missing = [image_id for image_id in image_ids if image_id not in table]
     if missing:
-        raise ValueError(f"{', '.join(paths)}: expected width/height for every image, missing "
-                         f"{len(missing)} ids, e.g. {missing[:3]}")
+        raise ValueError(
+            f"{', '.join(paths)}: expected width/height for every image, missing "
+            f"{len(missing)} ids, e.g. {missing[:3]}"
+        )
     return np.asarray([table[image_id] for image_id in image_ids], np.float64)
 
 
 def _sizes_from_pickle(path: str, positions: np.ndarray) -> np.ndarray:
     sizes = load_restricted(path, allow_arrays=False)
     if not isinstance(sizes, (list, tuple)) or len(sizes) <= int(positions.max()):
-        raise ValueError(f"{path}: expected a list of (width, height) covering every image of the "
-                         f"Karpathy file, got {type(sizes).__name__} of length "
-                         f"{len(sizes) if hasattr(sizes, '__len__') else '-'}")
+        raise ValueError(
+            f"{path}: expected a list of (width, height) covering every image of the "
+            f"Karpathy file, got {type(sizes).__name__} of length "
+            f"{len(sizes) if hasattr(sizes, '__len__') else '-'}"
+        )
     return np.asarray([tuple(sizes[position]) for position in positions], np.float64)
 
 
@@ -134,14 +142,22 @@ def _sizes_from(candidate: str, split: karpathy_lib.KarpathySplit):
     return None
 
 
-def load_image_sizes(tree: TeranTree, split: karpathy_lib.KarpathySplit,
-                     sizes: str | None = None) -> np.ndarray:
+def load_image_sizes(
+    tree: TeranTree, split: karpathy_lib.KarpathySplit, sizes: str | None = None
+) -> np.ndarray:
     """[N, 2] (width, height) in pixels of each image of `split`, from the first source found."""
-    candidates = [sizes] if sizes else _unique(
-        [os.path.join(tree.features, SIZES_FILE), os.path.join(tree.root, SIZES_FILE)]
-        + [os.path.join(folder, "annotations") for folder in (tree.features, tree.root)]
-        + [os.path.join(folder, FLICKR_SIZES_FILE)
-           for folder in (os.path.join(tree.root, "images"), tree.features, tree.root)])
+    candidates = (
+        [sizes]
+        if sizes
+        else _unique(
+            [os.path.join(tree.features, SIZES_FILE), os.path.join(tree.root, SIZES_FILE)]
+            + [os.path.join(folder, "annotations") for folder in (tree.features, tree.root)]
+            + [
+                os.path.join(folder, FLICKR_SIZES_FILE)
+                for folder in (os.path.join(tree.root, "images"), tree.features, tree.root)
+            ]
+        )
+    )
     if sizes and not os.path.exists(sizes):
         raise FileNotFoundError(f"{sizes}: missing (sizes= / --data_sizes)")
     found = None
@@ -151,17 +167,22 @@ def load_image_sizes(tree: TeranTree, split: karpathy_lib.KarpathySplit,
             source = candidate
             break
     if found is None:
-        raise FileNotFoundError(f"{tree.features}: expected image sizes to normalise the pixel "
-                                f"boxes in one of: {', '.join(candidates)}; pass sizes= "
-                                f"(--data_sizes=PATH) (see lateint/data/teran.py)")
+        raise FileNotFoundError(
+            f"{tree.features}: expected image sizes to normalise the pixel "
+            f"boxes in one of: {', '.join(candidates)}; pass sizes= "
+            f"(--data_sizes=PATH) (see lateint/data/teran.py)"
+        )
     if found.shape != (len(split.image_ids), 2) or not (found > 0).all():
-        raise ValueError(f"{source}: expected a positive (width, height) per image, got shape "
-                         f"{found.shape} with minimum {found.min() if found.size else '-'}")
+        raise ValueError(
+            f"{source}: expected a positive (width, height) per image, got shape "
+            f"{found.shape} with minimum {found.min() if found.size else '-'}"
+        )
     return found
 
 
-def _load_captions(tree: TeranTree, split: str, annotations: str | None,
-                   split_ids: str | None, sizes: str | None):
+def _load_captions(
+    tree: TeranTree, split: str, annotations: str | None, split_ids: str | None, sizes: str | None
+):
     """(KarpathySplit of `split`, sizes [N, 2] or None when they are still to be found)."""
     if annotations and not os.path.exists(annotations):
         raise FileNotFoundError(f"{annotations}: missing (annotations= / --data_annotations)")
@@ -179,7 +200,8 @@ def _load_captions(tree: TeranTree, split: str, annotations: str | None,
         f"{tree.features}: expected the captions of these TERAN features, a Karpathy split file "
         f"dataset_coco.json or dataset_flickr30k.json, or COCO's coco_{{split}}_ids.npy + "
         f"captions_*2014.json, in one of: {', '.join(folders)}; pass annotations= "
-        f"(--data_annotations=PATH)")
+        f"(--data_annotations=PATH)"
+    )
 
 
 def _npz_feature_shape(path: str) -> tuple:
@@ -189,17 +211,24 @@ def _npz_feature_shape(path: str) -> tuple:
     try:
         with zipfile.ZipFile(path) as archive:
             if "feat.npy" not in archive.namelist():
-                raise ValueError(f"{path}: expected key 'feat', got keys "
-                                 f"{[name[:-4] for name in archive.namelist()]}")
+                raise ValueError(
+                    f"{path}: expected key 'feat', got keys "
+                    f"{[name[:-4] for name in archive.namelist()]}"
+                )
             with archive.open("feat.npy") as member:
                 version = np.lib.format.read_magic(member)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
                 shape, _, _ = read_header(member)
     except (zipfile.BadZipFile, EOFError, OSError) as error:
-        raise ValueError(f"{path}: expected an .npz archive with key 'feat', got an unreadable "
-                         f"file ({error}); the download or extraction was probably cut "
-                         f"short") from error
+        raise ValueError(
+            f"{path}: expected an .npz archive with key 'feat', got an unreadable "
+            f"file ({error}); the download or extraction was probably cut "
+            f"short"
+        ) from error
     if len(shape) != 2 or shape[0] < 1:
         raise ValueError(f"{path}: 'feat': expected shape [n, F] with n >= 1, got {shape}")
     return shape
@@ -210,8 +239,10 @@ def _load_file(path: str, load):
     try:
         return load()
     except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: expected a readable .npy / .npz array, got: {error} (a "
-                         f"truncated download or extraction?)") from error
+        raise ValueError(
+            f"{path}: expected a readable .npy / .npz array, got: {error} (a "
+            f"truncated download or extraction?)"
+        ) from error
 
 
 def _npz_feat(path: str) -> np.ndarray:
@@ -222,66 +253,104 @@ def _npz_feat(path: str) -> np.ndarray:
 def _read_image(feature_path: str, box_path: str, size: np.ndarray, feature_dim: int):
     """Returns (regions [n, F] float32, boxes [n, 5] float32 normalised) for one image."""
     features = _load_file(feature_path, lambda: _npz_feat(feature_path))
-    if not np.issubdtype(features.dtype, np.floating) or features.ndim != 2 or \
-            features.shape[1] != feature_dim:
-        raise ValueError(f"{feature_path}: 'feat': expected float [n, {feature_dim}], got "
-                         f"{features.dtype} {features.shape}")
+    if (
+        not np.issubdtype(features.dtype, np.floating)
+        or features.ndim != 2
+        or features.shape[1] != feature_dim
+    ):
+        raise ValueError(
+            f"{feature_path}: 'feat': expected float [n, {feature_dim}], got "
+            f"{features.dtype} {features.shape}"
+        )
     if not np.isfinite(features).all():
         raise ValueError(f"{feature_path}: 'feat': expected finite features, got NaN or Inf")
     if not os.path.exists(box_path):
         raise FileNotFoundError(f"{box_path}: missing boxes for {feature_path}")
     boxes = _load_file(box_path, lambda: np.load(box_path, allow_pickle=False))
     if boxes.shape != (features.shape[0], 4) or not np.issubdtype(boxes.dtype, np.number):
-        raise ValueError(f"{box_path}: expected [{features.shape[0]}, 4] pixel boxes (one per "
-                         f"region of {os.path.basename(feature_path)}), got {boxes.dtype} "
-                         f"{boxes.shape}")
+        raise ValueError(
+            f"{box_path}: expected [{features.shape[0]}, 4] pixel boxes (one per "
+            f"region of {os.path.basename(feature_path)}), got {boxes.dtype} "
+            f"{boxes.shape}"
+        )
     normalised = boxes.astype(np.float64) / np.tile(size, 2)
-    if not np.isfinite(normalised).all() or normalised.min() < -BOX_SLACK or \
-            normalised.max() > 1 + BOX_SLACK or (normalised[:, 2:] < normalised[:, :2]).any():
-        raise ValueError(f"{box_path}: expected x1 <= x2, y1 <= y2 inside the {size[0]:g} x "
-                         f"{size[1]:g} image, got pixel range [{boxes.min():g}, {boxes.max():g}]")
+    if (
+        not np.isfinite(normalised).all()
+        or normalised.min() < -BOX_SLACK
+        or normalised.max() > 1 + BOX_SLACK
+        or (normalised[:, 2:] < normalised[:, :2]).any()
+    ):
+        raise ValueError(
+            f"{box_path}: expected x1 <= x2, y1 <= y2 inside the {size[0]:g} x "
+            f"{size[1]:g} image, got pixel range [{boxes.min():g}, {boxes.max():g}]"
+        )
     normalised = np.clip(normalised, 0.0, 1.0)
     area = (normalised[:, 2] - normalised[:, 0]) * (normalised[:, 3] - normalised[:, 1])
-    return (features.astype(np.float32),
-            np.concatenate([normalised, area[:, None]], axis=1).astype(np.float32))
+    return (
+        features.astype(np.float32),
+        np.concatenate([normalised, area[:, None]], axis=1).astype(np.float32),
+    )
 
 
 class _TeranSplit:
     """The files, sizes and region counts of one split, checked before any feature is read."""
 
-    def __init__(self, directory: str, split: str, annotations: str | None = None,
-                 sizes: str | None = None, split_ids: str | None = None,
-                 captions_per_image: int | None = None, dev_images: int | None = None,
-                 max_regions: int | None = None):
+    def __init__(
+        self,
+        directory: str,
+        split: str,
+        annotations: str | None = None,
+        sizes: str | None = None,
+        split_ids: str | None = None,
+        captions_per_image: int | None = None,
+        dev_images: int | None = None,
+        max_regions: int | None = None,
+    ):
         tree = find_tree(directory)
         if tree is None:
-            raise FileNotFoundError(f"{directory}: expected TERAN features ({FEATURE_FOLDER}/ "
-                                    f"and {BOX_FOLDER}/, or features_*/{FEATURE_FOLDER}/)")
+            raise FileNotFoundError(
+                f"{directory}: expected TERAN features ({FEATURE_FOLDER}/ "
+                f"and {BOX_FOLDER}/, or features_*/{FEATURE_FOLDER}/)"
+            )
         self.directory = tree.features
         record, found_sizes = _load_captions(tree, split, annotations, split_ids, sizes)
         self.captions = karpathy_lib.standardize(
-            record, split, f"{tree.features} (TERAN split {split!r})",
+            record,
+            split,
+            f"{tree.features} (TERAN split {split!r})",
             karpathy_lib.CAPTIONS_PER_IMAGE if captions_per_image is None else captions_per_image,
-            karpathy_lib.DEV_IMAGES if dev_images is None else dev_images)
+            karpathy_lib.DEV_IMAGES if dev_images is None else dev_images,
+        )
         num_images = len(self.captions.image_ids)
-        self.sizes = (found_sizes[:num_images] if found_sizes is not None
-                      else load_image_sizes(tree, self.captions, sizes))
-        self.feature_paths = [os.path.join(tree.features, FEATURE_FOLDER, f"{image_id}.npz")
-                              for image_id in self.captions.image_ids]
-        self.box_paths = [os.path.join(tree.features, BOX_FOLDER, f"{image_id}.npy")
-                          for image_id in self.captions.image_ids]
+        self.sizes = (
+            found_sizes[:num_images]
+            if found_sizes is not None
+            else load_image_sizes(tree, self.captions, sizes)
+        )
+        self.feature_paths = [
+            os.path.join(tree.features, FEATURE_FOLDER, f"{image_id}.npz")
+            for image_id in self.captions.image_ids
+        ]
+        self.box_paths = [
+            os.path.join(tree.features, BOX_FOLDER, f"{image_id}.npy")
+            for image_id in self.captions.image_ids
+        ]
         shapes = [_npz_feature_shape(path) for path in self.feature_paths]
         dims = {shape[1] for shape in shapes}
         if len(dims) != 1:
-            raise ValueError(f"{tree.features}/{FEATURE_FOLDER}: expected one feature dim F "
-                             f"across images, got {sorted(dims)}")
+            raise ValueError(
+                f"{tree.features}/{FEATURE_FOLDER}: expected one feature dim F "
+                f"across images, got {sorted(dims)}"
+            )
         self.feature_dim = dims.pop()
         self.region_counts = np.asarray([shape[0] for shape in shapes], np.int32)
         self.max_regions = int(max_regions or self.region_counts.max())
         too_many = np.flatnonzero(self.region_counts > self.max_regions)
         if too_many.size:
-            raise ValueError(f"{self.feature_paths[too_many[0]]}: expected at most max_regions="
-                             f"{self.max_regions} regions, got {self.region_counts[too_many[0]]}")
+            raise ValueError(
+                f"{self.feature_paths[too_many[0]]}: expected at most max_regions="
+                f"{self.max_regions} regions, got {self.region_counts[too_many[0]]}"
+            )
 
     def images(self):
         """Yields (regions [n, F], boxes [n, 5]) per image, in split order."""
@@ -301,18 +370,21 @@ def load_teran(directory: str, split: str, **options) -> RegionCorpus:
     regions = np.zeros((num_images, teran.max_regions, teran.feature_dim), np.float32)
     boxes = np.zeros((num_images, teran.max_regions, 5), np.float32)
     for index, (image_regions, image_boxes) in enumerate(teran.images()):
-        regions[index, :len(image_regions)] = image_regions
-        boxes[index, :len(image_boxes)] = image_boxes
-    corpus = RegionCorpus(regions=regions, boxes=boxes, region_counts=teran.region_counts,
-                          captions=teran.captions.captions,
-                          caption_image=teran.captions.caption_image,
-                          image_ids=teran.captions.image_ids)
+        regions[index, : len(image_regions)] = image_regions
+        boxes[index, : len(image_boxes)] = image_boxes
+    corpus = RegionCorpus(
+        regions=regions,
+        boxes=boxes,
+        region_counts=teran.region_counts,
+        captions=teran.captions.captions,
+        caption_image=teran.captions.caption_image,
+        image_ids=teran.captions.image_ids,
+    )
     validate_corpus(corpus, f"{teran.directory} (TERAN split {split!r})")
     return corpus
 
 
-def convert_teran_to_precomp(directory: str, split: str, out_directory: str,
-                             **options) -> None:
+def convert_teran_to_precomp(directory: str, split: str, out_directory: str, **options) -> None:
     """Streams split `split` of a TERAN tree into the precomp layout under `out_directory`.
 
     Memory stays flat for any N; afterwards `load_corpus(out_directory, split)` memory-maps it.
@@ -326,8 +398,13 @@ def convert_teran_to_precomp(directory: str, split: str, out_directory: str,
     grouped = [[] for _ in teran.captions.image_ids]
     for caption, image in zip(teran.captions.captions, teran.captions.caption_image):
         grouped[image].append(caption)
-    with PrecompWriter(out_directory, split, len(grouped), teran.max_regions,
-                       teran.feature_dim) as writer:
+    with PrecompWriter(
+        out_directory, split, len(grouped), teran.max_regions, teran.feature_dim
+    ) as writer:
         for index, (image_regions, image_boxes) in enumerate(teran.images()):
-            writer.add(image_regions, image_boxes, grouped[index][:per_image],
-                       teran.captions.image_ids[index])
+            writer.add(
+                image_regions,
+                image_boxes,
+                grouped[index][:per_image],
+                teran.captions.image_ids[index],
+            )

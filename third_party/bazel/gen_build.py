@@ -40,7 +40,14 @@ import sys
 
 # Run as a script, this file's folder is sys.path[0], so its sibling imports by its bare name.
 from import_graph import (
-    ROOTS, RUNNER, SKIP_DIRS, TESTS_ROOT, Module, analyse, discover, strongly_connected,
+    ROOTS,
+    RUNNER,
+    SKIP_DIRS,
+    TESTS_ROOT,
+    Module,
+    analyse,
+    discover,
+    strongly_connected,
 )
 
 DEFS = "//third_party/bazel:defs.bzl"
@@ -93,7 +100,8 @@ def _has_data_files(repo: str, package: str, packages: set) -> bool:
     for dirpath, dirnames, filenames in os.walk(os.path.join(repo, package)):
         rel = os.path.relpath(dirpath, repo).replace(os.sep, "/")
         dirnames[:] = [
-            d for d in dirnames
+            d
+            for d in dirnames
             if d not in SKIP_DIRS and not d.startswith(".") and f"{rel}/{d}" not in packages
         ]
         for filename in filenames:
@@ -252,7 +260,7 @@ def render(repo: str, modules: dict[str, Module]) -> dict[str, str]:
                 '    name = "package_data",\n'
                 "    srcs = glob(\n"
                 '        ["**"],\n'
-                '        exclude = [\n'
+                "        exclude = [\n"
                 '            "**/*.py",\n'
                 '            "**/*.pyc",\n'
                 '            "**/__pycache__/**",\n'
@@ -303,9 +311,14 @@ def main(argv=None) -> int:
         stale.append(f"{package}/BUILD")
         if args.check:
             if args.diff:
-                sys.stdout.writelines(difflib.unified_diff(
-                    old.splitlines(True), text.splitlines(True), f"a/{package}/BUILD",
-                    f"b/{package}/BUILD"))
+                sys.stdout.writelines(
+                    difflib.unified_diff(
+                        old.splitlines(True),
+                        text.splitlines(True),
+                        f"a/{package}/BUILD",
+                        f"b/{package}/BUILD",
+                    )
+                )
         else:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)

@@ -21,8 +21,9 @@ TESTS_ROOT = "tests"
 RUNNER = "tests/bazel_pytest_main.py"
 SKIP_DIRS = {"__pycache__", "node_modules"}
 SIZE_MARKER = re.compile(r"^#\s*bazel:\s*size\s*=\s*(small|medium|large|enormous)\s*$", re.M)
-TAGS_MARKER = re.compile(r"^#\s*bazel:\s*tags\s*=\s*([a-z][a-z0-9_-]*(?:,[a-z][a-z0-9_-]*)*)\s*$",
-                         re.M)
+TAGS_MARKER = re.compile(
+    r"^#\s*bazel:\s*tags\s*=\s*([a-z][a-z0-9_-]*(?:,[a-z][a-z0-9_-]*)*)\s*$", re.M
+)
 DEFAULT_TEST_SIZE = "large"
 
 

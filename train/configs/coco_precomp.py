@@ -20,13 +20,19 @@ def get_config():
     config.data.path = "data/coco_precomp"
     config.data.train_split = "train"
     config.data.dev_split = "dev"
-    config.data.captions_per_image = 5   # the standard protocol (0: every caption)
-    config.data.dev_images = 1000        # SCAN / TERAN validate on the first 1,000 dev images
-    config.data.group_batches = False    # COCO has no scene groups
+    config.data.captions_per_image = 5  # the standard protocol (0: every caption)
+    config.data.dev_images = 1000  # SCAN / TERAN validate on the first 1,000 dev images
+    config.data.group_batches = False  # COCO has no scene groups
     config.pretrained = "bert-base-uncased"  # a directory; override on the command line
-    config.model = dict(num_layers=12, split_layer=10, concept_dim=256, compression_dim=128,
-                        share_tower_weights=False, dtype="bfloat16",
-                        joint_residual=4.0)  # 0.0: a pure cross-attention score
+    config.model = dict(
+        num_layers=12,
+        split_layer=10,
+        concept_dim=256,
+        compression_dim=128,
+        share_tower_weights=False,
+        dtype="bfloat16",
+        joint_residual=4.0,
+    )  # 0.0: a pure cross-attention score
     config.text_length = 48
     config.batch_size = 128
     config.num_steps = 60_000

@@ -25,32 +25,65 @@ import ml_collections
 def get_config():
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.data = ml_collections.ConfigDict(dict(
-        path="runs/scenes/data", train_split="train", dev_split="dev", group_batches=True,
-        semantics=True))
-    config.pretrained = ""                 # no transformer weights: the layers train from scratch
-    config.word_embeddings = "minilm"      # PCA of MiniLM's word embeddings to hidden_size
+    config.data = ml_collections.ConfigDict(
+        dict(
+            path="runs/scenes/data",
+            train_split="train",
+            dev_split="dev",
+            group_batches=True,
+            semantics=True,
+        )
+    )
+    config.pretrained = ""  # no transformer weights: the layers train from scratch
+    config.word_embeddings = "minilm"  # PCA of MiniLM's word embeddings to hidden_size
     config.freeze_word_embeddings = True
-    config.model = ml_collections.ConfigDict(dict(
-        vocab_size=30522, hidden_size=128, num_heads=4, mlp_dim=256, num_layers=4,
-        split_layer=2, concept_dim=64, compression_dim=0, share_tower_weights=False,
-        max_position_embeddings=64, dtype="float32", joint_residual=4.0,
-        box_embedding="mlp", geometry_bias=True, joint_alignment_bias=4.0,
-        relation_head=True, relation_temperature=0.05))
+    config.model = ml_collections.ConfigDict(
+        dict(
+            vocab_size=30522,
+            hidden_size=128,
+            num_heads=4,
+            mlp_dim=256,
+            num_layers=4,
+            split_layer=2,
+            concept_dim=64,
+            compression_dim=0,
+            share_tower_weights=False,
+            max_position_embeddings=64,
+            dtype="float32",
+            joint_residual=4.0,
+            box_embedding="mlp",
+            geometry_bias=True,
+            joint_alignment_bias=4.0,
+            relation_head=True,
+            relation_temperature=0.05,
+        )
+    )
     config.text_length = 32
     config.batch_size = 32
     config.num_steps = 600
-    config.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, warmup_steps=60, weight_decay=0.01, grad_clip_norm=1.0))
-    config.loss = ml_collections.ConfigDict(dict(
-        kind="infonce", global_temperature=0.05, maxsim_temperature=0.25, margin=0.2,
-        global_weight=1.0, maxsim_weight=1.0, joint_weight=1.0,
-        num_hard_negatives=3, joint_temperature=1.0,
-        text_negatives=2, text_negative_weight=1.0, box_weight=10.0))
+    config.optimizer = ml_collections.ConfigDict(
+        dict(learning_rate=1e-3, warmup_steps=60, weight_decay=0.01, grad_clip_norm=1.0)
+    )
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            kind="infonce",
+            global_temperature=0.05,
+            maxsim_temperature=0.25,
+            margin=0.2,
+            global_weight=1.0,
+            maxsim_weight=1.0,
+            joint_weight=1.0,
+            num_hard_negatives=3,
+            joint_temperature=1.0,
+            text_negatives=2,
+            text_negative_weight=1.0,
+            box_weight=10.0,
+        )
+    )
     config.log_every = 20
     config.checkpoint_every = 200
     config.keep_checkpoints = 2
-    config.eval_every = 600           # the final evaluation only (~1 CPU minute)
+    config.eval_every = 600  # the final evaluation only (~1 CPU minute)
     config.eval_images = 500
     config.rerank_k = 10
     return config
