@@ -63,17 +63,18 @@ class Latency:
     def scan(self, searcher: Searcher, stage_name: str, stage_key: str) -> dict:
         """encode + one exact stage over every image (global or MaxSim), single queries."""
         stage, rows = searcher.stages[stage_name], []
-        for length in self.buckets.query_lengths:  # compile top 10 at every length first
+        top = min(10, searcher.num_images)  # a corpus under 10 images warms only its own size
+        for length in self.buckets.query_lengths:  # compile the top-10 search at every length
             side = QuerySide(
                 self.text.concepts[:1, :1].repeat(length, 1),
                 np.ones((1, length), bool),
                 self.text.global_vector[:1],
             )
-            stage.search(side, 10)
+            stage.search(side, top)
         for caption in self.captions:
             tower, encode_ms = self.encode_one(searcher, caption)
             began = time.perf_counter()
-            stage.search(QuerySide(tower.concepts, tower.mask, tower.global_vector), 10)
+            stage.search(QuerySide(tower.concepts, tower.mask, tower.global_vector), top)
             scan_ms = milliseconds(began)
             rows.append(
                 dict(

@@ -125,9 +125,7 @@ def joint_only(tiny_workdir, scenes_dir, tmp_path_factory):
     save_model(str(folder / "model"), SplitEncoder(config, nnx.Rngs(3)))
     index = str(folder / "index")
     precompute(str(folder / "model"), scenes_dir, "test", index, storage="float32", batch_size=64)
-    return Evaluation(
-        str(folder / "model"), scenes_dir, "test", _settings(), log=lambda _: None
-    ), index
+    return Evaluation(str(folder / "model"), scenes_dir, "test", _settings()), index
 
 
 def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(joint_only):
