@@ -10,23 +10,8 @@ from train.configs import scenes_relations
 
 def get_config():
     config = scenes_relations.get_config()
-    config.model = dict(
-        vocab_size=30522,
-        hidden_size=32,
-        num_heads=4,
-        mlp_dim=64,
-        num_layers=2,
-        split_layer=1,
-        concept_dim=16,
-        compression_dim=0,
-        share_tower_weights=False,
-        max_position_embeddings=64,
-        dtype="float32",
-        joint_residual=4.0,
-        box_embedding="mlp",
-        geometry_bias=True,
-        joint_alignment_bias=4.0,
-        relation_head=True,
+    config.model.update(  # the default recipe's model, at toy sizes
+        hidden_size=32, mlp_dim=64, num_layers=2, split_layer=1, concept_dim=16
     )
     config.text_length = 32
     config.batch_size = 8
