@@ -24,7 +24,7 @@ from absl import flags
 from index import manifest as manifest_lib
 from index.first_stage import build as first_stage_build
 from index.first_stage import postings, records, tombstones
-from lateint import atomic
+from lateint import atomic, kill_points
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,11 @@ def publish(
 ) -> dict:
     """`commit` of the writer's first stages and tombstones with `changes`, then removes the
     operation's journal (after the commit: a kill between the two leaves a journal that
-    `check_no_other_operation` recognises as published). Returns the new manifest."""
+    `check_no_other_operation` recognises as published). Returns the new manifest.
+
+    Crash tests hold the writer at the kill point "publish" (lateint.kill_points): the
+    operation's data is written, its generation not yet committed."""
+    kill_points.hold("publish")
     published = commit(index_dir, manifest, dict(changes, **writer_state(index_dir)))
     if journal:
         remove_journal(index_dir, journal)

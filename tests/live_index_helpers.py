@@ -120,8 +120,9 @@ def run_binary(module: str, *arguments, timeout: float = 300):
     )
 
 
-def start_binary(module: str, *arguments):
-    environment = dict(os.environ, JAX_PLATFORMS="cpu")
+def start_binary(module: str, *arguments, environment: dict | None = None):
+    """Starts `python -m module` from the worktree (extra `environment` variables added)."""
+    environment = dict(os.environ, JAX_PLATFORMS="cpu", **(environment or {}))
     return subprocess.Popen(
         [sys.executable, "-m", module, *arguments],
         cwd=REPO,

@@ -2,8 +2,10 @@
 uninterrupted run's, and the rerun resumed (its log says what it found done) instead of
 starting over.
 
-Kills land at an observed point (a journal entry on disk, or a log line) plus an offset from a
-seeded generator; a kill that came after the operation finished is retried on a fresh copy.
+Kills of add and compact land at an observed point (a journal entry on disk) plus an offset
+from a seeded generator; a kill that came after the operation finished is retried on a fresh
+copy. The delete's window is milliseconds wide, so that binary is held at a named kill point
+(lateint.kill_points) and killed there.
 """
 
 import json
@@ -136,15 +138,6 @@ def test_killed_delete_resumes_to_the_same_index(base, tmp_path):
     killed = str(tmp_path / "killed")
     tombstone_json = "first_stage/tombstones/tombstones.json"
     published = _journal(base_dir, tombstone_json)
-    folders = (
-        set(os.listdir(os.path.join(base_dir, "first_stage", "tombstones")))
-        if os.path.isdir(os.path.join(base_dir, "first_stage", "tombstones"))
-        else set()
-    )
-
-    def writing_tombstones(index_dir):  # a new tombstone generation folder appeared
-        folder = os.path.join(index_dir, "first_stage", "tombstones")
-        return os.path.isdir(folder) and bool(set(os.listdir(folder)) - folders)
 
     def written_not_published(index_dir):
         return (
@@ -152,16 +145,25 @@ def test_killed_delete_resumes_to_the_same_index(base, tmp_path):
             and read_manifest(index_dir)["generation"] == read_manifest(base_dir)["generation"]
         )
 
-    # The window between the set's commit and the manifest's is milliseconds wide.
-    _kill_mid_way(
-        base_dir,
-        killed,
-        ("index.delete", f"--index={killed}", f"--ids={id_file}"),
-        writing_tombstones,
-        seed=12,
-        latest=0.03,
-        landed=written_not_published,
+    # The window between the set's commit and the manifest's is milliseconds wide: the binary
+    # is held at the kill point "publish" (lateint.kill_points) and killed there.
+    arguments = ("index.delete", f"--index={killed}", f"--ids={id_file}")
+    shutil.copytree(base_dir, killed)
+    hold_dir = tmp_path / "hold"
+    hold_dir.mkdir()
+    (hold_dir / "publish.hold").touch()
+    process = start_binary(
+        *arguments, environment={"LATEINT_HOLD_AT": "publish", "LATEINT_HOLD_DIR": str(hold_dir)}
     )
+    deadline = time.time() + 240
+    while process.poll() is None and time.time() < deadline:
+        if (hold_dir / "publish.reached").exists():
+            break
+        time.sleep(0.01)
+    assert (hold_dir / "publish.reached").exists(), process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert written_not_published(killed)
     log = _rerun("index.delete", f"--index={killed}", f"--ids={id_file}")
     assert "resuming: tombstone set" in log, log[-2000:]
     _assert_same_index(killed, reference)
