@@ -43,7 +43,7 @@ class EncoderConfig:
     side: int = 16  # crops are side x side
     channels: tuple = (32, 64)
     feature_dim: int = 128  # D
-    steps: int = 400
+    steps: int = 1200
     batch_size: int = 256
     learning_rate: float = 3e-3
     seed: int = 0

@@ -345,7 +345,7 @@ def define_flags():
     flags.DEFINE_integer("num_test", 1000, "Test scenes.")
     flags.DEFINE_integer("seed", 0, "Seed; the same seed gives identical files.")
     flags.DEFINE_bool("images", True, "Also write images/{id}.png per scene (slow at 100k+).")
-    flags.DEFINE_integer("encoder_steps", 400, "Training steps of the region encoder.")
+    flags.DEFINE_integer("encoder_steps", 1200, "Training steps of the region encoder.")
     flags.DEFINE_enum(
         "region_features",
         "cnn",
