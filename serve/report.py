@@ -195,9 +195,20 @@ def speedup_table(records: list[dict]) -> str:
     return _table(header, rows)
 
 
+def indexes_text(records: list[dict]) -> str:
+    """One line per evaluated INDEX: its path, the storage mode of its activations and N."""
+    seen = dict.fromkeys(
+        (record["index"], record["storage"], record["num_images"]) for record in records
+    )
+    return "\n".join(
+        f"INDEX {index}: {storage} activations, N={count}" for index, storage, count in seen
+    )
+
+
 def markdown(records: list[dict], protocols=("full", "1k5fold", "5k")) -> str:
-    """The tables of every protocol that has a value, then the speedup table and the notes."""
-    parts = []
+    """The INDEXes (path, storage mode, N), the tables of every protocol that has a value,
+    then the speedup table and the notes."""
+    parts = [indexes_text(records)]
     relational = relational_table(records)
     if relational:
         parts.append(
@@ -319,9 +330,16 @@ def samples_text(samples: list[dict], top: int = 5) -> str:
 
 
 def summary(records: list[dict], samples: list[dict]) -> str:
-    """The short printout: one row per scorer (relations table on scenes corpora, else strict
-    recall of the full protocol), two sample queries with their top 3."""
+    """The short printout: the INDEXes (path, storage mode, N), one row per scorer (relations
+    table on scenes corpora, else strict recall of the full protocol), two sample queries with
+    their top 3."""
     table = relational_table(records)
     if not table:
         table = recall_table(records, "full")
-    return table + "\n\nSample queries (top 3):\n" + samples_text(samples[:2], top=3)
+    return (
+        indexes_text(records)
+        + "\n\n"
+        + table
+        + "\n\nSample queries (top 3):\n"
+        + samples_text(samples[:2], top=3)
+    )

@@ -144,3 +144,27 @@ def test_duplicate_and_unknown_ids_are_refused_by_name(tiny_workdir, corpora, ch
         "permutation",
         "exact",
     ]
+
+
+def test_an_add_with_another_models_checkpoint_is_refused_naming_both(
+    tiny_workdir, corpora, tmp_path
+):
+    """Images encoded by another model would be scored against this INDEX's as if comparable:
+    index.add refuses before it writes anything."""
+    from flax import nnx
+
+    from index.manifest import IndexRefusedError
+    from index.precompute import precompute
+    from lateint.checkpoint import load_model, read_model_config, save_model
+    from lateint.model import SplitEncoder
+
+    index_dir = str(tmp_path / "index")
+    precompute(tiny_workdir, corpora["a"], "test", index_dir, storage="float32", batch_size=64)
+    other = str(tmp_path / "other_model")  # the tiny model's config, other weights
+    save_model(other, SplitEncoder(read_model_config(tiny_workdir), nnx.Rngs(3)))
+    ours, theirs = load_model(tiny_workdir)[1]["fingerprint"], load_model(other)[1]["fingerprint"]
+    assert ours != theirs
+    before = sorted(os.listdir(index_dir)), read_manifest(index_dir)
+    with pytest.raises(IndexRefusedError, match=f"{ours!r} does not match .* {theirs!r}"):
+        add_images(other, corpora["b"], "test", index_dir, batch_size=16)
+    assert (sorted(os.listdir(index_dir)), read_manifest(index_dir)) == before  # no add.json
