@@ -92,6 +92,10 @@ class WordPieceTokenizer:
                 return bucket
         return self.max_length
 
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        """[B] int: tokens of each text with [CLS] and [SEP], before any cut."""
+        return np.array([len(e.ids) for e in self._tokenizer.encode_batch(list(texts))], np.int64)
+
     def encode(
         self, texts: Sequence[str], length: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
