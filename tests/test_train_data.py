@@ -92,3 +92,70 @@ def test_semantic_batches_mark_true_captions_and_carry_false_rewrites(scenes_dir
                 assert text in caption_semantics.negatives[caption]
                 assert not truth.subset(np.array([images[row]])).holds(semantics.parse(text))[0]
     assert valid_seen >= 40
+
+
+def _row_in(ids, texts, tokenizer):
+    """Index of the text of `texts` whose 32-token encoding is `ids`, or -1."""
+    if not texts:
+        return -1
+    matches = np.flatnonzero((tokenizer.encode(texts, length=32)[0] == ids).all(axis=1))
+    return int(matches[0]) if len(matches) else -1
+
+
+def test_paraphrased_batches_keep_claims_and_paraphrase_the_rewrites_too(scenes_dir):
+    """paraphrase_prob=1: every row whose drawn paraphrase fits holds a paraphrase of one of its
+    image's captions, its positives are that caption's truth, and its valid negatives are the
+    paraphrases of that caption's rewrites (false of the image). paraphrase_prob=0 gives the
+    very batches of a run without paraphrases."""
+    from lateint.data import semantics
+    from train.data import CaptionSemantics
+
+    corpus = load_corpus(scenes_dir, "train")
+    records = scenes.read_records(scenes_dir, "train", corpus.image_ids)
+    tokenizer = WordPieceTokenizer.from_directory(default_minilm_directory(), buckets=(32,))
+    groups = scenes.read_groups(scenes_dir, "train", corpus.image_ids)
+    caption_semantics = CaptionSemantics(corpus, records, 3, seed=0, paraphrases_per_caption=3)
+
+    def batches(prob, with_semantics=caption_semantics):
+        return TrainBatches(corpus, tokenizer, 32, 8, 4, groups, with_semantics, 2, prob)
+
+    plain = batches(0.0, CaptionSemantics(corpus, records, 3, seed=0))
+    for step in range(3):
+        first, second = batches(0.0).batch(step), plain.batch(step)
+        for key in first:
+            np.testing.assert_array_equal(first[key], second[key])
+
+    truth = semantics.SceneTruth.from_records(records)
+    paraphrased_rows = negatives_seen = 0
+    for step in range(4):
+        batch = batches(1.0).batch(step)
+        images = [
+            int(np.flatnonzero((corpus.regions == r).all(axis=(1, 2)))[0]) for r in batch["regions"]
+        ]
+        for row in range(8):
+            own = np.flatnonzero(corpus.caption_image == images[row])
+            found = [
+                (c, _row_in(batch["token_ids"][row], caption_semantics.paraphrases[c], tokenizer))
+                for c in own
+            ]
+            found = [(c, k) for c, k in found if k >= 0]
+            if not found:  # the drawn paraphrase was too long: the caption itself stands
+                assert (
+                    _row_in(batch["token_ids"][row], [corpus.captions[c] for c in own], tokenizer)
+                    >= 0
+                )
+                continue
+            paraphrased_rows += 1
+            caption = found[0][0]
+            expected = truth.subset(np.array(images)).holds(caption_semantics.claims[caption])
+            np.testing.assert_array_equal(batch["positives"][row], expected)
+            for slot in range(2):
+                if not batch["negative_valid"][row, slot]:
+                    continue
+                ids = batch["negative_token_ids"][row, slot]
+                k = _row_in(ids, caption_semantics.negative_paraphrases[caption], tokenizer)
+                assert k >= 0, "a paraphrased row carries an unparaphrased rewrite"
+                rewrite = semantics.parse(caption_semantics.negatives[caption][k])
+                assert not truth.subset(np.array([images[row]])).holds(rewrite)[0]
+                negatives_seen += 1
+    assert paraphrased_rows >= 24 and negatives_seen >= 20

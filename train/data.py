@@ -9,35 +9,56 @@ only relations tell apart.
 from __future__ import annotations
 
 import numpy as np
+from absl import logging
 
-from lateint.data import rewrites, semantics
+from lateint.data import paraphrase, rewrites, semantics
 from lateint.data.corpus import RegionCorpus
 from lateint.progress import Progress
 from lateint.tokenizer import WordPieceTokenizer
 
 
 class CaptionSemantics:
-    """What the scenes layouts add to a batch: which captions are true of which images, and
-    relational rewrites of each caption that are false of its own image.
+    """What the scenes layouts add to a batch: which captions are true of which images,
+    relational rewrites of each caption that are false of its own image, and paraphrases of
+    both (lateint.data.paraphrase: same claims, wordings the generator never writes).
 
     truth: SceneTruth of the N training scenes (aligned with the corpus images); claims: the
-    parsed claims of each of the M captions; negatives: [M] lists of rewrite strings.
+    parsed claims of each of the M captions; negatives: [M] lists of rewrite strings;
+    paraphrases: [M] lists of P strings; negative_paraphrases: [M] lists, one paraphrase per
+    rewrite (aligned with negatives). P = 0: no paraphrases.
     """
 
-    def __init__(self, corpus: RegionCorpus, records: list, negatives_per_caption: int, seed: int):
+    def __init__(
+        self,
+        corpus: RegionCorpus,
+        records: list,
+        negatives_per_caption: int,
+        seed: int,
+        paraphrases_per_caption: int = 0,
+    ):
         self.truth = semantics.SceneTruth.from_records(records)
         self.claims = [semantics.parse(caption) for caption in corpus.captions]
-        self.negatives = []
+        self.negatives, self.paraphrases, self.negative_paraphrases = [], [], []
         progress = Progress(len(corpus.captions), 0, "captions")
         for index, caption in enumerate(corpus.captions):
             scene = self.truth.subset(corpus.caption_image[index : index + 1])
-            self.negatives.append(
-                rewrites.relational_negatives(
-                    caption, scene, negatives_per_caption, seed=seed * 1_000_003 + index
-                )
+            negatives = rewrites.relational_negatives(
+                caption, scene, negatives_per_caption, seed=seed * 1_000_003 + index
             )
+            self.negatives.append(negatives)
+            if paraphrases_per_caption:
+                rng = np.random.default_rng([seed, index, 7])
+                self.paraphrases.append(
+                    [
+                        paraphrase.paraphrase(self.claims[index], rng)
+                        for _ in range(paraphrases_per_caption)
+                    ]
+                )
+                self.negative_paraphrases.append(
+                    [paraphrase.paraphrase(semantics.parse(text), rng) for text in negatives]
+                )
             if (index + 1) % 5000 == 0:
-                progress.log(index + 1, "relational rewrites")
+                progress.log(index + 1, "relational rewrites and paraphrases")
 
     def positives(self, captions: np.ndarray, images: np.ndarray) -> np.ndarray:
         """[B, B] bool: caption captions[i] is true of image images[j]."""
@@ -49,6 +70,10 @@ class TrainBatches:
     """batch(step) -> dict of NumPy arrays:
     token_ids [B, T] int32, token_mask [B, T] bool, regions [B, R, F] float32,
     boxes [B, R, 5] float32, region_mask [B, R] bool.
+
+    paraphrase_prob: the chance that a batch row's caption and its rewrites are replaced by
+    paraphrases (CaptionSemantics.paraphrases); a paraphrase longer than text_length tokens is
+    never used (the original stands), so no claim is truncated away.
     """
 
     def __init__(
@@ -61,6 +86,7 @@ class TrainBatches:
         groups: np.ndarray | None = None,
         caption_semantics: CaptionSemantics | None = None,
         text_negatives: int = 0,
+        paraphrase_prob: float = 0.0,
     ):
         if batch_size > corpus.num_images:
             raise ValueError(
@@ -81,12 +107,19 @@ class TrainBatches:
         self.semantics = caption_semantics
         self.text_negatives = text_negatives if caption_semantics is not None else 0
         if self.text_negatives:
-            flat = [text for texts in caption_semantics.negatives for text in texts]
-            self._negative_offsets = np.concatenate(
-                [[0], np.cumsum([len(texts) for texts in caption_semantics.negatives])]
+            self._negatives_table = _TextTable(
+                caption_semantics.negatives, tokenizer, text_length, "relational rewrites"
             )
-            self._negative_ids, self._negative_mask = tokenizer.encode(
-                flat or ["[PAD]"], length=text_length
+        self.paraphrase_prob = paraphrase_prob if caption_semantics is not None else 0.0
+        if self.paraphrase_prob:
+            self._paraphrases = _TextTable(
+                caption_semantics.paraphrases, tokenizer, text_length, "paraphrases"
+            )
+            self._negative_paraphrases = _TextTable(
+                caption_semantics.negative_paraphrases,
+                tokenizer,
+                text_length,
+                "paraphrased rewrites",
             )
         self._group_members = None
         if groups is not None:
@@ -116,9 +149,23 @@ class TrainBatches:
             starts + (rng.random(len(images)) * (stops - starts)).astype(np.int64)
         ]
         mask = self.corpus.region_mask[images]
+        token_ids, token_mask = self.token_ids[captions], self.token_mask[captions]
+        paraphrased = np.zeros(len(captions), bool)
+        if self.paraphrase_prob:
+            table = self._paraphrases
+            per_caption = table.offsets[captions + 1] - table.offsets[captions]
+            use = rng.random(len(captions)) < self.paraphrase_prob
+            rows = table.offsets[captions] + (rng.random(len(captions)) * per_caption).astype(
+                np.int64
+            )
+            rows = np.minimum(rows, len(table.usable) - 1)
+            paraphrased = use & (per_caption > 0) & table.usable[rows]
+            token_ids = np.where(paraphrased[:, None], table.ids[rows], token_ids)
+            token_mask = np.where(paraphrased[:, None], table.mask[rows], token_mask)
+        mask = self.corpus.region_mask[images]
         batch = {
-            "token_ids": self.token_ids[captions],
-            "token_mask": self.token_mask[captions],
+            "token_ids": token_ids,
+            "token_mask": token_mask,
             "regions": np.asarray(self.corpus.regions[images], np.float32),
             "boxes": np.asarray(self.corpus.boxes[images], np.float32),
             "region_mask": mask,
@@ -126,22 +173,56 @@ class TrainBatches:
         if self.semantics is not None:
             batch["positives"] = self.semantics.positives(captions, images)
         if self.text_negatives:
-            batch.update(self._negatives(captions, rng))
+            batch.update(self._negatives(captions, rng, paraphrased))
         return batch
 
-    def _negatives(self, captions: np.ndarray, rng: np.random.Generator) -> dict:
+    def _negatives(
+        self, captions: np.ndarray, rng: np.random.Generator, paraphrased: np.ndarray
+    ) -> dict:
         """n = text_negatives rewrites per caption (drawn without replacement; slots beyond a
-        caption's rewrites are invalid): ids/mask [B, n, T], valid [B, n]."""
+        caption's rewrites, or holding one longer than T tokens, are invalid): ids/mask
+        [B, n, T], valid [B, n]. A paraphrased row
+        (paraphrased [B] bool) gets its rewrites paraphrased too, so wording never tells the
+        positive from its negatives."""
         count = self.text_negatives
-        starts = self._negative_offsets[captions]
-        available = self._negative_offsets[captions + 1] - starts  # [B]
+        table = self._negatives_table
+        starts = table.offsets[captions]
+        available = table.offsets[captions + 1] - starts  # [B]
         keys = rng.random((len(captions), max(int(available.max(initial=0)), count)))
         keys = np.where(np.arange(keys.shape[1])[None] < available[:, None], keys, 2.0)
         slots = np.argsort(keys, axis=1)[:, :count]  # [B, n]
         valid = slots < available[:, None]
         rows = np.where(valid, starts[:, None] + slots, 0)
+        valid &= table.usable[rows]  # a rewrite cut short may have lost what made it false
+        ids, mask = table.ids[rows], table.mask[rows]
+        if paraphrased.any():
+            other = self._negative_paraphrases
+            swap = paraphrased[:, None] & valid & other.usable[rows]  # [B, n]
+            ids = np.where(swap[..., None], other.ids[rows], ids)
+            mask = np.where(swap[..., None], other.mask[rows], mask)
         return {
-            "negative_token_ids": self._negative_ids[rows],
-            "negative_token_mask": self._negative_mask[rows] & valid[..., None],
+            "negative_token_ids": ids,
+            "negative_token_mask": mask & valid[..., None],
             "negative_valid": valid,
         }
+
+
+class _TextTable:
+    """M lists of strings, flattened and tokenized once: ids/mask [S, T], offsets [M + 1]
+    (list m is rows offsets[m]:offsets[m + 1]), usable [S] bool (the text fits in T tokens)."""
+
+    def __init__(self, lists: list, tokenizer: WordPieceTokenizer, text_length: int, what: str):
+        flat = [text for texts in lists for text in texts]
+        self.offsets = np.concatenate([[0], np.cumsum([len(texts) for texts in lists])]).astype(
+            np.int64
+        )
+        self.ids, self.mask = tokenizer.encode(flat or ["[PAD]"], length=text_length)
+        self.usable = tokenizer.token_counts(flat) <= text_length if flat else np.zeros(1, bool)
+        if flat and not self.usable.all():
+            logging.info(
+                "%s: %d of %d longer than %d tokens, not used",
+                what,
+                int((~self.usable).sum()),
+                len(flat),
+                text_length,
+            )

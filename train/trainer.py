@@ -153,6 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             scenes.read_records(config.data.path, config.data.train_split, train_corpus.image_ids),
             config.loss.get("text_negatives", 0),
             config.seed,
+            config.data.get("paraphrases", 0),
         )
         logging.info(
             "caption semantics: %d captions parsed, %d relational rewrites in %.1f s",
@@ -169,6 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         groups,
         caption_semantics,
         config.loss.get("text_negatives", 0),
+        config.data.get("paraphrase_prob", 0.0),
     )
     train_step = steps.make_train_step(graph, tx, config.loss)
     writer = MetricWriter(workdir, resume_step=start_step)
