@@ -59,6 +59,10 @@ class ModelConfig:
     # softmax temperature of the word->region alignment.
     relation_head: bool = False
     relation_temperature: float = 0.05
+    # True: the joint score adds a counting term (lateint.count_head): per word, soft counts of
+    # the regions that match it nearly as well as its best region, scored against the word's
+    # context ("two little dogs" vs "a little dog").
+    count_head: bool = False
     # Computation dtype of matmuls ("float32" | "bfloat16"); parameters stay float32.
     dtype: str = "float32"
 

@@ -16,6 +16,7 @@ from flax import nnx
 
 from lateint import scoring
 from lateint.config import ModelConfig
+from lateint.count_head import CountHead
 from lateint.layers import (
     GeometryBias,
     RegionEmbeddings,
@@ -133,6 +134,7 @@ class SplitEncoder(nnx.Module):
             else None
         )
         self.relation = RelationHead(config, rngs) if config.relation_head else None
+        self.count = CountHead(config, rngs) if config.count_head else None
 
     @property
     def image_tower_layers(self):
@@ -190,7 +192,8 @@ class SplitEncoder(nnx.Module):
         i.e. after `compress`), image_mask: [P, R]. Returns [P] float32: the score head over
         the joint output, plus `joint_residual` x the pairs' text->image MaxSim of the tower
         concepts when the config asks for it (a skip connection around the joint layers), plus
-        the relation head's pairwise term when `config.relation_head`.
+        the relation head's pairwise term when `config.relation_head`, and the count head's
+        per-word term when `config.count_head`.
         """
         num_text = text_activations.shape[1]
         text_mask, image_mask = text_mask.astype(bool), image_mask.astype(bool)
@@ -203,6 +206,7 @@ class SplitEncoder(nnx.Module):
             self.config.joint_residual
             or self.alignment_scale is not None
             or self.relation is not None
+            or self.count is not None
         ):
             concepts = (
                 self.text_concepts.tokens(text_activations, text_mask),  # [P, T, C]
@@ -220,6 +224,10 @@ class SplitEncoder(nnx.Module):
         if self.relation is not None:
             score = score + self.relation(
                 text_activations, text_mask, concepts[0], image, image_mask, concepts[1]
+            )
+        if self.count is not None:
+            score = score + self.count(
+                text_activations, text_mask, concepts[0], image_mask, concepts[1]
             )
         return score
 

@@ -52,6 +52,21 @@ def random_pairs(config: ModelConfig, rng, pairs=3, text_length=9, regions=5):
     return token_ids, token_mask, features, boxes, region_mask
 
 
+def separate_and_fused_scores(model, inputs):
+    """([P], [P]) joint scores of random_pairs inputs, once through the towers then the joint
+    stage over the stored (compressed) image activations, once through fused_score."""
+    import jax.numpy as jnp
+
+    token_ids, token_mask, regions, boxes, region_mask = map(jnp.asarray, inputs)
+    text = model.encode_text(token_ids, token_mask)
+    image = model.encode_image(regions, boxes, region_mask)
+    separate = model.joint_score(
+        text.activations, text.mask, model.compress(image.activations), image.mask
+    )
+    fused = model.fused_score(token_ids, token_mask, regions, boxes, region_mask)
+    return np.asarray(separate), np.asarray(fused)
+
+
 # The corpus, model and INDEX below are built once per set of inputs and shared by every
 # pytest-xdist worker and later runs (tests/fixture_cache.py); they are read-only: a test that
 # changes one copies it first.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import random_pairs, tiny_config
+from conftest import random_pairs, separate_and_fused_scores, tiny_config
 from lateint.model import SplitEncoder
 from lateint.relation_head import RelationHead
 
@@ -27,22 +27,11 @@ def _relation_model(split: int, trained_claims: bool = True) -> SplitEncoder:
     return model
 
 
-def _scores(model, token_ids, token_mask, regions, boxes, region_mask):
-    text = model.encode_text(jnp.asarray(token_ids), jnp.asarray(token_mask))
-    image = model.encode_image(jnp.asarray(regions), jnp.asarray(boxes), jnp.asarray(region_mask))
-    return np.asarray(
-        model.joint_score(
-            text.activations, text.mask, model.compress(image.activations), image.mask
-        )
-    )
-
-
 @pytest.mark.parametrize("split", [1, 2, 3])
 def test_relation_head_keeps_precompute_equal_to_fused(split, rng):
     model = _relation_model(split)
     inputs = random_pairs(model.config, rng, pairs=4)
-    separate = _scores(model, *inputs)
-    fused = np.asarray(model.fused_score(*map(jnp.asarray, inputs)))
+    separate, fused = separate_and_fused_scores(model, inputs)
     np.testing.assert_allclose(separate, fused, atol=1e-4, rtol=1e-5)
 
 
@@ -51,7 +40,11 @@ def test_untrained_relation_head_adds_nothing(rng):
     config = with_head.config.replace(relation_head=False)
     without = SplitEncoder(config, nnx.Rngs(2))
     inputs = random_pairs(config, rng, pairs=3)
-    np.testing.assert_allclose(_scores(with_head, *inputs), _scores(without, *inputs), atol=1e-6)
+    np.testing.assert_allclose(
+        separate_and_fused_scores(with_head, inputs)[0],
+        separate_and_fused_scores(without, inputs)[0],
+        atol=1e-6,
+    )
 
 
 def test_relation_term_depends_on_geometry_and_ignores_padding(rng):

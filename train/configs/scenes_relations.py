@@ -35,6 +35,8 @@ def get_config():
             dev_split="dev",
             group_batches=True,
             semantics=True,
+            paraphrases=3,  # per caption (lateint.data.paraphrase), and one per rewrite
+            paraphrase_prob=0.5,  # of a batch row's caption and rewrites being paraphrased
         )
     )
     config.pretrained = ""  # no transformer weights: the layers train from scratch
@@ -59,6 +61,7 @@ def get_config():
             joint_alignment_bias=4.0,
             relation_head=True,
             relation_temperature=0.05,
+            count_head=False,
         )
     )
     config.text_length = 32
