@@ -8,6 +8,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
+# Fields added after the first released checkpoints, with the default at which the model is the one
+# trained before the field existed (ModelConfig.fingerprint_json leaves them out at that value).
+LATER_FIELDS: dict[str, Any] = {"count_head": False}
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -113,6 +117,19 @@ class ModelConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def fingerprint_json(self) -> str:
+        """to_json without the fields in LATER_FIELDS that hold their no-op default.
+
+        A field added after models were trained must not change those models' fingerprints (their
+        checkpoints and INDEXes would stop loading): at its default the model is the one trained
+        before the field existed, so the field is left out of the hash.
+        """
+        values = self.to_dict()
+        for name, default in LATER_FIELDS.items():
+            if values.get(name) == default:
+                del values[name]
+        return json.dumps(values, sort_keys=True)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:

@@ -26,7 +26,7 @@ def _image_side_modules(model) -> dict:
 
 def model_fingerprint(model) -> str:
     """Returns a 16-hex-digit sha256 prefix over the config and the image-side parameters."""
-    digest = hashlib.sha256(model.config.to_json().encode())
+    digest = hashlib.sha256(model.config.fingerprint_json().encode())
     for name, module in _image_side_modules(model).items():
         state = nnx.state(module, nnx.Param)
         for path, leaf in sorted(nnx.to_flat_state(state), key=lambda item: str(item[0])):

@@ -1,6 +1,9 @@
 """The count head in the joint score: both contracts, zero at init, and soft counts that tell
 one matching region from two and ignore padding."""
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +11,9 @@ import pytest
 from flax import nnx
 
 from conftest import random_pairs, separate_and_fused_scores, tiny_config
+from lateint.config import LATER_FIELDS, ModelConfig
 from lateint.count_head import COUNTS, MARGINS, CountHead
+from lateint.fingerprint import model_fingerprint
 from lateint.model import SplitEncoder
 
 
@@ -58,3 +63,19 @@ def test_soft_counts_tell_one_match_from_two_and_skip_padding():
     assert int(np.argmax(two_dogs)) == COUNTS.index(2.0) and two_dogs.max() > 0.9
     assert int(np.argmax(one_dog)) == COUNTS.index(1.0) and one_dog.max() > 0.9
     np.testing.assert_allclose(padded, one_dog, atol=1e-6)
+
+
+def test_models_from_before_the_count_head_keep_their_fingerprint():
+    """A checkpoint trained before ModelConfig had count_head recorded a fingerprint over a config
+    without that field: at its default the field must stay out of the hash, or every earlier
+    model and INDEX would be refused."""
+    defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+    for name, default in LATER_FIELDS.items():
+        assert defaults[name] == default, name
+    model = SplitEncoder(tiny_config(split_layer=1), nnx.Rngs(0))
+    before = {k: v for k, v in model.config.to_dict().items() if k != "count_head"}
+    assert model.config.fingerprint_json() == json.dumps(before, sort_keys=True)
+    fingerprint = model_fingerprint(model)
+    counting = SplitEncoder(tiny_config(split_layer=1, count_head=True), nnx.Rngs(0))
+    assert '"count_head": true' in counting.config.fingerprint_json()
+    assert model_fingerprint(counting) != fingerprint
