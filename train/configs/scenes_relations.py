@@ -35,8 +35,8 @@ def get_config():
             dev_split="dev",
             group_batches=True,
             semantics=True,
-            paraphrases=3,  # per caption (lateint.data.paraphrase), and one per rewrite
-            paraphrase_prob=0.5,  # of a batch row's caption and rewrites being paraphrased
+            paraphrases=0,  # per caption (lateint.data.paraphrase); 3 with prob 0.5 lost on dev
+            paraphrase_prob=0.0,  # of a batch row's caption and rewrites being paraphrased
         )
     )
     config.pretrained = ""  # no transformer weights: the layers train from scratch
