@@ -330,3 +330,43 @@ def test_relational_rewrites_are_false_of_their_scene_and_keep_the_words(generat
                 assert nouns(negative) == nouns(caption)  # same objects, other relations
             made += len(negatives)
     assert made >= 2 * len(records)
+
+
+def test_attribute_rewrites_are_false_of_their_scene_and_change_one_word(generated):
+    """Every attribute rewrite is false of its scene under the independent oracle, differs from
+    its caption in one count, size or class word (and at most the article before it), and
+    each kind occurs; inventory captions get them too."""
+    from lateint.data import rewrites, semantics
+
+    records = _records(generated, "train")
+    truth = semantics.SceneTruth.from_records(records)
+    counts = {"two", "three", "four", "five"}
+    sizes = {"small", "little", "large", "big"}
+    kinds, inventory = set(), 0
+    for index, record in enumerate(records):
+        for caption in record["captions"]:
+            negatives = rewrites.attribute_negatives(
+                caption, truth.subset(np.array([index])), limit=3, seed=index
+            )
+            assert len(negatives) == len(set(negatives)) <= 3
+            assert len({tuple(parse_caption(n)) for n in negatives}) == len(negatives)
+            before = caption.lower().rstrip(".").replace(",", " ,").split()
+            for negative in negatives:
+                assert not caption_true(record["objects"], negative), (caption, negative)
+                after = negative.rstrip(".").replace(",", " ,").split()
+                assert len(after) == len(before), (caption, negative)
+                changed = [(a, b) for a, b in zip(before, after) if a != b]
+                words = [pair for pair in changed if pair[0] not in ("a", "an")]
+                assert len(words) == 1, (caption, negative)
+                old, new = words[0]
+                kinds.add(
+                    "count"
+                    if old in counts and new in counts
+                    else "size"
+                    if old in sizes
+                    else "class"
+                )
+            if negatives and all(claim[0] != "relation" for claim in parse_caption(caption)):
+                inventory += 1
+    assert kinds == {"count", "size", "class"}
+    assert inventory >= len(records)  # most inventory captions get some

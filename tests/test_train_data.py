@@ -45,14 +45,17 @@ def test_group_batches_hold_whole_groups(scenes_dir):
 
 def test_semantic_batches_mark_true_captions_and_carry_false_rewrites(scenes_dir):
     """positives[i, j] is the layouts' truth of caption i about image j (not only i == j), and
-    every valid text negative is a rewrite false of its own image."""
+    every valid text negative is a rewrite false of its own image; with attribute rewrites,
+    inventory captions get text negatives too."""
     from lateint.data import semantics
     from train.data import CaptionSemantics
 
     corpus = load_corpus(scenes_dir, "train")
     records = scenes.read_records(scenes_dir, "train", corpus.image_ids)
     tokenizer = WordPieceTokenizer.from_directory(default_minilm_directory(), buckets=(32,))
-    caption_semantics = CaptionSemantics(corpus, records, negatives_per_caption=3, seed=0)
+    caption_semantics = CaptionSemantics(
+        corpus, records, negatives_per_caption=3, seed=0, attributes_per_caption=2
+    )
     batches = TrainBatches(
         corpus,
         tokenizer,
@@ -65,7 +68,7 @@ def test_semantic_batches_mark_true_captions_and_carry_false_rewrites(scenes_dir
     )
     truth = semantics.SceneTruth.from_records(records)
     decode = {token_id: token for token, token_id in tokenizer._tokenizer.get_vocab().items()}
-    valid_seen = 0
+    valid_seen, inventory_seen = 0, 0
     for step in range(6):
         batch = batches.batch(step)
         images = [
@@ -91,7 +94,9 @@ def test_semantic_batches_mark_true_captions_and_carry_false_rewrites(scenes_dir
                 text = " ".join(words).replace(" ##", "").replace(" ,", ",").replace(" .", ".")
                 assert text in caption_semantics.negatives[caption]
                 assert not truth.subset(np.array([images[row]])).holds(semantics.parse(text))[0]
-    assert valid_seen >= 40
+                claims = semantics.parse(corpus.captions[caption])
+                inventory_seen += semantics.kind(claims) == "inventory"
+    assert valid_seen >= 40 and inventory_seen >= 3
 
 
 def _row_in(ids, texts, tokenizer):

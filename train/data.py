@@ -19,8 +19,10 @@ from lateint.tokenizer import WordPieceTokenizer
 
 class CaptionSemantics:
     """What the scenes layouts add to a batch: which captions are true of which images,
-    relational rewrites of each caption that are false of its own image, and paraphrases of
-    both (lateint.data.paraphrase: same claims, wordings the generator never writes).
+    rewrites of each caption that are false of its own image (up to negatives_per_caption
+    relational ones, then up to attributes_per_caption that change a count, size or class word:
+    lateint.data.rewrites), and paraphrases of both (lateint.data.paraphrase: same claims,
+    wordings the generator never writes).
 
     truth: SceneTruth of the N training scenes (aligned with the corpus images); claims: the
     parsed claims of each of the M captions; negatives: [M] lists of rewrite strings;
@@ -35,6 +37,7 @@ class CaptionSemantics:
         negatives_per_caption: int,
         seed: int,
         paraphrases_per_caption: int = 0,
+        attributes_per_caption: int = 0,
     ):
         self.truth = semantics.SceneTruth.from_records(records)
         self.claims = [semantics.parse(caption) for caption in corpus.captions]
@@ -45,6 +48,10 @@ class CaptionSemantics:
             negatives = rewrites.relational_negatives(
                 caption, scene, negatives_per_caption, seed=seed * 1_000_003 + index
             )
+            if attributes_per_caption:
+                negatives += rewrites.attribute_negatives(
+                    caption, scene, attributes_per_caption, seed=[seed, index, 11]
+                )
             self.negatives.append(negatives)
             if paraphrases_per_caption:
                 rng = np.random.default_rng([seed, index, 7])

@@ -154,9 +154,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             config.loss.get("text_negatives", 0),
             config.seed,
             config.data.get("paraphrases", 0),
+            config.data.get("attribute_negatives", 0),
         )
         logging.info(
-            "caption semantics: %d captions parsed, %d relational rewrites in %.1f s",
+            "caption semantics: %d captions parsed, %d rewrites in %.1f s",
             train_corpus.num_captions,
             sum(len(texts) for texts in caption_semantics.negatives),
             time.perf_counter() - began,

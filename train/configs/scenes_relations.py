@@ -37,6 +37,7 @@ def get_config():
             semantics=True,
             paraphrases=0,  # per caption (lateint.data.paraphrase); 3 with prob 0.5 lost on dev
             paraphrase_prob=0.0,  # of a batch row's caption and rewrites being paraphrased
+            attribute_negatives=0,  # per caption: count/size/class rewrites (lateint.data.rewrites)
         )
     )
     config.pretrained = ""  # no transformer weights: the layers train from scratch
