@@ -115,7 +115,7 @@ class TrainBatches:
         self.text_negatives = text_negatives if caption_semantics is not None else 0
         if self.text_negatives:
             self._negatives_table = _TextTable(
-                caption_semantics.negatives, tokenizer, text_length, "relational rewrites"
+                caption_semantics.negatives, tokenizer, text_length, "rewrites"
             )
         self.paraphrase_prob = paraphrase_prob if caption_semantics is not None else 0.0
         if self.paraphrase_prob:

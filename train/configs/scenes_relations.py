@@ -7,13 +7,16 @@ neighbours. What makes relations learnable (docs/benchmarks.md has the ablations
   - region features from a frozen CNN pretrained on the train split (lateint.data.scenes);
   - box geometry through an MLP, and a relative-geometry attention bias in the image tower;
   - caption semantics in the loss: images a caption is true of are never its negatives, and
-    relational rewrites of each caption (relation flipped / turned, sides swapped; checked
-    false of the scene) are extra negative texts for the joint score;
+    rewrites of each caption checked false of the scene are extra negative texts for the joint
+    score (3 per row): relational ones (relation flipped / turned, sides swapped) and two that
+    change a count, size or class word (so inventory captions have negative texts too);
   - batches of whole scene groups, so the hard image negatives include the group partner;
   - the relation head in the joint score (lateint.relation_head): per word pair, a claim
     vector matched against the geometry of the region pair the two words align with. This is
     what carries the relational signal: without it partner accuracy stays at chance (~50), with
     it the joint score tells a scene from its group partner ~89% of the time (600 steps);
+  - the count head in the joint score (lateint.count_head): per word, soft counts of the
+    regions that match it, so "two little dogs" is not "a little dog";
   - 1,500 steps: the relational part is still learning at 600 and 900 steps (docs/benchmarks.md:
     dev partner accuracy 93.1 at 900 steps, 95.3 at 1,500; dev inventory oracle R@1 72.4 vs
     81.8), so the main job trades CPU minutes for it.
@@ -37,7 +40,7 @@ def get_config():
             semantics=True,
             paraphrases=0,  # per caption (lateint.data.paraphrase); 3 with prob 0.5 lost on dev
             paraphrase_prob=0.0,  # of a batch row's caption and rewrites being paraphrased
-            attribute_negatives=0,  # per caption: count/size/class rewrites (lateint.data.rewrites)
+            attribute_negatives=2,  # per caption: count/size/class rewrites (lateint.data.rewrites)
         )
     )
     config.pretrained = ""  # no transformer weights: the layers train from scratch
@@ -62,7 +65,7 @@ def get_config():
             joint_alignment_bias=4.0,
             relation_head=True,
             relation_temperature=0.05,
-            count_head=False,
+            count_head=True,
         )
     )
     config.text_length = 32
@@ -82,7 +85,7 @@ def get_config():
             joint_weight=1.0,
             num_hard_negatives=3,
             joint_temperature=1.0,
-            text_negatives=2,
+            text_negatives=3,
             text_negative_weight=1.0,
             box_weight=10.0,
         )
