@@ -5,7 +5,7 @@
     python third_party/bazel/gen_build.py --check   # exit 1 and list the stale ones
 
 Run from anywhere with any Python 3.10+ (standard library only). For each folder under
-lateint/, train/, index/, serve/, tests/ and bench/ that holds .py files it writes one BUILD:
+lateint/, train/, index/, serve/, evaluation/, tests/ and bench/ that holds .py files it writes one BUILD:
 
 - a py_library per module (package `__init__.py` -> the folder's own name, so `//lateint` is
   lateint/__init__.py); deps are the project modules it imports (parsed with `ast`, absolute and
@@ -18,7 +18,7 @@ lateint/, train/, index/, serve/, tests/ and bench/ that holds .py files it writ
   it imports, on every conftest.py above it, and on the folder's non-Python files (fixtures);
   a test's size is "large" unless the file has a line `# bazel: size=small|medium|large|enormous`,
   and a line `# bazel: tags=smoke` (comma-separated) gives it Bazel tags;
-- string constants that name a project module ("serve.main", e.g. for `python -m` in a
+- string constants that name a project module ("lateint.serve.main", e.g. for `python -m` in a
   subprocess), a project .py path ("train/configs/tiny.py") or a project folder count as deps;
 - a `package_data` filegroup (glob of the folder's non-Python files) when it has any, given to
   the folder's libraries and tests.

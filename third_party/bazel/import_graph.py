@@ -16,7 +16,26 @@ import dataclasses
 import os
 import re
 
-ROOTS = ("lateint", "train", "index", "serve", "tests", "bench")
+ROOTS = ("lateint", "train", "index", "serve", "evaluation", "tests", "bench")
+# Folders installed under another dotted name (pyproject.toml's [tool.setuptools] package-dir,
+# e.g. "lateint.train" = "train"); lateint/__init__.py maps them the same way in a source tree.
+_PACKAGE_DIR = re.compile(r"^package-dir\s*=\s*\{(?P<body>[^}]*)\}", re.M)
+_PAIR = re.compile(r'"(?P<name>[\w.]+)"\s*=\s*"(?P<folder>[\w./-]+)"')
+
+
+def package_dirs(repo: str) -> dict[str, str]:
+    """{top-level folder: dotted package name} for each folder pyproject.toml renames."""
+    path = os.path.join(repo, "pyproject.toml")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        match = _PACKAGE_DIR.search(f.read())
+    if match is None:
+        return {}
+    pairs = {m["folder"]: m["name"] for m in _PAIR.finditer(match["body"])}
+    return {folder: name for folder, name in pairs.items() if folder != name}
+
+
 TESTS_ROOT = "tests"
 RUNNER = "tests/bazel_pytest_main.py"
 SKIP_DIRS = {"__pycache__", "node_modules"}
@@ -59,19 +78,23 @@ def _is_test_file(path: str) -> bool:
     return in_tests and (base.startswith("test_") or base.endswith("_test.py"))
 
 
-def _import_root_and_name(repo: str, path: str) -> tuple[str, str]:
-    """The folder a module is imported from and its import name there."""
+def _import_root_and_name(repo: str, path: str, renamed: dict[str, str]) -> tuple[str, str]:
+    """The folder a module is imported from and its import name there (`renamed`: see
+    package_dirs; train/main.py is lateint.train.main)."""
     folder = os.path.dirname(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     parts = [] if stem == "__init__" else [stem]
     while folder and os.path.exists(os.path.join(repo, folder, "__init__.py")):
         parts.insert(0, os.path.basename(folder))
         folder = os.path.dirname(folder)
+    if folder == "" and parts and parts[0] in renamed:
+        parts[0] = renamed[parts[0]]
     return folder, ".".join(parts)
 
 
 def discover(repo: str) -> dict[str, Module]:
     modules = {}
+    renamed = package_dirs(repo)
     for root in ROOTS:
         if not os.path.isdir(os.path.join(repo, root)):
             continue
@@ -85,7 +108,7 @@ def discover(repo: str) -> dict[str, Module]:
                 path = os.path.relpath(os.path.join(dirpath, filename), repo).replace(os.sep, "/")
                 if path == RUNNER:
                     continue
-                import_root, name = _import_root_and_name(repo, path)
+                import_root, name = _import_root_and_name(repo, path, renamed)
                 modules[path] = Module(
                     path=path,
                     name=name,
