@@ -3,7 +3,7 @@
     python -m bench.first_stage [--images=10000,100000] [--index=INDEX] [--queries=128]
 
 For each corpus size: one JSON line per (stage, setting) with the recall of the exact MaxSim
-top-100 within the first n candidates (n in --ns; lateint.metrics.first_stage_recall), the recall
+top-100 within the first n candidates (n in --ns; lateint.retrieval_metrics.first_stage_recall), the recall
 of the exact global-vector top-100 (the global stages' own target), mean search time per query
 (queries batched --batch at a time, after a warm-up call), the stage's bytes on disk and in
 memory, and its build time. faiss-cpu IndexIVFFlat (inner product, nlist from the same
@@ -27,8 +27,8 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from index.first_stage import ArraySource, build_stages, kmeans, open_first_stage, synthetic
-from lateint import metrics
+from lateint import retrieval_metrics
+from lateint.index.first_stage import ArraySource, build_stages, kmeans, open_first_stage, synthetic
 
 _IMAGES = flags.DEFINE_list("images", ["10000"], "Synthetic corpus sizes N (e.g. 10000,100000).")
 _INDEX = flags.DEFINE_string("index", None, "Benchmark a finished INDEX instead of synthetic data.")
@@ -89,10 +89,11 @@ def _timed_search(search, queries, n: int, batch: int):
 def _recalls(ids, reference, global_reference, ns) -> dict:
     return {
         "recall_maxsim_top100": {
-            n: round(metrics.first_stage_recall(ids[:, :n], reference), 4) for n in ns
+            n: round(retrieval_metrics.first_stage_recall(ids[:, :n], reference), 4) for n in ns
         },
         "recall_global_top100": {
-            n: round(metrics.first_stage_recall(ids[:, :n], global_reference), 4) for n in ns
+            n: round(retrieval_metrics.first_stage_recall(ids[:, :n], global_reference), 4)
+            for n in ns
         },
         "mean_candidates": round(float((ids >= 0).sum(axis=1).mean()), 1),
     }
@@ -101,7 +102,7 @@ def _recalls(ids, reference, global_reference, ns) -> dict:
 def _load_data(images: int):
     """(SyntheticImages, QuerySide, description) for N synthetic images or the --index vectors."""
     if _INDEX.value:
-        from index.store import ActivationStore
+        from lateint.index.store import ActivationStore
 
         activation_store = ActivationStore.open(_INDEX.value)
         count = activation_store.num_images

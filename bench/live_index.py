@@ -1,12 +1,12 @@
-r"""Recall drift of the concept inverted list after index.add with the old dictionary.
+r"""Recall drift of the concept inverted list after lateint.index.add with the old dictionary.
 
   python bench/live_index.py [--images=1000] [--growth=10] [--dir=/tmp/lateint_live_bench]
 
-Synthetic clustered concepts (index.first_stage.synthetic): the dictionary is trained on the
-first `images` images (A), then growth x images are added with that dictionary (what index.add
+Synthetic clustered concepts (lateint.index.first_stage.synthetic): the dictionary is trained on the
+first `images` images (A), then growth x images are added with that dictionary (what lateint.index.add
 does), and the first stage's recall of exact MaxSim's top 10 is compared with a rebuild over
-every image with a retrained dictionary of the same K (what index.compact --recluster gives;
-'drift' = old - reclustered) and with K from index.build's rule for the grown corpus. Two kinds of
+every image with a retrained dictionary of the same K (what lateint.index.compact --recluster gives;
+'drift' = old - reclustered) and with K from lateint.index.build's rule for the grown corpus. Two kinds of
 added images: 'same' (drawn from A's topics) and 'shifted' (half from topics A never saw).
 Prints one JSON line per (kind, nprobe); ~1-2 min on 2 CPU cores at the defaults.
 """
@@ -23,14 +23,14 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from index.first_stage import (  # noqa: E402
+from lateint import retrieval_metrics  # noqa: E402
+from lateint.index.first_stage import (  # noqa: E402
     ArraySource,
     add,
     build_stages,
     open_first_stage,
     synthetic,
 )
-from lateint import metrics  # noqa: E402
 
 _IMAGES = flags.DEFINE_integer("images", 1000, "Images the dictionary is trained on (A).")
 _GROWTH = flags.DEFINE_integer("growth", 10, "Images added, as a multiple of A.")
@@ -48,7 +48,7 @@ def _added(kind: str, count: int, first_image: int) -> synthetic.SyntheticImages
 
 def _recall(index_dir: str, queries, reference, nprobe: int) -> float:
     ids, _ = open_first_stage(index_dir, "concepts", nprobe=nprobe).search(queries, CANDIDATES)
-    return metrics.first_stage_recall(ids, reference)
+    return retrieval_metrics.first_stage_recall(ids, reference)
 
 
 def run(images: int, growth: int, scratch: str) -> list[dict]:
@@ -64,11 +64,11 @@ def run(images: int, growth: int, scratch: str) -> list[dict]:
         }
         shutil.rmtree(os.path.join(scratch, kind), ignore_errors=True)
         build_stages(folders["live"], ArraySource(*first), ["concepts"])
-        add(folders["live"], ArraySource(*more), images)  # what index.add does
+        add(folders["live"], ArraySource(*more), images)  # what lateint.index.add does
         live_stage = open_first_stage(folders["live"], "concepts")
         old_k, fit = live_stage.centroids.shape[0], live_stage.record["fit"]
-        # index.compact --recluster: the same K retrained over every image; and a rebuild with
-        # K from the rule for the grown corpus (index.build's default).
+        # lateint.index.compact --recluster: the same K retrained over every image; and a rebuild with
+        # K from the rule for the grown corpus (lateint.index.build's default).
         build_stages(
             folders["reclustered"],
             ArraySource(*union),

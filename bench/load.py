@@ -1,4 +1,4 @@
-r"""Benchmark: a bounded load against a real serve.main on 127.0.0.1, phase by phase.
+r"""Benchmark: a bounded load against a real lateint.serve.main on 127.0.0.1, phase by phase.
 
 Prints one JSON object: for each concurrency level (default 1, 32, 128, 400) a phase of
 --phase_seconds in which that many closed-loop clients send /search requests (a client that gets
@@ -164,7 +164,7 @@ async def phase(
 
 
 def run(workdir: str, index_dir: str, levels: list[int]) -> dict:
-    from serve.launcher import ServerProcess
+    from launcher import ServerProcess
 
     server_flags = [
         f"--max_batch={FLAGS.max_batch}",

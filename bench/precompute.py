@@ -1,9 +1,9 @@
 """Benchmark: precompute images/s against the image tower's pure compute rate (what I/O costs).
 
 Writes a random corpus in the precomp layout and a random MiniLM-sized model workdir, then in one
-run times (a) the compute alone: loading the model and the corpus as index.precompute does, then
+run times (a) the compute alone: loading the model and the corpus as lateint.index.precompute does, then
 `Inference.encode_images` over every image in the same batches and batch sharding, and (b)
-`index.precompute` (the same loads and compute + the corpus fingerprint, TensorStore writes,
+`lateint.index.precompute` (the same loads and compute + the corpus fingerprint, TensorStore writes,
 journal and finalize). Both sides include the model load and one compile of the image tower (the
 compiles each side ran are counted and printed), so their ratio is what the INDEX costs on top of
 the compute. Prints one JSON object.
@@ -27,12 +27,12 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
-from index.precompute import load_model_and_corpus, precompute  # noqa: E402
 from lateint.checkpoint import save_model  # noqa: E402
 from lateint.compiles import CompileCounter  # noqa: E402
 from lateint.config import ModelConfig  # noqa: E402
 from lateint.data.corpus import RegionCorpus  # noqa: E402
 from lateint.data.precomp import write_precomp  # noqa: E402
+from lateint.index.precompute import load_model_and_corpus, precompute  # noqa: E402
 from lateint.inference import Inference, batch_ranges  # noqa: E402
 from lateint.model import SplitEncoder  # noqa: E402
 
@@ -83,7 +83,7 @@ def main(argv):
         model_dir, data_dir = os.path.join(root, "model"), os.path.join(root, "data")
         batch = FLAGS.batch_size
 
-        def compute():  # index.precompute's loads and encode loop, without the store
+        def compute():  # lateint.index.precompute's loads and encode loop, without the store
             loaded, _, loaded_corpus = load_model_and_corpus(model_dir, data_dir, "test")
             mesh = Mesh(np.array(jax.devices()), ("data",))
             sharding = NamedSharding(mesh, PartitionSpec("data"))
@@ -117,9 +117,9 @@ def main(argv):
                     "precompute_over_compute_time": round(precompute_seconds / compute_seconds, 3),
                     "compiles": {"compute": compute_compiles, "precompute": precompute_compiles},
                     "includes": {
-                        "compute_images_per_s": "load_model + load_corpus (as index.precompute) + "
+                        "compute_images_per_s": "load_model + load_corpus (as lateint.index.precompute) + "
                         "one compile + encode_images of every batch",
-                        "precompute_images_per_s": "index.precompute end to end: the same loads, "
+                        "precompute_images_per_s": "lateint.index.precompute end to end: the same loads, "
                         "compile and encode + corpus fingerprint + "
                         "TensorStore writes (fsync) + journal + finalize",
                         "precompute_over_compute_time": "precompute seconds / compute seconds: both "

@@ -1,10 +1,10 @@
-r"""Benchmark: HTTP throughput and latency of serve.main, micro-batched against unbatched.
+r"""Benchmark: HTTP throughput and latency of lateint.serve.main, micro-batched against unbatched.
 
 Prints one JSON object: for each mode ('unbatched': --max_batch=1; 'batched': --max_batch=16,
 --max_wait_ms=5) and each concurrency (1, 8, 32), answered requests/s (HTTP 200 only: a refused
 or failed request is counted in 'errors', never as throughput), p50/p99/mean latency in ms of
 the answered requests and the mean batch size, from a fixed number of requests on loopback, all
-in one run. The server runs in a child process per mode (`python -m serve.main`, both started at
+in one run. The server runs in a child process per mode (`python -m lateint.serve.main`, both started at
 once); at each concurrency the two modes are measured back to back, in alternating order (the
 first level unbatched first, the next batched first, ...), so neither always runs on the warmer
 or the quieter machine. The load comes from this process (httpx, asyncio), so on a small machine
@@ -46,7 +46,9 @@ flags.DEFINE_integer("k", 10, "Results per request.")
 flags.DEFINE_string(
     "first_stage", None, "first_stage option of every request (default: the server's)."
 )
-flags.DEFINE_multi_string("server_flag", [], "Extra flags for serve.main (bucket sizes...).")
+flags.DEFINE_multi_string(
+    "server_flag", [], "Extra flags for lateint.serve.main (bucket sizes...)."
+)
 flags.DEFINE_integer("images", 1000, "Self-built setup: test-split images.")
 flags.DEFINE_string(
     "scratch",
@@ -65,11 +67,11 @@ FALLBACK_QUERIES = [
 
 def build_small_setup(folder: str, images: int) -> tuple[str, str]:
     """Scenes corpus -> small trained model -> float32 INDEX with the 'concepts' stage."""
-    from index.first_stage import build as first_stage_build
-    from index.precompute import precompute
     from lateint.data import scenes
-    from train import trainer
-    from train.configs import tiny
+    from lateint.index.first_stage import build as first_stage_build
+    from lateint.index.precompute import precompute
+    from lateint.train import trainer
+    from lateint.train.configs import tiny
 
     data, workdir, index_dir = (os.path.join(folder, name) for name in ("data", "model", "index"))
     began = time.perf_counter()
@@ -97,8 +99,8 @@ def build_small_setup(folder: str, images: int) -> tuple[str, str]:
 
 def corpus_queries(index_dir: str) -> list[str]:
     """Captions of the INDEX's corpus (manifest source), else a fixed list."""
-    from index.manifest import read_manifest
     from lateint.data import load_corpus
+    from lateint.index.manifest import read_manifest
 
     source = read_manifest(index_dir).get("source") or {}
     try:
@@ -165,7 +167,7 @@ def bench_modes(
     """Starts one server per mode at once, then measures level by level, the modes back to
     back at each level in alternating order, so a change in the machine's load hits both
     alike and neither is always measured first."""
-    from serve.launcher import ServerProcess
+    from launcher import ServerProcess
 
     servers = [ServerProcess(workdir, index_dir, server_flags).start() for _, server_flags in modes]
     try:

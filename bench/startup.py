@@ -1,4 +1,4 @@
-r"""Benchmark: seconds from `python -m serve.main` to a ready /healthz, cold and warm.
+r"""Benchmark: seconds from `python -m lateint.serve.main` to a ready /healthz, cold and warm.
 
 Prints one JSON object with, per mode, the seconds from launch to the first 200 on /healthz
 (`ready_s`), the CPU seconds the server had used by then (`cpu_s_at_ready`, user + system of all
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import httpx  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from serve.launcher import ServerProcess  # noqa: E402
+from launcher import ServerProcess  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir.")

@@ -27,7 +27,7 @@ import numpy as np
 import tensorstore as ts
 from absl import app, flags
 
-from index import codecs, store
+from lateint.index import codecs, store
 
 _IMAGES = flags.DEFINE_integer("images", 20_000, "N images")
 _REGIONS = flags.DEFINE_integer("regions", 36, "R regions per image")

@@ -1,12 +1,12 @@
 r"""Adds images to a finished INDEX without a rebuild; resumes after a kill.
 
-  python -m index.add --workdir=runs/scenes/model --index=runs/scenes/index \
+  python -m lateint.index.add --workdir=runs/scenes/model --index=runs/scenes/index \
       --data=NEW_DATA --split=test [--batch_size=256] [--reload_url=http://127.0.0.1:P/admin/reload]
 
-Runs the image tower over the new images (index.precompute's encoder and journal: shard-aligned
+Runs the image tower over the new images (lateint.index.precompute's encoder and journal: shard-aligned
 units journaled in INDEX/progress.json, so a rerun encodes only what is missing), appends them to
 the activation store and to every built first stage (append-only deltas, the published
-dictionaries), then publishes the next generation (index.generation): readers see the INDEX
+dictionaries), then publishes the next generation (lateint.index.generation): readers see the INDEX
 before or after, never half. The model fingerprint must match the INDEX's and every external id
 must be new (a duplicate is refused, naming it). INDEX/add.json journals what the add is for
 (corpus, ids digest, generation): a rerun with other data is refused, naming the field.
@@ -21,12 +21,12 @@ import os
 
 from absl import app, flags
 
-from index import generation
-from index import manifest as manifest_lib
-from index import precompute as precompute_lib
-from index.first_stage import build as first_stage_build
-from index.first_stage import concepts, sources, tombstones
-from index.store import ActivationStore
+from lateint.index import generation
+from lateint.index import manifest as manifest_lib
+from lateint.index import precompute as precompute_lib
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.first_stage import concepts, sources, tombstones
+from lateint.index.store import ActivationStore
 from lateint.progress import format_seconds
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def check_new_ids(index_dir: str, manifest: dict, new_ids: list[str]) -> list[st
         seen.add(image_id)
     if repeated:
         raise ValueError(
-            f"index.add: the new images repeat external ids {repeated[:5]} "
+            f"lateint.index.add: the new images repeat external ids {repeated[:5]} "
             f"({len(repeated)} repeats)"
         )
     published = manifest_lib.read_ids(index_dir, manifest)
@@ -53,11 +53,11 @@ def check_new_ids(index_dir: str, manifest: dict, new_ids: list[str]) -> list[st
         deleted = set(tombstones.bitmap(index_dir, len(published), manifest).nonzero()[0])
         shown = [
             f"{image_id!r} (row {rows[image_id]}"
-            f"{', deleted: run index.compact first' if rows[image_id] in deleted else ''})"
+            f"{', deleted: run lateint.index.compact first' if rows[image_id] in deleted else ''})"
             for image_id in taken[:5]
         ]
         raise ValueError(
-            f"index.add: external ids already in {index_dir!r}: "
+            f"lateint.index.add: external ids already in {index_dir!r}: "
             f"{', '.join(shown)}; {len(taken)} in all"
         )
     return published
@@ -122,19 +122,25 @@ def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: 
     store = ActivationStore.extend(index_dir, ids)
     left = sum(high - low for low, high in store.pending_ranges())
     logger.info(
-        f"index.add: {'resuming' if resuming else 'starting'} the add of "
+        f"lateint.index.add: {'resuming' if resuming else 'starting'} the add of "
         f"{stop - start} images to {index_dir} (rows [{start}, {stop}), generation "
         f"{journal['from_generation']} -> {journal['from_generation'] + 1}): "
         f"{stop - start - left} already journaled, {left} to encode"
     )
     encoded, progress = precompute_lib.encode_pending(store, model, corpus, batch_size, start)
-    logger.info(f"index.add: encoded {encoded} images in {format_seconds(progress.elapsed)}")
+    logger.info(
+        f"lateint.index.add: encoded {encoded} images in {format_seconds(progress.elapsed)}"
+    )
     if first_stage_build.built_stages(index_dir, manifest):
         new_rows = sources.RowWindow(store, start, stop)
         for name, record in first_stage_build.add(index_dir, new_rows, start).items():
-            logger.info(f"index.add: first stage {name!r} now holds {record['num_images']} images")
+            logger.info(
+                f"lateint.index.add: first stage {name!r} now holds {record['num_images']} images"
+            )
             if name == "concepts":
-                logger.info(f"index.add: concept dictionary: {concepts.recluster_advice(record)}")
+                logger.info(
+                    f"lateint.index.add: concept dictionary: {concepts.recluster_advice(record)}"
+                )
     added = dict(journal, images=stop - start, generation=journal["from_generation"] + 1)
     source = dict(manifest.get("source") or {})
     source["added"] = list(source.get("added", [])) + [
@@ -150,7 +156,7 @@ def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: 
             "source": source,
             "counts": dict(manifest["counts"], images=stop, regions=regions),
         },
-        "index.add",
+        "lateint.index.add",
         JOURNAL,
     )
 

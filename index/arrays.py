@@ -2,7 +2,7 @@
 
 Small and medium dense arrays (first-stage centroids, CSR postings, ...) go through
 `write_array` / `read_array` / `append_array`. Every array lives at `INDEX/<name>` where `name`
-is a relative '/'-separated path such as 'first_stage/concepts/centroids'. `index.store`
+is a relative '/'-separated path such as 'first_stage/concepts/centroids'. `lateint.index.store`
 re-exports these; the activation store builds on `open_existing` / `create`.
 """
 
@@ -13,8 +13,8 @@ import os
 import numpy as np
 import tensorstore as ts
 
-from index import codecs
-from index import manifest as manifest_lib
+from lateint.index import codecs
+from lateint.index import manifest as manifest_lib
 
 # Chunks of about this many bytes: few files for small arrays, bounded memory per chunk.
 DENSE_CHUNK_BYTES = 4 << 20
@@ -27,7 +27,7 @@ def open_existing(
     path = manifest_lib.array_path(index_dir, name)
     if not os.path.exists(os.path.join(path, "zarr.json")):
         raise FileNotFoundError(
-            f"index.store: array {name!r} not found in {index_dir!r} "
+            f"lateint.index.store: array {name!r} not found in {index_dir!r} "
             f"(expected {os.path.join(path, 'zarr.json')})"
         )
     spec = codecs.zarr_spec(path)
@@ -40,7 +40,7 @@ def open_existing(
         ).result()
     except Exception as error:  # TensorStore raises ValueError carrying a status string
         raise OSError(
-            f"index.store: cannot open array {name!r} in {index_dir!r}: {error}"
+            f"lateint.index.store: cannot open array {name!r} in {index_dir!r}: {error}"
         ) from error
 
 
@@ -85,7 +85,7 @@ def read_array(index_dir: str, name: str) -> np.ndarray:
         return np.asarray(store.read().result())
     except Exception as error:
         raise OSError(
-            f"index.store: reading array {name!r} in {index_dir!r} failed "
+            f"lateint.index.store: reading array {name!r} in {index_dir!r} failed "
             f"(rows [0, {store.shape[0] if store.shape else 0})): {error}"
         ) from error
 
@@ -97,7 +97,9 @@ def append_array(index_dir: str, name: str, array: np.ndarray) -> None:
     """
     array = np.asarray(array)
     if array.ndim == 0:
-        raise ValueError(f"index.store: append_array({name!r}) needs ndim >= 1, got a scalar")
+        raise ValueError(
+            f"lateint.index.store: append_array({name!r}) needs ndim >= 1, got a scalar"
+        )
     path = manifest_lib.array_path(index_dir, name)
     if not os.path.exists(os.path.join(path, "zarr.json")):
         # Appended arrays grow, so the chunk is not clamped to the first piece's length; a
@@ -110,12 +112,12 @@ def append_array(index_dir: str, name: str, array: np.ndarray) -> None:
     stored_dtype = np.dtype(store.dtype.numpy_dtype)
     if tuple(store.shape[1:]) != tuple(array.shape[1:]):
         raise ValueError(
-            f"index.store: append_array({name!r}): trailing shape expected "
+            f"lateint.index.store: append_array({name!r}): trailing shape expected "
             f"{tuple(store.shape[1:])}, got {tuple(array.shape[1:])}"
         )
     if stored_dtype != array.dtype:
         raise TypeError(
-            f"index.store: append_array({name!r}): dtype expected {stored_dtype}, got {array.dtype}"
+            f"lateint.index.store: append_array({name!r}): dtype expected {stored_dtype}, got {array.dtype}"
         )
     if array.shape[0] == 0:
         return

@@ -1,10 +1,10 @@
 """Builds first-stage structures inside a finished INDEX.
 
-    python -m index.build --index=INDEX --first_stage=concepts,sq,permutation,exact \\
+    python -m lateint.index.build --index=INDEX --first_stage=concepts,sq,permutation,exact \\
         [--num_centroids=0] [--nprobe=8] [--sq_size=48] [--sq_quantization=64] \\
         [--permutation_size=32]
 
-Reads the stored concept and global vectors through index.store and writes each stage under
+Reads the stored concept and global vectors through lateint.index.store and writes each stage under
 INDEX/first_stage/<name>/ (see index/first_stage/). A refused INDEX (unfinished, damaged
 manifest) prints one line naming the file and the field and exits with status 2.
 """
@@ -12,11 +12,11 @@ manifest) prints one line naming the file and the field and exits with status 2.
 import jax
 from absl import app, flags, logging
 
-from index import manifest as manifest_lib
-from index.first_stage import build as first_stage_build
+from lateint.index import manifest as manifest_lib
+from lateint.index.first_stage import build as first_stage_build
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("index", None, "Finished INDEX directory (index.precompute output).")
+flags.DEFINE_string("index", None, "Finished INDEX directory (lateint.index.precompute output).")
 flags.DEFINE_list(
     "first_stage", ["concepts"], f"Stages to build, any of {list(first_stage_build.BUILD_NAMES)}."
 )
@@ -47,7 +47,11 @@ def main(argv):
     if jax.process_index() != 0:
         return
     manifest_lib.exit_on_refusal(
-        "index.build", first_stage_build.build_from_index, FLAGS.index, FLAGS.first_stage, options
+        "lateint.index.build",
+        first_stage_build.build_from_index,
+        FLAGS.index,
+        FLAGS.first_stage,
+        options,
     )
 
 

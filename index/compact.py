@@ -1,12 +1,12 @@
 r"""Folds an INDEX's deletions and first-stage deltas into new base structures.
 
-  python -m index.compact --index=runs/scenes/index [--recluster] \
+  python -m lateint.index.compact --index=runs/scenes/index [--recluster] \
       [--reload_url=http://127.0.0.1:P/admin/reload]
 
 Copies the rows that are not deleted, in order, into new activation arrays
 (INDEX/store/g<generation>/), writes their ids, rewrites every first stage without the deleted
 images and with its delta folded into the base (renumbered rows), clears the tombstones, and
-publishes the next generation (index.generation). The result equals an INDEX built from scratch
+publishes the next generation (lateint.index.generation). The result equals an INDEX built from scratch
 over the surviving images with the same first-stage dictionary; --recluster retrains the concept
 dictionary over them instead (advised once the added images outnumber those the dictionary was
 trained on: docs/live_index.md). INDEX/compact.json journals the copied rows and the finished
@@ -20,13 +20,13 @@ import logging
 import numpy as np
 from absl import app, flags
 
-from index import codecs, generation
-from index import manifest as manifest_lib
-from index.arrays import create as create_array
-from index.arrays import open_existing
-from index.first_stage import build as first_stage_build
-from index.first_stage import tombstones
-from index.store import ActivationStore
+from lateint.index import codecs, generation
+from lateint.index import manifest as manifest_lib
+from lateint.index.arrays import create as create_array
+from lateint.index.arrays import open_existing
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.first_stage import tombstones
+from lateint.index.store import ActivationStore
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _journal(index_dir: str, manifest: dict, recluster: bool) -> dict:
     if journal is None:
         generation.write_journal(index_dir, JOURNAL, fresh)
         logger.info(
-            f"index.compact: starting on generation {fresh['from_generation']} of {index_dir}"
+            f"lateint.index.compact: starting on generation {fresh['from_generation']} of {index_dir}"
         )
         return fresh
     if journal.get("recluster") != fresh["recluster"]:
@@ -55,7 +55,7 @@ def _journal(index_dir: str, manifest: dict, recluster: bool) -> dict:
             f"recluster={fresh['recluster']}: rerun it with the same flag"
         )
     logger.info(
-        f"index.compact: resuming on generation {journal['from_generation']} of "
+        f"lateint.index.compact: resuming on generation {journal['from_generation']} of "
         f"{index_dir}: {journal['rows_copied']} rows copied, stages done "
         f"{journal['stages']}"
     )
@@ -93,7 +93,7 @@ def _copy_rows(index_dir: str, source: ActivationStore, target: dict, kept, jour
             future.result()
         journal["rows_copied"] = stop
         generation.write_journal(index_dir, JOURNAL, journal)
-        logger.info(f"index.compact: copied rows [{start}, {stop}) of {kept.size}")
+        logger.info(f"lateint.index.compact: copied rows [{start}, {stop}) of {kept.size}")
 
 
 def compact_index(index_dir: str, recluster: bool = False) -> dict:
@@ -130,14 +130,16 @@ def compact_index(index_dir: str, recluster: bool = False) -> dict:
         )
         journal["stages"].append(name)
         generation.write_journal(index_dir, JOURNAL, journal)
-        logger.info(f"index.compact: first stage {name!r} rewritten: {record['num_images']} images")
+        logger.info(
+            f"lateint.index.compact: first stage {name!r} rewritten: {record['num_images']} images"
+        )
     tombstones.clear(index_dir)
-    logger.info(f"index.compact: {source.num_images - kept.size} deleted rows dropped")
+    logger.info(f"lateint.index.compact: {source.num_images - kept.size} deleted rows dropped")
     return generation.publish(
         index_dir,
         manifest,
         {key: compacted[key] for key in ("arrays", "ids", "shapes", "counts")},
-        "index.compact",
+        "lateint.index.compact",
         JOURNAL,
     )
 

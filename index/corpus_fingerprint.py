@@ -1,6 +1,6 @@
 """Corpus fingerprint: what an INDEX was computed from, so a resume cannot mix two corpora.
 
-The manifest's `corpus` entry (written by index.precompute, checked on every resume and on every
+The manifest's `corpus` entry (written by lateint.index.precompute, checked on every resume and on every
 rerun over a finished INDEX):
 
   split            the corpus split indexed
@@ -19,7 +19,7 @@ import hashlib
 
 import numpy as np
 
-from index.manifest import CORPUS_FIELDS, IndexRefusedError
+from lateint.index.manifest import CORPUS_FIELDS, IndexRefusedError
 
 # Up to this many images every image's features enter the digest (scenes' 1,000-image test split,
 # COCO 5K: ~1.5 GB of features, ~2 s); above it, this many images spread evenly over the corpus.

@@ -1,13 +1,13 @@
 r"""Deletes images from a finished INDEX by external id, without a rebuild.
 
-  python -m index.delete --index=runs/scenes/index --ids=IDS_FILE \
+  python -m lateint.index.delete --index=runs/scenes/index --ids=IDS_FILE \
       [--reload_url=http://127.0.0.1:P/admin/reload]
 
 IDS_FILE holds one external id per line. Every id must be in the INDEX (unknown ids are refused,
 naming them); ids already deleted are skipped. The rows are tombstoned (a new tombstone set,
-index.first_stage.tombstones) and the next generation is published (index.generation): every
+lateint.index.first_stage.tombstones) and the next generation is published (lateint.index.generation): every
 first stage and the server's exact stages stop returning them at once. The rows stay on disk
-until index.compact. A rerun after a kill publishes the set the killed run wrote.
+until lateint.index.compact. A rerun after a kill publishes the set the killed run wrote.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import logging
 import numpy as np
 from absl import app, flags
 
-from index import generation
-from index import manifest as manifest_lib
-from index.first_stage import tombstones
+from lateint.index import generation
+from lateint.index import manifest as manifest_lib
+from lateint.index.first_stage import tombstones
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def rows_of(index_dir: str, manifest: dict, image_ids: list[str]) -> np.ndarray:
     unknown = [image_id for image_id in image_ids if image_id not in rows]
     if unknown:
         raise ValueError(
-            f"index.delete: external ids not in {index_dir!r} (generation "
+            f"lateint.index.delete: external ids not in {index_dir!r} (generation "
             f"{generation.generation(manifest)}): {unknown[:10]}; "
             f"{len(unknown)} unknown in all, nothing deleted"
         )
@@ -65,7 +65,7 @@ def delete_images(index_dir: str, image_ids: list[str]) -> dict:
     wanted = np.union1d(published, rows).astype(np.int64)
     if wanted.size == published.size:
         logger.info(
-            f"index.delete: all {len(image_ids)} ids are deleted already in generation "
+            f"lateint.index.delete: all {len(image_ids)} ids are deleted already in generation "
             f"{generation.generation(manifest)}; nothing to do"
         )
         return manifest
@@ -74,20 +74,20 @@ def delete_images(index_dir: str, image_ids: list[str]) -> dict:
         tombstones.read_deleted(index_dir, current), wanted
     ):
         logger.info(
-            f"index.delete: resuming: tombstone set g{current['generation']} of "
+            f"lateint.index.delete: resuming: tombstone set g{current['generation']} of "
             f"{wanted.size} rows was written by an interrupted delete; publishing it"
         )
     else:
         record = tombstones.write_set(index_dir, wanted)
         logger.info(
-            f"index.delete: wrote tombstone set g{record['generation']}: "
+            f"lateint.index.delete: wrote tombstone set g{record['generation']}: "
             f"{wanted.size - published.size} new of {wanted.size} deleted rows"
         )
     return generation.publish(
         index_dir,
         manifest,
         {"counts": dict(manifest["counts"], deleted=int(wanted.size))},
-        "index.delete",
+        "lateint.index.delete",
     )
 
 

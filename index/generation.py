@@ -2,7 +2,7 @@
 
 A generation is what one INDEX/manifest.json names: the arrays (fields 'arrays', 'shapes'), the
 ids file ('ids'), every first stage's record ('first_stage') and the tombstone set
-('tombstones'). index.add, index.delete and index.compact first write what the next generation
+('tombstones'). lateint.index.add, lateint.index.delete and lateint.index.compact first write what the next generation
 needs where no published generation reads: rows past the published N (the activation arrays and
 the first stages' append-only deltas), new g<n> folders (compacted arrays, postings, tombstone
 sets) and new ids files. `commit` then writes the new manifest atomically, last: a reader sees
@@ -21,10 +21,10 @@ import urllib.request
 
 from absl import flags
 
-from index import manifest as manifest_lib
-from index.first_stage import build as first_stage_build
-from index.first_stage import postings, records, tombstones
 from lateint import atomic, kill_points
+from lateint.index import manifest as manifest_lib
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.first_stage import postings, records, tombstones
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def check_no_other_operation(index_dir: str, manifest: dict, own: str | None) ->
 
 
 def define_reload_flag() -> None:
-    """--reload_url, shared by index.add / delete / compact."""
+    """--reload_url, shared by lateint.index.add / delete / compact."""
     flags.DEFINE_string(
         "reload_url",
         None,

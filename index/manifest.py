@@ -6,7 +6,7 @@ data and flips it to true only once every image range is recorded in the progres
 readers refuse anything else.
 
 The fields, their types and the rules between them are the pydantic models of
-index.manifest_schema (format_version 1); `validate_manifest` applies them and names the file.
+lateint.index.manifest_schema (format_version 1); `validate_manifest` applies them and names the file.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import sys
 
 import numpy as np
 
-from index import codecs, manifest_schema
 from lateint import atomic
+from lateint.index import codecs, manifest_schema
 
 FORMAT_VERSION = manifest_schema.FORMAT_VERSION
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
 IDS_FILE = "ids.txt"
 ARRAY_ROLES = manifest_schema.ARRAY_ROLES
-# What generations add to an INDEX (index.generation): compacted arrays, ids, the journals.
+# What generations add to an INDEX (lateint.index.generation): compacted arrays, ids, the journals.
 GENERATION_ENTRIES = ("store", "ids", "add.json", "compact.json")
 CORPUS_FIELDS = manifest_schema.CORPUS_FIELDS
 
@@ -64,7 +64,7 @@ def array_path(index_dir: str, name: str) -> str:
 
 
 def validate_manifest(manifest: dict, manifest_path: str = MANIFEST_FILE) -> dict:
-    """Checks `manifest` against index.manifest_schema; returns it unchanged.
+    """Checks `manifest` against lateint.index.manifest_schema; returns it unchanged.
 
     Raises IndexRefusedError naming the file and, for every problem, the field, what was
     expected and what was found.
@@ -138,7 +138,7 @@ def read_manifest(index_dir: str, require_complete: bool = True) -> dict:
     path = os.path.join(index_dir, MANIFEST_FILE)
     if not os.path.exists(path):
         raise IncompleteIndexError(
-            f"{path} is missing: {index_dir!r} is not a finished index (run index.precompute)"
+            f"{path} is missing: {index_dir!r} is not a finished index (run lateint.index.precompute)"
         )
     with open(path, encoding="utf-8") as handle:
         try:
@@ -260,7 +260,7 @@ def mark_completed(index_dir: str, start: int, stop: int) -> None:
 
 def reset_completed(index_dir: str, stop: int) -> None:
     """Journals exactly [0, stop) as written (a published generation of `stop` images), so
-    ranges journaled past it by an abandoned index.add are not trusted."""
+    ranges journaled past it by an abandoned lateint.index.add are not trusted."""
     atomic.write_json(
         os.path.join(index_dir, PROGRESS_FILE), {"completed": [[0, int(stop)]] if stop else []}
     )

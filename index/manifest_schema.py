@@ -5,7 +5,7 @@
 
 Validation is strict (JSON types: an int is not a bool or a string, no coercion). Every path is
 relative to the index directory. `problems` turns pydantic's errors into sentences that name the
-field, what was expected and what was found; index.manifest prefixes the file.
+field, what was expected and what was found; lateint.index.manifest prefixes the file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from index import codecs
+from lateint.index import codecs
 
 FORMAT_VERSION = 1
 Count = Annotated[int, Field(ge=0)]
@@ -85,7 +85,7 @@ class Ids(_Record):
 
 
 class Corpus(_Record):
-    """The corpus fingerprint (index.corpus_fingerprint)."""
+    """The corpus fingerprint (lateint.index.corpus_fingerprint)."""
 
     split: str
     images: Count
@@ -97,7 +97,7 @@ class Corpus(_Record):
 
 
 class IndexManifest(_Record):
-    """INDEX/manifest.json. Written by index.add / delete / compact (index.generation) too:
+    """INDEX/manifest.json. Written by lateint.index.add / delete / compact (lateint.index.generation) too:
     generation (absent: 0, one more at every published change), first_stage ({stage: its
     stage.json record as published}), tombstones ({generation, count} or null), previous (the
     arrays, ids, first_stage and tombstones of the generation before)."""

@@ -1,14 +1,14 @@
 r"""Runs the image tower over a corpus into an INDEX (TensorStore); resumes after a kill.
 
-  python -m index.precompute --workdir=runs/scenes/model --data=runs/scenes/data --split=test \
+  python -m lateint.index.precompute --workdir=runs/scenes/model --data=runs/scenes/data --split=test \
       --index=runs/scenes/index [--storage=bfloat16|float32|int8] [--overwrite]
 
 Each shard-aligned unit of images is encoded (region embeddings + layers 0..l-1 + concept and
 global heads, jitted, batch split over the devices of a mesh), written through
-`index.store.ActivationStore`, then journaled; a restarted run skips journaled units, so the
+`lateint.index.store.ActivationStore`, then journaled; a restarted run skips journaled units, so the
 finished store equals an uninterrupted run's. A finished INDEX is left alone unless --overwrite.
 A resume, and a rerun over a finished INDEX, are refused (one line, exit status 2) unless the
-model fingerprint, the corpus fingerprint (index.corpus_fingerprint: split, shapes, ids and a
+model fingerprint, the corpus fingerprint (lateint.index.corpus_fingerprint: split, shapes, ids and a
 content digest) and --storage match the manifest's: a resume can never mix two corpora.
 """
 
@@ -21,12 +21,12 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from index import codecs, corpus_fingerprint
-from index import manifest as manifest_lib
-from index.store import ActivationStore
 from lateint.checkpoint import load_model
 from lateint.data import options as data_options
 from lateint.data.corpus import load_corpus
+from lateint.index import codecs, corpus_fingerprint
+from lateint.index import manifest as manifest_lib
+from lateint.index.store import ActivationStore
 from lateint.inference import Inference, batch_ranges
 from lateint.progress import Progress, format_seconds
 
@@ -115,7 +115,7 @@ def encode_pending(
     store: ActivationStore, model, corpus, batch_size: int, first_row: int = 0
 ) -> tuple[int, Progress]:
     """Encodes every unit `store.pending_ranges()` lists and journals it; store row r holds
-    corpus image r - first_row (index.add appends after the published rows). Returns (images
+    corpus image r - first_row (lateint.index.add appends after the published rows). Returns (images
     encoded, Progress)."""
     mesh = Mesh(np.array(jax.devices()), ("data",))
     if batch_size % mesh.size:
@@ -217,7 +217,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     manifest_lib.exit_on_refusal(
-        "index.precompute",
+        "lateint.index.precompute",
         precompute,
         FLAGS.workdir,
         data_options.from_flags(),

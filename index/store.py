@@ -2,7 +2,7 @@
 
 The activation store (activations, region mask, concepts, global vectors) lives here; small and
 medium dense arrays (first-stage centroids, CSR postings, ...) go through `write_array` /
-`read_array` / `append_array`, implemented in `index.arrays` and re-exported here.
+`read_array` / `append_array`, implemented in `lateint.index.arrays` and re-exported here.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import shutil
 import numpy as np
 import tensorstore as ts
 
-from index import codecs
-from index import manifest as manifest_lib
-from index.arrays import append_array, read_array, write_array  # noqa: F401 (re-exported)
-from index.arrays import create as _create
-from index.arrays import open_existing as _open_existing
+from lateint.index import codecs
+from lateint.index import manifest as manifest_lib
+from lateint.index.arrays import append_array, read_array, write_array  # noqa: F401 (re-exported)
+from lateint.index.arrays import create as _create
+from lateint.index.arrays import open_existing as _open_existing
 
 # ---- the activation store -----------------------------------------------------------------
 
@@ -44,7 +44,7 @@ class StoreReadError(OSError):
             f" ({scope}), first bad image {bad}"
         )
         super().__init__(
-            f"index.store: array {role!r} of {index_dir!r} is unreadable for images "
+            f"lateint.index.store: array {role!r} of {index_dir!r} is unreadable for images "
             f"[{start}, {stop}) ({scope}), first bad image {bad}: {cause}"
         )
 
@@ -96,11 +96,11 @@ class ActivationStore:
         for role, array in self._arrays.items():
             found = (tuple(array.shape), np.dtype(array.dtype.numpy_dtype))
             shape, dtype = self._layout[role]
-            # index.add grows the arrays before it publishes the manifest that counts the new
+            # lateint.index.add grows the arrays before it publishes the manifest that counts the new
             # rows: rows past the manifest's N exist but are not this generation's.
             if found[1:] != (dtype,) or found[0][1:] != shape[1:] or found[0][0] < shape[0]:
                 raise manifest_lib.IndexRefusedError(
-                    f"index.store: array {role!r} in {index_dir!r}: (shape, dtype) expected "
+                    f"lateint.index.store: array {role!r} in {index_dir!r}: (shape, dtype) expected "
                     f"{self._layout[role]} (manifest), got {found}"
                 )
             if found[0][0] > shape[0]:
@@ -134,7 +134,7 @@ class ActivationStore:
         """Creates an empty, incomplete index of len(image_ids) images with fixed shapes.
 
         hidden is the stored width H' (the compressed width when compression_dim > 0); corpus is
-        the corpus fingerprint (index.corpus_fingerprint) resumes are checked against. Refuses an
+        the corpus fingerprint (lateint.index.corpus_fingerprint) resumes are checked against. Refuses an
         existing index unless overwrite, which deletes its arrays, journal and first stages.
         """
         image_ids = [str(image_id) for image_id in image_ids]
@@ -211,13 +211,13 @@ class ActivationStore:
         inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
         sync_writes: bool = True,
     ) -> ActivationStore:
-        """Opens a finished INDEX of N images for writing rows [N, ids['count']) (index.add).
+        """Opens a finished INDEX of N images for writing rows [N, ids['count']) (lateint.index.add).
 
         ids: the manifest 'ids' entry of the grown index (manifest.write_ids). Every array is
         resized to the new count; readers do not see the new rows, since the published manifest
         still says N. The writer's manifest (in memory only) describes the grown index:
         `pending_ranges`, `write_batch` and `mark_completed` then work as for precompute (the
-        first unit starts at N, maybe inside a shard), and index.generation publishes it.
+        first unit starts at N, maybe inside a shard), and lateint.index.generation publishes it.
         """
         manifest = manifest_lib.read_manifest(index_dir)
         total, published = int(ids["count"]), manifest["shapes"]["images"]
@@ -344,7 +344,7 @@ class ActivationStore:
             future.result()
         except Exception as error:
             raise OSError(
-                f"index.store: writing array {role!r} images [{start}, {stop}) "
+                f"lateint.index.store: writing array {role!r} images [{start}, {stop}) "
                 f"in {self.index_dir!r} failed: {error}"
             ) from error
 
@@ -375,7 +375,7 @@ class ActivationStore:
             )
         units = []
         for start, stop in manifest_lib.missing_ranges(self.index_dir, self.num_images):
-            # Cut at multiples of unit_rows: only a range starting at first_new_row (index.add)
+            # Cut at multiples of unit_rows: only a range starting at first_new_row (lateint.index.add)
             # begins inside a unit.
             edges = [start] + list(range((start // unit_rows + 1) * unit_rows, stop, unit_rows))
             units += [(low, min(stop, high)) for low, high in zip(edges, edges[1:] + [stop])]
@@ -440,7 +440,7 @@ class ActivationStore:
         return activations, values["region_mask"]
 
     def read_stored(self, role: str, ids) -> np.ndarray:
-        """ids [K] int -> rows of array `role` as stored (no decoding; index.compact copies)."""
+        """ids [K] int -> rows of array `role` as stored (no decoding; lateint.index.compact copies)."""
         ids = self._check_ids(ids)
         return self._read_many({role: self._arrays[role].oindex[ids]}, ids)[role]
 

@@ -97,7 +97,7 @@ def load_model(workdir: str, step: int | None = None) -> tuple[SplitEncoder, dic
     if step is None:
         raise FileNotFoundError(
             f"{store.directory}: no checkpoint; train first "
-            f"(python -m train.main --workdir={workdir} ...)"
+            f"(python -m lateint.train.main --workdir={workdir} ...)"
         )
     abstract_model = nnx.eval_shape(lambda: SplitEncoder(config, nnx.Rngs(0)))
     graph, abstract_params = nnx.split(abstract_model)

@@ -1,4 +1,4 @@
-"""First-stage recall: how much of the exact top-k a candidate stage keeps (lateint.metrics
+"""First-stage recall: how much of the exact top-k a candidate stage keeps (lateint.retrieval_metrics
 re-exports it)."""
 
 import numpy as np

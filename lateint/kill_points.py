@@ -1,6 +1,6 @@
 """Named points where a test can hold a binary, so that a SIGKILL lands exactly there.
 
-Some windows a crash test must hit are milliseconds wide (index.delete: between writing the
+Some windows a crash test must hit are milliseconds wide (lateint.index.delete: between writing the
 tombstone set and publishing the generation). Racing a kill against them is flaky on a loaded
 machine; instead the test sets
 

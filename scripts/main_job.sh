@@ -57,28 +57,28 @@ step "3/6 train $train_config into $run_dir/model (resumes)"
 if [ -f "$run_dir/model/dev_recall.json" ]; then
   echo "already trained"
 else
-  "$python" -m train.main --config="$train_config" --workdir="$run_dir/model" \
+  "$python" -m lateint.train.main --config="$train_config" --workdir="$run_dir/model" \
     --config.data.path="$run_dir/data" ${train_sizes[@]+"${train_sizes[@]}"}
 fi
 
 step "4/6 precompute the test split into $run_dir/index (resumes; no-op when complete)"
-"$python" -m index.precompute --workdir="$run_dir/model" --data="$run_dir/data" --split=test \
+"$python" -m lateint.index.precompute --workdir="$run_dir/model" --data="$run_dir/data" --split=test \
   --index="$run_dir/index" --storage=bfloat16
 
 step "5/6 build the first stages (concepts = the default; exact = its reference)"
-"$python" -m index.build --index="$run_dir/index" --first_stage=concepts,exact
+"$python" -m lateint.index.build --index="$run_dir/index" --first_stage=concepts,exact
 
 step "6/6 evaluate on the test split (5 scorers; the exhaustive cross-encoder on" \
   "$exhaustive_queries queries)"
-"$python" -m serve.evaluate --workdir="$run_dir/model" --index="$run_dir/index" \
+"$python" -m lateint.evaluation.main --workdir="$run_dir/model" --index="$run_dir/index" \
   --data="$run_dir/data" --split=test --out="$run_dir/eval" --sample_queries=2 \
   --max_exhaustive_queries="$exhaustive_queries" --first_stages=concepts,exact \
   ${evaluate_sizes[@]+"${evaluate_sizes[@]}"}
 echo "(full tables: $run_dir/eval/results.md, or rerun with --full_tables; the other first"
-echo " stages: index.build --first_stage=sq,permutation, then serve.evaluate without --first_stages)"
+echo " stages: lateint.index.build --first_stage=sq,permutation, then lateint.evaluation.main without --first_stages)"
 
 echo
 echo "done in $(( $(date +%s) - started ))s. Model: $run_dir/model, INDEX: $run_dir/index."
 echo "Serve this index with:"
-echo "  $python -m serve.main --workdir=$run_dir/model --index=$run_dir/index --port=8080"
+echo "  $python -m lateint.serve.main --workdir=$run_dir/model --index=$run_dir/index --port=8080"
 echo "then open http://127.0.0.1:8080/ (demo page) or POST http://127.0.0.1:8080/search"

@@ -10,14 +10,14 @@ then queued to one MicroBatcher whose worker thread owns the Searcher. Errors (J
 counted in lateint_requests_total): 400 unreadable body (not UTF-8), 413 body too large, 415 not
 JSON, 422 invalid request (the message names the field, the bound and the value; NaN, Infinity and
 1e999 included), 503 queue full, overloaded (it could not be answered within
-`request_timeout_ms`; shed by serve.front_door before the body is parsed), past its deadline
+`request_timeout_ms`; shed by lateint.serve.front_door before the body is parsed), past its deadline
 (counted from arrival), or shutting down (with Retry-After), 500 a failed batch
 (naming the array and image range for a damaged store, never a server path; details go to the
-log). /healthz is readiness (serve.health), /livez liveness. No /docs: Swagger UI would load from
+log). /healthz is readiness (lateint.serve.health), /livez liveness. No /docs: Swagger UI would load from
 a CDN; /openapi.json is the schema.
 
 POST /admin/reload (loopback clients only, else 403) loads the INDEX's newest generation
-(index.add / delete / compact) while requests keep being answered by the old one, then swaps;
+(lateint.index.add / delete / compact) while requests keep being answered by the old one, then swaps;
 every response carries the generation that answered it (header X-Index-Generation, and field
 'generation' in /search and /healthz bodies).
 """
@@ -34,13 +34,19 @@ import fastapi
 from fastapi import encoders, exceptions, responses
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from serve import demo
-from serve.batcher import BatcherClosed, DeadlineExceeded, MicroBatcher, QueueFull
-from serve.front_door import FrontDoor
-from serve.health import PROBE_QUERY, Readiness, public_reason
-from serve.metrics import ServerMetrics
-from serve.request_checks import AsciiJSONResponse, CheckedBodyRoute, describe, error, finite
-from serve.searcher import Searcher
+from lateint.serve import demo
+from lateint.serve.batcher import BatcherClosed, DeadlineExceeded, MicroBatcher, QueueFull
+from lateint.serve.front_door import FrontDoor
+from lateint.serve.health import PROBE_QUERY, Readiness, public_reason
+from lateint.serve.prometheus import ServerMetrics
+from lateint.serve.request_checks import (
+    AsciiJSONResponse,
+    CheckedBodyRoute,
+    describe,
+    error,
+    finite,
+)
+from lateint.serve.searcher import Searcher
 
 ENDPOINTS = ("/search", "/healthz", "/livez", "/metrics", "/", "/openapi.json", "/admin/reload")
 GENERATION_HEADER = "X-Index-Generation"
@@ -61,7 +67,7 @@ class ServerSettings:
     # (0: no deadline, admission by queue length only)
     stuck_seconds: float = 30.0  # a batch running longer makes /healthz answer 503
     hold_file: str | None = None  # tests only: while this file exists the batch worker takes
-    # no batch (serve.batcher's `hold`); None: never held
+    # no batch (lateint.serve.batcher's `hold`); None: never held
 
 
 def _whole_number(value):
@@ -198,7 +204,7 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
         redoc_url=None,
     )
     app.state.searcher, app.state.batcher, app.state.metrics = searcher, batcher, metrics
-    app.state.readiness = readiness  # serve.main sets readiness.draining on SIGTERM
+    app.state.readiness = readiness  # lateint.serve.main sets readiness.draining on SIGTERM
     router = fastapi.APIRouter(
         route_class=type(
             "CheckedBodyRoute", (CheckedBodyRoute,), {"max_body_bytes": settings.max_body_bytes}
@@ -321,7 +327,7 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
 
     @router.get("/healthz", responses={503: {"model": _ErrorBody}})
     async def healthz():
-        """Readiness (serve.health): 200 and what this server serves when a search can be
+        """Readiness (lateint.serve.health): 200 and what this server serves when a search can be
         answered now; 503 with every reason otherwise."""
         reasons = await readiness.check()
         if reasons:

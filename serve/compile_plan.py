@@ -1,4 +1,4 @@
-"""Which shapes the online path compiles, and in which order (serve.compiled).
+"""Which shapes the online path compiles, and in which order (lateint.serve.compiled).
 
 A shape is (function, key): ('text', (B, T)), ('maxsim', (B, T, n)) or ('joint', (B, T, K)).
 A call runs on the cheapest compiled shape whose every dimension holds it, so at batch 1 the
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 
-from serve.buckets import Buckets, bucket_for
+from lateint.serve.buckets import Buckets, bucket_for
 
 FUNCTIONS = ("text", "maxsim", "joint")
 

@@ -6,7 +6,7 @@ dimension holds its shape: the inputs are padded (batch rows repeat row 0; token
 and regions are masked out) and the outputs cut back. A shape no compiled executable holds
 raises ValueError instead of compiling, so a request never waits for XLA.
 
-Start-up (serve.compile_plan): `compile_all` compiles every bucket before it returns;
+Start-up (lateint.serve.compile_plan): `compile_all` compiles every bucket before it returns;
 `compile_first` compiles the shapes that hold every request and those of a default request,
 returns, and compiles the others on a background thread. Each executable is compiled, run once
 (a first run costs tens of milliseconds more than the next), and only then published.
@@ -31,8 +31,8 @@ from flax import nnx
 
 from lateint import scoring
 from lateint.model import SplitEncoder, TowerOutput
-from serve import compile_plan
-from serve.buckets import Buckets
+from lateint.serve import compile_plan
+from lateint.serve.buckets import Buckets
 
 logger = logging.getLogger(__name__)
 CACHE_MAX_BYTES = 4 << 30  # the persistent cache evicts least recently used entries past this
@@ -204,7 +204,7 @@ class CompiledModel:
         return self.compile_seconds
 
     def compile_first(self, warm: bool = True) -> float:
-        """Compiles the shapes that hold every request (serve.compile_plan.first_shapes);
+        """Compiles the shapes that hold every request (lateint.serve.compile_plan.first_shapes);
         returns the seconds. `compile_rest_in_background` then adds the others."""
         began = time.perf_counter()
         self._compile(compile_plan.first_shapes(self.buckets), warm, os.cpu_count() or 1)

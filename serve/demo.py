@@ -53,7 +53,7 @@ def read_confined(images_dir: str, name: str) -> bytes | None:
 def default_images_dir(index_dir: str, manifest: dict) -> str | None:
     """INDEX/<source.data>/images when the manifest names the corpus and the folder exists.
 
-    The manifest's source.data is the corpus directory relative to the INDEX (index.precompute
+    The manifest's source.data is the corpus directory relative to the INDEX (lateint.index.precompute
     writes it); None when there is no such entry or folder.
     """
     source = manifest.get("source") or {}

@@ -33,7 +33,7 @@ class FrontDoor:
 
     def __init__(self, app, shed, metrics, readiness, endpoints):
         """shed(now) -> a reason to refuse a search now, or None; metrics: ServerMetrics;
-        readiness: serve.health.Readiness (its `draining` flag)."""
+        readiness: lateint.serve.health.Readiness (its `draining` flag)."""
         self.app, self.shed, self.metrics = app, shed, metrics
         self.readiness, self.endpoints = readiness, tuple(endpoints)
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from serve.batcher import MicroBatcher
+from lateint.serve.batcher import MicroBatcher
 
 PROBE_QUERY = "health check"
 
 
 def public_reason(error: BaseException) -> str:
     """What a client may learn about a failed search: store errors name the array and image
-    range (index.store.StoreReadError.public_message); anything else only its type."""
+    range (lateint.index.store.StoreReadError.public_message); anything else only its type."""
     message = getattr(error, "public_message", None)
     if message:
         return f"search failed: {message}"

@@ -1,6 +1,6 @@
 r"""The online server: HTTP JSON search, demo page, Prometheus metrics.
 
-  python -m serve.main --workdir=runs/scenes/model --index=runs/scenes/index --port=8080 \
+  python -m lateint.serve.main --workdir=runs/scenes/model --index=runs/scenes/index --port=8080 \
       [--host=127.0.0.1] [--images_dir=DIR] [--max_batch=16] [--max_wait_ms=5] [--max_queue=256]
       [--request_timeout_ms=2000] [--drain_s=2] [--compilation_cache_dir=DIR]
       [--[no]background_compile]
@@ -30,15 +30,17 @@ import jax
 import uvicorn
 from absl import app, flags, logging
 
-from index import manifest as manifest_lib
-from serve import compiled, demo
-from serve.app import ServerSettings, create_app
-from serve.buckets import Buckets
-from serve.searcher import Searcher
+from lateint.index import manifest as manifest_lib
+from lateint.serve import compiled, demo
+from lateint.serve.app import ServerSettings, create_app
+from lateint.serve.buckets import Buckets
+from lateint.serve.searcher import Searcher
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoint (train.main).")
-flags.DEFINE_string("index", None, "Finished INDEX directory (index.precompute).")
+flags.DEFINE_string(
+    "workdir", None, "Training workdir holding the checkpoint (lateint.train.main)."
+)
+flags.DEFINE_string("index", None, "Finished INDEX directory (lateint.index.precompute).")
 flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
 flags.DEFINE_integer("port", 8080, "Port to listen on.")
 flags.DEFINE_string(
@@ -180,7 +182,7 @@ def serve(
 ) -> None:
     """Loads, compiles and serves until SIGTERM/SIGINT (see the module docstring)."""
     searcher = manifest_lib.exit_on_refusal(
-        "serve.main",
+        "lateint.serve.main",
         Searcher.load,
         workdir,
         index_dir,

@@ -9,8 +9,8 @@ import dataclasses
 
 import numpy as np
 
-from index.store import ActivationStore
-from serve.buckets import StageSettings
+from lateint.index.store import ActivationStore
+from lateint.serve.buckets import StageSettings
 
 # Milliseconds per stage: 'maxsim' includes reading the n candidates' stored concepts, 'gather'
 # reading the K candidates' stored activations; 'total' = tokenize + the whole batch.

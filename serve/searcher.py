@@ -8,13 +8,13 @@ Per query batch: tokenize -> text tower -> first stage (n candidates) -> exact M
 stored concepts of those n -> top K -> TensorStore gather of the K stored activations -> joint
 layers over the K (padded to a K bucket with masked dummy rows, which are dropped) -> top k by
 joint score. Every array has a bucketed shape, run by an executable compiled at start-up
-(serve.compiled): with background_compile, the Searcher is usable once the shapes that hold every
+(lateint.serve.compiled): with background_compile, the Searcher is usable once the shapes that hold every
 request are compiled, and the others join while it answers (a request runs on the cheapest
 compiled shape that holds it, never on a compile).
 
-A Searcher is not thread-safe: one thread owns it (serve.batcher's worker in the server). The
+A Searcher is not thread-safe: one thread owns it (lateint.serve.batcher's worker in the server). The
 exception is `reload`, which another thread may call while it answers: it loads the INDEX's new
-generation (index.add / delete / compact) beside the old one and swaps one reference; each batch
+generation (lateint.index.add / delete / compact) beside the old one and swaps one reference; each batch
 takes that reference once, so no answer mixes two generations.
 """
 
@@ -26,16 +26,16 @@ import time
 import numpy as np
 from absl import logging
 
-from index import manifest as manifest_lib
-from index.first_stage import QuerySide
-from index.store import ActivationStore
 from lateint import pretrained
 from lateint.checkpoint import load_model
+from lateint.index import manifest as manifest_lib
+from lateint.index.first_stage import QuerySide
+from lateint.index.store import ActivationStore
+from lateint.serve import stages as stages_lib
+from lateint.serve.buckets import Buckets, StageSettings, bucket_for
+from lateint.serve.compiled import CompiledModel
+from lateint.serve.search_records import STAGE_TIMINGS, Hit, IndexView, PreparedQuery, SearchResult
 from lateint.tokenizer import WordPieceTokenizer
-from serve import stages as stages_lib
-from serve.buckets import Buckets, StageSettings, bucket_for
-from serve.compiled import CompiledModel
-from serve.search_records import STAGE_TIMINGS, Hit, IndexView, PreparedQuery, SearchResult
 
 __all__ = ["STAGE_TIMINGS", "Hit", "PreparedQuery", "SearchResult", "Searcher"]
 

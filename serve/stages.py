@@ -1,8 +1,8 @@
 """The first stages a Searcher can use on one INDEX, loaded once and warmed.
 
-Stages built by `python -m index.build` are opened through index.first_stage. The brute-force
+Stages built by `python -m lateint.index.build` are opened through lateint.index.first_stage. The brute-force
 'exact' (MaxSim over every stored concept) and 'exact_global' (global dot products) are always
-available: when index.build did not build 'exact', they run over the activation store's own
+available: when lateint.index.build did not build 'exact', they run over the activation store's own
 concept and global arrays, so the pipeline works on any finished INDEX. A stage whose search
 compiles per query shape ('exact') is wrapped in a WarmedStage: it only ever runs shapes that
 `warm_up` compiled, padding a search up to one of them.
@@ -14,10 +14,16 @@ import itertools
 
 import numpy as np
 
-from index.first_stage import SEARCH_NAMES, QuerySide, built_stages, open_first_stage, tombstones
-from index.first_stage import exact as exact_stage
-from index.store import ActivationStore
-from serve.buckets import Buckets, bucket_for
+from lateint.index.first_stage import (
+    SEARCH_NAMES,
+    QuerySide,
+    built_stages,
+    open_first_stage,
+    tombstones,
+)
+from lateint.index.first_stage import exact as exact_stage
+from lateint.index.store import ActivationStore
+from lateint.serve.buckets import Buckets, bucket_for
 
 EXACT_NAMES = ("exact", "exact_global")
 
@@ -61,7 +67,7 @@ def load_stages(store: ActivationStore, names) -> dict:
     if unknown or not names:
         raise ValueError(
             f"first stages {names}: expected a non-empty subset of {usable} for "
-            f"INDEX {index_dir!r} (build others with python -m index.build "
+            f"INDEX {index_dir!r} (build others with python -m lateint.index.build "
             f"--index={index_dir} --first_stage=...)"
         )
     built = set(built_stages(index_dir, store.manifest))

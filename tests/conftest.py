@@ -105,8 +105,8 @@ def tiny_workdir(scenes_dir):
     """A workdir holding a tiny trained model (random init, a few steps)."""
 
     def build(workdir):
-        from train import trainer
-        from train.configs import tiny
+        from lateint.train import trainer
+        from lateint.train.configs import tiny
 
         config = tiny.get_config()
         config.data.path = scenes_dir
@@ -123,8 +123,8 @@ def concepts_index(tiny_workdir, scenes_dir):
     that change an INDEX copy it first."""
 
     def build(folder):
-        from index.first_stage import build as first_stage_build
-        from index.precompute import precompute
+        from lateint.index.first_stage import build as first_stage_build
+        from lateint.index.precompute import precompute
 
         index_dir = os.path.join(folder, "index")
         precompute(

@@ -7,13 +7,13 @@ import sys
 
 import numpy as np
 
-from index.first_stage import QuerySide, postings, records
-from index.first_stage import build as first_stage_build
-from index.manifest import read_manifest
-from index.precompute import precompute
-from index.store import read_array
 from lateint.data.corpus import RegionCorpus, load_corpus
 from lateint.data.precomp import write_precomp
+from lateint.index.first_stage import QuerySide, postings, records
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.manifest import read_manifest
+from lateint.index.precompute import precompute
+from lateint.index.store import read_array
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ["concepts", "sq", "permutation", "exact"]
@@ -54,7 +54,7 @@ def build_index(workdir: str, data: str, index_dir: str, centroids=None) -> str:
 
 
 def centroids_of(index_dir: str) -> np.ndarray:
-    from index.first_stage import concepts
+    from lateint.index.first_stage import concepts
 
     manifest = read_manifest(index_dir)
     return concepts.read_centroids(
@@ -75,7 +75,7 @@ def queries(concept_dim: int, count: int = 6, words: int = 5, seed: int = 3) -> 
 def stage_arrays(index_dir: str) -> dict:
     """{name: arrays} of every published stage: the CSR lists (base + delta merged), the
     dictionary, the exact stage's rows."""
-    from index.first_stage import exact
+    from lateint.index.first_stage import exact
 
     manifest = read_manifest(index_dir)
     found = {}

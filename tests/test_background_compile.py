@@ -1,4 +1,4 @@
-"""serve.compiled / serve.stages with background compiles: what is compiled before a Searcher
+"""lateint.serve.compiled / lateint.serve.stages with background compiles: what is compiled before a Searcher
 answers holds every request; padded runs equal the exact buckets; requests never compile.
 
 A Searcher whose background compile is stopped at once answers from the first shapes alone
@@ -10,11 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from index.first_stage import QuerySide
-from serve import compile_plan
-from serve import stages as stages_lib
-from serve.buckets import Buckets
-from serve.searcher import Searcher
+from lateint.index.first_stage import QuerySide
+from lateint.serve import compile_plan
+from lateint.serve import stages as stages_lib
+from lateint.serve.buckets import Buckets
+from lateint.serve.searcher import Searcher
 
 BUCKETS = Buckets(
     query_lengths=(16, 32),

@@ -15,8 +15,8 @@ from lateint.checkpoint import load_model, read_model_config
 from lateint.data.corpus import RegionCorpus
 from lateint.data.precomp import write_precomp
 from lateint.model import SplitEncoder
-from train import trainer
-from train.configs import coco_precomp, scenes_minilm, scenes_relations
+from lateint.train import trainer
+from lateint.train.configs import coco_precomp, scenes_minilm, scenes_relations
 
 WORDS = ["cat", "dog", "horse", "bird", "red", "small", "left", "above", "two", "a", "the"]
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 from real_layouts import F, write_coco
 
-from index.store import ActivationStore
+from lateint.index.store import ActivationStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every image has 3 regions, as TERAN's features_36 have 36 each; 5 captions, one image 6.
@@ -47,7 +47,7 @@ def coco_root(tmp_path_factory):
 def trained(coco_root, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("coco_model"))
     _run(
-        "train.main",
+        "lateint.train.main",
         "--config=train/configs/tiny.py",
         f"--workdir={workdir}",
         f"--data={coco_root}",
@@ -74,7 +74,7 @@ def test_train_reads_the_tree_and_records_the_options(trained, coco_root):
 def test_precompute_and_evaluate_take_the_same_flags(trained, coco_root, tmp_path):
     index_dir = str(tmp_path / "index")
     _run(
-        "index.precompute",
+        "lateint.index.precompute",
         f"--workdir={trained}",
         f"--data={coco_root}/features_36",
         "--split=test",
@@ -85,7 +85,7 @@ def test_precompute_and_evaluate_take_the_same_flags(trained, coco_root, tmp_pat
     assert store.image_ids == [str(400 + i) for i in range(5)]
     out = str(tmp_path / "out")
     _run(
-        "serve.evaluate",
+        "lateint.evaluation.main",
         f"--workdir={trained}",
         f"--index={index_dir}",
         f"--data={coco_root}",

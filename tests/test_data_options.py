@@ -6,7 +6,7 @@ import pytest
 from absl import flags
 
 from lateint.data import options
-from train.configs import coco_precomp, scenes_minilm
+from lateint.train.configs import coco_precomp, scenes_minilm
 
 
 def _flags(*argv):

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from chromium_pipe import Browser
 
-from index.first_stage import build as first_stage_build
-from index.precompute import precompute
-from serve.launcher import ServerProcess
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.precompute import precompute
+from launcher import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

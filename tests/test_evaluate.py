@@ -1,5 +1,5 @@
-"""serve.evaluation / serve.evaluate / serve.distractors end to end on the tiny scenes data, and
-the metric helpers they added to lateint.metrics, on hand-computed cases."""
+"""lateint.evaluation.harness / lateint.evaluation.main / lateint.evaluation.distractors end to end on the tiny scenes data, and
+the metric helpers they added to lateint.retrieval_metrics, on hand-computed cases."""
 
 import json
 import os
@@ -7,25 +7,25 @@ import os
 import numpy as np
 import pytest
 
-from lateint import metrics
+from lateint import retrieval_metrics
 
-# ---- lateint.metrics additions ------------------------------------------------------------------
+# ---- lateint.retrieval_metrics additions ------------------------------------------------------------------
 
 
 def test_top_k_summary_hand_computed():
     t2i = np.array([0, 3, 7, 40])  # with 8 known: 40 only means "not in the top 8"
     i2t = np.array([0, 1])
-    summary = metrics.top_k_summary(t2i, i2t, t2i_known=8)
+    summary = retrieval_metrics.top_k_summary(t2i, i2t, t2i_known=8)
     assert (summary["t2i_r1"], summary["t2i_r5"]) == (25.0, 50.0)
     assert summary["t2i_r10"] is None and summary["t2i_medr"] is None
     assert summary["t2i_meanr"] is None and summary["rsum"] is None
     assert (summary["i2t_r1"], summary["i2t_r5"], summary["i2t_medr"]) == (50.0, 100.0, 1.0)
-    summary = metrics.top_k_summary(t2i, i2t, t2i_known=10)
+    summary = retrieval_metrics.top_k_summary(t2i, i2t, t2i_known=10)
     assert summary["t2i_r10"] == 75.0
     assert summary["rsum"] == 25.0 + 50.0 + 75.0 + 50.0 + 100.0 + 100.0
-    assert metrics.top_k_summary(t2i, i2t) == metrics.recall_summary(t2i, i2t)
+    assert retrieval_metrics.top_k_summary(t2i, i2t) == retrieval_metrics.recall_summary(t2i, i2t)
     with pytest.raises(ValueError, match="t2i_known"):
-        metrics.top_k_summary(t2i, i2t, t2i_known=0)
+        retrieval_metrics.top_k_summary(t2i, i2t, t2i_known=0)
 
 
 def test_image_subset_ranks_ties_and_several_positives():
@@ -36,15 +36,17 @@ def test_image_subset_ranks_ties_and_several_positives():
             [0.2, 0.8, 0.8, 0.3, 0.1],
         ]
     )  # image 0: best positive 0.8, tied with 2
-    ranks = metrics.ranks_image_subset_to_text(scores, np.array([2, 0]), caption_image)
+    ranks = retrieval_metrics.ranks_image_subset_to_text(scores, np.array([2, 0]), caption_image)
     np.testing.assert_array_equal(ranks, [2, 1])
     full = np.random.default_rng(0).normal(size=(3, 5))
     np.testing.assert_array_equal(
-        metrics.ranks_image_subset_to_text(full[[2, 0, 1]], np.array([2, 0, 1]), caption_image),
-        metrics.ranks_image_to_text(full, caption_image)[[2, 0, 1]],
+        retrieval_metrics.ranks_image_subset_to_text(
+            full[[2, 0, 1]], np.array([2, 0, 1]), caption_image
+        ),
+        retrieval_metrics.ranks_image_to_text(full, caption_image)[[2, 0, 1]],
     )
     with pytest.raises(ValueError, match="distinct images"):
-        metrics.ranks_image_subset_to_text(scores, np.array([0, 0]), caption_image)
+        retrieval_metrics.ranks_image_subset_to_text(scores, np.array([0, 0]), caption_image)
 
 
 # ---- the harness on tiny data -------------------------------------------------------------------
@@ -52,8 +54,8 @@ def test_image_subset_ranks_ties_and_several_positives():
 
 @pytest.fixture(scope="module")
 def index_dir(tiny_workdir, scenes_dir, tmp_path_factory):
-    from index.first_stage import build as first_stage_build
-    from index.precompute import precompute
+    from lateint.index.first_stage import build as first_stage_build
+    from lateint.index.precompute import precompute
 
     index_dir = str(tmp_path_factory.mktemp("evaluate") / "index")
     precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64)
@@ -64,7 +66,7 @@ def index_dir(tiny_workdir, scenes_dir, tmp_path_factory):
 
 
 def _settings(**overrides):
-    from serve.evaluation import Settings
+    from lateint.evaluation.harness import Settings
 
     values = dict(
         n=200,
@@ -84,7 +86,7 @@ def _settings(**overrides):
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_workdir, scenes_dir, index_dir):
-    from serve.evaluation import Evaluation
+    from lateint.evaluation.harness import Evaluation
 
     evaluation = Evaluation(tiny_workdir, scenes_dir, "test", _settings())
     records, samples = evaluation.evaluate_index(index_dir)
@@ -115,10 +117,10 @@ def joint_only(tiny_workdir, scenes_dir, tmp_path_factory):
 
     from flax import nnx
 
-    from index.precompute import precompute
     from lateint.checkpoint import read_model_config, save_model
+    from lateint.evaluation.harness import Evaluation
+    from lateint.index.precompute import precompute
     from lateint.model import SplitEncoder
-    from serve.evaluation import Evaluation
 
     folder = tmp_path_factory.mktemp("joint_only")
     config = dataclasses.replace(read_model_config(tiny_workdir), joint_residual=0.0)
@@ -134,7 +136,7 @@ def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(join
     import copy
     import dataclasses
 
-    from index.store import ActivationStore
+    from lateint.index.store import ActivationStore
 
     evaluation, index_dir = joint_only
     store = ActivationStore.open(index_dir)
@@ -166,7 +168,7 @@ def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(join
     assert np.mean(staged[images] == exhaustive) >= 0.5
     # MaxSim's own i2t differs there, so the equality above tells the scorers apart; and with
     # K = 16 of 1,000 captions the staged i2t is another ranking again.
-    maxsim = metrics.ranks_image_to_text(
+    maxsim = retrieval_metrics.ranks_image_to_text(
         evaluation._split_maxsim(context).T, evaluation.corpus.caption_image
     )  # [N0]
     assert not np.array_equal(maxsim[images], exhaustive)
@@ -188,12 +190,12 @@ def test_records_hold_every_scorer_with_nulls_where_undefined(evaluated):
     ]
     for record in records:
         full = record["recall"]["full"]
-        assert set(full) == set(metrics.SUMMARY_KEYS)
+        assert set(full) == set(retrieval_metrics.SUMMARY_KEYS)
         assert record["recall"]["1k5fold"] is None and record["recall"]["5k"] is None
         assert any("1k5fold" in note for note in record["notes"])  # 200 test images
         assert record["num_images"] == 200 and record["distractors"] == 0
         assert record["skipped_first_stages"] == {
-            "sq": "not built in this INDEX (python -m index.build)"
+            "sq": "not built in this INDEX (python -m lateint.index.build)"
         }
         # Medians of latency_queries=2 rows are means, so they add up like the rows: 'total' is
         # the sum of the stages timed, or (staged: the whole batch) at least that.
@@ -230,7 +232,7 @@ def test_relational_metrics_recomputed_from_scores_and_layouts(evaluated, scenes
     truth = semantics.SceneTruth.from_records(layouts).truth_matrix(corpus.captions)
     by_label = {(r["scorer"], r.get("first_stage")): r for r in records}
     global_record = by_label["global", None]
-    from index.store import ActivationStore
+    from lateint.index.store import ActivationStore
 
     store = ActivationStore.open(global_record["index"])
     image_global = store.read_global(0, store.num_images)
@@ -271,7 +273,7 @@ def test_relational_metrics_recomputed_from_scores_and_layouts(evaluated, scenes
 
 
 def test_report_writes_json_markdown_and_plot(evaluated, tmp_path):
-    from serve import report
+    from lateint.evaluation import report
 
     _, records, samples = evaluated
     report.write_json(str(tmp_path / "results.json"), {"records": records})
@@ -290,7 +292,7 @@ def test_report_writes_json_markdown_and_plot(evaluated, tmp_path):
 
 
 def test_index_of_another_split_is_refused(evaluated, tiny_workdir, scenes_dir, tmp_path):
-    from index.precompute import precompute
+    from lateint.index.precompute import precompute
 
     evaluation = evaluated[0]
     other = str(tmp_path / "dev_index")
@@ -302,7 +304,8 @@ def test_index_of_another_split_is_refused(evaluated, tiny_workdir, scenes_dir, 
 def test_distractor_scaling_run_writes_every_N_and_resumes(
     tiny_workdir, scenes_dir, index_dir, tmp_path
 ):
-    from serve import distractors, evaluate
+    from lateint.evaluation import distractors
+    from lateint.evaluation import main as evaluation_main
 
     with pytest.raises(ValueError, match="equals the seed"):
         distractors.ensure_pool(str(tmp_path), 10, seed=5, data=scenes_dir)
@@ -316,7 +319,7 @@ def test_distractor_scaling_run_writes_every_N_and_resumes(
         max_exhaustive_pairs=4000,
         sample_queries=1,
     )
-    records, _ = evaluate.run(
+    records, _ = evaluation_main.run(
         tiny_workdir,
         index_dir,
         scenes_dir,
@@ -333,7 +336,7 @@ def test_distractor_scaling_run_writes_every_N_and_resumes(
         ("staged", "concepts"),
         ("staged", "exact"),
     ]  # first stages built on the new index
-    from index.store import ActivationStore
+    from lateint.index.store import ActivationStore
 
     store = ActivationStore.open(os.path.join(out, "scaling", "n230", "index"))
     assert store.image_ids[:200] == ActivationStore.open(index_dir).image_ids
@@ -341,7 +344,7 @@ def test_distractor_scaling_run_writes_every_N_and_resumes(
     for name in ("results.json", "results.md", "rsum_latency.png", "n200.json", "n230.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     stamp = os.path.getmtime(os.path.join(out, "n230.json"))
-    again, _ = evaluate.run(
+    again, _ = evaluation_main.run(
         tiny_workdir, index_dir, scenes_dir, "test", settings, out, sizes=[230], distractor_seed=6
     )
     assert os.path.getmtime(os.path.join(out, "n230.json")) == stamp  # reused, not recomputed
@@ -349,16 +352,19 @@ def test_distractor_scaling_run_writes_every_N_and_resumes(
 
 
 def test_cached_results_are_keyed_by_the_index_state(index_dir, tmp_path):
-    """serve.evaluate reuses OUT/n{N}.json only for the same INDEX: another path, a rebuilt
+    """lateint.evaluation.main reuses OUT/n{N}.json only for the same INDEX: another path, a rebuilt
     first stage or another manifest (e.g. another storage mode) changes the key."""
     import shutil
 
-    from serve import evaluate
+    from lateint.evaluation import main as evaluation_main
 
     copy = str(tmp_path / "index")
     shutil.copytree(index_dir, copy)
-    base = evaluate.index_digest(copy)
-    assert evaluate.index_digest(copy) == base and evaluate.index_digest(index_dir) == base
+    base = evaluation_main.index_digest(copy)
+    assert (
+        evaluation_main.index_digest(copy) == base
+        and evaluation_main.index_digest(index_dir) == base
+    )
     stage_records = [
         os.path.join(root, name)
         for root, _, names in os.walk(copy)
@@ -368,14 +374,14 @@ def test_cached_results_are_keyed_by_the_index_state(index_dir, tmp_path):
     assert stage_records  # the first stages' own records are part of the key
     with open(stage_records[0], "a", encoding="utf-8") as handle:
         handle.write(" ")
-    rebuilt = evaluate.index_digest(copy)
+    rebuilt = evaluation_main.index_digest(copy)
     assert rebuilt != base
     manifest = os.path.join(copy, "manifest.json")
     record = json.loads(open(manifest, encoding="utf-8").read())
     record["storage"]["activations_dtype"] = "int8"
     with open(manifest, "w", encoding="utf-8") as handle:
         json.dump(record, handle)
-    assert evaluate.index_digest(copy) not in (base, rebuilt)
+    assert evaluation_main.index_digest(copy) not in (base, rebuilt)
 
 
 def test_a_rerun_into_the_same_out_reevaluates_another_index_and_a_rebuilt_stage(
@@ -386,10 +392,10 @@ def test_a_rerun_into_the_same_out_reevaluates_another_index_and_a_rebuilt_stage
     evaluated again into the same --out (their numbers, not the cached ones, come back)."""
     import shutil
 
-    from index import codecs
-    from index.first_stage import build as first_stage_build
-    from index.precompute import precompute
-    from serve import evaluate
+    from lateint.evaluation import main as evaluation_main
+    from lateint.index import codecs
+    from lateint.index.first_stage import build as first_stage_build
+    from lateint.index.precompute import precompute
 
     settings = _settings(
         K=16,
@@ -405,7 +411,7 @@ def test_a_rerun_into_the_same_out_reevaluates_another_index_and_a_rebuilt_stage
     out, cached = str(tmp_path / "eval"), str(tmp_path / "eval" / "n200.json")
 
     def evaluate_into_out(index):
-        records, _ = evaluate.run(tiny_workdir, index, scenes_dir, "test", settings, out)
+        records, _ = evaluation_main.run(tiny_workdir, index, scenes_dir, "test", settings, out)
         return {(record["scorer"], record.get("first_stage")): record for record in records}
 
     first = evaluate_into_out(index_dir)
@@ -432,8 +438,8 @@ def test_a_rerun_into_the_same_out_reevaluates_another_index_and_a_rebuilt_stage
     staged_bytes = quantized["staged", "concepts"]["bytes_per_image"]["first_stage"]
     first_stage_build.build_from_index(int8, ["concepts"], {"concepts": {"num_centroids": 4}})
     rebuilt = evaluate_into_out(int8)["staged", "concepts"]
-    from index.first_stage import open_first_stage
-    from index.store import ActivationStore
+    from lateint.index.first_stage import open_first_stage
+    from lateint.index.store import ActivationStore
 
     stage = open_first_stage(int8, "concepts", ActivationStore.open(int8).manifest)
     assert rebuilt["bytes_per_image"]["first_stage"] == stage.nbytes / 200 != staged_bytes

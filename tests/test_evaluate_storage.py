@@ -1,4 +1,4 @@
-"""serve.evaluation over float32, bfloat16 and int8 INDEXes of the same model and images: every
+"""lateint.evaluation.harness over float32, bfloat16 and int8 INDEXes of the same model and images: every
 record and the report name the storage mode; the scorers that never read the stored activations
 (the dual encoder and MaxSim: concepts are float32 in every mode) rank identically; the scorers
 that do (the exhaustive joint model, the staged pipeline with the exact first stage) stay within
@@ -12,11 +12,11 @@ of its ~40 s (2-core CPU) is each INDEX's Searcher compiling its 12 shapes.
 import numpy as np
 import pytest
 
-from index import codecs
-from index.first_stage import build as first_stage_build
-from index.precompute import precompute
-from serve import report
-from serve.evaluation import RECALL_KEYS, Evaluation, Settings
+from lateint.evaluation import report
+from lateint.evaluation.harness import RECALL_KEYS, Evaluation, Settings
+from lateint.index import codecs
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.precompute import precompute
 
 STORAGES = ("float32", "bfloat16", "int8")
 IMAGES, CAPTIONS = 24, 120  # the dev split of tests/conftest.py's SCENES

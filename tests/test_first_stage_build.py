@@ -1,4 +1,4 @@
-"""`python -m index.build` on a real INDEX written by index.store, then every stage searched."""
+"""`python -m lateint.index.build` on a real INDEX written by lateint.index.store, then every stage searched."""
 
 import os
 import subprocess
@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from index.first_stage import (
+from lateint import retrieval_metrics
+from lateint.index.first_stage import (
     ArraySource,
     add,
     build_stages,
@@ -16,8 +17,7 @@ from index.first_stage import (
     records,
     synthetic,
 )
-from index.store import ActivationStore
-from lateint import metrics
+from lateint.index.store import ActivationStore
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES, REGIONS, DIM, HIDDEN = 150, 4, 16, 8
@@ -66,7 +66,7 @@ def run_build(*arguments):
         PYTHONPATH=os.pathsep.join([REPOSITORY, os.environ.get("PYTHONPATH", "")]),
     )
     return subprocess.run(
-        [sys.executable, "-m", "index.build", *arguments],
+        [sys.executable, "-m", "lateint.index.build", *arguments],
         cwd=REPOSITORY,
         env=environment,
         capture_output=True,
@@ -97,7 +97,7 @@ def test_binary_builds_every_stage_from_the_index(corpus, tmp_path):
         ids, scores = stage.search(queries, NUM_IMAGES)
         assert ids.shape == scores.shape == (8, NUM_IMAGES) and stage.num_images == NUM_IMAGES
     exhaustive = open_first_stage(index_dir, "concepts", nprobe=32).search(queries, NUM_IMAGES)
-    assert metrics.first_stage_recall(exhaustive[0], reference) == 1.0
+    assert retrieval_metrics.first_stage_recall(exhaustive[0], reference) == 1.0
     # Add and delete through every stage at once equal a rebuild on the final set.
     more = synthetic.images(synthetic.topics(30, DIM, seed=0), 20, REGIONS, seed=9)
     assert set(add(index_dir, ArraySource(*more), NUM_IMAGES)) == {

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from index.first_stage import (
+from lateint import retrieval_metrics, scoring
+from lateint.index.first_stage import (
     ArraySource,
     QuerySide,
     add,
@@ -15,7 +16,6 @@ from index.first_stage import (
     records,
     synthetic,
 )
-from lateint import metrics, scoring
 
 NUM_IMAGES = 240
 
@@ -89,14 +89,14 @@ def test_all_centroids_probed_returns_every_image_with_a_region(corpus, built):
     for row in ids:
         assert set(row[row >= 0].tolist()) == expected
     reference = exact_top(exact_scores(data, queries), 10)
-    assert metrics.first_stage_recall(ids, reference) == 1.0
+    assert retrieval_metrics.first_stage_recall(ids, reference) == 1.0
 
 
 def test_recall_against_exact_grows_with_nprobe(corpus, built):
     data, queries = corpus
     reference = exact_top(exact_scores(data, queries), 10)
     recalls = {
-        nprobe: metrics.first_stage_recall(
+        nprobe: retrieval_metrics.first_stage_recall(
             open_first_stage(built, "concepts", nprobe=nprobe).search(queries, 60)[0], reference
         )
         for nprobe in (1, 8)

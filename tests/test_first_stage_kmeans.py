@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from index.first_stage import kmeans
+from lateint.index.first_stage import kmeans
 
 
 def clustered(rng, clusters=8, per_cluster=60, dim=16, noise=0.15):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from index.first_stage import postings, query, records, tombstones
+from lateint.index.first_stage import postings, query, records, tombstones
 
 
 def random_postings(rng, num_lists=7, num_images=40, first_image=0):

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from index import store
-from index.first_stage import (
+from lateint import retrieval_metrics, scoring
+from lateint.index import store
+from lateint.index.first_stage import (
     ArraySource,
     QuerySide,
     add,
@@ -16,7 +17,6 @@ from index.first_stage import (
     surrogate,
     synthetic,
 )
-from lateint import metrics, scoring
 
 NUM_IMAGES = 240
 DIM = 24
@@ -100,7 +100,7 @@ def test_recall_against_exact_global(corpus, built, kind, minimum):
     _, queries = corpus
     reference, _ = open_first_stage(built, "exact_global").search(queries, 10)
     ids, _ = open_first_stage(built, kind).search(queries, 60)
-    assert metrics.first_stage_recall(ids, reference) >= minimum
+    assert retrieval_metrics.first_stage_recall(ids, reference) >= minimum
 
 
 def test_exact_stages_equal_references(corpus, built):

@@ -13,7 +13,7 @@ import sys
 import httpx
 import pytest
 
-from serve.launcher import ServerProcess
+from launcher import ServerProcess
 
 # schemathesis 4.x (pyproject.toml pins >=4.32,<5): its CLI writes the run report as JSON
 # (--report=json), which this test reads instead of parsing the console text.

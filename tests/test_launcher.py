@@ -1,8 +1,8 @@
-"""serve.launcher.ServerProcess: one child per ServerProcess, ended on leaving `with`."""
+"""launcher.ServerProcess: one child per ServerProcess, ended on leaving `with`."""
 
 import pytest
 
-from serve.launcher import ServerProcess
+from launcher import ServerProcess
 
 # bazel: size=medium
 

@@ -1,4 +1,4 @@
-"""index.add / delete / compact against an INDEX built from scratch: every array, every search.
+"""lateint.index.add / delete / compact against an INDEX built from scratch: every array, every search.
 
 precompute A, add B, delete C, compact == precompute (A + B) - C with A's concept dictionary;
 compact --recluster == the same rebuild with a dictionary trained on (A + B) - C. Bad ids are
@@ -18,11 +18,11 @@ from live_index_helpers import (
     write_subset,
 )
 
-from index.add import add_images
-from index.compact import compact_index
-from index.delete import delete_images
-from index.first_stage import build as first_stage_build
-from index.manifest import read_ids, read_manifest
+from lateint.index.add import add_images
+from lateint.index.compact import compact_index
+from lateint.index.delete import delete_images
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.manifest import read_ids, read_manifest
 
 A_ROWS, B_ROWS = np.arange(0, 120), np.arange(120, 200)
 DELETED_ROWS = np.array([3, 17, 64, 119, 120, 150, 199])  # rows of the scenes test split
@@ -75,7 +75,7 @@ def test_add_and_delete_search_like_a_rebuild_before_compaction(changed, rebuilt
 
 
 def test_add_records_how_well_the_first_dictionary_fits_the_new_images(changed):
-    from index.first_stage import concepts, records
+    from lateint.index.first_stage import concepts, records
 
     index_dir, _ = changed
     record = records.committed_record(index_dir, "concepts", read_manifest(index_dir))
@@ -83,7 +83,7 @@ def test_add_records_how_well_the_first_dictionary_fits_the_new_images(changed):
     assert fit["added_postings"] > 0 and 0 < fit["added"] <= 1 and 0 < fit["trained"] <= 1
     assert "added postings vs" in concepts.recluster_advice(record)
     worse = dict(record, fit=dict(fit, trained=0.85, added=0.85 - 0.06))
-    assert concepts.recluster_advice(worse).endswith("index.compact --recluster is advised")
+    assert concepts.recluster_advice(worse).endswith("lateint.index.compact --recluster is advised")
     close = dict(record, fit=dict(fit, trained=0.85, added=0.85 - 0.04))
     assert concepts.recluster_advice(close).endswith("the dictionary still fits")
 
@@ -150,12 +150,12 @@ def test_an_add_with_another_models_checkpoint_is_refused_naming_both(
     tiny_workdir, corpora, tmp_path
 ):
     """Images encoded by another model would be scored against this INDEX's as if comparable:
-    index.add refuses before it writes anything."""
+    lateint.index.add refuses before it writes anything."""
     from flax import nnx
 
-    from index.manifest import IndexRefusedError
-    from index.precompute import precompute
     from lateint.checkpoint import load_model, read_model_config, save_model
+    from lateint.index.manifest import IndexRefusedError
+    from lateint.index.precompute import precompute
     from lateint.model import SplitEncoder
 
     index_dir = str(tmp_path / "index")

@@ -1,4 +1,4 @@
-"""SIGKILL during index.add / index.delete / index.compact, then a rerun: the INDEX equals an
+"""SIGKILL during lateint.index.add / lateint.index.delete / lateint.index.compact, then a rerun: the INDEX equals an
 uninterrupted run's, and the rerun resumed (its log says what it found done) instead of
 starting over.
 
@@ -25,10 +25,10 @@ from live_index_helpers import (
     write_subset,
 )
 
-from index.add import add_images
-from index.compact import compact_index
-from index.delete import delete_images
-from index.manifest import read_ids, read_manifest
+from lateint.index.add import add_images
+from lateint.index.compact import compact_index
+from lateint.index.delete import delete_images
+from lateint.index.manifest import read_ids, read_manifest
 
 ATTEMPTS = 12
 
@@ -102,7 +102,7 @@ def test_killed_add_resumes_to_the_same_index(tiny_workdir, base, tmp_path):
     add_images(tiny_workdir, f"{root}/b", "test", reference, batch_size=8)
     killed = str(tmp_path / "killed")
     arguments = (
-        "index.add",
+        "lateint.index.add",
         f"--workdir={tiny_workdir}",
         f"--index={killed}",
         f"--data={root}/b",
@@ -121,7 +121,7 @@ def test_killed_add_resumes_to_the_same_index(tiny_workdir, base, tmp_path):
     log = _rerun(*arguments)
     assert "resuming the add of 80 images" in log, log[-2000:]
     done = int(log.split(" already journaled")[0].rsplit(" ", 1)[1])
-    encoded = int(log.split("index.add: encoded ")[1].split(" ")[0])
+    encoded = int(log.split("lateint.index.add: encoded ")[1].split(" ")[0])
     assert done > 0 and done + encoded == 80, log[-2000:]
     _assert_same_index(killed, reference)
 
@@ -147,7 +147,7 @@ def test_killed_delete_resumes_to_the_same_index(base, tmp_path):
 
     # The window between the set's commit and the manifest's is milliseconds wide: the binary
     # is held at the kill point "publish" (lateint.kill_points) and killed there.
-    arguments = ("index.delete", f"--index={killed}", f"--ids={id_file}")
+    arguments = ("lateint.index.delete", f"--index={killed}", f"--ids={id_file}")
     shutil.copytree(base_dir, killed)
     hold_dir = tmp_path / "hold"
     hold_dir.mkdir()
@@ -164,7 +164,7 @@ def test_killed_delete_resumes_to_the_same_index(base, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert written_not_published(killed)
-    log = _rerun("index.delete", f"--index={killed}", f"--ids={id_file}")
+    log = _rerun("lateint.index.delete", f"--index={killed}", f"--ids={id_file}")
     assert "resuming: tombstone set" in log, log[-2000:]
     _assert_same_index(killed, reference)
 
@@ -184,9 +184,11 @@ def test_killed_compact_resumes_to_the_same_index(tiny_workdir, base, tmp_path):
     def copied_rows(index_dir):
         return _journal(index_dir, "compact.json").get("rows_copied", 0) > 0
 
-    _kill_mid_way(changed, killed, ("index.compact", f"--index={killed}"), copied_rows, seed=13)
+    _kill_mid_way(
+        changed, killed, ("lateint.index.compact", f"--index={killed}"), copied_rows, seed=13
+    )
     journal = _journal(killed, "compact.json")
-    log = _rerun("index.compact", f"--index={killed}")
+    log = _rerun("lateint.index.compact", f"--index={killed}")
     assert (
         f"resuming on generation {journal['from_generation']}" in log
         and f"{journal['rows_copied']} rows copied" in log

@@ -1,7 +1,7 @@
 """A real server on 127.0.0.1 keeps answering while the INDEX changes under it.
 
-Bounded load (3 clients, each one request at a time) runs while index.add adds images (then
-POST /admin/reload) and the index.delete binary deletes the top hits (its --reload_url tells
+Bounded load (3 clients, each one request at a time) runs while lateint.index.add adds images (then
+POST /admin/reload) and the lateint.index.delete binary deletes the top hits (its --reload_url tells
 the server): 0 errors, every answer
 names one generation (header and body agree, a client never sees it go back), and once the
 delete's generation answers, the deleted ids never appear again.
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from live_index_helpers import build_index, run_binary, write_subset
 
-from index.add import add_images
-from index.manifest import read_manifest
-from serve.launcher import ServerProcess
+from lateint.index.add import add_images
+from lateint.index.manifest import read_manifest
+from launcher import ServerProcess
 
 BUCKET_FLAGS = [
     "--query_length_buckets=16",
@@ -104,7 +104,7 @@ def test_add_and_delete_under_load_without_errors_or_mixed_generations(
             id_file = tmp_path / "deleted.txt"
             id_file.write_text("".join(f"{image_id}\n" for image_id in sorted(deleted)))
             result = run_binary(
-                "index.delete",
+                "lateint.index.delete",
                 f"--index={index_dir}",
                 f"--ids={id_file}",
                 f"--reload_url={server.url}/admin/reload",
@@ -142,9 +142,9 @@ def test_add_and_delete_under_load_without_errors_or_mixed_generations(
 def test_reload_answers_loopback_clients_only(tiny_workdir, index_dir):
     import asyncio
 
-    from serve.app import create_app
-    from serve.buckets import Buckets
-    from serve.searcher import Searcher
+    from lateint.serve.app import create_app
+    from lateint.serve.buckets import Buckets
+    from lateint.serve.searcher import Searcher
 
     searcher = Searcher.load(
         tiny_workdir,

@@ -21,8 +21,8 @@ import time
 import httpx
 import pytest
 
-from serve import report
-from serve.launcher import free_port
+from lateint.evaluation import report
+from launcher import free_port
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCORERS = ["joint_exhaustive", "global", "maxsim", "staged:concepts", "staged:exact"]
@@ -77,7 +77,9 @@ def test_the_summary_is_the_report_of_this_run(main_job):
     queries = {report.label(record): record["queries"]["t2i"] for record in records}
     assert queries == dict.fromkeys(SCORERS, 100) | {"joint_exhaustive": 10}  # tiny sizes
     summary = report.summary(records, results["samples"])
-    assert summary in stdout  # printed as serve.evaluate's summary of exactly these records
+    assert (
+        summary in stdout
+    )  # printed as lateint.evaluation.main's summary of exactly these records
     assert summary.splitlines()[0] == (f"INDEX {run_dir}/index: bfloat16 activations, N=200")
     table_rows = [line for line in summary.splitlines() if line.startswith("| ")][1:]
     assert [row.split(" | ")[0].lstrip("| ") for row in table_rows] == SCORERS
@@ -92,7 +94,7 @@ def test_the_printed_server_command_serves_the_index(main_job, tmp_path):
     run_dir, stdout = main_job
     lines = stdout.splitlines()
     command = shlex.split(lines[lines.index("Serve this index with:") + 1])
-    assert command[:3] == [os.path.join(sys.prefix, "bin", "python"), "-m", "serve.main"]
+    assert command[:3] == [os.path.join(sys.prefix, "bin", "python"), "-m", "lateint.serve.main"]
     assert command[3:] == [
         f"--workdir={run_dir}/model",
         f"--index={run_dir}/index",

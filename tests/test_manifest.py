@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from index import codecs, manifest, manifest_schema
+from lateint.index import codecs, manifest, manifest_schema
 
 
 def _manifest(**overrides):

@@ -1,9 +1,9 @@
-"""lateint.metrics on hand-computed cases and against a VSE++-style argsort reference."""
+"""lateint.retrieval_metrics on hand-computed cases and against a VSE++-style argsort reference."""
 
 import numpy as np
 import pytest
 
-from lateint import metrics
+from lateint import retrieval_metrics
 
 
 def argsort_rank(row, positives):
@@ -21,11 +21,11 @@ def test_text_to_image_ties_are_pessimistic():
             [0.5, 0.6, 0.7],  # true image 0 worst → rank 2
         ]
     )
-    ranks = metrics.ranks_text_to_image(scores, np.array([0, 2, 2, 0]))
+    ranks = retrieval_metrics.ranks_text_to_image(scores, np.array([0, 2, 2, 0]))
     np.testing.assert_array_equal(ranks, [1, 1, 0, 2])
     assert ranks.dtype == np.int64
     # A constant scorer gets the worst rank, never a perfect one.
-    constant = metrics.ranks_text_to_image(np.zeros((4, 3)), np.array([0, 1, 2, 0]))
+    constant = retrieval_metrics.ranks_text_to_image(np.zeros((4, 3)), np.array([0, 1, 2, 0]))
     np.testing.assert_array_equal(constant, [2, 2, 2, 2])
 
 
@@ -41,8 +41,10 @@ def test_image_to_text_best_caption_and_ties():
             [0.0, 0.0, 0.0, 0.0, 0.6, 0.6],
         ]
     )
-    np.testing.assert_array_equal(metrics.ranks_image_to_text(scores, caption_image), [2, 1, 0])
-    constant = metrics.ranks_image_to_text(np.ones((3, 6)), caption_image)
+    np.testing.assert_array_equal(
+        retrieval_metrics.ranks_image_to_text(scores, caption_image), [2, 1, 0]
+    )
+    constant = retrieval_metrics.ranks_image_to_text(np.ones((3, 6)), caption_image)
     np.testing.assert_array_equal(constant, [4, 4, 4])
 
 
@@ -52,10 +54,10 @@ def test_ranks_match_argsort_reference_with_five_captions():
     caption_image = np.repeat(np.arange(num_images), 5)
     rng.shuffle(caption_image)
     scores = rng.normal(size=(caption_image.size, num_images))  # continuous: no ties
-    ranks = metrics.ranks_text_to_image(scores, caption_image)
+    ranks = retrieval_metrics.ranks_text_to_image(scores, caption_image)
     expected = [argsort_rank(scores[m], [caption_image[m]]) for m in range(caption_image.size)]
     np.testing.assert_array_equal(ranks, expected)
-    ranks = metrics.ranks_image_to_text(scores.T, caption_image)
+    ranks = retrieval_metrics.ranks_image_to_text(scores.T, caption_image)
     expected = [
         argsort_rank(scores.T[n], np.flatnonzero(caption_image == n)) for n in range(num_images)
     ]
@@ -64,18 +66,20 @@ def test_ranks_match_argsort_reference_with_five_captions():
 
 def test_rank_errors():
     with pytest.raises(ValueError, match="images \\[1\\]"):
-        metrics.ranks_image_to_text(np.zeros((2, 2)), np.array([0, 0]))
+        retrieval_metrics.ranks_image_to_text(np.zeros((2, 2)), np.array([0, 0]))
     with pytest.raises(ValueError, match="caption_image"):
-        metrics.ranks_text_to_image(np.zeros((2, 2)), np.array([0, 2]))
+        retrieval_metrics.ranks_text_to_image(np.zeros((2, 2)), np.array([0, 2]))
     with pytest.raises(ValueError, match="NaN"):
-        metrics.ranks_text_to_image(np.array([[np.nan, 0.0]]), np.array([0]))
+        retrieval_metrics.ranks_text_to_image(np.array([[np.nan, 0.0]]), np.array([0]))
     with pytest.raises(ValueError, match="expected shape"):
-        metrics.ranks_image_to_text(np.zeros((2, 3)), np.array([0, 1]))
+        retrieval_metrics.ranks_image_to_text(np.zeros((2, 3)), np.array([0, 1]))
 
 
 def test_recall_summary_hand_computed():
-    summary = metrics.recall_summary(np.array([0, 1, 4, 9, 10, 20]), np.array([0, 0, 2, 5]))
-    assert tuple(summary) == metrics.SUMMARY_KEYS
+    summary = retrieval_metrics.recall_summary(
+        np.array([0, 1, 4, 9, 10, 20]), np.array([0, 0, 2, 5])
+    )
+    assert tuple(summary) == retrieval_metrics.SUMMARY_KEYS
     expected = {
         "t2i_r1": 100 / 6,
         "t2i_r5": 50.0,
@@ -106,11 +110,11 @@ def fold_test_data(num_images=10, fold_size=2, captions_per_image=2):
 
 def test_1k_folds_only_rank_inside_the_fold():
     scores, caption_image = fold_test_data()
-    summary = metrics.coco_1k_5fold(scores, caption_image, fold_size=2)
+    summary = retrieval_metrics.coco_1k_5fold(scores, caption_image, fold_size=2)
     assert summary["t2i_r1"] == 100.0 and summary["i2t_r1"] == 100.0
     assert summary["rsum"] == 600.0 and summary["t2i_medr"] == 1.0
     # Over the whole corpus the cross-fold images win: 8 of them beat every true image.
-    whole = metrics.evaluate(scores, caption_image)
+    whole = retrieval_metrics.evaluate(scores, caption_image)
     assert whole["t2i_r1"] == 0.0 and whole["t2i_meanr"] == 9.0
 
 
@@ -120,7 +124,7 @@ def test_1k_folds_average_per_fold_summaries():
     # captions, and image 6's captions beat image 7's for image 7 (i2t).
     captions_of_6 = np.flatnonzero(caption_image == 6)
     scores[captions_of_6, 7] = 1.5
-    summary = metrics.coco_1k_5fold(scores, caption_image, fold_size=2)
+    summary = retrieval_metrics.coco_1k_5fold(scores, caption_image, fold_size=2)
     # Fold 3 t2i: 2 of 4 captions at rank 1 → R@1 50; the other folds 100 → mean 90.
     assert summary["t2i_r1"] == pytest.approx(90.0)
     assert summary["t2i_r5"] == 100.0
@@ -139,8 +143,10 @@ def test_1k_folds_with_a_score_function_see_the_right_slices():
         calls.append((caption_indices.copy(), image_indices.copy()))
         return scores[np.ix_(caption_indices, image_indices)]
 
-    from_function = metrics.coco_1k_5fold(score_fn, caption_image, num_images=10, fold_size=2)
-    assert from_function == metrics.coco_1k_5fold(scores, caption_image, fold_size=2)
+    from_function = retrieval_metrics.coco_1k_5fold(
+        score_fn, caption_image, num_images=10, fold_size=2
+    )
+    assert from_function == retrieval_metrics.coco_1k_5fold(scores, caption_image, fold_size=2)
     assert len(calls) == 5
     for fold, (caption_indices, image_indices) in enumerate(calls):
         np.testing.assert_array_equal(image_indices, [2 * fold, 2 * fold + 1])
@@ -157,7 +163,7 @@ def test_1k_default_protocol_is_five_folds_of_1000():
         image_batches.append(image_indices)
         return rng.normal(size=(caption_indices.size, image_indices.size)).astype(np.float32)
 
-    summary = metrics.coco_1k_5fold(score_fn, caption_image, num_images=5000)
+    summary = retrieval_metrics.coco_1k_5fold(score_fn, caption_image, num_images=5000)
     assert [(batch[0], batch.size) for batch in image_batches] == [
         (0, 1000),
         (1000, 1000),
@@ -171,13 +177,13 @@ def test_1k_default_protocol_is_five_folds_of_1000():
 def test_protocol_errors():
     scores, caption_image = fold_test_data()
     with pytest.raises(ValueError, match="N=10 .*fold_size=1000"):
-        metrics.coco_1k_5fold(scores, caption_image)
+        retrieval_metrics.coco_1k_5fold(scores, caption_image)
     with pytest.raises(ValueError, match="num_images"):
-        metrics.coco_1k_5fold(lambda captions, images: None, caption_image)
+        retrieval_metrics.coco_1k_5fold(lambda captions, images: None, caption_image)
     with pytest.raises(ValueError, match="coco_5k.*5000"):
-        metrics.coco_5k(scores, caption_image)
+        retrieval_metrics.coco_5k(scores, caption_image)
     with pytest.raises(ValueError, match="returned"):
-        metrics.coco_1k_5fold(
+        retrieval_metrics.coco_1k_5fold(
             lambda captions, images: np.zeros((1, 1)), caption_image, num_images=10, fold_size=2
         )
 
@@ -187,8 +193,8 @@ def test_coco_5k_ranks_over_all_5000_images():
     rng = np.random.default_rng(4)
     scores = rng.normal(size=(5000, 5000)).astype(np.float32)
     scores[np.arange(2500), np.arange(2500)] += 10.0  # the first half is retrieved exactly
-    summary = metrics.coco_5k(scores, caption_image)
-    assert summary == metrics.evaluate(scores, caption_image)
+    summary = retrieval_metrics.coco_5k(scores, caption_image)
+    assert summary == retrieval_metrics.evaluate(scores, caption_image)
     assert 50.0 <= summary["t2i_r1"] < 50.5 and 50.0 <= summary["i2t_r1"] < 50.5
     # Without the bonus a random caption's rank is uniform over 0..4999: meanr ≈ 2500.
     assert 1000 < summary["t2i_meanr"] < 2000
@@ -198,18 +204,20 @@ def test_image_to_text_scores_override_the_transpose():
     caption_image = np.array([0, 1])
     scores = np.array([[1.0, 0.0], [0.0, 1.0]])  # perfect both ways
     wrong_for_images = np.array([[0.0, 1.0], [1.0, 0.0]])  # [N, M], every image prefers the other
-    summary = metrics.evaluate(scores, caption_image, wrong_for_images)
+    summary = retrieval_metrics.evaluate(scores, caption_image, wrong_for_images)
     assert summary["t2i_r1"] == 100.0 and summary["i2t_r1"] == 0.0
 
 
 def test_first_stage_recall():
     candidates = np.array([[1, 2, 1, -1], [4, 5, 6, 7], [8, 8, -1, -1]])  # duplicates count once
     reference = np.array([[1, 9], [7, 4], [0, 2]])
-    assert metrics.first_stage_recall(candidates, reference) == pytest.approx((0.5 + 1 + 0) / 3)
-    assert metrics.first_stage_recall(reference, reference) == 1.0
+    assert retrieval_metrics.first_stage_recall(candidates, reference) == pytest.approx(
+        (0.5 + 1 + 0) / 3
+    )
+    assert retrieval_metrics.first_stage_recall(reference, reference) == 1.0
     with pytest.raises(ValueError, match="row 0 repeats"):
-        metrics.first_stage_recall(candidates, np.array([[1, 1], [2, 3], [4, 5]]))
+        retrieval_metrics.first_stage_recall(candidates, np.array([[1, 1], [2, 3], [4, 5]]))
     with pytest.raises(ValueError, match="non-negative"):
-        metrics.first_stage_recall(candidates, np.array([[-1, 1], [2, 3], [4, 5]]))
+        retrieval_metrics.first_stage_recall(candidates, np.array([[-1, 1], [2, 3], [4, 5]]))
     with pytest.raises(ValueError, match="Q=3 rows"):
-        metrics.first_stage_recall(candidates, reference[:2])
+        retrieval_metrics.first_stage_recall(candidates, reference[:2])

@@ -1,4 +1,4 @@
-"""lateint.metrics against SCAN's own evaluation code (kuanghuei/SCAN evaluation.py), ported.
+"""lateint.retrieval_metrics against SCAN's own evaluation code (kuanghuei/SCAN evaluation.py), ported.
 
 `scan_i2t`, `scan_t2i` and `scan_evalrank` below are SCAN's `i2t`, `t2i` and the two branches of
 `evalrank` (fold5 False / True) with Python 3 integer division and the model calls replaced by a
@@ -10,7 +10,7 @@ with and without ties; the default ("pessimistic") must equal them without ties.
 import numpy as np
 import pytest
 
-from lateint import metrics
+from lateint import retrieval_metrics
 
 
 def scan_i2t(sims):
@@ -106,13 +106,13 @@ def test_rank_functions_equal_scans_i2t_t2i(levels):
     _, i2t_ranks = scan_i2t(sims)
     _, t2i_ranks = scan_t2i(sims)
     np.testing.assert_array_equal(
-        metrics.ranks_image_to_text(sims, CAPTION_IMAGE_1K, ties="scan"), i2t_ranks
+        retrieval_metrics.ranks_image_to_text(sims, CAPTION_IMAGE_1K, ties="scan"), i2t_ranks
     )
     np.testing.assert_array_equal(
-        metrics.ranks_text_to_image(sims.T, CAPTION_IMAGE_1K, ties="scan"), t2i_ranks
+        retrieval_metrics.ranks_text_to_image(sims.T, CAPTION_IMAGE_1K, ties="scan"), t2i_ranks
     )
-    pessimistic_i2t = metrics.ranks_image_to_text(sims, CAPTION_IMAGE_1K)
-    pessimistic_t2i = metrics.ranks_text_to_image(sims.T, CAPTION_IMAGE_1K)
+    pessimistic_i2t = retrieval_metrics.ranks_image_to_text(sims, CAPTION_IMAGE_1K)
+    pessimistic_t2i = retrieval_metrics.ranks_text_to_image(sims.T, CAPTION_IMAGE_1K)
     if levels is None:  # no ties: both conventions are SCAN's
         np.testing.assert_array_equal(pessimistic_i2t, i2t_ranks)
         np.testing.assert_array_equal(pessimistic_t2i, t2i_ranks)
@@ -126,10 +126,10 @@ def test_flickr_1k_test_equals_scan_evalrank(levels):
     """N = 1000 (Flickr30k test): coco_1k_5fold is one fold, SCAN's evalrank(fold5=False)."""
     sims = _sims(1000, levels, seed=7)
     expected = scan_evalrank(sims, fold5=False)
-    found = metrics.coco_1k_5fold(sims.T.astype(np.float32), CAPTION_IMAGE_1K)
-    for key in metrics.SUMMARY_KEYS:
+    found = retrieval_metrics.coco_1k_5fold(sims.T.astype(np.float32), CAPTION_IMAGE_1K)
+    for key in retrieval_metrics.SUMMARY_KEYS:
         assert found[key] == pytest.approx(expected[key], abs=1e-9), key
-    default = metrics.evaluate(sims.T, CAPTION_IMAGE_1K)
+    default = retrieval_metrics.evaluate(sims.T, CAPTION_IMAGE_1K)
     if levels is None:
         assert default == pytest.approx(found)
     else:
@@ -142,13 +142,13 @@ def test_coco_protocols_equal_scan_evalrank_with_ties():
     caption_image = np.arange(25000) // 5
     sims = _sims(5000, 12, seed=11, signal=1.6)
     scores = sims.T.astype(np.float32)  # lateint's caption x image matrix, float32
-    five_k = metrics.coco_5k(scores, caption_image)
+    five_k = retrieval_metrics.coco_5k(scores, caption_image)
     expected = scan_evalrank(sims, fold5=False)
-    for key in metrics.SUMMARY_KEYS:
+    for key in retrieval_metrics.SUMMARY_KEYS:
         assert five_k[key] == pytest.approx(expected[key], abs=1e-9), key
-    one_k = metrics.coco_1k_5fold(scores, caption_image)
+    one_k = retrieval_metrics.coco_1k_5fold(scores, caption_image)
     expected = scan_evalrank(sims, fold5=True)
-    for key in metrics.SUMMARY_KEYS:
+    for key in retrieval_metrics.SUMMARY_KEYS:
         assert one_k[key] == pytest.approx(expected[key], abs=1e-9), key
     assert one_k["rsum"] == pytest.approx(expected["mean_fold_rsum"])
     # SCAN's printed fold-5 "rsum" is twice the i2t recall sum, not the rsum.
@@ -163,10 +163,12 @@ def test_scan_convention_follows_argsort_not_a_rule():
     order = np.argsort(row[0])[::-1]
     for true in (1, 2):
         expected = int(np.where(order == true)[0][0])
-        assert metrics.ranks_text_to_image(row, np.array([true]), ties="scan")[0] == expected
-        assert metrics.ranks_text_to_image(row, np.array([true]))[0] == 1  # pessimistic
+        assert (
+            retrieval_metrics.ranks_text_to_image(row, np.array([true]), ties="scan")[0] == expected
+        )
+        assert retrieval_metrics.ranks_text_to_image(row, np.array([true]))[0] == 1  # pessimistic
     with pytest.raises(ValueError, match=r"ties: expected one of \['pessimistic', 'scan'\]"):
-        metrics.ranks_text_to_image(row, np.array([1]), ties="optimistic")
+        retrieval_metrics.ranks_text_to_image(row, np.array([1]), ties="optimistic")
 
 
 def test_subset_ranks_take_the_convention():
@@ -174,6 +176,8 @@ def test_subset_ranks_take_the_convention():
     caption_image = np.arange(200) // 5
     images = np.array([3, 17, 30])
     np.testing.assert_array_equal(
-        metrics.ranks_image_subset_to_text(sims[images], images, caption_image, ties="scan"),
+        retrieval_metrics.ranks_image_subset_to_text(
+            sims[images], images, caption_image, ties="scan"
+        ),
         scan_i2t(sims)[1][images],
     )

@@ -1,4 +1,4 @@
-"""index.precompute: stored = online (contract 2), resume after SIGKILL, no-op rerun, modes."""
+"""lateint.index.precompute: stored = online (contract 2), resume after SIGKILL, no-op rerun, modes."""
 
 import json
 import os
@@ -12,18 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from index import codecs
-from index.manifest import (
+from lateint.checkpoint import load_model
+from lateint.data.corpus import load_corpus
+from lateint.index import codecs
+from lateint.index.manifest import (
     CORPUS_FIELDS,
     IncompleteIndexError,
     IndexRefusedError,
     read_manifest,
     write_manifest,
 )
-from index.precompute import precompute
-from index.store import ActivationStore, read_array
-from lateint.checkpoint import load_model
-from lateint.data.corpus import load_corpus
+from lateint.index.precompute import precompute
+from lateint.index.store import ActivationStore, read_array
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROLES = ("activations", "region_mask", "concepts", "global")
@@ -64,7 +64,7 @@ def _precompute_process(workdir, data, index_dir, *extra):
         [
             sys.executable,
             "-m",
-            "index.precompute",
+            "lateint.index.precompute",
             f"--workdir={workdir}",
             f"--data={data}",
             "--split=test",
@@ -237,7 +237,7 @@ def test_rerun_on_a_finished_index_checks_model_and_corpus(tiny_workdir, scenes_
     stderr = process.stderr.read()
     assert "Traceback" not in stderr, stderr[-3000:]
     refusal = [line for line in stderr.splitlines() if "refused INDEX" in line]
-    assert len(refusal) == 1 and refusal[0].startswith("index.precompute: refused INDEX: ")
+    assert len(refusal) == 1 and refusal[0].startswith("lateint.index.precompute: refused INDEX: ")
     assert "manifest.json: field 'model_fingerprint'" in refusal[0]
 
 

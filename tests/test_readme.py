@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from serve.launcher import REPOSITORY, free_port
+from launcher import REPOSITORY, free_port
 
 README = os.path.join(REPOSITORY, "README.md")
 SECTION = "## Quick start"

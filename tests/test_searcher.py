@@ -1,4 +1,4 @@
-"""serve.searcher: the staged pipeline equals the exhaustive joint ranking; bounds; no compiles.
+"""lateint.serve.searcher: the staged pipeline equals the exhaustive joint ranking; bounds; no compiles.
 
 One Searcher over a float32 INDEX of the scenes test split (200 images) with the 'concepts'
 first stage built and 'exact' not built (so 'exact' runs over the activation store itself).
@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from index.first_stage import QuerySide
-from index.first_stage import build as first_stage_build
-from index.precompute import precompute
-from index.store import ActivationStore
 from lateint import pretrained, scoring
 from lateint.checkpoint import load_model
 from lateint.compiles import CompileCounter
 from lateint.data.corpus import load_corpus
+from lateint.index.first_stage import QuerySide
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.precompute import precompute
+from lateint.index.store import ActivationStore
+from lateint.serve.buckets import Buckets
+from lateint.serve.searcher import STAGE_TIMINGS, Searcher
 from lateint.tokenizer import WordPieceTokenizer
-from serve.buckets import Buckets
-from serve.searcher import STAGE_TIMINGS, Searcher
 
 QUERIES = [
     "two horses",

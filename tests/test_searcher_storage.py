@@ -1,15 +1,15 @@
-"""serve.searcher over bfloat16 and int8 INDEXes: the joint layers see the decoded stored
+"""lateint.serve.searcher over bfloat16 and int8 INDEXes: the joint layers see the decoded stored
 activations, and the ranking stays close to the float32 INDEX's."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from index.first_stage import build as first_stage_build
-from index.precompute import precompute
-from index.store import ActivationStore
-from serve.buckets import Buckets
-from serve.searcher import Searcher
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.precompute import precompute
+from lateint.index.store import ActivationStore
+from lateint.serve.buckets import Buckets
+from lateint.serve.searcher import Searcher
 
 QUERIES = [
     "two horses",

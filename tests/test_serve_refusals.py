@@ -1,4 +1,4 @@
-"""serve.main on an INDEX it must refuse: one line naming the file and the field, exit status 2,
+"""lateint.serve.main on an INDEX it must refuse: one line naming the file and the field, exit status 2,
 no traceback, nothing served. (An unfinished INDEX: tests/test_server.py.)"""
 
 import os
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from index.manifest import EXIT_REFUSED, read_manifest, write_manifest
-from serve.launcher import REPOSITORY
+from lateint.index.manifest import EXIT_REFUSED, read_manifest, write_manifest
+from launcher import REPOSITORY
 
 
 def _edited_copy(index_dir, tmp_path, **fields):
@@ -27,7 +27,7 @@ def _serve(workdir, index_dir) -> subprocess.CompletedProcess:
         [
             sys.executable,
             "-m",
-            "serve.main",
+            "lateint.serve.main",
             f"--workdir={workdir}",
             f"--index={index_dir}",
             "--port=1",
@@ -66,7 +66,7 @@ def test_serve_main_refuses_with_one_line_and_exit_status_2(
     assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
     refusal = [line for line in completed.stderr.splitlines() if "refused INDEX" in line]
     assert len(refusal) == 1, completed.stderr[-3000:]
-    assert refusal[0].startswith("serve.main: refused INDEX: ")
+    assert refusal[0].startswith("lateint.serve.main: refused INDEX: ")
     for text in expected:
         assert text in refusal[0], refusal[0]
     assert "serving on" not in completed.stderr

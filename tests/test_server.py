@@ -1,8 +1,8 @@
-"""serve.main end to end on 127.0.0.1: search, health, metrics, bad inputs, overload, SIGTERM.
+"""lateint.serve.main end to end on 127.0.0.1: search, health, metrics, bad inputs, overload, SIGTERM.
 
 Two real server processes over one INDEX: `server` (roomy queue, micro-batches of 4) for the
 API, and `gated_server` (queue of 3) whose batch worker takes no batch while the test's hold file
-exists (serve.main --test_hold_file): the test fills the queue, sees it full, sends a SIGTERM while
+exists (lateint.serve.main --test_hold_file): the test fills the queue, sees it full, sends a SIGTERM while
 requests wait, and only then lets them through, so overload and shutdown are tested without
 racing a timer.
 """
@@ -17,10 +17,10 @@ import time
 import httpx
 import pytest
 
-from index.first_stage import build as first_stage_build
-from index.manifest import read_manifest, write_manifest
-from index.precompute import precompute
-from serve.launcher import REPOSITORY, ServerProcess
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.manifest import read_manifest, write_manifest
+from lateint.index.precompute import precompute
+from launcher import REPOSITORY, ServerProcess
 
 BUCKET_FLAGS = [
     "--query_length_buckets=16",
@@ -407,7 +407,7 @@ def test_sigterm_answers_in_flight_requests_then_exits_0(gated_server, hold_file
 
 
 def test_batcher_fills_batches_up_to_max_batch_and_keeps_order():
-    from serve.batcher import MicroBatcher
+    from lateint.serve.batcher import MicroBatcher
 
     batches = []
     batcher = MicroBatcher(
@@ -424,7 +424,7 @@ def test_batcher_fills_batches_up_to_max_batch_and_keeps_order():
 
 
 def test_batcher_waits_at_most_max_wait_for_a_batch_to_fill():
-    from serve.batcher import MicroBatcher
+    from lateint.serve.batcher import MicroBatcher
 
     batcher = MicroBatcher(lambda items: items, max_batch=8, max_wait_ms=50, max_queue=10)
     batcher.start()
@@ -435,7 +435,7 @@ def test_batcher_waits_at_most_max_wait_for_a_batch_to_fill():
 
 
 def test_batcher_failures_reach_every_caller_and_the_worker_survives():
-    from serve.batcher import MicroBatcher
+    from lateint.serve.batcher import MicroBatcher
 
     def process(items):
         if "bad" in items:
@@ -453,7 +453,7 @@ def test_batcher_failures_reach_every_caller_and_the_worker_survives():
 
 
 def test_batcher_sheds_load_and_drains_on_close():
-    from serve.batcher import BatcherClosed, MicroBatcher, QueueFull
+    from lateint.serve.batcher import BatcherClosed, MicroBatcher, QueueFull
 
     batcher = MicroBatcher(lambda items: items, max_batch=8, max_wait_ms=10_000, max_queue=3)
     queued = [batcher.submit(number) for number in range(3)]
@@ -469,7 +469,7 @@ def test_batcher_sheds_load_and_drains_on_close():
         batcher.submit(4)
 
 
-@pytest.mark.parametrize("binary", ["serve.main", "index.build"])
+@pytest.mark.parametrize("binary", ["lateint.serve.main", "lateint.index.build"])
 def test_a_refused_index_is_one_line_and_exit_status_2(tiny_workdir, index_dir, tmp_path, binary):
     unfinished = str(tmp_path / "unfinished")
     shutil.copytree(index_dir, unfinished)
@@ -477,8 +477,8 @@ def test_a_refused_index_is_one_line_and_exit_status_2(tiny_workdir, index_dir, 
     manifest.update(complete=False, finalized=None)
     write_manifest(unfinished, manifest)
     arguments = {
-        "serve.main": [f"--workdir={tiny_workdir}", f"--index={unfinished}"],
-        "index.build": [f"--index={unfinished}"],
+        "lateint.serve.main": [f"--workdir={tiny_workdir}", f"--index={unfinished}"],
+        "lateint.index.build": [f"--index={unfinished}"],
     }[binary]
     completed = subprocess.run(
         [sys.executable, "-m", binary, *arguments],
@@ -498,7 +498,7 @@ def test_a_refused_index_is_one_line_and_exit_status_2(tiny_workdir, index_dir, 
 def test_batcher_admits_by_expected_queue_time_and_drops_expired_items():
     import threading
 
-    from serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
+    from lateint.serve.batcher import DeadlineExceeded, MicroBatcher, Overloaded
 
     gate = threading.Event()
 

@@ -18,11 +18,11 @@ import httpx
 import pytest
 import uvicorn
 
-from serve.app import ServerSettings, create_app
-from serve.buckets import Buckets
-from serve.launcher import free_port
-from serve.main import DrainingServer
-from serve.searcher import Searcher
+from lateint.serve.app import ServerSettings, create_app
+from lateint.serve.buckets import Buckets
+from lateint.serve.main import DrainingServer
+from lateint.serve.searcher import Searcher
+from launcher import free_port
 
 BUCKETS = Buckets(
     query_lengths=(16,),
@@ -53,7 +53,7 @@ class GatedSearcher:
 
 
 class InProcessServer:
-    """serve.main's server (DrainingServer) over `searcher`, in a thread of this process."""
+    """lateint.serve.main's server (DrainingServer) over `searcher`, in a thread of this process."""
 
     def __init__(self, searcher, settings: ServerSettings, drain_s: float = 60.0):
         self.app = create_app(searcher, settings)

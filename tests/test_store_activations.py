@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from index import manifest
-from index.store import ActivationStore
+from lateint.index import manifest
+from lateint.index.store import ActivationStore
 
 N, R, H, C = 37, 5, 12, 6
 SHARD = 8

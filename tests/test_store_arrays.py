@@ -4,7 +4,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from index import store
+from lateint.index import store
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from index import codecs
+from lateint.index import codecs
 
 
 def _activations(shape=(3, 5, 16), seed=0):

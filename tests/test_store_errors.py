@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from index import store
-from index.store import ActivationStore
+from lateint.index import store
+from lateint.index.store import ActivationStore
 
 N, R, H, C, SHARD = 20, 3, 4, 2, 8
 

@@ -11,15 +11,15 @@ import sys
 
 import numpy as np
 
-from index import manifest
-from index.store import ActivationStore
+from lateint.index import manifest
+from lateint.index.store import ActivationStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRITER = r"""
 import sys
 import numpy as np
-from index import manifest
-from index.store import ActivationStore
+from lateint.index import manifest
+from lateint.index.store import ActivationStore
 
 directory = sys.argv[1]
 N, R, H, C = 3000, 6, 32, 8

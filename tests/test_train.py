@@ -14,8 +14,8 @@ from flax import nnx
 
 from lateint.checkpoint import load_model
 from lateint.data import scenes
-from train import trainer
-from train.configs import tiny
+from lateint.train import trainer
+from lateint.train.configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,7 @@ def _run(workdir, data_dir, *overrides, env=None):
     command = [
         sys.executable,
         "-m",
-        "train.main",
+        "lateint.train.main",
         "--config=train/configs/tiny.py",
         f"--workdir={workdir}",
         f"--config.data.path={data_dir}",

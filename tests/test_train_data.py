@@ -6,7 +6,7 @@ from lateint.data import scenes
 from lateint.data.corpus import load_corpus
 from lateint.pretrained import default_minilm_directory
 from lateint.tokenizer import WordPieceTokenizer
-from train.data import TrainBatches
+from lateint.train.data import TrainBatches
 
 
 def _batches(scenes_dir, groups):
@@ -48,7 +48,7 @@ def test_semantic_batches_mark_true_captions_and_carry_false_rewrites(scenes_dir
     every valid text negative is a rewrite false of its own image; with attribute rewrites,
     inventory captions get text negatives too."""
     from lateint.data import semantics
-    from train.data import CaptionSemantics
+    from lateint.train.data import CaptionSemantics
 
     corpus = load_corpus(scenes_dir, "train")
     records = scenes.read_records(scenes_dir, "train", corpus.image_ids)
@@ -113,7 +113,7 @@ def test_paraphrased_batches_keep_claims_and_paraphrase_the_rewrites_too(scenes_
     paraphrases of that caption's rewrites (false of the image). paraphrase_prob=0 gives the
     very batches of a run without paraphrases."""
     from lateint.data import semantics
-    from train.data import CaptionSemantics
+    from lateint.train.data import CaptionSemantics
 
     corpus = load_corpus(scenes_dir, "train")
     records = scenes.read_records(scenes_dir, "train", corpus.image_ids)

@@ -1,4 +1,4 @@
-"""train.writer after a resume (no repeated steps in metrics.jsonl) and train.main's clean-up of
+"""lateint.train.writer after a resume (no repeated steps in metrics.jsonl) and lateint.train.main's clean-up of
 a workdir it created for a run that failed before its first checkpoint."""
 
 import json
@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from train.writer import METRICS_FILE, MetricWriter
+from lateint.train.writer import METRICS_FILE, MetricWriter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +37,7 @@ def _train(workdir, data):
         [
             sys.executable,
             "-m",
-            "train.main",
+            "lateint.train.main",
             "--config=train/configs/tiny.py",
             f"--workdir={workdir}",
             f"--config.data.path={data}",

@@ -1,10 +1,10 @@
 r"""Trains the split encoder; resumes from WORKDIR if it holds a checkpoint.
 
-  python -m train.main --config=train/configs/scenes_relations.py --workdir=runs/scenes/model \
+  python -m lateint.train.main --config=train/configs/scenes_relations.py --workdir=runs/scenes/model \
       [--config.num_steps=1000 ...]
 
 A run that fails before its first checkpoint removes the workdir it created (a later run, or
-serve.main, would otherwise find an empty or half-written one); a workdir that existed before,
+lateint.serve.main, would otherwise find an empty or half-written one); a workdir that existed before,
 or holds a checkpoint, is left as it is.
 """
 
@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from lateint.checkpoint import CheckpointStore
 from lateint.data import options as data_options
-from train import trainer
+from lateint.train import trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)

@@ -22,9 +22,9 @@ from lateint.inference import Inference
 from lateint.model import SplitEncoder
 from lateint.progress import Progress, format_seconds
 from lateint.tokenizer import WordPieceTokenizer
-from train import evaluate, steps
-from train.data import CaptionSemantics, TrainBatches
-from train.writer import MetricWriter
+from lateint.train import dev_recall, steps
+from lateint.train.data import CaptionSemantics, TrainBatches
+from lateint.train.writer import MetricWriter
 
 
 def resolve_pretrained(name: str) -> str:
@@ -77,7 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bert_dir = resolve_pretrained(config.pretrained)
     data = data_options.from_config(config.data)  # config.data.path + its reader options
     train_corpus = load_corpus(data, config.data.train_split)
-    dev_corpus = evaluate.subset(load_corpus(data, config.data.dev_split), config.eval_images)
+    dev_corpus = dev_recall.subset(load_corpus(data, config.data.dev_split), config.eval_images)
     dev_records = None
     if config.data.get("semantics", False):
         dev_records = scenes.read_records(
@@ -185,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def run_eval(step):
         started = time.perf_counter()
         inference = Inference(nnx.merge(graph, jax.device_get(params)))
-        found = evaluate.dev_recall(
+        found = dev_recall.dev_recall(
             inference,
             dev_corpus,
             tokenizer,
@@ -206,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             step,
             dev_corpus.num_images,
             time.perf_counter() - started,
-            evaluate.format_table(found),
+            dev_recall.format_table(found),
         )
         return found
 

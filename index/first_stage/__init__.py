@@ -5,7 +5,7 @@ text, deep permutations, exact brute force), all with search(query_side, n) -> (
     ids, scores = stage.search(QuerySide(concepts, mask, global_vector), n)  # [Q, n] each
 """
 
-from index.first_stage.build import (
+from lateint.index.first_stage.build import (
     BUILD_NAMES,
     SEARCH_NAMES,
     add,
@@ -14,8 +14,8 @@ from index.first_stage.build import (
     delete,
     open_first_stage,
 )
-from index.first_stage.query import QuerySide
-from index.first_stage.sources import ArraySource
+from lateint.index.first_stage.query import QuerySide
+from lateint.index.first_stage.sources import ArraySource
 
 __all__ = [
     "BUILD_NAMES",

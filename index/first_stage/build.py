@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from index.first_stage import concepts, exact, postings, records, surrogate, tombstones
+from lateint.index.first_stage import concepts, exact, postings, records, surrogate, tombstones
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def delete(index_dir: str, image_ids) -> int:
 
 def compact_stage(index_dir: str, manifest: dict, name: str, alive, recluster_source=None) -> dict:
     """Rewrites stage `name` as `manifest` publishes it without the images where alive [N] bool
-    is False, renumbered in order (index.compact); 'concepts' keeps its dictionary unless
+    is False, renumbered in order (lateint.index.compact); 'concepts' keeps its dictionary unless
     recluster_source (the compacted images' vectors) is given. Returns the committed record."""
     record = records.committed_record(index_dir, name, manifest)
     if name == "exact":
@@ -126,8 +126,8 @@ def open_first_stage(index_dir: str, name: str, manifest: dict | None = None, **
 
 
 def build_from_index(index_dir: str, names, options: dict | None = None) -> dict:
-    """Builds the named stages from a finished INDEX's stored vectors (index.store)."""
-    from index import (
+    """Builds the named stages from a finished INDEX's stored vectors (lateint.index.store)."""
+    from lateint.index import (
         generation,  # the manifest switch; imports this module
         store,  # the store pulls TensorStore; only this entry point needs it
     )

@@ -26,8 +26,8 @@ import logging
 
 import numpy as np
 
-from index import store
-from index.first_stage import kmeans, postings, query, records, sources, tombstones
+from lateint.index import store
+from lateint.index.first_stage import kmeans, postings, query, records, sources, tombstones
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def recluster_advice(record: dict) -> str:
         return "no fit measured (a dictionary built before fits were recorded, or no adds)"
     drop = fit["trained"] - fit["added"]
     verdict = (
-        "index.compact --recluster is advised"
+        "lateint.index.compact --recluster is advised"
         if drop > RECLUSTER_FIT_DROP
         else "the dictionary still fits"
     )
@@ -248,7 +248,7 @@ def _fit_after_add(record: dict, weights) -> dict:
     """The record's 'fit' with the added postings' weights folded in. A posting's weight is
     its best region's cosine to the centroid, so the mean weight says how well the dictionary
     describes the images: when added images' mean falls well below the images the dictionary
-    was trained on, `index.compact --recluster` is advised (docs/live_index.md)."""
+    was trained on, `lateint.index.compact --recluster` is advised (docs/live_index.md)."""
     fit = dict(record.get("fit") or {"trained": None, "added": None, "added_postings": 0})
     count = fit["added_postings"] + int(np.size(weights))
     if count:
@@ -259,7 +259,7 @@ def _fit_after_add(record: dict, weights) -> dict:
 
 
 def read_centroids(index_dir: str, record: dict) -> np.ndarray:
-    """The record's dictionary [K, C] float32 (index.compact --recluster writes a new one)."""
+    """The record's dictionary [K, C] float32 (lateint.index.compact --recluster writes a new one)."""
     return store.read_array(index_dir, record.get("centroids", f"{PREFIX}/centroids"))
 
 

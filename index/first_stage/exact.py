@@ -2,7 +2,7 @@
 
 The stage keeps its own float32 copy of the vectors under INDEX/first_stage/exact/g<generation>/
 (concepts [N, R, C], region_mask [N, R], global [N, C]) so images added after the activation store
-was written are searchable, and appends new rows with index.store.append_array; the record's
+was written are searchable, and appends new rows with lateint.index.store.append_array; the record's
 num_images is the commit point (rows past it, from a killed add, are compacted away by the next
 add). Two searchers read it: 'exact' (MaxSim, lateint.scoring.maxsim, blocked over images on the
 accelerator, running top-n) and 'exact_global' (global dot products).
@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from index import store
-from index.first_stage import postings, query, records, sources, tombstones
 from lateint import scoring
+from lateint.index import store
+from lateint.index.first_stage import postings, query, records, sources, tombstones
 
 logger = logging.getLogger(__name__)
 

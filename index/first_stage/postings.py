@@ -7,10 +7,10 @@ In memory (`InvertedLists`): offsets [K+1] int64; images [P] int32, ascending wi
 weights [P] (float32 for concepts, uint16 term frequencies for surrogate text). An image posts at
 most once per list.
 
-On disk, under `<prefix>/g<generation>/` (written through index.store):
+On disk, under `<prefix>/g<generation>/` (written through lateint.index.store):
   offsets, images, weights      the base CSR, written at build or compaction
   delta_lists, delta_images,    postings added since, appended image-major (ascending image,
-  delta_weights                 then list) with index.store.append_array
+  delta_weights                 then list) with lateint.index.store.append_array
 The stage's json record holds the generation and the committed lengths (base_postings,
 delta_postings): it is the commit point, so rows appended by a run killed before its json update
 are ignored, and the next add compacts them away. Because added images always have larger ids
@@ -27,8 +27,8 @@ import shutil
 
 import numpy as np
 
-from index import store
-from index.first_stage import records, sources
+from lateint.index import store
+from lateint.index.first_stage import records, sources
 
 COMPACT_FRACTION = 0.25  # compact once the delta exceeds this fraction of the base
 MIN_COMPACT_POSTINGS = 1 << 16  # ... and this many postings

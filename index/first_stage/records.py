@@ -5,7 +5,7 @@ readers see the old or the new state, never a mix. A (re)build first writes a re
 "state": "building", so a killed build leaves a stage that readers refuse with a clear message
 instead of a mix of old and new arrays.
 
-Once an INDEX has changed generation (index.add / delete / compact, index.generation), its
+Once an INDEX has changed generation (lateint.index.add / delete / compact, lateint.index.generation), its
 manifest holds a snapshot of every stage's record: the stage.json files are then the writer's
 state and readers take the snapshot (`committed_record`), so one manifest switch publishes every
 stage at once. Folders a snapshot names (this generation's or the previous one's) are never
@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 
-from index import manifest as manifest_lib
 from lateint import atomic
+from lateint.index import manifest as manifest_lib
 
 RECORD_FILE = "stage.json"
 RECORD_VERSION = 1
@@ -26,7 +26,7 @@ STAGE_FOLDER = "first_stage"
 
 
 def folder(index_dir: str, name: str) -> str:
-    """The directory of array (or array folder) `name`: INDEX/<name> (index.store's layout)."""
+    """The directory of array (or array folder) `name`: INDEX/<name> (lateint.index.store's layout)."""
     return os.path.join(index_dir, *name.split("/"))
 
 
@@ -57,7 +57,7 @@ def read_record(index_dir: str, stage: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"first stage {stage!r} is not built in {index_dir!r} "
-            f"(expected {path}); run python -m index.build "
+            f"(expected {path}); run python -m lateint.index.build "
             f"--index={index_dir} --first_stage={stage}"
         )
     with open(path, encoding="utf-8") as handle:

@@ -2,7 +2,7 @@
 
 A source is anything with `num_images`, `regions`, `concept_dim` and the row readers
 `read_concepts(start, stop) -> [B, R, C]`, `read_region_mask(start, stop) -> [B, R] bool`,
-`read_global(start, stop) -> [B, C]`: index.store.ActivationStore (a finished INDEX) has them,
+`read_global(start, stop) -> [B, C]`: lateint.index.store.ActivationStore (a finished INDEX) has them,
 and `ArraySource` wraps in-memory arrays (new images to add, tests, benchmarks).
 """
 
@@ -72,7 +72,7 @@ def check_source(source, concept_dim: int | None, regions: int | None, stage: st
 
 
 class RowWindow:
-    """Rows [start, stop) of another source (e.g. the images index.add appended to the
+    """Rows [start, stop) of another source (e.g. the images lateint.index.add appended to the
     activation store), renumbered from 0, with the same reader interface."""
 
     def __init__(self, source, start: int, stop: int):

@@ -19,7 +19,7 @@ import logging
 
 import numpy as np
 
-from index.first_stage import postings, query, records, sources, tombstones
+from lateint.index.first_stage import postings, query, records, sources, tombstones
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from index.first_stage.query import QuerySide
+from lateint.index.first_stage.query import QuerySide
 
 
 class SyntheticImages(NamedTuple):

@@ -16,9 +16,9 @@ import os
 
 import numpy as np
 
-from index import store
-from index.first_stage import postings, records
 from lateint import atomic
+from lateint.index import store
+from lateint.index.first_stage import postings, records
 
 PREFIX = "first_stage/tombstones"
 RECORD_FILE = "tombstones.json"
@@ -98,7 +98,7 @@ def delete(index_dir: str, image_ids, num_images: int) -> int:
 
 
 def clear(index_dir: str) -> dict:
-    """Commits an empty set as the next generation (after index.compact renumbered the images,
+    """Commits an empty set as the next generation (after lateint.index.compact renumbered the images,
     the old ids mean nothing); returns the new record."""
     return write_set(index_dir, np.zeros(0, np.int64))
 

@@ -10,7 +10,7 @@ on its left") then reads as "T left of S". A paraphrase keeps every claim (same 
 sizes, classes and relations, so `lateint.data.semantics` truth and the relational rewrites
 stay valid) and changes the surface: the relation said from the target's side with the
 opposite word, inverse constructions, relation and inventory wordings the generator lacks,
-and query wrappers ("give me ...", "a photo where ..."). Training (train.data) swaps a caption
+and query wrappers ("give me ...", "a photo where ..."). Training (lateint.train.data) swaps a caption
 and its rewrites for paraphrases with some probability.
 
 bench/phrasings.py measures phrasings held out from both the generator and this module;

@@ -62,7 +62,7 @@ def py_module_binary(name, module, deps, **kwargs):
     """A py_binary running the dotted `module` (found in `deps`) as `python -m module` would.
 
     `bazel run //train:main -- --config=...` therefore behaves like
-    `python -m train.main --config=...` from the repository root: relative imports work and
+    `python -m lateint.train.main --config=...` from the repository root: relative imports work and
     `__main__` is the module itself.
     """
     launcher = name + "_launcher.py"

@@ -5,14 +5,14 @@ SCAN's coco_precomp folder (train_ims.npy [113287, 36, 2048], train_caps.txt, de
 or TERAN's tree (data/coco: features_36/bu_att, annotations/coco_*_ids.npy); `pretrained` a
 HuggingFace bert-base-uncased directory (config.json, model.safetensors, vocab.txt):
 
-  python -m train.main --config=train/configs/coco_precomp.py --workdir=runs/coco/model \
+  python -m lateint.train.main --config=train/configs/coco_precomp.py --workdir=runs/coco/model \
       --data=data/coco_precomp --config.pretrained=/models/bert-base-uncased
 
 The data follow the standard protocol (lateint.data.options): train = Karpathy train + restval
 (113,287 images), 5 captions per image, validation on the first 1,000 dev images.
 """
 
-from train.configs import scenes_minilm
+from lateint.train.configs import scenes_minilm
 
 
 def get_config():

@@ -4,14 +4,14 @@ r"""Flickr30k bottom-up-attention features (36 x 2048 regions), the COCO recipe'
 dev_* (1,014 images), test_* (1,000)) or TERAN's tree (data/f30k: features_36/bu_att,
 annotations/dataset_flickr30k.json, images/sizes.pkl); see docs/coco.md:
 
-  python -m train.main --config=train/configs/flickr30k_precomp.py --workdir=runs/f30k/model \
+  python -m lateint.train.main --config=train/configs/flickr30k_precomp.py --workdir=runs/f30k/model \
       --data=data/f30k_precomp --config.pretrained=/models/bert-base-uncased
 
 29,000 training images are a quarter of COCO's, so the run is shorter (about 130 passes over
 the images at batch 128, as the COCO config's 68 passes over 113,287).
 """
 
-from train.configs import coco_precomp
+from lateint.train.configs import coco_precomp
 
 
 def get_config():

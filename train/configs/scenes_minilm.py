@@ -5,7 +5,7 @@ joint layers that rerank). One joint layer was measured too shallow to bind word
 their relations: its rerank lost to MaxSim at dev R@1 (10.3 vs 15.2 at step 350).
 
   python -m lateint.data.scenes --out=runs/scenes/data
-  python -m train.main --config=train/configs/scenes_minilm.py --workdir=runs/scenes/model
+  python -m lateint.train.main --config=train/configs/scenes_minilm.py --workdir=runs/scenes/model
 """
 
 import ml_collections

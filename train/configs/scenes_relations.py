@@ -22,7 +22,7 @@ neighbours. What makes relations learnable (docs/benchmarks.md has the ablations
     81.8), so the main job trades CPU minutes for it.
 
   python -m lateint.data.scenes --out=runs/scenes/data
-  python -m train.main --config=train/configs/scenes_relations.py --workdir=runs/scenes/model
+  python -m lateint.train.main --config=train/configs/scenes_relations.py --workdir=runs/scenes/model
 """
 
 import ml_collections

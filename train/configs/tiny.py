@@ -1,11 +1,11 @@
 r"""Tiny config for tests: a random-init 2-layer model that trains in seconds, with every part
 of the default recipe (scenes_relations.py) switched on at toy sizes.
 
-  python -m train.main --config=train/configs/tiny.py --workdir=/tmp/tiny \
+  python -m lateint.train.main --config=train/configs/tiny.py --workdir=/tmp/tiny \
       --config.data.path=DATA
 """
 
-from train.configs import scenes_relations
+from lateint.train.configs import scenes_relations
 
 
 def get_config():

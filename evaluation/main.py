@@ -1,6 +1,6 @@
 r"""Evaluates one model: recall, per-stage latency and bytes per image of every scorer.
 
-    python -m serve.evaluate --workdir=DIR --index=INDEX --data=DATA --split=test \
+    python -m lateint.evaluation.main --workdir=DIR --index=INDEX --data=DATA --split=test \
         [--out=OUT] [--protocol=all|full|1k5fold|5k] [--sample_queries=3] [--n=256] [--K=32] \
         [--first_stages=concepts,sq,permutation,exact] [--max_queries=1000] \
         [--max_exhaustive_queries=200] [--max_exhaustive_pairs=100000] \
@@ -9,7 +9,7 @@ r"""Evaluates one model: recall, per-stage latency and bytes per image of every 
 Prints sample queries with their top-5 from the staged pipeline, then the recall table. With
 --out: OUT/results.json (one object per scorer x N), OUT/results.md (tables and notes),
 OUT/rsum_latency.png, and OUT/n{N}.json per N (reused by a rerun with the same settings unless
---rerun). --num_images: N values for distractor scaling (serve.distractors): the INDEX's own N
+--rerun). --num_images: N values for distractor scaling (lateint.evaluation.distractors): the INDEX's own N
 uses INDEX; other N get SCALE_DIR/n{N}/index = the split's images + generated distractors
 (generation, precompute and first stages skip what an earlier run finished).
 """
@@ -25,12 +25,12 @@ import time
 import jax
 from absl import app, flags, logging
 
-from index import manifest as manifest_lib
-from index.first_stage import BUILD_NAMES
-from index.store import ActivationStore
 from lateint.data import options as data_options
-from serve import distractors, report
-from serve.evaluation import PROTOCOLS, Evaluation, Settings
+from lateint.evaluation import distractors, report
+from lateint.evaluation.harness import PROTOCOLS, Evaluation, Settings
+from lateint.index import manifest as manifest_lib
+from lateint.index.first_stage import BUILD_NAMES
+from lateint.index.store import ActivationStore
 
 FLAGS = flags.FLAGS
 
@@ -38,7 +38,7 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Defined only when run as a binary, so importing `run` claims no flag names."""
     flags.DEFINE_string("workdir", None, "Training workdir (model config + checkpoints).")
-    flags.DEFINE_string("index", None, "Finished INDEX of the split (index.precompute).")
+    flags.DEFINE_string("index", None, "Finished INDEX of the split (lateint.index.precompute).")
     data_options.define_flags()  # --data and the shared --data_* reader options
     flags.DEFINE_string("split", "test", "Split whose captions are the queries.")
     flags.DEFINE_enum(
@@ -244,7 +244,7 @@ def main(argv):
             f"--first_stages: expected names among {list(BUILD_NAMES)}, got {unknown}"
         )
     records, samples = manifest_lib.exit_on_refusal(  # a refused INDEX: one line, exit 2
-        "serve.evaluate",
+        "lateint.evaluation.main",
         run,
         FLAGS.workdir,
         FLAGS.index,

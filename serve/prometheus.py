@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import prometheus_client
 
-from serve.searcher import STAGE_TIMINGS
+from lateint.serve.searcher import STAGE_TIMINGS
 
 # Seconds: 0.5 ms .. 30 s, dense where CPU requests land.
 LATENCY_BUCKETS = (

@@ -1,4 +1,4 @@
-"""Single-query latency for serve.evaluation: one caption at a time (batch 1) through a Searcher's
+"""Single-query latency for lateint.evaluation.harness: one caption at a time (batch 1) through a Searcher's
 compiled pieces, timed per stage and reported as the median milliseconds of each LATENCY_KEYS
 stage over a fixed list of query captions."""
 
@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 
-from index.first_stage import QuerySide
+from lateint.index.first_stage import QuerySide
+from lateint.serve.buckets import Buckets, bucket_for
+from lateint.serve.searcher import Searcher
 from lateint.tokenizer import WordPieceTokenizer
-from serve.buckets import Buckets, bucket_for
-from serve.searcher import Searcher
 
 LATENCY_KEYS = ("encode", "stage1", "stage2", "gather", "joint", "total")
 

@@ -1,6 +1,6 @@
-"""Output of serve.evaluate: JSON, Markdown tables and the rsum-vs-latency plot.
+"""Output of lateint.evaluation.main: JSON, Markdown tables and the rsum-vs-latency plot.
 
-Records are serve.evaluation's: one dict per scorer x N with 'recall' {protocol: summary|None},
+Records are lateint.evaluation.harness's: one dict per scorer x N with 'recall' {protocol: summary|None},
 'latency_ms', 'bytes_per_image', 'exhaustive_subset', 'num_images', 'notes', ...
 """
 
@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from lateint import atomic
-from serve.evaluation import LATENCY_KEYS
+from lateint.evaluation.harness import LATENCY_KEYS
 
 MISSING = "—"
 

@@ -1,4 +1,4 @@
-"""Runs `python -m serve.main` as a child process on loopback (for tests and bench/serve.py).
+"""Runs `python -m lateint.serve.main` as a child process on loopback (for tests and bench/serve.py).
 
 with ServerProcess(workdir, index_dir, flags=["--max_batch=16"]) as server:
     server.wait_ready()
@@ -49,7 +49,7 @@ class ServerProcess:
         self.command = [
             sys.executable,
             "-m",
-            "serve.main",
+            "lateint.serve.main",
             f"--workdir={workdir}",
             f"--index={index_dir}",
             f"--host={host}",

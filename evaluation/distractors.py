@@ -9,8 +9,8 @@ Layout under SCALE_DIR (every step skips what a previous run finished, so a kill
                        generated with another seed than the corpus (pool.json records both)
     n{N}/data/         precomp split SPLIT: the corpus split's N0 images, then the first N - N0
                        pool scenes (written .partial then renamed; done.json marks completion)
-    n{N}/index/        INDEX over n{N}/data (index.precompute, itself resumable), with the
-                       requested first stages built (index.build's functions)
+    n{N}/index/        INDEX over n{N}/data (lateint.index.precompute, itself resumable), with the
+                       requested first stages built (lateint.index.build's functions)
 
 Scenes are a function of (seed, split, group index), so the first D scenes of a larger pool are
 the scenes a pool of D would hold: one pool serves every N. Distractors come from the 'test'
@@ -28,14 +28,14 @@ import time
 
 import numpy as np
 
-from index import precompute as precompute_lib
-from index.first_stage import build as first_stage_build
-from index.first_stage import records
-from index.store import ActivationStore
 from lateint import atomic
 from lateint.data import load_corpus, scene_features, scenes
 from lateint.data.npy_writer import NpyStreamWriter
 from lateint.data.precomp import precomp_paths
+from lateint.index import precompute as precompute_lib
+from lateint.index.first_stage import build as first_stage_build
+from lateint.index.first_stage import records
+from lateint.index.store import ActivationStore
 
 logger = logging.getLogger(__name__)
 

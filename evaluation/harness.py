@@ -1,17 +1,17 @@
 """The evaluation harness: recall, per-stage latency and bytes per image of every scorer of one
-model on one INDEX, in one run (serve.evaluate runs it over several N).
+model on one INDEX, in one run (lateint.evaluation.main runs it over several N).
 
     evaluation = Evaluation(workdir, data, "test", Settings(n=256, K=32))
     records, samples = evaluation.evaluate_index(index_dir)   # one record per scorer
 
 Scorers: 'joint_exhaustive' (text tower + joint layers over every stored image: the
 cross-encoder baseline, on an evenly spaced query subset when N is large), 'global' (the dual
-encoder), 'maxsim' (exact MaxSim over every image) and 'staged' (serve.searcher.Searcher, one
+encoder), 'maxsim' (exact MaxSim over every image) and 'staged' (lateint.serve.searcher.Searcher, one
 record per first stage). t2i: the split's captions (or an evenly spaced subset) against all N
 INDEX images. i2t: the split's N0 images against its M captions through the same towers; it does
 not depend on N. Staged i2t reranks each image's MaxSim top-K captions with the joint layers (no
 first stage over captions exists). Staged t2i ranks are known within the top K only, so its
-medr/meanr are null. Latency: single queries, medians per stage (serve.latency, LATENCY_KEYS).
+medr/meanr are null. Latency: single queries, medians per stage (lateint.evaluation.latency, LATENCY_KEYS).
 """
 
 from __future__ import annotations
@@ -22,25 +22,25 @@ import time
 
 import numpy as np
 
-from index import codecs
-from index.first_stage import SEARCH_NAMES, QuerySide
-from index.store import ActivationStore
-from lateint import metrics, pretrained
+from lateint import pretrained, retrieval_metrics
 from lateint.checkpoint import load_model
 from lateint.data import load_corpus
+from lateint.evaluation import distractors
+from lateint.evaluation.latency import LATENCY_KEYS, Latency, milliseconds
+from lateint.evaluation.relational_truth import RelationalTruth, annotate
+from lateint.index import codecs
+from lateint.index.first_stage import SEARCH_NAMES, QuerySide
+from lateint.index.store import ActivationStore
 from lateint.inference import Inference
+from lateint.serve.buckets import Buckets
+from lateint.serve.searcher import Searcher
 from lateint.tokenizer import WordPieceTokenizer
-from serve import distractors
-from serve.buckets import Buckets
-from serve.latency import LATENCY_KEYS, Latency, milliseconds
-from serve.relational_eval import RelationalTruth, annotate
-from serve.searcher import Searcher
-from train.evaluate import maxsim_matrix, rerank
+from lateint.train.dev_recall import maxsim_matrix, rerank
 
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("full", "1k5fold", "5k")
-RECALL_KEYS = tuple(f"t2i_r{level}" for level in metrics.RECALL_LEVELS)
+RECALL_KEYS = tuple(f"t2i_r{level}" for level in retrieval_metrics.RECALL_LEVELS)
 QUERY_BLOCK = 64  # captions per MaxSim block
 IMAGE_BLOCK = 4096  # images per MaxSim block ([64, 4096, T, R] float32 intermediates)
 JOINT_BATCH = 64  # pairs per joint call: 1.2-1.5x faster per pair than 256 on 2 CPU cores
@@ -193,7 +193,7 @@ class Evaluation:
             "storage": store.storage_dtype,
             "index": index_dir,
             "skipped_first_stages": {
-                name: "not built in this INDEX (python -m index.build)"
+                name: "not built in this INDEX (python -m lateint.index.build)"
                 for name in wanted
                 if name not in built
             },
@@ -205,7 +205,7 @@ class Evaluation:
             )
             self.ranks[name] = record.pop("t2i_ranks")
             ranks = self.ranks[name][subset]
-            summary = metrics.top_k_summary(ranks, ranks, record["settings"].get("K"))
+            summary = retrieval_metrics.top_k_summary(ranks, ranks, record["settings"].get("K"))
             record["exhaustive_subset"] = dict(
                 queries=int(subset.size), **{key: summary[key] for key in RECALL_KEYS}
             )
@@ -213,7 +213,7 @@ class Evaluation:
         return records, self._samples(searcher, "concepts" if "concepts" in staged else "exact")
 
     def _add_relational(self, records: list, context: dict, subset: np.ndarray) -> None:
-        """Oracle R@K and partner accuracy per scorer (serve.relational_eval.annotate)."""
+        """Oracle R@K and partner accuracy per scorer (lateint.evaluation.relational_truth.annotate)."""
 
         def pair_scorers():
             matrix = self._split_maxsim(context)
@@ -246,7 +246,7 @@ class Evaluation:
         for protocol in self.settings.protocols():
             reason = None
             if protocol == "full":
-                recall[protocol] = metrics.top_k_summary(t2i_ranks, i2t_ranks, t2i_known)
+                recall[protocol] = retrieval_metrics.top_k_summary(t2i_ranks, i2t_ranks, t2i_known)
                 continue
             if matrix is None:
                 reason = "no score matrix of every caption x split image (top K or a subset)"
@@ -258,9 +258,11 @@ class Evaluation:
                 notes.append(f"protocol {protocol}: null: {reason}")
                 recall[protocol] = None
             elif protocol == "5k":
-                recall[protocol] = metrics.coco_5k(matrix, self.corpus.caption_image)
+                recall[protocol] = retrieval_metrics.coco_5k(matrix, self.corpus.caption_image)
             else:
-                recall[protocol] = metrics.coco_1k_5fold(matrix, self.corpus.caption_image)
+                recall[protocol] = retrieval_metrics.coco_1k_5fold(
+                    matrix, self.corpus.caption_image
+                )
         return dict(
             scorer=scorer,
             recall=recall,
@@ -284,12 +286,14 @@ class Evaluation:
         for start in range(0, self.queries.size, 256):
             scores = text.global_vector[self.queries[start : start + 256]] @ image_global.T
             ranks.append(
-                metrics.ranks_text_to_image(scores, self.query_images[start : start + 256])
+                retrieval_metrics.ranks_text_to_image(
+                    scores, self.query_images[start : start + 256]
+                )
             )
             top.append(top_images(scores))  # [256, 10]
         ranks = np.concatenate(ranks)
         matrix = text.global_vector @ image_global[: self.corpus.num_images].T  # [M, N0]
-        i2t = metrics.ranks_image_to_text(matrix.T, self.corpus.caption_image)
+        i2t = retrieval_metrics.ranks_image_to_text(matrix.T, self.corpus.caption_image)
         latency = self.latency.scan(context["searcher"], "exact_global", "stage1")
         return self._record(
             "global",
@@ -333,10 +337,12 @@ class Evaluation:
                 ],
                 axis=1,
             )
-            ranks.append(metrics.ranks_text_to_image(scores, self.corpus.caption_image[rows]))
+            ranks.append(
+                retrieval_metrics.ranks_text_to_image(scores, self.corpus.caption_image[rows])
+            )
             top.append(top_images(scores))
         matrix = self._split_maxsim(context)
-        i2t = metrics.ranks_image_to_text(matrix.T, self.corpus.caption_image)
+        i2t = retrieval_metrics.ranks_image_to_text(matrix.T, self.corpus.caption_image)
         latency = self.latency.scan(context["searcher"], "exact", "stage2")
         return self._record(
             "maxsim",
@@ -344,7 +350,7 @@ class Evaluation:
             i2t,
             latency,
             {"concepts": context["parts"]["concepts"]},
-            ["i2t: the t2i MaxSim matrix transposed (as train.evaluate)"],
+            ["i2t: the t2i MaxSim matrix transposed (as lateint.train.dev_recall)"],
             matrix,
             settings={},
             top_images=np.concatenate(top),
@@ -393,7 +399,7 @@ class Evaluation:
                     np.full(stop - start, caption), stored, image_mask
                 )
                 joint_ms[row] += milliseconds(started)
-        ranks = metrics.ranks_text_to_image(scores, self.query_images[positions])
+        ranks = retrieval_metrics.ranks_text_to_image(scores, self.query_images[positions])
         logger.info(
             f"joint_exhaustive t2i: {queries.size} queries x {store.num_images} images in "
             f"{time.perf_counter() - began:.0f} s"
@@ -432,7 +438,7 @@ class Evaluation:
             top_images=top_images(scores),
         )
         if not full:  # the 'full' summary must come from the subset's own ranks
-            record["recall"]["full"] = metrics.top_k_summary(ranks, i2t_ranks)
+            record["recall"]["full"] = retrieval_metrics.top_k_summary(ranks, i2t_ranks)
         record["queries"].update(t2i=int(queries.size), i2t=int(images.size))
         return record
 
@@ -459,13 +465,15 @@ class Evaluation:
                 )
             self._i2t_cache[key] = (
                 images,
-                metrics.ranks_image_subset_to_text(scores, images, self.corpus.caption_image),
+                retrieval_metrics.ranks_image_subset_to_text(
+                    scores, images, self.corpus.caption_image
+                ),
             )
         return self._i2t_cache[key]
 
     def _staged_i2t(self, context) -> np.ndarray:
         """[N0] i2t ranks: each split image's MaxSim top-K captions reranked by the joint layers
-        (train.evaluate.rerank); the others keep their MaxSim order below them."""
+        (lateint.train.dev_recall.rerank); the others keep their MaxSim order below them."""
         store = context["store"]
         key = ("staged", store.storage_dtype, self.settings.K)
         if key not in self._i2t_cache:
@@ -481,7 +489,7 @@ class Evaluation:
                 joint[start : start + rows.shape[0]] = self._joint(
                     rows.reshape(-1), stored[images], image_mask[images]
                 ).reshape(rows.shape)
-            self._i2t_cache[key] = metrics.ranks_image_to_text(
+            self._i2t_cache[key] = retrieval_metrics.ranks_image_to_text(
                 rerank(base, candidates, joint), self.corpus.caption_image
             )
         return self._i2t_cache[key]
@@ -513,7 +521,7 @@ class Evaluation:
             text.mask[reference_rows],
             text.global_vector[reference_rows],
         )
-        recall = metrics.first_stage_recall(
+        recall = retrieval_metrics.first_stage_recall(
             stage.search(side, settings.n)[0], searcher.stages["exact"].search(side, settings.K)[0]
         )
         parts = {

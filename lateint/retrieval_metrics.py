@@ -400,7 +400,7 @@ def coco_5k(scores, caption_image, image_to_text_scores=None, ties="scan"):
     if scores.ndim != 2 or scores.shape[1] != 5000:
         raise ValueError(
             f"coco_5k: expected scores [M, 5000] captions × images, got shape {scores.shape}; "
-            "use lateint.metrics.evaluate for other corpus sizes"
+            "use lateint.retrieval_metrics.evaluate for other corpus sizes"
         )
     if image_to_text_scores is not None:
         image_to_text_scores = _as_evalrank_sims(image_to_text_scores, ties)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lateint import metrics, relational_metrics, scoring
+from lateint import relational_metrics, retrieval_metrics, scoring
 from lateint.data import semantics
 from lateint.data.corpus import RegionCorpus
 from lateint.inference import Inference, batch_ranges
@@ -45,7 +45,7 @@ def maxsim_matrix(text_concepts, text_mask, image_concepts, image_mask, block: i
 
 def rerank(base: np.ndarray, candidates: np.ndarray, joint: np.ndarray) -> np.ndarray:
     """Puts each row's candidates [Q, K] first, ordered by joint [Q, K]; the rest keep their
-    base order below them. base: [Q, N]. Returns a [Q, N] score matrix for the metrics."""
+    base order below them. base: [Q, N]. Returns a [Q, N] score matrix for the retrieval_metrics."""
     reranked = np.array(base, np.float64)
     candidate_scores = base.max() + 1.0 + (joint - joint.min())  # above every non-candidate
     np.put_along_axis(reranked, candidates, candidate_scores, axis=1)
@@ -99,9 +99,9 @@ def dev_recall(
     caption_image = corpus.caption_image
     reranked = rerank(maxsim_scores, t2i, joint_t2i)
     results = {
-        "global": metrics.evaluate(global_scores, caption_image),
-        "maxsim": metrics.evaluate(maxsim_scores, caption_image),
-        "rerank": metrics.evaluate(
+        "global": retrieval_metrics.evaluate(global_scores, caption_image),
+        "maxsim": retrieval_metrics.evaluate(maxsim_scores, caption_image),
+        "rerank": retrieval_metrics.evaluate(
             reranked, caption_image, rerank(maxsim_scores.T, i2t, joint_i2t)
         ),
     }
