@@ -26,11 +26,12 @@ from absl import app, flags  # noqa: E402
 from lateint import relational_metrics  # noqa: E402
 from lateint.data import captions as words  # noqa: E402
 from lateint.data import load_corpus, scenes, semantics  # noqa: E402
-from lateint.evaluation.harness import Evaluation, Settings  # noqa: E402
+from lateint.evaluation.harness import Evaluation  # noqa: E402
+from lateint.evaluation.protocols import Settings  # noqa: E402
 from lateint.index.store import ActivationStore  # noqa: E402
 from lateint.inference import Inference  # noqa: E402
+from lateint.ranking import maxsim_matrix  # noqa: E402
 from lateint.serve.searcher import Searcher  # noqa: E402
-from lateint.train.dev_recall import maxsim_matrix  # noqa: E402
 
 FLAGS = flags.FLAGS
 OPPOSITE_SIDE = {"left": "right", "right": "left", "above": "below", "below": "above"}

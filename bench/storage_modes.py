@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 from lateint.checkpoint import read_model_config  # noqa: E402
-from lateint.evaluation.harness import Evaluation, Settings  # noqa: E402
+from lateint.evaluation.harness import Evaluation  # noqa: E402
+from lateint.evaluation.protocols import Settings  # noqa: E402
 from lateint.index import codecs  # noqa: E402
 from lateint.index.precompute import precompute  # noqa: E402
 

@@ -27,7 +27,8 @@ from absl import app, flags, logging
 
 from lateint.data import options as data_options
 from lateint.evaluation import distractors, report
-from lateint.evaluation.harness import PROTOCOLS, Evaluation, Settings
+from lateint.evaluation.harness import Evaluation
+from lateint.evaluation.protocols import PROTOCOLS, Settings
 from lateint.index import manifest as manifest_lib
 from lateint.index.first_stage import BUILD_NAMES
 from lateint.index.store import ActivationStore

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from lateint import atomic
-from lateint.evaluation.harness import LATENCY_KEYS
+from lateint.evaluation.latency import LATENCY_KEYS
 
 MISSING = "—"
 

@@ -25,11 +25,6 @@ def caption_kinds(captions: list) -> np.ndarray:
     return np.array([semantics.kind(semantics.parse(caption)) for caption in captions])
 
 
-def top_images(scores: np.ndarray, k: int) -> np.ndarray:
-    """[M, N] scores -> [M, k] image indices, best first (ties: lower index first)."""
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
 def oracle_recall(
     top: np.ndarray, truth: np.ndarray, kinds: np.ndarray | None = None, levels=LEVELS
 ) -> dict:

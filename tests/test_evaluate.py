@@ -66,7 +66,7 @@ def index_dir(tiny_workdir, scenes_dir, tmp_path_factory):
 
 
 def _settings(**overrides):
-    from lateint.evaluation.harness import Settings
+    from lateint.evaluation.protocols import Settings
 
     values = dict(
         n=200,
@@ -136,6 +136,7 @@ def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(join
     import copy
     import dataclasses
 
+    from lateint.evaluation import scorers
     from lateint.index.store import ActivationStore
 
     evaluation, index_dir = joint_only
@@ -145,19 +146,19 @@ def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(join
         concepts=store.read_concepts(0, store.num_images),
         region_mask=store.read_region_mask(0, store.num_images),
     )
-    images, exhaustive = evaluation._exhaustive_i2t(store)  # [S], [S]
+    images, exhaustive = scorers.exhaustive_i2t(evaluation, store)  # [S], [S]
     assert images.size == 20  # max_exhaustive_pairs 20,000 // 1,000 captions
     every = copy.copy(evaluation)
     every.settings = dataclasses.replace(evaluation.settings, K=evaluation.corpus.num_captions)
-    every._i2t_cache = {}
-    staged = every._staged_i2t(context)  # [N0]
+    every.i2t_cache = {}
+    staged = scorers.staged_i2t(every, context)  # [N0]
     # Equal up to float noise: the two paths batch the pairs differently, and an untrained head
     # gives near-tied scores, so a rank may move past captions scored within 1e-5 of the best
-    # positive (these exhaustive joint scores are what _exhaustive_i2t ranks).
+    # positive (these exhaustive joint scores are what scorers.exhaustive_i2t ranks).
     captions, caption_image = evaluation.corpus.num_captions, evaluation.corpus.caption_image
     stored, image_mask = store.gather(images)  # [S, R, H'], [S, R]
     for row, image in enumerate(images):
-        scores = evaluation._joint(
+        scores = evaluation.joint.pairs(
             np.arange(captions),
             np.broadcast_to(stored[row], (captions,) + stored.shape[1:]),
             np.broadcast_to(image_mask[row], (captions, image_mask.shape[1])),
@@ -169,13 +170,13 @@ def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(join
     # MaxSim's own i2t differs there, so the equality above tells the scorers apart; and with
     # K = 16 of 1,000 captions the staged i2t is another ranking again.
     maxsim = retrieval_metrics.ranks_image_to_text(
-        evaluation._split_maxsim(context).T, evaluation.corpus.caption_image
+        scorers.split_maxsim(evaluation, context).T, evaluation.corpus.caption_image
     )  # [N0]
     assert not np.array_equal(maxsim[images], exhaustive)
     few = copy.copy(evaluation)
     few.settings = dataclasses.replace(evaluation.settings, K=16)
-    few._i2t_cache = {}
-    assert not np.array_equal(few._staged_i2t(context)[images], exhaustive)
+    few.i2t_cache = {}
+    assert not np.array_equal(scorers.staged_i2t(few, context)[images], exhaustive)
 
 
 def test_records_hold_every_scorer_with_nulls_where_undefined(evaluated):
@@ -263,7 +264,9 @@ def test_relational_metrics_recomputed_from_scores_and_layouts(evaluated, scenes
     assert by_label["staged", "exact"]["partner"] == joint
     # the joint row is the joint layers' score of each pair, recomputed here
     captions, own, partner = evaluation.relational.pairs
-    pair_scores = [evaluation._joint(captions, *store.gather(images)) for images in (own, partner)]
+    pair_scores = [
+        evaluation.joint.pairs(captions, *store.gather(images)) for images in (own, partner)
+    ]
     wins = (pair_scores[0] > pair_scores[1]) + 0.5 * (pair_scores[0] == pair_scores[1])
     assert joint["partner_accuracy"] == pytest.approx(100 * wins.mean())
     assert (

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from lateint.evaluation import report
-from lateint.evaluation.harness import RECALL_KEYS, Evaluation, Settings
+from lateint.evaluation.harness import Evaluation
+from lateint.evaluation.protocols import RECALL_KEYS, Settings
 from lateint.index import codecs
 from lateint.index.first_stage import build as first_stage_build
 from lateint.index.precompute import precompute

@@ -3,16 +3,14 @@ MaxSim top-K reranked by the joint layers (the staged pipeline without a first s
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
-from lateint import relational_metrics, retrieval_metrics, scoring
+from lateint import relational_metrics, retrieval_metrics
 from lateint.data import semantics
 from lateint.data.corpus import RegionCorpus
-from lateint.inference import Inference, batch_ranges
+from lateint.inference import Inference
+from lateint.ranking import maxsim_matrix, rerank, top_indices
 from lateint.tokenizer import WordPieceTokenizer
-
-_maxsim = jax.jit(scoring.maxsim)
 
 
 def subset(corpus: RegionCorpus, num_images: int) -> RegionCorpus:
@@ -27,29 +25,6 @@ def subset(corpus: RegionCorpus, num_images: int) -> RegionCorpus:
         caption_image=corpus.caption_image[keep],
         image_ids=corpus.image_ids[:num_images],
     )
-
-
-def maxsim_matrix(text_concepts, text_mask, image_concepts, image_mask, block: int = 256):
-    """[M, T, C] x [N, R, C] -> [M, N] MaxSim, in fixed-size caption blocks."""
-    rows = []
-    for start, stop in batch_ranges(text_concepts.shape[0], block):
-        rows.append(
-            np.asarray(
-                _maxsim(
-                    text_concepts[start:stop], text_mask[start:stop], image_concepts, image_mask
-                )
-            )
-        )
-    return np.concatenate(rows)
-
-
-def rerank(base: np.ndarray, candidates: np.ndarray, joint: np.ndarray) -> np.ndarray:
-    """Puts each row's candidates [Q, K] first, ordered by joint [Q, K]; the rest keep their
-    base order below them. base: [Q, N]. Returns a [Q, N] score matrix for the retrieval_metrics."""
-    reranked = np.array(base, np.float64)
-    candidate_scores = base.max() + 1.0 + (joint - joint.min())  # above every non-candidate
-    np.put_along_axis(reranked, candidates, candidate_scores, axis=1)
-    return reranked
 
 
 def dev_recall(
@@ -76,7 +51,7 @@ def dev_recall(
     maxsim_scores = maxsim_matrix(text.concepts, text.mask, image.concepts, image.mask)
     k = min(rerank_k, corpus.num_images)
     # text -> image: each caption's MaxSim top-K images, scored by the joint layers
-    t2i = np.argsort(-maxsim_scores, axis=1, kind="stable")[:, :k]  # [M, K]
+    t2i = top_indices(maxsim_scores, k)  # [M, K]
     captions = np.repeat(np.arange(len(corpus.captions)), k)
     joint_t2i = inference.joint_scores(
         text.activations[captions],
@@ -87,7 +62,7 @@ def dev_recall(
     ).reshape(t2i.shape)
     # image -> text: each image's MaxSim top-K captions
     k_captions = min(rerank_k, len(corpus.captions))
-    i2t = np.argsort(-maxsim_scores.T, axis=1, kind="stable")[:, :k_captions]  # [N, K]
+    i2t = top_indices(maxsim_scores.T, k_captions)  # [N, K]
     images = np.repeat(np.arange(corpus.num_images), k_captions)
     joint_i2t = inference.joint_scores(
         text.activations[i2t.reshape(-1)],
@@ -139,9 +114,7 @@ def add_relational(
     captions, own, partner = relational_metrics.partner_pairs(groups, corpus.caption_image, truth)
     for scorer, scores in matrices.items():
         results[scorer].update(
-            relational_metrics.oracle_recall(
-                relational_metrics.top_images(scores, 10), truth, kinds
-            )
+            relational_metrics.oracle_recall(top_indices(scores, 10), truth, kinds)
         )
         if scorer == "rerank":
             pair_own, pair_partner = joint_pairs(captions, own), joint_pairs(captions, partner)
