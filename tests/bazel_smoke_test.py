@@ -52,3 +52,15 @@ def test_bazel_runner_maps_the_test_environment_to_pytest_arguments():
         "-x",
     ]
     assert pytest_args(["tests/test_a.py"], {}) == ["-p", "no:cacheprovider", "tests/test_a.py"]
+
+
+def test_role_packages_come_from_the_tree_lateint_came_from():
+    """lateint.train etc. are the folders next to this lateint/ (lateint/__init__.py's finder):
+    under Bazel the runfiles tree, not the source checkout the editable install points at."""
+    import importlib
+
+    tree = os.path.dirname(os.path.dirname(os.path.abspath(lateint.__file__)))
+    for role in ("lateint.train", "lateint.index", "lateint.serve", "lateint.evaluation"):
+        package = importlib.import_module(role)
+        folder = os.path.join(tree, role.split(".")[1])
+        assert os.path.abspath(package.__file__) == os.path.join(folder, "__init__.py"), role
