@@ -227,3 +227,48 @@ def test_from_the_checkout_every_module_loads_under_its_lateint_name_only():
     assert not outside
     for folder in ROLE_FOLDERS:  # every role folder's modules were loaded, from this checkout
         assert any(path.startswith(folder + os.sep) for path in found["by_file"])
+
+
+# Which role packages each may import (DESIGN.md: lateint <- train, index <- serve <- evaluation).
+ALLOWED_IMPORTS = {
+    "lateint": set(),
+    "train": set(),
+    "index": set(),
+    "serve": {"index"},
+    "evaluation": {"index", "serve"},
+}
+
+
+def _role_imports(path: str) -> set:
+    """The role packages (train, index, ...) a module imports, as lateint.<role>."""
+    with open(path, encoding="utf-8") as file:
+        tree = ast.parse(file.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "lateint" and len(parts) > 1 and parts[1] in ALLOWED_IMPORTS:
+                found.add(parts[1])
+    return found
+
+
+def test_imports_flow_one_way_between_the_folders():
+    wrong = {}
+    for top, allowed in ALLOWED_IMPORTS.items():
+        for folder, dirs, files in os.walk(os.path.join(REPOSITORY, top)):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    extra = _role_imports(path) - allowed - {top}
+                    if extra:
+                        wrong[os.path.relpath(path, REPOSITORY)] = sorted(extra)
+    assert not wrong
+    # the check sees imports at all: evaluation's harness imports serve and index
+    assert _role_imports(os.path.join(REPOSITORY, "evaluation", "harness.py")) >= {"serve", "index"}
