@@ -27,7 +27,15 @@ import logging
 import numpy as np
 
 from lateint.index import store
-from lateint.index.first_stage import kmeans, postings, query, records, sources, tombstones
+from lateint.index.first_stage import (
+    interaction,
+    kmeans,
+    postings,
+    query,
+    records,
+    sources,
+    tombstones,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,10 @@ NAME = "concepts"
 PREFIX = records.stage_prefix(NAME)
 LISTS_PREFIX = f"{PREFIX}/lists"
 DEFAULT_NPROBE = 8
+# Rescoring of the list candidates (interaction.py): none (the list score), centroid (PLAID's
+# centroid interaction over all of the image's centroids), weighted (the same, times the posting
+# weight).
+RESCORE_MODES = ("none", "centroid", "weighted")
 POSTINGS_PER_CHUNK = 1 << 22  # postings gathered at once, to bound the per-chunk temporaries
 # Recluster when added postings' mean weight falls this far below the trained ones'. In
 # bench/live_index.py, 10x adds from the trained topics dropped it 0.031 (recall unchanged:
@@ -297,6 +309,8 @@ class ConceptStage:
         deleted,
         record: dict,
         nprobe: int | None = None,
+        rescore: str | None = None,
+        depth: int | None = None,
     ):
         self.centroids = np.asarray(centroids, np.float32)  # [K, C]
         self.lists = lists
@@ -304,9 +318,27 @@ class ConceptStage:
         self.record = record
         self.num_images = record["num_images"]
         self.nprobe = int(nprobe or record["parameters"]["nprobe"])
+        self.rescore = rescore or "none"
+        if self.rescore not in RESCORE_MODES:
+            raise ValueError(f"{NAME}: rescore expected one of {RESCORE_MODES}, got {rescore!r}")
+        if depth is not None and (isinstance(depth, bool) or int(depth) < 1):
+            raise ValueError(f"{NAME}: depth expected a positive int or None, got {depth!r}")
+        self.depth = None if depth is None else int(depth)
+        self.forward = (
+            interaction.ForwardIndex.from_lists(lists, self.num_images)
+            if self.rescore != "none"
+            else None
+        )
 
     @classmethod
-    def load(cls, index_dir: str, nprobe: int | None = None, manifest: dict | None = None):
+    def load(
+        cls,
+        index_dir: str,
+        nprobe: int | None = None,
+        manifest: dict | None = None,
+        rescore: str | None = None,
+        depth: int | None = None,
+    ):
         """manifest: read the generation it publishes (default: the stage.json record)."""
         record = records.committed_record(index_dir, NAME, manifest)
         lists = postings.read_lists(index_dir, LISTS_PREFIX, record)
@@ -316,11 +348,14 @@ class ConceptStage:
             tombstones.bitmap(index_dir, record["num_images"], manifest),
             record,
             nprobe,
+            rescore,
+            depth,
         )
 
     @property
     def nbytes(self) -> int:
-        return self.centroids.nbytes + self.lists.nbytes
+        forward = self.forward.nbytes if self.forward is not None else 0
+        return self.centroids.nbytes + self.lists.nbytes + forward
 
     def search(self, query_side: query.QuerySide, n: int, nprobe: int | None = None):
         """Top n images by approximate MaxSim.
@@ -357,14 +392,31 @@ class ConceptStage:
                 start + 1, int(np.searchsorted(per_query, base + POSTINGS_PER_CHUNK, side="right"))
             )
             chunk = slice(start, stop)
-            ids[chunk], scores[chunk] = self._score_chunk(
-                probed[chunk], probed_similarities[chunk], mask[chunk], n
-            )
+            pairs = self._score_chunk(probed[chunk], probed_similarities[chunk], mask[chunk])
+            ids[chunk], scores[chunk] = self._select(pairs, similarities[chunk], mask[chunk], n)
             start = stop
         return ids, scores
 
-    def _score_chunk(self, probed, probed_similarities, mask, n):
-        """probed / probed_similarities [q, T, p], mask [q, T] -> top n of the chunk."""
+    def _select(self, pairs, similarities, mask, n):
+        """Top n per query of the chunk's candidate pairs, rescored if the stage says so.
+
+        pairs: (query [M], image [M], list score [M]); similarities [q, T, K]; mask [q, T].
+        """
+        query_index, images, totals = pairs
+        num_queries = mask.shape[0]
+        if self.rescore == "none":
+            return query.top_per_query(query_index, images, totals, num_queries, n)
+        if self.depth is not None and self.depth < images.shape[0]:
+            kept, _ = query.top_per_query(query_index, images, totals, num_queries, self.depth)
+            query_index, images = np.nonzero(kept >= 0)[0], kept[kept >= 0]
+        rescored = interaction.rescore(
+            similarities, mask, query_index, images, self.forward, self.rescore == "weighted"
+        )
+        return query.top_per_query(query_index, images, rescored, num_queries, n)
+
+    def _score_chunk(self, probed, probed_similarities, mask):
+        """probed / probed_similarities [q, T, p], mask [q, T] -> the chunk's candidates:
+        (query [M] int64, image [M] int64, list score [M] float32), in (query, image) order."""
         num_queries, num_words, _ = probed.shape
         word_of_probe = np.broadcast_to(
             np.arange(num_queries * num_words).reshape(num_queries, num_words, 1), probed.shape
@@ -387,4 +439,4 @@ class ConceptStage:
         pair_first = np.flatnonzero(np.concatenate([[True], pair_keys[1:] != pair_keys[:-1]]))
         totals = np.add.reduceat(best, pair_first) if pair_first.size else best[:0]
         query_index, images = np.divmod(pair_keys[pair_first], self.num_images)
-        return query.top_per_query(query_index, images, totals.astype(np.float32), num_queries, n)
+        return query_index, images, totals.astype(np.float32)
