@@ -72,10 +72,14 @@ def test_forward_index_is_the_transpose_of_the_lists(built):
         (image, int(c), float(w))
         for image in range(NUM_IMAGES)
         for c, w in zip(
-            forward.centroids[forward.offsets[image] : forward.offsets[image + 1]],
-            forward.weights[forward.offsets[image] : forward.offsets[image + 1]],
+            forward.centroids[image, : forward.counts[image]],
+            forward.weights[image, : forward.counts[image]],
         )
     }
+    # Padding: centroid K (one past the last list), weight 1.
+    padding = np.arange(forward.centroids.shape[1]) >= forward.counts[:, None]
+    assert (forward.centroids[padding] == lists.num_lists).all()
+    assert (forward.weights[padding] == 1.0).all()
     assert pairs == transposed and len(pairs) == lists.num_postings
 
 

@@ -23,11 +23,13 @@ PAIRS_PER_CHUNK = 1 << 15  # candidate pairs rescored at once (bounds the [rows,
 
 @dataclasses.dataclass(frozen=True)
 class ForwardIndex:
-    """CSR by image: image i reaches centroids[offsets[i]:offsets[i+1]] with those weights."""
+    """Image -> its centroids, padded: image i reaches centroids[i, :counts[i]] with those
+    weights. D = the most centroids any image reaches (at most R); padding holds centroid K,
+    whose similarity column rescoring sets to -inf, and weight 1."""
 
-    offsets: np.ndarray  # [N+1] int64
-    centroids: np.ndarray  # [P] int32
-    weights: np.ndarray  # [P] float32
+    centroids: np.ndarray  # [N, D] int32
+    weights: np.ndarray  # [N, D] float32
+    counts: np.ndarray  # [N] int32
 
     @classmethod
     def from_lists(cls, lists, num_images: int) -> ForwardIndex:
@@ -36,13 +38,20 @@ class ForwardIndex:
             np.arange(lists.num_lists, dtype=np.int32), np.diff(lists.offsets)
         )
         order = np.argsort(lists.images, kind="stable")
-        offsets = np.zeros(num_images + 1, np.int64)
-        np.cumsum(np.bincount(lists.images, minlength=num_images)[:num_images], out=offsets[1:])
-        return cls(offsets, list_of_posting[order], np.asarray(lists.weights[order], np.float32))
+        images = lists.images[order].astype(np.int64)
+        counts = np.bincount(images, minlength=num_images)[:num_images].astype(np.int32)
+        width = max(1, int(counts.max()) if counts.size else 1)
+        starts = np.cumsum(counts) - counts
+        slot = np.arange(images.shape[0]) - starts[images]
+        centroids = np.full((num_images, width), lists.num_lists, np.int32)
+        weights = np.ones((num_images, width), np.float32)
+        centroids[images, slot] = list_of_posting[order]
+        weights[images, slot] = lists.weights[order]
+        return cls(centroids, weights, counts)
 
     @property
     def nbytes(self) -> int:
-        return self.offsets.nbytes + self.centroids.nbytes + self.weights.nbytes
+        return self.centroids.nbytes + self.weights.nbytes + self.counts.nbytes
 
 
 def rescore(similarities, mask, query_index, images, forward: ForwardIndex, weighted: bool):
@@ -56,35 +65,27 @@ def rescore(similarities, mask, query_index, images, forward: ForwardIndex, weig
       weighted: multiply s(word, c) by the image's posting weight for c (else PLAID's plain
         centroid score).
     Returns:
-      [M] float32: sum over real words of the max over the image's centroids.
+      [M] float32: sum over real words of the max over the image's centroids (0 for an image
+      without any).
     """
     query_index = np.asarray(query_index, np.int64)
     images = np.asarray(images, np.int64)
+    # [Q, K+1, T]: centroid-major so one pair's gather reads contiguous rows; column K pads.
+    table = np.concatenate(
+        [
+            np.swapaxes(similarities, 1, 2),
+            np.full((similarities.shape[0], 1, similarities.shape[1]), -np.inf, np.float32),
+        ],
+        axis=1,
+    )
     scores = np.zeros(query_index.shape[0], np.float32)
     for start in range(0, query_index.shape[0], PAIRS_PER_CHUNK):
         chunk = slice(start, start + PAIRS_PER_CHUNK)
-        scores[chunk] = _rescore_chunk(
-            similarities, mask, query_index[chunk], images[chunk], forward, weighted
-        )
+        rows, pairs = images[chunk], query_index[chunk]
+        values = table[pairs[:, None], forward.centroids[rows]]  # [m, D, T]
+        if weighted:
+            values = values * forward.weights[rows][:, :, None]
+        best = values.max(axis=1)  # [m, T]; -inf only for an image without centroids
+        best = np.where(np.isfinite(best), best, 0.0)
+        scores[chunk] = (best * mask[pairs]).sum(axis=1)
     return scores
-
-
-def _rescore_chunk(similarities, mask, query_index, images, forward, weighted):
-    starts = forward.offsets[images]
-    counts = forward.offsets[images + 1] - starts  # [m] centroids per image
-    reached = counts > 0
-    result = np.zeros(images.shape[0], np.float32)
-    if not np.any(reached):
-        return result
-    query_index, starts, counts = query_index[reached], starts[reached], counts[reached]
-    pair = np.repeat(np.arange(counts.shape[0]), counts)  # [S]
-    first = np.cumsum(counts) - counts
-    positions = starts[pair] + np.arange(pair.shape[0]) - first[pair]
-    centroid = forward.centroids[positions]
-    # [S, T]: each word's similarity to each of the pair's centroids.
-    values = similarities[query_index[pair], :, centroid]
-    if weighted:
-        values = values * forward.weights[positions][:, None]
-    best = np.maximum.reduceat(values, first, axis=0)  # [m', T]
-    result[reached] = (best * mask[query_index]).sum(axis=1)
-    return result
