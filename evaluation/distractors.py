@@ -260,7 +260,11 @@ def ensure_scaled_index(
     began = time.perf_counter()
     precompute_lib.precompute(workdir, scaled_data, split, index_dir, storage, batch_size)
     seconds["precompute"] = time.perf_counter() - began
-    missing = [name for name in first_stages if name not in ready_stages(index_dir, [name])]
+    missing = [
+        name
+        for name in first_stages
+        if name in first_stage_build.BUILD_NAMES and name not in ready_stages(index_dir, [name])
+    ]
     began = time.perf_counter()
     if missing:
         logger.info(f"{index_dir}: building first stages {missing}")

@@ -110,9 +110,11 @@ class Evaluation:
         """Every scorer on INDEX; returns (records, sample queries with their top 5)."""
         store = ActivationStore.open(index_dir)
         distractors.check_index_ids(store, self.corpus.image_ids, self.source)
-        wanted = [name for name in self.settings.first_stages if name != "exact"]
+        # 'exact' and 'refined' run on any INDEX (serve.stages); the others when built.
+        always = ("exact", "refined")
+        wanted = [name for name in self.settings.first_stages if name not in always]
         built = distractors.ready_stages(index_dir, wanted)
-        staged = built + (["exact"] if "exact" in self.settings.first_stages else [])
+        staged = built + [name for name in always if name in self.settings.first_stages]
         searcher = Searcher(
             self.model,
             self.meta,

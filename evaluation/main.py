@@ -63,7 +63,11 @@ def define_flags():
         "Most (query, image) pairs of the exhaustive joint model per direction.",
     )
     flags.DEFINE_integer("latency_queries", 20, "Single queries timed per scorer (median).")
-    flags.DEFINE_list("first_stages", list(BUILD_NAMES), "First stages of the staged pipeline.")
+    flags.DEFINE_list(
+        "first_stages",
+        list(BUILD_NAMES),
+        "First stages of the staged pipeline (also 'refined', which needs no build).",
+    )
     flags.DEFINE_integer("n", 256, "Staged pipeline: first-stage candidates.")
     flags.DEFINE_integer("K", 32, "Staged pipeline: images reranked by the joint layers.")
     flags.DEFINE_integer(
@@ -239,11 +243,10 @@ def main(argv):
         sample_queries=FLAGS.sample_queries,
         batch_size=FLAGS.batch_size,
     )
-    unknown = [name for name in settings.first_stages if name not in BUILD_NAMES]
+    allowed = list(BUILD_NAMES) + ["refined"]
+    unknown = [name for name in settings.first_stages if name not in allowed]
     if unknown:
-        raise app.UsageError(
-            f"--first_stages: expected names among {list(BUILD_NAMES)}, got {unknown}"
-        )
+        raise app.UsageError(f"--first_stages: expected names among {allowed}, got {unknown}")
     records, samples = manifest_lib.exit_on_refusal(  # a refused INDEX: one line, exit 2
         "lateint.evaluation.main",
         run,

@@ -59,7 +59,7 @@ flags.DEFINE_list(
     "first_stages",
     None,
     "First stages to load (default: every one usable on the "
-    "INDEX; 'exact' and 'exact_global' always are).",
+    "INDEX; 'exact', 'exact_global' and 'refined' always are).",
 )
 flags.DEFINE_string(
     "default_first_stage",

@@ -1,8 +1,8 @@
 """The first stages a Searcher can use on one INDEX, loaded once and warmed.
 
 Stages built by `python -m lateint.index.build` are opened through lateint.index.first_stage. The brute-force
-'exact' (MaxSim over every stored concept) and 'exact_global' (global dot products) are always
-available: when lateint.index.build did not build 'exact', they run over the activation store's own
+'exact' (MaxSim over every stored concept), 'exact_global' (global dot products) and 'refined'
+(the global top P reranked by int8 MaxSim) are always available: when lateint.index.build did not build 'exact', they run over the activation store's own
 concept and global arrays, so the pipeline works on any finished INDEX. A stage whose search
 compiles per query shape ('exact') is wrapped in a WarmedStage: it only ever runs shapes that
 `warm_up` compiled, padding a search up to one of them.
@@ -25,7 +25,7 @@ from lateint.index.first_stage import exact as exact_stage
 from lateint.index.store import ActivationStore
 from lateint.serve.buckets import Buckets, bucket_for
 
-EXACT_NAMES = ("exact", "exact_global")
+EXACT_NAMES = ("exact", "exact_global", "refined")
 
 
 def _exact_from_store(store: ActivationStore, kind: str, arrays: dict):
@@ -48,8 +48,6 @@ def available_names(index_dir: str, manifest: dict | None = None) -> list[str]:
     """Search names usable on this INDEX (the generation `manifest` publishes, if given): the
     built stages plus the exact ones, in SEARCH_NAMES order."""
     built = set(built_stages(index_dir, manifest))
-    if "exact" in built:
-        built.add("exact_global")
     return [name for name in SEARCH_NAMES if name in built or name in EXACT_NAMES]
 
 

@@ -92,7 +92,7 @@ def test_binary_builds_every_stage_from_the_index(corpus, tmp_path):
     assert concept_record["num_centroids"] == 32 and concept_record["num_images"] == NUM_IMAGES
     assert records.read_record(index_dir, "sq")["parameters"]["size"] == 12
     reference, _ = open_first_stage(index_dir, "exact").search(queries, 10)
-    for name in ("concepts", "sq", "permutation", "exact_global"):
+    for name in ("concepts", "sq", "permutation", "exact_global", "refined"):
         stage = open_first_stage(index_dir, name)
         ids, scores = stage.search(queries, NUM_IMAGES)
         assert ids.shape == scores.shape == (8, NUM_IMAGES) and stage.num_images == NUM_IMAGES
@@ -117,7 +117,7 @@ def test_binary_builds_every_stage_from_the_index(corpus, tmp_path):
         ["concepts", "sq", "permutation", "exact"],
         {"concepts": {"centroids": centroids}, "sq": {"size": 12}, "permutation": {"size": 10}},
     )
-    for name in ("concepts", "sq", "permutation", "exact", "exact_global"):
+    for name in ("concepts", "sq", "permutation", "exact", "exact_global", "refined"):
         got_ids, got_scores = open_first_stage(index_dir, name).search(queries, 30)
         ids, scores = open_first_stage(rebuilt, name).search(queries, 30)
         np.testing.assert_array_equal(

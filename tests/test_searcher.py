@@ -150,7 +150,7 @@ def test_a_batch_answers_like_single_queries(searcher):
 
 
 def test_concepts_first_stage_and_defaults(searcher):
-    assert searcher.first_stage_names == ("concepts", "exact", "exact_global")
+    assert searcher.first_stage_names == ("concepts", "exact", "exact_global", "refined")
     assert searcher.default_first_stage == "concepts"
     result = searcher.search(QUERIES[:1], k=3)[0]
     assert result.settings.to_dict() == {"k": 3, "n": 256, "K": 16, "first_stage": "concepts"}

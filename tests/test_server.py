@@ -151,7 +151,7 @@ def test_health(server, index_dir):
     health = httpx.get(server.url + "/healthz").json()
     assert health["status"] == "ok" and health["images"] == 200
     assert health["fingerprint"] == read_manifest(index_dir)["model_fingerprint"]
-    assert health["first_stages"] == ["concepts", "exact", "exact_global"]
+    assert health["first_stages"] == ["concepts", "exact", "exact_global", "refined"]
     assert health["limits"]["max_k"] == 32 and health["limits"]["max_n"] == 256
 
 

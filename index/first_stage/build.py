@@ -1,7 +1,7 @@
 """Building, updating and opening the first stages of an INDEX by name.
 
 Build names: 'concepts', 'sq', 'permutation', 'exact'. Search names (open_first_stage): the same
-plus 'exact_global', which reads the 'exact' stage's global vectors. Every stage's image ids are
+plus 'exact_global' and 'refined', which read the 'exact' stage's vectors (exact.py). Every stage's image ids are
 the INDEX's 0..N-1; `add` appends images N.. to every built stage, `delete` tombstones ids for all.
 """
 
@@ -15,7 +15,7 @@ from lateint.index.first_stage import concepts, exact, postings, records, surrog
 logger = logging.getLogger(__name__)
 
 BUILD_NAMES = ("concepts", "sq", "permutation", "exact")
-SEARCH_NAMES = BUILD_NAMES + ("exact_global",)
+SEARCH_NAMES = BUILD_NAMES + ("exact_global", "refined")
 
 
 def _check_names(names, allowed, what: str) -> list[str]:
@@ -120,7 +120,7 @@ def open_first_stage(index_dir: str, name: str, manifest: dict | None = None, **
     _check_names([name], SEARCH_NAMES, "open_first_stage")
     if name == "concepts":
         return concepts.ConceptStage.load(index_dir, manifest=manifest, **options)
-    if name in ("exact", "exact_global"):
+    if name in exact.KINDS:
         return exact.ExactStage.load(index_dir, name, manifest=manifest, **options)
     return surrogate.SurrogateStage.load(index_dir, name, manifest=manifest, **options)
 

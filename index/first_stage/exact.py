@@ -6,6 +6,12 @@ was written are searchable, and appends new rows with lateint.index.store.append
 num_images is the commit point (rows past it, from a killed add, are compacted away by the next
 add). Two searchers read it: 'exact' (MaxSim, lateint.scoring.maxsim, blocked over images on the
 accelerator, running top-n) and 'exact_global' (global dot products).
+
+A third searcher, 'refined', reads the same copy: the global-vector top P (one matrix product)
+reranked by MaxSim over int8 region concepts quantized at load (per region, symmetric scale).
+It holds C + 5 bytes per region and 4C per image in memory instead of 4C per region, and on the
+real-tower benchmark (bench/first_stage.py) recalls the exact MaxSim top 32 within its first
+64 results at N = 100k with P = 1024 (docs/benchmarks.md). P defaults to pool_for(N).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ logger = logging.getLogger(__name__)
 NAME = "exact"
 PREFIX = records.stage_prefix(NAME)
 ARRAYS = ("concepts", "region_mask", "global")
+KINDS = ("exact", "exact_global", "refined")
 IMAGE_BLOCK = 256  # images scored per step of the MaxSim scan
 QUERY_BLOCK = 32  # most queries per compiled call; fewer are padded to a power of two, so a
 # handful of compiles serves every batch size
@@ -160,6 +167,23 @@ def _maxsim_top(words, word_mask, concepts, region_mask, alive, n):
 
 
 GLOBAL_BLOCK_VALUES = 1 << 24  # floats of the [Q, block, C] product formed at once
+REFINE_BLOCK_VALUES = 1 << 24  # floats of the [q, P, R, T] similarities formed at once
+
+
+def pool_for(num_images: int) -> int:
+    """'refined''s default pool P: 2^round(log2(N / 100)) clamped to [512, 4096] (and to N).
+    Validated by bench/first_stage.py at N = 10k (P = 512) and 100k (P = 1024)."""
+    rule = 1 << max(0, round(np.log2(max(1.0, num_images / 100))))
+    return int(min(max(rule, 512), 4096, max(1, num_images)))
+
+
+def quantize_int8(concepts) -> tuple[np.ndarray, np.ndarray]:
+    """concepts [N, R, C] float -> (codes [N, R, C] int8, scale [N, R] float32): per region,
+    the largest |component| maps to 127."""
+    concepts = np.asarray(concepts, np.float32)
+    scale = (np.abs(concepts).max(axis=-1) / 127.0).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1.0)[..., None]
+    return np.round(concepts / safe).astype(np.int8), scale
 
 
 def _global_scores(queries, vectors) -> np.ndarray:
@@ -188,8 +212,15 @@ class ExactStage:
         self.num_images = record["num_images"]
         self.concept_dim = record["concept_dim"]
         self.deleted = deleted  # [N] bool
-        self.global_vectors = arrays["global"]  # [N, C]
-        self.arrays_nbytes = sum(array.nbytes for array in arrays.values())
+        self.global_vectors = np.ascontiguousarray(arrays["global"], np.float32)  # [N, C]
+        self.pool = pool_for(self.num_images)
+        if kind == "refined":
+            self.codes, self.scale = quantize_int8(arrays["concepts"])  # [N, R, C], [N, R]
+            self.region_mask = np.asarray(arrays["region_mask"], bool)  # [N, R]
+            held = (self.codes, self.scale, self.region_mask, self.global_vectors)
+            self.arrays_nbytes = sum(array.nbytes for array in held)
+        else:
+            self.arrays_nbytes = sum(array.nbytes for array in arrays.values())
         if kind == "exact":
             # Padded to whole blocks of IMAGE_BLOCK; padding images are dead.
             padded = -(-self.num_images // IMAGE_BLOCK) * IMAGE_BLOCK
@@ -206,12 +237,10 @@ class ExactStage:
     @classmethod
     def load(cls, index_dir: str, kind: str = "exact", manifest: dict | None = None):
         """manifest: read the generation it publishes (default: the stage.json record)."""
-        if kind not in ("exact", "exact_global"):
-            raise ValueError(
-                f"ExactStage.load: kind expected 'exact' or 'exact_global', got {kind!r}"
-            )
+        if kind not in KINDS:
+            raise ValueError(f"ExactStage.load: kind expected one of {KINDS}, got {kind!r}")
         record = records.committed_record(index_dir, NAME, manifest)
-        names = ARRAYS if kind == "exact" else ("global",)
+        names = ("global",) if kind == "exact_global" else ARRAYS
         return cls(
             _read_arrays(index_dir, record, names),
             tombstones.bitmap(index_dir, record["num_images"], manifest),
@@ -223,18 +252,21 @@ class ExactStage:
     def nbytes(self) -> int:
         return self.arrays_nbytes
 
-    def search(self, query_side: query.QuerySide, n: int):
-        """Exact top n (ties: smaller id first).
+    def search(self, query_side: query.QuerySide, n: int, pool: int | None = None):
+        """Exact top n (ties: smaller id first); 'refined': the top n of its pool.
 
         Args:
           query_side: QuerySide; 'exact' uses concepts [Q, T, C] + mask [Q, T], 'exact_global'
-            uses global_vector [Q, C].
+            uses global_vector [Q, C], 'refined' all three.
+          pool: 'refined' only: the global top P it reranks (default self.pool).
         Returns:
           (ids [Q, n] int64, scores [Q, n] float32), padded with -1 / -inf when fewer than n
           images are alive.
         """
         query_side = query.check_query_side(query_side, self.concept_dim, self.name)
         n = query.check_count(n, self.name)
+        if self.kind == "refined":
+            return self._refined(query_side, n, int(pool or self.pool))
         if self.kind == "exact_global":
             scores = _global_scores(query_side.global_vector, self.global_vectors)  # [Q, N]
             alive = np.broadcast_to(~self.deleted[None, :], scores.shape)
@@ -255,3 +287,38 @@ class ExactStage:
             scores[start:stop, :kept] = np.asarray(block_scores)[: stop - start]
             ids[start:stop, :kept] = np.asarray(block_ids)[: stop - start]
         return ids, scores
+
+    def _refined(self, query_side: query.QuerySide, n: int, pool: int):
+        """Global top `pool` (alive images), reranked by int8 MaxSim; top n of those."""
+        scores = query_side.global_vector @ self.global_vectors.T  # [Q, N]
+        scores[:, self.deleted] = -np.inf
+        alive = int((~self.deleted).sum())
+        size = min(pool, alive)
+        num_queries = scores.shape[0]
+        ids = np.full((num_queries, n), query.PAD_ID, np.int64)
+        refined = np.full((num_queries, n), query.PAD_SCORE, np.float32)
+        if size == 0:
+            return ids, refined
+        candidates = np.argpartition(-scores, size - 1, axis=1)[:, :size]  # [Q, P]
+        words, mask = query_side.concepts, query_side.mask  # [Q, T, C], [Q, T]
+        per_query = size * words.shape[1] * self.codes.shape[1]
+        step = max(1, REFINE_BLOCK_VALUES // max(1, per_query))
+        for start in range(0, num_queries, step):
+            rows = slice(start, start + step)
+            block = candidates[rows]  # [q, P]
+            count, width = block.shape
+            regions = self.codes[block].astype(np.float32).reshape(count, -1, words.shape[2])
+            # One batched matrix product: [q, P*R, C] @ [q, C, T] -> [q, P, R, T].
+            similarity = np.matmul(regions, np.swapaxes(words[rows], 1, 2)).reshape(
+                count, width, self.codes.shape[1], words.shape[1]
+            )
+            similarity *= self.scale[block][..., None]
+            similarity = np.where(self.region_mask[block][..., None], similarity, -np.inf)
+            best = np.where(mask[rows][:, None, :], similarity.max(axis=2), 0.0)  # [q, P, T]
+            best = np.where(np.isfinite(best), best, 0.0)  # an image without regions
+            query_index = np.repeat(np.arange(block.shape[0]), size)
+            top_ids, top_scores = query.top_per_query(
+                query_index, block.reshape(-1), best.sum(-1).reshape(-1), block.shape[0], n
+            )
+            ids[rows], refined[rows] = top_ids, top_scores
+        return ids, refined
