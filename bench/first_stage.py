@@ -19,7 +19,8 @@ For each N, one JSON line per (stage, setting):
 - index_bytes(_per_image) on disk (faiss: its serialised index; MUVERA: the encodings),
   memory_bytes(_per_image) held for search, build_seconds, and the build's peak resident memory
   (build_peak_rss_bytes, and build_rss_delta_bytes over the RSS before it; bench/peak_memory.py).
-Stages: lateint's `concepts` (over --nprobes x --rescore x --depths), `sq`, `permutation`, the
+Stages: lateint's `concepts` (over --nprobes x --rescore x --depths), `refined` (over --pools),
+`sq`, `permutation`, the
 exact brute force (`exact`, the reference, and `exact_global`); peers (bench/first_stage_peers.py):
 faiss IVF-PQ over all region vectors searched per word (ColBERTv1), faiss HNSW and IVF on the
 global vectors, MUVERA encodings (cross-checked against `muvera-python` when installed). Stages
@@ -62,6 +63,7 @@ _STAGES = flags.DEFINE_list(
     "stages",
     [
         "concepts",
+        "refined",
         "sq",
         "permutation",
         "faiss_ivfpq_tokens",
@@ -85,6 +87,7 @@ _PQ_DEPTHS = flags.DEFINE_list("pq_depths", ["64", "256", "1024"], "Token IVF-PQ
 _MUVERA = flags.DEFINE_list(
     "muvera", ["10x3x16", "20x4x8"], "MUVERA repetitions x simhash bits x projection (0: none)."
 )
+_POOLS = flags.DEFINE_list("pools", ["0", "512", "1024", "2048"], "refined pools P (0: the rule).")
 _BATCHES = flags.DEFINE_list("batches", ["1", "16"], "Queries per search call to time.")
 _SINGLE_QUERIES = flags.DEFINE_integer("single_queries", 32, "Queries timed one at a time.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes (fastest kept).")
@@ -203,6 +206,7 @@ class Run:
     def references(self, scratch, source):
         k = _REFERENCE_K.value
         _, build = self.build(build_stages, scratch, source, ["exact"])
+        self.reference_build = build  # 'refined' reads the same copy
         disk = _folder_bytes(os.path.join(scratch, "first_stage", "exact"))
         exact = open_first_stage(scratch, "exact")
         self.reference = _search_all(_ids_only(exact), self.queries, k, 16)
@@ -272,6 +276,18 @@ def run(images: int) -> None:
     bench = Run(data, queries, common)
     bench.references(scratch, source)
     wanted = set(_STAGES.value)
+    if "refined" in wanted:
+        stage = open_first_stage(scratch, "refined")
+        disk = _folder_bytes(os.path.join(scratch, "first_stage", "exact"))
+        for pool in (int(value) for value in _POOLS.value):
+            settings = {"pool": pool or stage.pool, "pool_rule": not pool}
+            bench.emit(
+                "refined",
+                settings,
+                lambda query_side, n, pool=pool: stage.search(query_side, n, pool or None)[0],
+                {"index_bytes": disk, "memory_bytes": stage.nbytes},
+                bench.reference_build,
+            )
     if "concepts" in wanted:
         for num_centroids in _CENTROIDS.value:
             combinations = [

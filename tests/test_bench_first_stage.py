@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from bench import first_stage_plot
 from bench.first_stage_peers import _union_sum_of_best
 from bench.muvera_fde import FdeEncoder
 from bench.peak_memory import PeakMemory
@@ -67,7 +68,7 @@ def test_synthetic_run_emits_every_stage_with_its_figures(tmp_path):
     command = [
         sys.executable, "-m", "bench.first_stage", "--images=800", "--queries=24",
         "--single_queries=3", "--repeats=1", "--nprobes=2,64", "--rescore=none,weighted",
-        "--stages=concepts,sq,permutation,muvera", "--sq_sizes=48",
+        "--stages=concepts,sq,permutation,muvera,refined", "--sq_sizes=48", "--pools=0,64",
         "--permutation_sizes=32", "--muvera=4x2x8", "--concept_dim=32", "--topics=200",
         f"--dir={tmp_path}", "--ns=16,64",
     ]  # fmt: skip
@@ -80,7 +81,7 @@ def test_synthetic_run_emits_every_stage_with_its_figures(tmp_path):
     ]
     assert stages[:2] == [("exact", None, None), ("exact_global", None, None)]
     assert ("concepts", 2, "weighted") in stages and ("concepts", 64, "none") in stages
-    assert {"sq", "permutation", "muvera"} <= {stage for stage, _, _ in stages}
+    assert {"sq", "permutation", "muvera", "refined"} <= {stage for stage, _, _ in stages}
     for record in records:
         recall = record["recall_exact_top32"]
         assert set(recall) == {"16", "64"} and all(0 <= v <= 1 for v in recall.values())
@@ -94,3 +95,9 @@ def test_synthetic_run_emits_every_stage_with_its_figures(tmp_path):
     # Probing all 64 centroids recovers more of the exact top 32 than probing 2.
     wide, narrow = by_setting[("concepts", 64, "none")], by_setting[("concepts", 2, "none")]
     assert wide["recall_exact_top32"]["64"] > narrow["recall_exact_top32"]["64"]
+    # The recall-latency plot of these lines.
+    lines = tmp_path / "first_stage.jsonl"
+    lines.write_text(result.stdout)
+    png = tmp_path / "first_stage.png"
+    first_stage_plot.plot(first_stage_plot.load(str(lines)), str(png), 64, "16")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
