@@ -164,7 +164,9 @@ class Evaluation:
                 queries=int(subset.size), **{key: summary[key] for key in RECALL_KEYS}
             )
             record.update(common)
-        return records, self._samples(searcher, "concepts" if "concepts" in staged else "exact")
+        # Sample queries through the server's default first stage among those evaluated.
+        shown = next((name for name in ("refined", "concepts") if name in staged), "exact")
+        return records, self._samples(searcher, shown)
 
     def _add_relational(self, records: list, context: dict, subset: np.ndarray) -> None:
         """Oracle R@K and partner accuracy per scorer (lateint.evaluation.relational_truth.annotate)."""

@@ -65,14 +65,14 @@ step "4/6 precompute the test split into $run_dir/index (resumes; no-op when com
 "$python" -m lateint.index.precompute --workdir="$run_dir/model" --data="$run_dir/data" --split=test \
   --index="$run_dir/index" --storage=bfloat16
 
-step "5/6 build the first stages (concepts = the default; exact = its reference)"
+step "5/6 build the first stages (concepts; exact = the reference, whose vectors refined reads)"
 "$python" -m lateint.index.build --index="$run_dir/index" --first_stage=concepts,exact
 
 step "6/6 evaluate on the test split (5 scorers; the exhaustive cross-encoder on" \
   "$exhaustive_queries queries)"
 "$python" -m lateint.evaluation.main --workdir="$run_dir/model" --index="$run_dir/index" \
   --data="$run_dir/data" --split=test --out="$run_dir/eval" --sample_queries=2 \
-  --max_exhaustive_queries="$exhaustive_queries" --first_stages=concepts,exact \
+  --max_exhaustive_queries="$exhaustive_queries" --first_stages=refined,exact \
   ${evaluate_sizes[@]+"${evaluate_sizes[@]}"}
 echo "(full tables: $run_dir/eval/results.md, or rerun with --full_tables; the other first"
 echo " stages: lateint.index.build --first_stage=sq,permutation, then lateint.evaluation.main without --first_stages)"

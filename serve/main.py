@@ -64,7 +64,7 @@ flags.DEFINE_list(
 flags.DEFINE_string(
     "default_first_stage",
     None,
-    "Used when a request names none (default: 'concepts' if loaded, else 'exact').",
+    "Used when a request names none (default: the first loaded of 'refined', 'concepts', 'exact').",
 )
 flags.DEFINE_list("query_length_buckets", ["16", "32", "64"], "Token buckets T.")
 flags.DEFINE_list("query_batch_buckets", ["1", "4", "16"], "Query batch buckets B.")

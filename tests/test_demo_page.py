@@ -239,14 +239,14 @@ def test_the_form_sends_the_typed_query_and_shows_the_ranked_answer(server, brow
     page = _open(browser, server.url + "/")
     shown = page.evaluate(PAGE_STATE)
     assert shown["stages"] == health["first_stages"]  # the selector offers the server's stages
-    assert shown["stage"] == health["default_first_stage"] == "concepts"
+    assert shown["stage"] == health["default_first_stage"] == "refined"
     assert shown["status"] == (
         f"{health['images']} images indexed · model step {health['model_step']}"
     )
 
     query = "a cat to the left of a dog"
     shown, sent = _submit(page, query, k=7)
-    body = {"query": query, "k": 7, "options": {"first_stage": "concepts"}}
+    body = {"query": query, "k": 7, "options": {"first_stage": "refined"}}
     assert (sent["method"], json.loads(sent["body"])) == ("POST", body)
     status, expected = _expected(server, body)
     assert status == 200 and shown["state"] == "done", shown["error"]

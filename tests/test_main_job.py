@@ -25,7 +25,7 @@ from lateint.evaluation import report
 from launcher import free_port
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCORERS = ["joint_exhaustive", "global", "maxsim", "staged:concepts", "staged:exact"]
+SCORERS = ["joint_exhaustive", "global", "maxsim", "staged:exact", "staged:refined"]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_the_summary_is_the_report_of_this_run(main_job):
     assert summary.splitlines()[0] == (f"INDEX {run_dir}/index: bfloat16 activations, N=200")
     table_rows = [line for line in summary.splitlines() if line.startswith("| ")][1:]
     assert [row.split(" | ")[0].lstrip("| ") for row in table_rows] == SCORERS
-    samples = re.findall(r"^query: '.*' \(written for (\S+), first stage concepts\)$", stdout, re.M)
+    samples = re.findall(r"^query: '.*' \(written for (\S+), first stage refined\)$", stdout, re.M)
     hits = re.findall(r"^  [123]\. (\S+)  -?\d+\.\d{4}", stdout, re.MULTILINE)
     with open(os.path.join(run_dir, "index", "ids.txt"), encoding="utf-8") as handle:
         ids = set(handle.read().split())
@@ -126,7 +126,7 @@ def test_the_printed_server_command_serves_the_index(main_job, tmp_path):
             time.sleep(0.2)
         health = health.json()
         assert (health["images"], health["model_step"]) == (200, 6)
-        assert health["default_first_stage"] == "concepts"
+        assert health["default_first_stage"] == "refined"
         answer = httpx.post(url + "/search", json={"query": "two horses", "k": 3}, timeout=60)
         assert answer.status_code == 200, answer.text
         assert [hit["rank"] for hit in answer.json()["results"]] == [1, 2, 3]

@@ -151,8 +151,10 @@ def test_a_batch_answers_like_single_queries(searcher):
 
 def test_concepts_first_stage_and_defaults(searcher):
     assert searcher.first_stage_names == ("concepts", "exact", "exact_global", "refined")
-    assert searcher.default_first_stage == "concepts"
-    result = searcher.search(QUERIES[:1], k=3)[0]
+    assert searcher.default_first_stage == "refined"
+    default = searcher.search(QUERIES[:1], k=3)[0]
+    assert default.settings.to_dict() == {"k": 3, "n": 256, "K": 16, "first_stage": "refined"}
+    result = searcher.search(QUERIES[:1], k=3, first_stage="concepts")[0]
     assert result.settings.to_dict() == {"k": 3, "n": 256, "K": 16, "first_stage": "concepts"}
     # candidates: what the concepts stage itself returns for this query within n = 256
     token_ids, token_mask = searcher.tokenizer.encode(QUERIES[:1], length=16)

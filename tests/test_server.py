@@ -134,7 +134,7 @@ def test_search_returns_ranked_images_with_stage_timings(server):
         "total",
         "queue",
     }
-    assert answer["settings"] == {"k": 5, "n": 256, "K": 16, "first_stage": "concepts"}
+    assert answer["settings"] == {"k": 5, "n": 256, "K": 16, "first_stage": "refined"}
     # Explicit options, and the same answer twice (exact first stage: deterministic).
     body = {
         "query": "a cat left of a dog",
