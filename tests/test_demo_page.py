@@ -61,7 +61,7 @@ def _chromium_is_installed():
 def server(tiny_workdir, scenes_dir, tmp_path_factory):
     index_dir = str(tmp_path_factory.mktemp("demo_index"))
     precompute(tiny_workdir, scenes_dir, "test", index_dir, storage="float32", batch_size=64)
-    first_stage_build.build_from_index(index_dir, ["concepts"])  # the selector offers two
+    first_stage_build.build_from_index(index_dir, ["concepts"])  # the selector offers several
     flags = [
         "--query_length_buckets=16",
         "--query_batch_buckets=1",
@@ -257,12 +257,12 @@ def test_the_form_sends_the_typed_query_and_shows_the_ranked_answer(server, brow
     for hit, reference in zip(shown["results"], expected["results"]):
         assert hit["score"] == pytest.approx(reference["score"], abs=1e-6)
     assert shown["timings_shown"] and shown["error"] == ""
-    assert shown["status"].startswith(f"7 results for “{query}” · concepts n=16 → MaxSim → K=16")
+    assert shown["status"].startswith(f"7 results for “{query}” · refined n=16 → MaxSim → K=16")
     # The address bar holds the query, so the page can be reloaded or shared.
     assert urllib.parse.parse_qs(shown["search"].lstrip("?")) == {
         "q": [query],
         "k": ["7"],
-        "first_stage": ["concepts"],
+        "first_stage": ["refined"],
     }
 
 

@@ -163,8 +163,9 @@ def test_data_parallel_on_eight_devices_matches_one(uninterrupted, data_dir, tmp
         rtol=1e-4,
     )
     # Parameters: reduction order differs across 8 shards, and AdamW turns a float-rounding
-    # flip of a near-zero gradient's sign into a step of +-lr. So the bound is one step
-    # (lr = 1e-3) per element; a wrong gradient moves parameters by many steps over 12.
+    # flip of a near-zero gradient's sign into a step of +lr on one side and -lr on the other:
+    # 2 lr apart (CI saw 1.07e-3 with lr = 1e-3). So the bound is 2.5 lr per element; a wrong
+    # gradient moves parameters by many steps over 12.
     params, _ = _params(workdir)
     for expected, got in zip(jax.tree.leaves(reference), jax.tree.leaves(params)):
-        np.testing.assert_allclose(got, expected, atol=1e-3, rtol=1e-3)
+        np.testing.assert_allclose(got, expected, atol=2.5e-3, rtol=1e-3)
