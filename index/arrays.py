@@ -52,7 +52,10 @@ def create(
     chunk_rows: int | None = None,
     inner_rows: int | None = None,
     context: ts.Context | None = None,
+    replace: bool = True,
 ) -> ts.TensorStore:
+    """Creates INDEX/<name> (replace: deleting an old array of that name; else opening an
+    existing one if its metadata is the same, which several writers may race to do)."""
     dtype = np.dtype(dtype)
     shape = [int(size) for size in shape]
     if chunk_rows is None:
@@ -61,7 +64,7 @@ def create(
         if shape:
             chunk_rows = min(chunk_rows, max(1, shape[0]))
     metadata = codecs.layout_metadata(shape, dtype, name, chunk_rows, inner_rows)
-    spec = codecs.zarr_spec(manifest_lib.array_path(index_dir, name), metadata)
+    spec = codecs.zarr_spec(manifest_lib.array_path(index_dir, name), metadata, replace)
     return ts.open(spec, context=context or ts.Context()).result()
 
 

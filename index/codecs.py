@@ -166,8 +166,9 @@ def layout_metadata(
     }
 
 
-def zarr_spec(path: str, metadata: dict | None = None) -> dict:
-    """zarr3 spec; creates (deleting any old array) when `metadata` is given, else opens."""
+def zarr_spec(path: str, metadata: dict | None = None, replace: bool = True) -> dict:
+    """zarr3 spec; creates when `metadata` is given (replace: deleting any old array; else
+    opening an existing array whose metadata is the same), else opens."""
     spec = {
         "driver": "zarr3",
         "kvstore": {"driver": "file", "path": os.path.abspath(path)},
@@ -179,7 +180,8 @@ def zarr_spec(path: str, metadata: dict | None = None) -> dict:
     if metadata is None:
         spec["open"] = True
     else:
-        spec.update(metadata=metadata, create=True, delete_existing=True)
+        spec.update(metadata=metadata, create=True)
+        spec["delete_existing" if replace else "open"] = True
     return spec
 
 

@@ -1,4 +1,4 @@
-"""INDEX/manifest.json, INDEX/ids.txt and the INDEX/progress.json journal.
+"""INDEX/manifest.json, INDEX/ids.txt and the journals (progress.json, journal/*.json).
 
 The manifest makes an index directory self-describing (DESIGN.md contract 4). Every path in it is
 relative to the index directory. A writer creates it with `"complete": false` before writing any
@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -25,6 +26,7 @@ from lateint.index import codecs, manifest_schema
 FORMAT_VERSION = manifest_schema.FORMAT_VERSION
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
+JOURNAL_DIR = "journal"  # one journal per precompute worker (lateint.index.workers)
 IDS_FILE = "ids.txt"
 ARRAY_ROLES = manifest_schema.ARRAY_ROLES
 # What generations add to an INDEX (lateint.index.generation): compacted arrays, ids, the journals.
@@ -122,11 +124,15 @@ def new_manifest(
     return validate_manifest(manifest, MANIFEST_FILE)
 
 
-def write_manifest(index_dir: str, manifest: dict) -> None:
-    """Validates and atomically writes INDEX/manifest.json."""
+def write_manifest(index_dir: str, manifest: dict, shared: bool = False) -> bool:
+    """Validates and atomically writes INDEX/manifest.json. shared: only if none exists yet
+    (several workers create one INDEX; the first manifest wins). True if this call wrote it."""
     path = os.path.join(index_dir, MANIFEST_FILE)
     validate_manifest(manifest, path)
+    if shared:
+        return atomic.publish_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     atomic.write_json(path, manifest, indent=2, sort_keys=True)
+    return True
 
 
 def read_manifest(index_dir: str, require_complete: bool = True) -> dict:
@@ -184,9 +190,10 @@ def array_layout(manifest: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 # ---- external ids -------------------------------------------------------------------------
 
 
-def write_ids(index_dir: str, image_ids, file: str = IDS_FILE) -> dict:
+def write_ids(index_dir: str, image_ids, file: str = IDS_FILE, shared: bool = False) -> dict:
     """Writes INDEX/<file> (default ids.txt; one id per line) and returns the manifest's 'ids'
-    entry."""
+    entry. shared: several workers write the same ids; the first file stays and the others
+    check it holds exactly their ids."""
     lines = []
     for position, image_id in enumerate(image_ids):
         image_id = str(image_id)
@@ -196,8 +203,17 @@ def write_ids(index_dir: str, image_ids, file: str = IDS_FILE) -> dict:
     text = "".join(line + "\n" for line in lines)
     path = os.path.join(index_dir, file)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic.write_text(path, text)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if not shared:
+        atomic.write_text(path, text)
+    elif not atomic.publish_text(path, text):
+        with open(path, "rb") as handle:
+            found = hashlib.sha256(handle.read()).hexdigest()
+        if found != digest:
+            raise IndexRefusedError(
+                f"{path}: another worker wrote other ids (sha256 {found}, this worker's "
+                f"{len(lines)} ids have {digest}): the workers index different corpora"
+            )
     return {"file": file, "count": len(lines), "sha256": digest}
 
 
@@ -234,36 +250,66 @@ def merge_ranges(ranges) -> list[tuple[int, int]]:
     return [(start, stop) for start, stop in merged]
 
 
-def completed_ranges(index_dir: str) -> list[tuple[int, int]]:
-    """The [start, stop) image ranges recorded as fully written (sorted, merged)."""
-    path = os.path.join(index_dir, PROGRESS_FILE)
+def worker_journal(worker_index: int, num_workers: int) -> str:
+    """The journal of precompute worker `worker_index` of `num_workers` (relative to INDEX)."""
+    return f"{JOURNAL_DIR}/worker-{int(worker_index):05d}-of-{int(num_workers):05d}.json"
+
+
+def journal_files(index_dir: str) -> list[str]:
+    """Every journal of INDEX: progress.json (one writer) and journal/*.json (one per worker)."""
+    files = [PROGRESS_FILE] if os.path.exists(os.path.join(index_dir, PROGRESS_FILE)) else []
+    directory = os.path.join(index_dir, JOURNAL_DIR)
+    if os.path.isdir(directory):
+        files += [
+            f"{JOURNAL_DIR}/{name}"
+            for name in sorted(os.listdir(directory))
+            if name.endswith(".json")
+        ]
+    return files
+
+
+def _journaled(index_dir: str, journal: str) -> list[tuple[int, int]]:
+    path = os.path.join(index_dir, journal)
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as handle:
         try:
-            journal = json.load(handle)
-            ranges = journal["completed"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            ranges = json.load(handle)["completed"]
+            return merge_ranges(ranges)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise IndexRefusedError(
                 f"{path}: expected {{'completed': [[start, stop], ...]}}: {error}"
             ) from error
+
+
+def completed_ranges(index_dir: str) -> list[tuple[int, int]]:
+    """The [start, stop) image ranges recorded as fully written in any journal (sorted,
+    merged): several precompute workers each journal their own shards in their own file."""
+    ranges = []
+    for journal in journal_files(index_dir):
+        ranges += _journaled(index_dir, journal)
     return merge_ranges(ranges)
 
 
-def mark_completed(index_dir: str, start: int, stop: int) -> None:
-    """Records [start, stop) as written and durable (atomic rewrite of INDEX/progress.json)."""
-    ranges = merge_ranges(completed_ranges(index_dir) + [(start, stop)])
+def mark_completed(index_dir: str, start: int, stop: int, journal: str = PROGRESS_FILE) -> None:
+    """Records [start, stop) as written and durable: atomic rewrite of `journal` (relative to
+    INDEX; one writer per journal file)."""
+    ranges = merge_ranges(_journaled(index_dir, journal) + [(start, stop)])
     atomic.write_json(
-        os.path.join(index_dir, PROGRESS_FILE), {"completed": [list(pair) for pair in ranges]}
+        os.path.join(index_dir, journal),
+        {"completed": [list(pair) for pair in ranges]},
+        make_parents=True,
     )
 
 
 def reset_completed(index_dir: str, stop: int) -> None:
     """Journals exactly [0, stop) as written (a published generation of `stop` images), so
-    ranges journaled past it by an abandoned lateint.index.add are not trusted."""
+    ranges journaled past it by an abandoned lateint.index.add are not trusted; the workers'
+    journals of the first precompute go (progress.json now covers their rows)."""
     atomic.write_json(
         os.path.join(index_dir, PROGRESS_FILE), {"completed": [[0, int(stop)]] if stop else []}
     )
+    shutil.rmtree(os.path.join(index_dir, JOURNAL_DIR), ignore_errors=True)
 
 
 def missing_ranges(index_dir: str, total: int) -> list[tuple[int, int]]:
@@ -283,7 +329,7 @@ def _describe_progress(index_dir: str, total: int) -> str:
         done = sum(stop - start for start, stop in completed_ranges(index_dir))
     except ValueError as error:
         return f"progress journal unreadable: {error}"
-    return f"{min(done, total)} of {total} images recorded in {PROGRESS_FILE}"
+    return f"{min(done, total)} of {total} images journaled"
 
 
 def exit_on_refusal(binary: str, function, *args, **keywords):

@@ -106,6 +106,7 @@ class ActivationStore:
             if found[0][0] > shape[0]:
                 self._arrays[role] = array[: shape[0]]
         self.first_new_row = 0  # rows below it belong to a published generation (extend)
+        self.journal = manifest_lib.PROGRESS_FILE  # this writer's journal (one per worker)
         self._image_ids: list[str] | None = None
 
     # -- opening ------------------------------------------------------------------------------
@@ -130,12 +131,16 @@ class ActivationStore:
         overwrite: bool = False,
         inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
         sync_writes: bool = True,
+        shared: bool = False,
     ) -> ActivationStore:
         """Creates an empty, incomplete index of len(image_ids) images with fixed shapes.
 
         hidden is the stored width H' (the compressed width when compression_dim > 0); corpus is
         the corpus fingerprint (lateint.index.corpus_fingerprint) resumes are checked against. Refuses an
         existing index unless overwrite, which deletes its arrays, journal and first stages.
+        shared (several precompute workers, lateint.index.workers): nothing is deleted, the ids,
+        arrays and manifest are created unless another worker already did, and the store is
+        opened on whichever manifest was published first (the caller checks it is this one).
         """
         image_ids = [str(image_id) for image_id in image_ids]
         arrays = {role: role for role in ("activations", "region_mask", "concepts", "global")}
@@ -158,38 +163,51 @@ class ActivationStore:
         provisional = {"file": manifest_lib.IDS_FILE, "count": len(image_ids), "sha256": ""}
         manifest_lib.new_manifest(ids=provisional, **fields)  # bad arguments fail before deleting
         manifest_path = os.path.join(index_dir, manifest_lib.MANIFEST_FILE)
-        if os.path.exists(manifest_path) and not overwrite:
+        if os.path.exists(manifest_path) and not overwrite and not shared:
             raise FileExistsError(f"{manifest_path} exists; pass overwrite=True to rebuild")
         os.makedirs(index_dir, exist_ok=True)
-        for entry in [
-            manifest_lib.MANIFEST_FILE,
-            manifest_lib.PROGRESS_FILE,
-            manifest_lib.IDS_FILE,
-            "first_stage",
-            "activation_scale",
-            *arrays,
-            *manifest_lib.GENERATION_ENTRIES,
-        ]:
+        for entry in (
+            []
+            if shared
+            else [
+                manifest_lib.MANIFEST_FILE,
+                manifest_lib.PROGRESS_FILE,
+                manifest_lib.JOURNAL_DIR,
+                manifest_lib.IDS_FILE,
+                "first_stage",
+                "activation_scale",
+                *arrays,
+                *manifest_lib.GENERATION_ENTRIES,
+            ]
+        ):
             path = os.path.join(index_dir, entry)  # manifest first: a crash leaves no manifest
             if os.path.isdir(path):
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.remove(path)
         manifest = manifest_lib.new_manifest(
-            ids=manifest_lib.write_ids(index_dir, image_ids), **fields
+            ids=manifest_lib.write_ids(index_dir, image_ids, shared=shared), **fields
         )
         context = codecs.io_context(sync_writes=sync_writes)
         for role, (shape, dtype) in manifest_lib.array_layout(manifest).items():
-            _create(
-                index_dir,
-                arrays[role],
-                shape,
-                dtype,
-                chunk_rows=shard_rows,
-                inner_rows=1,
-                context=context,
-            )
-        manifest_lib.write_manifest(index_dir, manifest)
+            try:
+                _create(
+                    index_dir,
+                    arrays[role],
+                    shape,
+                    dtype,
+                    chunk_rows=shard_rows,
+                    inner_rows=1,
+                    context=context,
+                    replace=not shared,
+                )
+            except ValueError as error:  # shared: another worker made it with another layout
+                raise manifest_lib.IndexRefusedError(
+                    f"lateint.index.store: array {role!r} in {index_dir!r} exists with another "
+                    f"layout than this writer's {shape} {dtype}: {error}"
+                ) from error
+        if not manifest_lib.write_manifest(index_dir, manifest, shared=shared):
+            manifest = manifest_lib.read_manifest(index_dir, require_complete=False)
         return cls(index_dir, manifest, True, context, inflight_bytes)
 
     @classmethod
@@ -362,7 +380,7 @@ class ActivationStore:
             self._wait_oldest()
 
     def completed_ranges(self) -> list[tuple[int, int]]:
-        """[start, stop) image ranges recorded as written (INDEX/progress.json)."""
+        """[start, stop) image ranges recorded as written, by any writer (every journal)."""
         return manifest_lib.completed_ranges(self.index_dir)
 
     def pending_ranges(self, unit_rows: int | None = None) -> list[tuple[int, int]]:
@@ -395,7 +413,7 @@ class ActivationStore:
                 f"(shard_rows {self.shard_rows})"
             )
         self.flush()
-        manifest_lib.mark_completed(self.index_dir, start, stop)
+        manifest_lib.mark_completed(self.index_dir, start, stop, self.journal)
 
     def finalize(self) -> dict:
         """Flushes, checks every image is journaled, counts regions, marks the manifest complete.

@@ -41,3 +41,31 @@ def write_json(
     if make_parents:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_text(path, text)
+
+
+def publish_text(path: str, text: str) -> bool:
+    """Writes `text` to `path` only if `path` does not exist yet; True if this call wrote it.
+
+    For files that several processes may try to create at once with the same role (the manifest
+    and ids of an INDEX that W precompute workers create): each writes a temporary file of its
+    own (pid in the name), fsyncs it and hard-links it into place, which fails when `path`
+    exists, so the first writer wins whole and the others see its file, never a mix. POSIX
+    file systems only (link is atomic there).
+    """
+    temporary = f"{path}.{os.getpid()}.publish.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(temporary)
+    directory_descriptor = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(directory_descriptor)
+    finally:
+        os.close(directory_descriptor)
+    return True

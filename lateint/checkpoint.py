@@ -102,7 +102,7 @@ def load_model(workdir: str, step: int | None = None) -> tuple[SplitEncoder, dic
     abstract_model = nnx.eval_shape(lambda: SplitEncoder(config, nnx.Rngs(0)))
     graph, abstract_params = nnx.split(abstract_model)
     # Restore onto this process's first device whatever topology saved it (e.g. an 8-device mesh).
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract_params = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params
     )

@@ -82,7 +82,7 @@ def stage_arrays(index_dir: str) -> dict:
     for name in first_stage_build.built_stages(index_dir, manifest):
         record = records.committed_record(index_dir, name, manifest)
         if name == "exact":
-            found[name] = exact._read_arrays(index_dir, record)
+            found[name] = exact.read_arrays(index_dir, record)
             continue
         lists = postings.read_lists(index_dir, records.generations_prefix(name), record)
         found[name] = {"offsets": lists.offsets, "images": lists.images, "weights": lists.weights}

@@ -77,7 +77,7 @@ def build(index_dir: str, source, block_rows: int = sources.DEFAULT_BLOCK_ROWS) 
     return record
 
 
-def _read_arrays(index_dir: str, record: dict, names=ARRAYS) -> dict:
+def read_arrays(index_dir: str, record: dict, names=ARRAYS) -> dict:
     base = postings.generation_prefix(PREFIX, record["generation"])
     arrays = {}
     for name in names:
@@ -111,7 +111,7 @@ def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BL
 
 def _rewrite(index_dir: str, record: dict, alive, block_rows: int) -> int:
     """Copies the record's rows where alive [N] is True into a new generation; returns it."""
-    arrays = _read_arrays(index_dir, record)
+    arrays = read_arrays(index_dir, record)
     kept = sources.ArraySource(
         arrays["concepts"][alive], arrays["region_mask"][alive], arrays["global"][alive]
     )
@@ -133,7 +133,7 @@ def compact(
 
 
 @functools.partial(jax.jit, static_argnums=5)
-def _maxsim_top(words, word_mask, concepts, region_mask, alive, n):
+def maxsim_top(words, word_mask, concepts, region_mask, alive, n):
     """Running top-n of MaxSim over image blocks.
 
     words [Qb, T, C], word_mask [Qb, T]; concepts [nb, B, R, C], region_mask [nb, B, R],
@@ -242,7 +242,7 @@ class ExactStage:
         record = records.committed_record(index_dir, NAME, manifest)
         names = ("global",) if kind == "exact_global" else ARRAYS
         return cls(
-            _read_arrays(index_dir, record, names),
+            read_arrays(index_dir, record, names),
             tombstones.bitmap(index_dir, record["num_images"], manifest),
             record,
             kind,
@@ -281,7 +281,7 @@ class ExactStage:
             pad = min(QUERY_BLOCK, 1 << (stop - start - 1).bit_length()) - (stop - start)
             block_words = np.pad(words[start:stop], ((0, pad), (0, 0), (0, 0)))
             block_mask = np.pad(mask[start:stop], ((0, pad), (0, 0)))
-            block_scores, block_ids = _maxsim_top(
+            block_scores, block_ids = maxsim_top(
                 block_words, block_mask, self._concepts, self._region_mask, self._alive, kept
             )
             scores[start:stop, :kept] = np.asarray(block_scores)[: stop - start]
