@@ -116,6 +116,13 @@ flags.DEFINE_string(
     "executables are kept between starts (JAX's persistent compilation cache); "
     "empty: none.",
 )
+flags.DEFINE_string(
+    "index_shards",
+    "1",
+    "Devices the INDEX's image axis is split over: a number, or 'all' (every device of every "
+    "process). Above 1 the brute-force first stages (refined, exact, exact_global) run per "
+    "shard; answers equal one device's.",
+)
 flags.mark_flags_as_required(["workdir", "index"])
 
 
@@ -179,6 +186,7 @@ def serve(
     shutdown_timeout_s: float = 60.0,
     drain_s: float = 2.0,
     background_compile: bool = True,
+    index_shards="1",
 ) -> None:
     """Loads, compiles and serves until SIGTERM/SIGINT (see the module docstring)."""
     searcher = manifest_lib.exit_on_refusal(
@@ -191,6 +199,7 @@ def serve(
         default_first_stage,
         tokenizer_dir,
         background_compile,
+        index_shards,
     )
     if settings.images_dir is None:
         images_dir = demo.default_images_dir(index_dir, searcher.store.manifest)
@@ -248,6 +257,18 @@ def main(argv):
         default_n=FLAGS.default_n,
         default_K=FLAGS.default_K,
     )
+    index_shards = FLAGS.index_shards
+    if index_shards != "all":
+        try:
+            index_shards = int(index_shards)
+        except ValueError:
+            raise app.UsageError(
+                f"--index_shards: expected a number or 'all', got {index_shards!r}"
+            ) from None
+        if not 1 <= index_shards <= len(jax.devices()):
+            raise app.UsageError(
+                f"--index_shards={index_shards}: JAX sees {len(jax.devices())} devices"
+            )
     images_dir = os.path.abspath(FLAGS.images_dir) if FLAGS.images_dir else None
     if images_dir is not None and not os.path.isdir(images_dir):
         raise app.UsageError(f"--images_dir={FLAGS.images_dir}: not a directory")
@@ -273,6 +294,7 @@ def main(argv):
         FLAGS.shutdown_timeout_s,
         FLAGS.drain_s,
         FLAGS.background_compile,
+        index_shards,
     )
 
 

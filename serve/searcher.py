@@ -31,6 +31,7 @@ from lateint.checkpoint import load_model
 from lateint.index import manifest as manifest_lib
 from lateint.index.first_stage import QuerySide
 from lateint.index.store import ActivationStore
+from lateint.serve import sharded_stages
 from lateint.serve import stages as stages_lib
 from lateint.serve.buckets import Buckets, StageSettings, bucket_for
 from lateint.serve.compiled import CompiledModel
@@ -57,6 +58,7 @@ class Searcher:
         first_stages=None,
         default_first_stage: str | None = None,
         background_compile: bool = False,
+        shards=1,
     ):
         """model: SplitEncoder; meta: load_model's (holds 'fingerprint' and 'step').
 
@@ -66,6 +68,9 @@ class Searcher:
         background_compile: return once the shapes that hold every request are compiled and
         compile the others on a background thread (`close` stops it); else compile every shape
         first, so every request runs on its own bucket from the start.
+        shards: devices the INDEX's image axis is split over (an int, or 'all' for every device
+        of every process; serve.sharded_stages): the brute-force first stages run per shard in
+        shard_map and merge their top lists; the answers equal one device's.
         """
         config = model.config
         self._check_index(model, meta, store)
@@ -90,9 +95,14 @@ class Searcher:
         self.index_dir = store.index_dir
         self._reload_lock = threading.Lock()
         tokenizer.encode(["warm up"])  # the first call costs milliseconds more than the next
-        names = first_stages or stages_lib.available_names(store.index_dir, store.manifest)
+        self.mesh = sharded_stages.mesh_for(shards)
+        names = first_stages or [
+            name
+            for name in stages_lib.available_names(store.index_dir, store.manifest)
+            if self.mesh.size == 1 or name in stages_lib.EXACT_NAMES
+        ]
         began = time.perf_counter()
-        stages = stages_lib.load_stages(store, names)
+        stages = stages_lib.load_stages(store, names, self.mesh)
         self.first_stage_names = tuple(stages)
         self.view = IndexView(
             store, stages, store.image_ids, int(store.manifest.get("generation", 0))
@@ -109,7 +119,13 @@ class Searcher:
             )
         self.default_first_stage = default_first_stage
         logging.info(
-            "loaded first stages %s in %.1f s", list(self.stages), time.perf_counter() - began
+            "loaded first stages %s in %.1f s%s",
+            list(self.stages),
+            time.perf_counter() - began,
+            f", the image axis split over {self.mesh.size} devices ({self.device_nbytes()} bytes"
+            " per device)"
+            if self.mesh.size > 1
+            else "",
         )
         self.compiled = CompiledModel(model, buckets, store.regions, store.hidden)
         logging.info(
@@ -140,6 +156,15 @@ class Searcher:
             self.compiled.compile_rest_in_background(
                 then=lambda: self._warm_stages(stages_lib.later_shapes(buckets))
             )
+
+    def device_nbytes(self) -> int:
+        """Bytes of first-stage vectors on the most loaded device of the mesh (sharded stages
+        only; they share no arrays, so the sum over the loaded stages)."""
+        held: dict[str, int] = {}
+        for stage in self.stages.values():
+            for device, nbytes in getattr(stage, "device_nbytes", dict)().items():
+                held[device] = held.get(device, 0) + nbytes
+        return max(held.values(), default=0)
 
     def _warm_stages(self, shapes) -> None:
         """Warms the served generation's first stages for `shapes` (a reload warms its own)."""
@@ -198,7 +223,7 @@ class Searcher:
                         f"{store.regions} regions per image, the served one "
                         f"{served.store.regions}; restart the server"
                     )
-                stages = stages_lib.load_stages(store, self.first_stage_names)
+                stages = stages_lib.load_stages(store, self.first_stage_names, self.mesh)
                 stages_lib.warm_up(stages, stages_lib.every_shape(self.buckets), store.concept_dim)
                 self.view = IndexView(store, stages, store.image_ids, generation)
                 logging.info(
@@ -226,11 +251,12 @@ class Searcher:
         default_first_stage: str | None = None,
         tokenizer_dir: str | None = None,
         background_compile: bool = False,
+        shards=1,
     ) -> Searcher:
         """Loads the model from WORKDIR (lateint.checkpoint) and the finished INDEX; compiles.
 
         tokenizer_dir: a HuggingFace BERT directory (default: MiniLM's, whose vocabulary every
-        model of this project uses). background_compile: see `Searcher`.
+        model of this project uses). background_compile, shards: see `Searcher`.
         """
         began = time.perf_counter()
         model, meta = load_model(workdir)
@@ -256,6 +282,7 @@ class Searcher:
             first_stages,
             default_first_stage,
             background_compile,
+            shards,
         )
 
     # ---- requests -----------------------------------------------------------------------------

@@ -19,17 +19,20 @@ from lateint.index.first_stage import (
     QuerySide,
     built_stages,
     open_first_stage,
+    records,
     tombstones,
 )
 from lateint.index.first_stage import exact as exact_stage
 from lateint.index.store import ActivationStore
+from lateint.serve import sharded_stages
 from lateint.serve.buckets import Buckets, bucket_for
 
 EXACT_NAMES = ("exact", "exact_global", "refined")
 
 
-def _exact_from_store(store: ActivationStore, kind: str, arrays: dict):
-    """An ExactStage over the activation store's vectors (no INDEX/first_stage needed)."""
+def _exact_from_store(store: ActivationStore, kind: str, arrays: dict, mesh=None):
+    """An ExactStage over the activation store's vectors (no INDEX/first_stage needed); with
+    a mesh of several devices, a ShardedExactStage over them."""
     if not arrays:
         arrays["concepts"] = store.read_concepts(0, store.num_images)  # [N, R, C]
         arrays["region_mask"] = store.read_region_mask(0, store.num_images)  # [N, R]
@@ -39,9 +42,19 @@ def _exact_from_store(store: ActivationStore, kind: str, arrays: dict):
         "concept_dim": store.concept_dim,
         "regions": store.regions,
     }
-    return exact_stage.ExactStage(
-        arrays, tombstones.bitmap(store.index_dir, store.num_images, store.manifest), record, kind
-    )
+    deleted = tombstones.bitmap(store.index_dir, store.num_images, store.manifest)
+    if mesh is not None and mesh.size > 1:
+        return sharded_stages.ShardedExactStage(arrays, deleted, record, kind, mesh)
+    return exact_stage.ExactStage(arrays, deleted, record, kind)
+
+
+def _sharded_built_exact(store: ActivationStore, kind: str, arrays: dict, mesh):
+    """A ShardedExactStage over the built 'exact' stage's copy (which holds added images)."""
+    record = records.committed_record(store.index_dir, exact_stage.NAME, store.manifest)
+    if not arrays:
+        arrays.update(exact_stage.read_arrays(store.index_dir, record))
+    deleted = tombstones.bitmap(store.index_dir, record["num_images"], store.manifest)
+    return sharded_stages.ShardedExactStage(arrays, deleted, record, kind, mesh)
 
 
 def available_names(index_dir: str, manifest: dict | None = None) -> list[str]:
@@ -51,28 +64,40 @@ def available_names(index_dir: str, manifest: dict | None = None) -> list[str]:
     return [name for name in SEARCH_NAMES if name in built or name in EXACT_NAMES]
 
 
-def load_stages(store: ActivationStore, names) -> dict:
+def load_stages(store: ActivationStore, names, mesh=None) -> dict:
     """{name: stage with search(QuerySide, n) -> (ids [Q, n] int64, scores [Q, n])}; a stage
-    that compiles per shape comes wrapped in a WarmedStage with no shape warmed yet.
+    that compiles per shape comes wrapped in a WarmedStage with no shape warmed yet. mesh (of
+    several devices): the brute-force stages split the image axis over it (serve.sharded_stages).
 
-    Raises ValueError naming the INDEX and the usable names when a name is not available, and
-    lets a stage's own error (e.g. an interrupted build) through.
+    Raises ValueError naming the INDEX and the usable names when a name is not available (or,
+    with a mesh, cannot be sharded), and lets a stage's own error (e.g. an interrupted build)
+    through.
     """
     index_dir = store.index_dir
     usable = available_names(index_dir, store.manifest)
+    sharded = mesh is not None and mesh.size > 1
+    if sharded:
+        usable = [name for name in usable if name in EXACT_NAMES]
     names = list(names)
     unknown = [name for name in names if name not in usable]
     if unknown or not names:
         raise ValueError(
             f"first stages {names}: expected a non-empty subset of {usable} for "
-            f"INDEX {index_dir!r} (build others with python -m lateint.index.build "
-            f"--index={index_dir} --first_stage=...)"
+            f"INDEX {index_dir!r}"
+            + (
+                f" sharded over {mesh.size} devices (the inverted lists are not sharded yet)"
+                if sharded
+                else " (build others with python -m lateint.index.build "
+                f"--index={index_dir} --first_stage=...)"
+            )
         )
     built = set(built_stages(index_dir, store.manifest))
     stages, shared_arrays = {}, {}
     for name in names:
-        if name in EXACT_NAMES and "exact" not in built:
-            stages[name] = _exact_from_store(store, name, shared_arrays)
+        if sharded and "exact" in built:
+            stages[name] = _sharded_built_exact(store, name, shared_arrays, mesh)
+        elif name in EXACT_NAMES and "exact" not in built:
+            stages[name] = _exact_from_store(store, name, shared_arrays, mesh)
         else:
             stages[name] = open_first_stage(index_dir, name, store.manifest)
         if getattr(stages[name], "compiles_per_shape", False):

@@ -22,7 +22,7 @@ def _edited_copy(index_dir, tmp_path, **fields):
     return copy
 
 
-def _serve(workdir, index_dir) -> subprocess.CompletedProcess:
+def _serve(workdir, index_dir, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             sys.executable,
@@ -31,6 +31,7 @@ def _serve(workdir, index_dir) -> subprocess.CompletedProcess:
             f"--workdir={workdir}",
             f"--index={index_dir}",
             "--port=1",
+            *extra,
         ],  # never bound: it must not serve
         cwd=REPOSITORY,
         capture_output=True,
@@ -70,3 +71,16 @@ def test_serve_main_refuses_with_one_line_and_exit_status_2(
     for text in expected:
         assert text in refusal[0], refusal[0]
     assert "serving on" not in completed.stderr
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("9", "--index_shards=9: JAX sees 1 devices"),
+        ("two", "--index_shards: expected a number or 'all', got 'two'"),
+    ],
+)
+def test_serve_main_refuses_more_shards_than_devices(tiny_workdir, concepts_index, value, message):
+    completed = _serve(tiny_workdir, concepts_index, f"--index_shards={value}")
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    assert message in completed.stderr and "Traceback" not in completed.stderr
