@@ -174,8 +174,7 @@ def _maxsim_search(mesh: Mesh, n: int, blocks: int, block: int):
 @functools.cache
 def _global_top(mesh: Mesh, n: int):
     def per_shard(query_global, vectors, alive):  # [Q, C], local [L, C], [L]
-        scores = jnp.dot(query_global, vectors.T, precision=jax.lax.Precision.HIGHEST)
-        scores = jnp.where(alive[None, :], scores, -jnp.inf)
+        scores = exact.global_scores(query_global, vectors, alive)
         top, positions = jax.lax.top_k(scores, n)
         return _gathered(positions + _offset(vectors.shape[0]), top)
 
@@ -186,28 +185,16 @@ def _global_top(mesh: Mesh, n: int):
 def _refined(mesh: Mesh, pool: int):
     def per_shard(query_global, words, word_mask, vectors, codes, scale, region_mask, alive):
         local_rows = vectors.shape[0]
-        scores = jnp.dot(query_global, vectors.T, precision=jax.lax.Precision.HIGHEST)
-        scores = jnp.where(alive[None, :], scores, -jnp.inf)  # [Q, L]
+        scores = exact.global_scores(query_global, vectors, alive)  # [Q, L]
         top, positions = jax.lax.top_k(scores, min(pool, local_rows))
         candidates, candidate_scores = _gathered(positions + _offset(local_rows), top)
         pool_scores, order = jax.lax.top_k(candidate_scores, pool)  # the global top P [Q, P]
         pool_ids = jnp.take_along_axis(candidates, order, axis=1)
         local = pool_ids - _offset(local_rows)
         owned = (local >= 0) & (local < local_rows) & jnp.isfinite(pool_scores)
-        local = jnp.clip(local, 0, local_rows - 1)
-        similarity = (
-            jnp.einsum(
-                "qprc,qtc->qprt",
-                codes[local].astype(jnp.float32),  # [Q, P, R, C]
-                words,
-                precision=jax.lax.Precision.HIGHEST,
-            )
-            * scale[local][..., None]
-        )  # the order of ExactStage's float operations
-        similarity = jnp.where(region_mask[local][..., None], similarity, -jnp.inf)
-        best = jnp.where(word_mask[:, None, :], similarity.max(axis=2), 0.0)  # [Q, P, T]
-        best = jnp.where(jnp.isfinite(best), best, 0.0)  # an image without regions
-        refined = jnp.where(owned, best.sum(-1), -jnp.inf)
+        refined = exact.refine_scores(
+            jnp.clip(local, 0, local_rows - 1), owned, words, word_mask, codes, scale, region_mask
+        )
         refined = jax.lax.pmax(refined, AXIS)  # every member's score, from its owner
         pool_ids = jnp.where(jnp.isfinite(pool_scores), pool_ids, -1)
         return pool_ids, refined

@@ -206,8 +206,8 @@ class ExactStage:
     def __init__(self, arrays: dict, deleted, record: dict, kind: str):
         self.kind = kind
         self.name = kind
-        # 'exact' jit-compiles its scan per (query block, words, n): serve warms those shapes.
-        self.compiles_per_shape = kind == "exact"
+        # 'exact' and 'refined' compile per (query block, words, n): serve warms those shapes.
+        self.compiles_per_shape = kind in ("exact", "refined")
         self.record = record
         self.num_images = record["num_images"]
         self.concept_dim = record["concept_dim"]
@@ -215,10 +215,11 @@ class ExactStage:
         self.global_vectors = np.ascontiguousarray(arrays["global"], np.float32)  # [N, C]
         self.pool = pool_for(self.num_images)
         if kind == "refined":
-            self.codes, self.scale = quantize_int8(arrays["concepts"])  # [N, R, C], [N, R]
-            self.region_mask = np.asarray(arrays["region_mask"], bool)  # [N, R]
-            held = (self.codes, self.scale, self.region_mask, self.global_vectors)
+            codes, scale = quantize_int8(arrays["concepts"])  # [N, R, C] int8, [N, R]
+            held = (codes, scale, np.asarray(arrays["region_mask"], bool), self.global_vectors)
             self.arrays_nbytes = sum(array.nbytes for array in held)
+            self._codes, self._scale, self._region_mask, self._global = map(jnp.asarray, held)
+            self._alive = jnp.asarray(~np.asarray(deleted, bool))
         else:
             self.arrays_nbytes = sum(array.nbytes for array in arrays.values())
         if kind == "exact":
@@ -289,36 +290,72 @@ class ExactStage:
         return ids, scores
 
     def _refined(self, query_side: query.QuerySide, n: int, pool: int):
-        """Global top `pool` (alive images), reranked by int8 MaxSim; top n of those."""
-        scores = query_side.global_vector @ self.global_vectors.T  # [Q, N]
-        scores[:, self.deleted] = -np.inf
-        alive = int((~self.deleted).sum())
-        size = min(pool, alive)
-        num_queries = scores.shape[0]
-        ids = np.full((num_queries, n), query.PAD_ID, np.int64)
-        refined = np.full((num_queries, n), query.PAD_SCORE, np.float32)
+        """Global top `pool` (alive images), reranked by int8 MaxSim; top n of those. Runs the
+        same XLA computations as serve.sharded_stages does per shard, so a sharded corpus
+        ranks near-ties in the same order."""
+        size = min(pool, int((~self.deleted).sum()))
+        num_queries = query_side.mask.shape[0]
         if size == 0:
-            return ids, refined
-        candidates = np.argpartition(-scores, size - 1, axis=1)[:, :size]  # [Q, P]
+            return (
+                np.full((num_queries, n), query.PAD_ID, np.int64),
+                np.full((num_queries, n), query.PAD_SCORE, np.float32),
+            )
         words, mask = query_side.concepts, query_side.mask  # [Q, T, C], [Q, T]
-        per_query = size * words.shape[1] * self.codes.shape[1]
+        per_query = size * words.shape[1] * self._codes.shape[1]
         step = max(1, REFINE_BLOCK_VALUES // max(1, per_query))
+        ids, scores = [], []
         for start in range(0, num_queries, step):
             rows = slice(start, start + step)
-            block = candidates[rows]  # [q, P]
-            count, width = block.shape
-            regions = self.codes[block].astype(np.float32).reshape(count, -1, words.shape[2])
-            # One batched matrix product: [q, P*R, C] @ [q, C, T] -> [q, P, R, T].
-            similarity = np.matmul(regions, np.swapaxes(words[rows], 1, 2)).reshape(
-                count, width, self.codes.shape[1], words.shape[1]
+            pool_scores, candidates = _global_pool(
+                query_side.global_vector[rows], self._global, self._alive, size
+            )  # [q, P]
+            refined = refine_scores(
+                candidates,
+                jnp.isfinite(pool_scores),
+                words[rows],
+                mask[rows],
+                self._codes,
+                self._scale,
+                self._region_mask,
             )
-            similarity *= self.scale[block][..., None]
-            similarity = np.where(self.region_mask[block][..., None], similarity, -np.inf)
-            best = np.where(mask[rows][:, None, :], similarity.max(axis=2), 0.0)  # [q, P, T]
-            best = np.where(np.isfinite(best), best, 0.0)  # an image without regions
-            query_index = np.repeat(np.arange(block.shape[0]), size)
-            top_ids, top_scores = query.top_per_query(
-                query_index, block.reshape(-1), best.sum(-1).reshape(-1), block.shape[0], n
-            )
-            ids[rows], refined[rows] = top_ids, top_scores
-        return ids, refined
+            ids.append(np.asarray(candidates, np.int64))
+            scores.append(np.asarray(refined, np.float32))
+        ids, scores = np.concatenate(ids), np.concatenate(scores)
+        found = np.isfinite(scores)
+        query_index = np.broadcast_to(np.arange(num_queries)[:, None], ids.shape)
+        return query.top_per_query(query_index[found], ids[found], scores[found], num_queries, n)
+
+
+def global_scores(query_global, vectors, alive):
+    """[Q, C] . [N, C] -> [Q, N] float32 (XLA, full precision), -inf where alive [N] is False."""
+    scores = jnp.dot(query_global, vectors.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.where(alive[None, :], scores, -jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _global_pool(query_global, vectors, alive, pool: int):
+    """The global top `pool`: (scores [Q, P], ids [Q, P] int32)."""
+    return jax.lax.top_k(global_scores(query_global, vectors, alive), pool)
+
+
+@jax.jit
+def refine_scores(rows, owned, words, word_mask, codes, scale, region_mask):
+    """'refined''s int8 MaxSim of pool members.
+
+    rows [Q, P] int (rows of codes; any row where not owned), owned [Q, P] bool; words
+    [Q, T, C], word_mask [Q, T]; codes [N, R, C] int8, scale [N, R], region_mask [N, R]
+    -> [Q, P] float32, -inf where not owned. An image without regions scores 0.
+    """
+    similarity = (
+        jnp.einsum(
+            "qprc,qtc->qprt",
+            codes[rows].astype(jnp.float32),
+            words,
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        * scale[rows][..., None]
+    )  # [Q, P, R, T]
+    similarity = jnp.where(region_mask[rows][..., None], similarity, -jnp.inf)
+    best = jnp.where(word_mask[:, None, :], similarity.max(axis=2), 0.0)  # [Q, P, T]
+    best = jnp.where(jnp.isfinite(best), best, 0.0)
+    return jnp.where(owned, best.sum(-1), -jnp.inf)
