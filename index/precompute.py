@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lateint import distributed
 from lateint.checkpoint import load_model
 from lateint.data import options as data_options
 from lateint.data.corpus import load_corpus
@@ -305,11 +306,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.distributed:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_workers,
-            process_id=FLAGS.worker_index,
-        )
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_workers, FLAGS.worker_index)
     elif FLAGS.coordinator_address:
         raise app.UsageError("--coordinator_address needs --distributed")
     manifest_lib.exit_on_refusal(

@@ -34,7 +34,7 @@ import fastapi
 from fastapi import encoders, exceptions, responses
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from lateint.serve import demo
+from lateint.serve import demo, multihost
 from lateint.serve.batcher import BatcherClosed, DeadlineExceeded, MicroBatcher, QueueFull
 from lateint.serve.front_door import FrontDoor
 from lateint.serve.health import PROBE_QUERY, Readiness, public_reason
@@ -277,6 +277,8 @@ def create_app(searcher: Searcher, settings: ServerSettings = ServerSettings()) 
                 f"{settings.request_timeout_ms:g}; retry later",
                 headers=RETRY,
             )
+        except multihost.ProcessGroupBroken as failure:  # a host is gone: not this one's fault
+            return error(503, public_reason(failure), headers=RETRY)
         except Exception as failure:  # the whole batch failed: not the request's fault
             logging.error(
                 "search %r failed: %s: %s", request.query[:80], type(failure).__name__, failure

@@ -17,6 +17,12 @@ executables are kept in --compilation_cache_dir, so the next start loads them. A
 `Connection: close` for up to --drain_s (until no request is open), so connections already made
 are answered and closed by the server, not reset; then the listener closes, the requests already
 received are answered, and the process exits 0. A second signal stops at once.
+
+Several hosts (docs/scaling.md): every process runs this binary with --distributed
+--index_shards=all (and --coordinator_address=HOST:PORT --num_processes=P --process_id=i where
+the cluster is not auto-detected); each holds the rows of its own devices' shards. Process 0
+serves HTTP and leads; the others answer no HTTP, follow its batches (lateint.serve.multihost)
+and exit when it stops.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import jax
 import uvicorn
 from absl import app, flags, logging
 
+from lateint import distributed
 from lateint.index import manifest as manifest_lib
-from lateint.serve import compiled, demo
+from lateint.serve import compiled, demo, multihost
 from lateint.serve.app import ServerSettings, create_app
 from lateint.serve.buckets import Buckets
 from lateint.serve.searcher import Searcher
@@ -123,6 +130,18 @@ flags.DEFINE_string(
     "process). Above 1 the brute-force first stages (refined, exact, exact_global) run per "
     "shard; answers equal one device's.",
 )
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join jax.distributed first (cluster auto-detection, or --coordinator_address with "
+    "--num_processes and --process_id): process 0 serves HTTP, the others follow its batches; "
+    "needs --index_shards=all.",
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "host:port of jax.distributed's coordinator (process 0)."
+)
+flags.DEFINE_integer("num_processes", None, "--distributed: processes in all (default: detected).")
+flags.DEFINE_integer("process_id", None, "--distributed: this process's index (default: detected).")
 flags.mark_flags_as_required(["workdir", "index"])
 
 
@@ -188,7 +207,8 @@ def serve(
     background_compile: bool = True,
     index_shards="1",
 ) -> None:
-    """Loads, compiles and serves until SIGTERM/SIGINT (see the module docstring)."""
+    """Loads, compiles and serves until SIGTERM/SIGINT (see the module docstring). Under
+    jax.distributed, process 0 serves and leads, the others follow (serve.multihost)."""
     searcher = manifest_lib.exit_on_refusal(
         "lateint.serve.main",
         Searcher.load,
@@ -201,6 +221,23 @@ def serve(
         background_compile,
         index_shards,
     )
+    leader = None
+    if jax.process_count() > 1:
+        if jax.process_index() != 0:
+            try:
+                multihost.follow(searcher)
+            except Exception as error:  # the leader (and the coordination service) is gone
+                logging.error(
+                    "process %d: the leader is gone (%s); exiting with status 1",
+                    jax.process_index(),
+                    error,
+                )
+                logging.flush()
+                os._exit(1)
+            finally:
+                searcher.close()
+            return
+        leader = multihost.Leader(searcher)
     if settings.images_dir is None:
         images_dir = demo.default_images_dir(index_dir, searcher.store.manifest)
         settings = dataclasses.replace(settings, images_dir=images_dir)
@@ -236,7 +273,14 @@ def serve(
     try:
         server.run()
     finally:
+        if leader is not None:
+            leader.stop()
         searcher.close()
+        if leader is not None and leader.broken:
+            # jax.distributed's exit barrier would wait for the dead process: end, status 1.
+            logging.error("exiting with status 1: %s", leader.broken)
+            logging.flush()
+            os._exit(1)
 
 
 def main(argv):
@@ -244,6 +288,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
+    if FLAGS.distributed:
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.process_id is not None:
+        raise app.UsageError(
+            "--coordinator_address, --num_processes, --process_id need --distributed"
+        )
     if FLAGS.compilation_cache_dir:
         logging.info(
             "compilation cache: %s", compiled.enable_persistent_cache(FLAGS.compilation_cache_dir)
@@ -258,6 +308,11 @@ def main(argv):
         default_K=FLAGS.default_K,
     )
     index_shards = FLAGS.index_shards
+    if jax.process_count() > 1 and index_shards not in ("all", str(len(jax.devices()))):
+        raise app.UsageError(
+            f"--index_shards={index_shards}: with {jax.process_count()} processes the INDEX is "
+            f"split over every device of every process: expected 'all' ({len(jax.devices())})"
+        )
     if index_shards != "all":
         try:
             index_shards = int(index_shards)

@@ -7,8 +7,8 @@
 Per query batch: tokenize -> text tower -> first stage (n candidates) -> exact MaxSim on the
 stored concepts of those n -> top K -> TensorStore gather of the K stored activations -> joint
 layers over the K (padded to a K bucket with masked dummy rows, which are dropped) -> top k by
-joint score. Every array has a bucketed shape, run by an executable compiled at start-up
-(lateint.serve.compiled): with background_compile, the Searcher is usable once the shapes that hold every
+joint score (lateint.serve.pipeline runs one batch). Every array has a bucketed shape, run by an
+executable compiled at start-up (lateint.serve.compiled): with background_compile, the Searcher is usable once the shapes that hold every
 request are compiled, and the others join while it answers (a request runs on the cheapest
 compiled shape that holds it, never on a compile).
 
@@ -16,25 +16,31 @@ A Searcher is not thread-safe: one thread owns it (lateint.serve.batcher's worke
 exception is `reload`, which another thread may call while it answers: it loads the INDEX's new
 generation (lateint.index.add / delete / compact) beside the old one and swaps one reference; each batch
 takes that reference once, so no answer mixes two generations.
+
+Under jax.distributed with the INDEX split over every process's devices, process 0's Searcher
+leads (`coordinator`, lateint.serve.multihost): each run and reload is published as a step that
+the other processes' Searchers follow, so their collectives run in one order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
+import jax
 import numpy as np
 from absl import logging
 
 from lateint import pretrained
 from lateint.checkpoint import load_model
 from lateint.index import manifest as manifest_lib
-from lateint.index.first_stage import QuerySide
 from lateint.index.store import ActivationStore
 from lateint.serve import sharded_stages
 from lateint.serve import stages as stages_lib
 from lateint.serve.buckets import Buckets, StageSettings, bucket_for
 from lateint.serve.compiled import CompiledModel
+from lateint.serve.pipeline import BatchPipeline
 from lateint.serve.search_records import STAGE_TIMINGS, Hit, IndexView, PreparedQuery, SearchResult
 from lateint.tokenizer import WordPieceTokenizer
 
@@ -127,7 +133,18 @@ class Searcher:
             if self.mesh.size > 1
             else "",
         )
+        for name, stage in self.stages.items():
+            if hasattr(stage, "held_rows") and jax.process_count() > 1:
+                logging.info(
+                    "%s: process %d of %d holds rows %s of %d",
+                    name,
+                    jax.process_index(),
+                    jax.process_count(),
+                    stage.held_rows(),
+                    stage.num_images,
+                )
         self.compiled = CompiledModel(model, buckets, store.regions, store.hidden)
+        self.pipeline = BatchPipeline(self.compiled, buckets, tokenizer.pad_id)
         logging.info(
             "compiling B %s x T %s x n %s / K %s (%d executables)%s",
             list(buckets.query_batches),
@@ -137,11 +154,16 @@ class Searcher:
             self.compiled.total,
             ", the rest in the background" if background_compile else "",
         )
+        # Across processes every stage shape is warmed now, by all in one order (their
+        # collectives must match); the text tower and joint layers stay per process.
+        self.coordinator = None  # serve.multihost.Leader on process 0 of several
+        spans = len({device.process_index for device in self.mesh.devices.flat}) > 1
         if background_compile:
             seconds = self.compiled.compile_first()
             stage_shapes = stages_lib.first_shapes(buckets)
         else:
             seconds = self.compiled.compile_all()
+        if not background_compile or spans:
             stage_shapes = stages_lib.every_shape(buckets)
         began = time.perf_counter()
         self._warm_stages(stage_shapes)
@@ -154,7 +176,7 @@ class Searcher:
         )
         if background_compile:
             self.compiled.compile_rest_in_background(
-                then=lambda: self._warm_stages(stages_lib.later_shapes(buckets))
+                then=None if spans else lambda: self._warm_stages(stages_lib.later_shapes(buckets))
             )
 
     def device_nbytes(self) -> int:
@@ -210,7 +232,7 @@ class Searcher:
         Returns {'generation', 'previous_generation', 'images', 'seconds'}. Raises (keeping the
         served generation) when the new one cannot be loaded, e.g. a first stage it dropped.
         """
-        with self._reload_lock:
+        with self._turn("reload"), self._reload_lock:
             began = time.perf_counter()
             served = self.view
             store = ActivationStore.open(self.index_dir)
@@ -360,23 +382,31 @@ class Searcher:
         With batch buckets (1, 4, 16): 13 queries run as 16 (3 padding rows), 9 as 4 + 4 + 1,
         3 as 4 (1 padding row). Results come back in the order of `prepared`.
         """
-        view = self.view  # one generation for every query of this call
         groups: dict[int, list[int]] = {}
         for position, query in enumerate(prepared):
             length = bucket_for(len(query.token_ids), self.buckets.query_lengths, "query length")
             groups.setdefault(length, []).append(position)
-        results: list[SearchResult | None] = [None] * len(prepared)
+        chunks = []  # positions in `prepared`
         for positions in groups.values():
             start = 0
             while start < len(positions):
                 size = self._chunk_size(len(positions) - start)
-                chunk = positions[start : start + size]
-                for position, result in zip(
-                    chunk, self._run_batch([prepared[position] for position in chunk], view)
-                ):
-                    results[position] = result
+                chunks.append(positions[start : start + size])
                 start += size
+        queries = [[prepared[position] for position in chunk] for chunk in chunks]
+        results: list[SearchResult | None] = [None] * len(prepared)
+        with self._turn("run", queries):
+            view = self.view  # one generation for every query of this call
+            for chunk, chunk_queries in zip(chunks, queries):
+                for position, result in zip(chunk, self._run_batch(chunk_queries, view)):
+                    results[position] = result
         return results
+
+    def _turn(self, op: str, chunks=None):
+        """The coordinator's turn for a step (several processes), else nothing to wait for."""
+        if self.coordinator is None:
+            return contextlib.nullcontext()
+        return self.coordinator.turn(op, chunks)
 
     def _chunk_size(self, left: int) -> int:
         """How many of `left` queries the next chunk takes (see `run`), among the batch buckets
@@ -388,138 +418,9 @@ class Searcher:
             return left
         return fitting[-1]
 
-    # ---- the pipeline ---------------------------------------------------------------------------
+    def first_stage_of(self, queries: list[PreparedQuery], view: IndexView) -> list[np.ndarray]:
+        """A follower's part of a batch (serve.multihost): text tower, then the first stage."""
+        return self.pipeline.first_stage_of(queries, view)
 
     def _run_batch(self, queries: list[PreparedQuery], view: IndexView) -> list[SearchResult]:
-        began = time.perf_counter()
-        timings = {}
-        count = len(queries)
-        batch = bucket_for(count, self.buckets.query_batches, "query batch")
-        length = bucket_for(
-            max(len(query.token_ids) for query in queries),
-            self.buckets.query_lengths,
-            "query length",
-        )
-        token_ids = np.full((batch, length), self.tokenizer.pad_id, np.int32)  # [B, T]
-        token_mask = np.zeros((batch, length), bool)  # [B, T]
-        for row in range(batch):  # padding rows repeat the first query, then are dropped
-            ids = queries[row if row < count else 0].token_ids
-            token_ids[row, : len(ids)] = ids
-            token_mask[row, : len(ids)] = True
-
-        started = time.perf_counter()
-        tower = self.compiled.text_tower(token_ids, token_mask)
-        timings["text_tower"] = _milliseconds(started)
-
-        started = time.perf_counter()
-        candidates = self._first_stage(queries, tower, view)  # Q x [<= n] int64
-        timings["first_stage"] = _milliseconds(started)
-
-        started = time.perf_counter()
-        top = [query.settings.K for query in queries]
-        shortlist, maxsim_scores = self._maxsim(tower, candidates, batch, top, view)  # Q x [<=K]
-        timings["maxsim"] = _milliseconds(started)
-
-        started = time.perf_counter()
-        stored, image_mask = self._gather(shortlist, batch, view)  # [B, Kb, R, H'], [B, Kb, R]
-        timings["gather"] = _milliseconds(started)
-
-        started = time.perf_counter()
-        joint = self.compiled.joint(tower.activations, tower.mask, stored, image_mask)  # [B, Kb]
-        timings["joint"] = _milliseconds(started)
-        batch_ms = _milliseconds(began)
-
-        results = []
-        for row, query in enumerate(queries):
-            scores = joint[row, : len(shortlist[row])]
-            order = np.argsort(-scores, kind="stable")[: query.settings.k]
-            hits = [
-                Hit(
-                    id=view.image_ids[shortlist[row][position]],
-                    index=int(shortlist[row][position]),
-                    score=float(scores[position]),
-                    maxsim=float(maxsim_scores[row][position]),
-                    rank=rank + 1,
-                )
-                for rank, position in enumerate(order)
-            ]
-            query_timings = dict(
-                timings, tokenize=query.tokenize_ms, total=query.tokenize_ms + batch_ms
-            )
-            results.append(
-                SearchResult(
-                    query.text,
-                    hits,
-                    query.settings,
-                    query_timings,
-                    count,
-                    len(candidates[row]),
-                    view.generation,
-                )
-            )
-        return results
-
-    def _first_stage(
-        self, queries: list[PreparedQuery], tower, view: IndexView
-    ) -> list[np.ndarray]:
-        """Each query's first-stage candidates: [<= n] int64 INDEX rows, best first."""
-        candidates: list[np.ndarray] = [np.zeros(0, np.int64)] * len(queries)
-        for name in sorted({query.settings.first_stage for query in queries}):
-            rows = [row for row, query in enumerate(queries) if query.settings.first_stage == name]
-            count = bucket_for(
-                max(queries[row].settings.n for row in rows), self.buckets.candidates, "n"
-            )
-            side = QuerySide(tower.concepts[rows], tower.mask[rows], tower.global_vector[rows])
-            ids, _ = view.stages[name].search(side, count)  # [q, n bucket]
-            for position, row in enumerate(rows):
-                found = ids[position, : queries[row].settings.n]
-                # Images added to a first stage after this store was written cannot be reranked.
-                candidates[row] = found[(found >= 0) & (found < view.num_images)]
-        return candidates
-
-    def _maxsim(
-        self, tower, candidates: list[np.ndarray], batch: int, top: list[int], view: IndexView
-    ):
-        """Exact MaxSim on the stored concepts of each query's candidates; keeps the top K.
-
-        Returns (shortlist: Q x [<= K] int64 rows, scores: Q x [<= K] float32), best first.
-        """
-        count = bucket_for(
-            max(1, max(len(ids) for ids in candidates)),
-            self.buckets.candidates,
-            "first-stage candidates",
-        )
-        image_concepts, image_mask = self._gather_rows(  # [B, n, R, C], [B, n, R]
-            candidates, batch, count, view.store.concept_dim, view.store.gather_concepts
-        )
-        scores = self.compiled.maxsim(tower.concepts, tower.mask, image_concepts, image_mask)
-        shortlist, kept_scores = [], []
-        for row, ids in enumerate(candidates):
-            row_scores = scores[row, : len(ids)]
-            order = np.argsort(-row_scores, kind="stable")[: top[row]]
-            shortlist.append(ids[order])
-            kept_scores.append(row_scores[order])
-        return shortlist, kept_scores
-
-    def _gather(self, shortlist: list[np.ndarray], batch: int, view: IndexView):
-        """Stored activations of each query's shortlist: ([B, Kb, R, H'], [B, Kb, R])."""
-        count = bucket_for(max(1, max(len(ids) for ids in shortlist)), self.buckets.rerank, "K")
-        return self._gather_rows(shortlist, batch, count, view.store.hidden, view.store.gather)
-
-    def _gather_rows(self, rows: list[np.ndarray], batch: int, count: int, width: int, gather):
-        """Reads each distinct image once with `gather(ids [U]) -> (values [U, R, width], mask
-        [U, R])` and lays them out as ([batch, count, R, width], [batch, count, R]); slots past a
-        query's list (and padding queries) hold zeros with an all-False mask."""
-        regions = self.view.store.regions  # equal in every generation (checked at reload)
-        laid_out = np.zeros((batch, count, regions, width), np.float32)
-        laid_mask = np.zeros((batch, count, regions), bool)
-        unique = np.unique(np.concatenate(rows))
-        if not unique.size:
-            return laid_out, laid_mask
-        values, mask = gather(unique)
-        for row, ids in enumerate(rows):
-            if len(ids):
-                positions = np.searchsorted(unique, ids)
-                laid_out[row, : len(ids)] = values[positions]
-                laid_mask[row, : len(ids)] = mask[positions]
-        return laid_out, laid_mask
+        return self.pipeline.run_batch(queries, view)

@@ -50,11 +50,28 @@ def mesh_for(shards) -> Mesh:
     return Mesh(np.array(devices[:count]), (AXIS,))
 
 
-def _placed(array: np.ndarray, rows: int, mesh: Mesh, fill=0) -> jax.Array:
-    """array [N, ...] padded to `rows` rows with `fill`, split on axis 0 over the mesh."""
-    pad = [(0, rows - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
-    padded = np.pad(array, pad, constant_values=fill)
-    return jax.device_put(padded, NamedSharding(mesh, P(AXIS)))
+def _reader(source, dtype):
+    """read(start, stop) -> rows [stop - start, ...] of `dtype`, from an array [N, ...] or from a
+    callable read(start, stop) (rows read on demand, e.g. from TensorStore)."""
+    if callable(source):
+        return lambda start, stop: np.asarray(source(start, stop), dtype)
+    return lambda start, stop: np.asarray(source[start:stop], dtype)
+
+
+def _placed(read, num_images: int, rows: int, mesh: Mesh, fill=0) -> jax.Array:
+    """Rows [0, num_images) of read(start, stop), padded to `rows` rows with `fill`, split on
+    axis 0 over the mesh. Each process reads only the rows of the shards its own devices hold
+    (jax.make_array_from_callback), so under jax.distributed no host holds the whole INDEX."""
+    trailing = read(0, min(1, num_images)).shape[1:]
+
+    def shard(index):
+        start, stop, _ = index[0].indices(rows)
+        real = read(min(start, num_images), min(stop, num_images))
+        pad = [(0, stop - start - real.shape[0])] + [(0, 0)] * len(trailing)
+        return np.pad(real, pad, constant_values=fill)
+
+    sharding = NamedSharding(mesh, P(AXIS))
+    return jax.make_array_from_callback((rows,) + trailing, sharding, shard)
 
 
 class ShardedExactStage:
@@ -65,7 +82,8 @@ class ShardedExactStage:
 
     def __init__(self, arrays: dict, deleted, record: dict, kind: str, mesh: Mesh):
         """arrays: {'concepts' [N, R, C], 'region_mask' [N, R], 'global' [N, C]} ('exact_global'
-        needs only 'global'); deleted [N] bool (tombstones)."""
+        needs only 'global'), each an array or a callable read(start, stop) -> rows (each
+        process then reads only the rows its devices hold); deleted [N] bool (tombstones)."""
         if kind not in KINDS:
             raise ValueError(f"ShardedExactStage: kind expected one of {KINDS}, got {kind!r}")
         self.kind = self.name = kind
@@ -82,18 +100,29 @@ class ShardedExactStage:
         block = self.block if kind == "exact" else 1
         self.shard_rows = -(-per_shard // block) * block  # L
         rows = shards * self.shard_rows
-        self._alive = _placed(~np.asarray(deleted, bool), rows, mesh, fill=False)  # [S*L]
-        self._global = _placed(np.asarray(arrays["global"], np.float32), rows, mesh)  # [S*L, C]
+        count = self.num_images
+
+        def place(source, dtype, fill=0):
+            return _placed(_reader(source, dtype), count, rows, mesh, fill)
+
+        alive = ~np.asarray(deleted, bool)
+        self._alive = place(alive, bool, fill=False)  # [S*L]
+        self._global = place(arrays["global"], np.float32)  # [S*L, C]
         placed = [self._alive, self._global]
         if kind != "exact_global":
-            self._region_mask = _placed(np.asarray(arrays["region_mask"], bool), rows, mesh)
+            self._region_mask = place(arrays["region_mask"], bool)  # [S*L, R]
             placed.append(self._region_mask)
         if kind == "exact":
-            self._concepts = _placed(np.asarray(arrays["concepts"], np.float32), rows, mesh)
+            self._concepts = place(arrays["concepts"], np.float32)  # [S*L, R, C]
             placed.append(self._concepts)
         elif kind == "refined":
-            codes, scale = exact.quantize_int8(arrays["concepts"])  # [N, R, C], [N, R]
-            self._codes, self._scale = _placed(codes, rows, mesh), _placed(scale, rows, mesh)
+            quantized = functools.lru_cache(maxsize=2)(
+                lambda start, stop: exact.quantize_int8(
+                    _reader(arrays["concepts"], np.float32)(start, stop)
+                )
+            )  # codes and scale of one shard read its rows once
+            self._codes = place(lambda start, stop: quantized(start, stop)[0], np.int8)
+            self._scale = place(lambda start, stop: quantized(start, stop)[1], np.float32)
             placed += [self._codes, self._scale]
         self._placed = placed
 
@@ -109,6 +138,13 @@ class ShardedExactStage:
             for shard in array.addressable_shards:
                 held[str(shard.device)] = held.get(str(shard.device), 0) + shard.data.nbytes
         return held
+
+    def held_rows(self) -> list[tuple[int, int]]:
+        """[start, stop) of the shards this process's devices hold (padding rows included)."""
+        return sorted(
+            (shard.index[0].indices(self.shard_rows * self.mesh.size)[:2])
+            for shard in self._alive.addressable_shards
+        )
 
     def search(self, query_side: query.QuerySide, n: int, pool: int | None = None):
         """As ExactStage.search: (ids [Q, n] int64, scores [Q, n] float32), best first, padded

@@ -32,8 +32,18 @@ EXACT_NAMES = ("exact", "exact_global", "refined")
 
 def _exact_from_store(store: ActivationStore, kind: str, arrays: dict, mesh=None):
     """An ExactStage over the activation store's vectors (no INDEX/first_stage needed); with
-    a mesh of several devices, a ShardedExactStage over them."""
-    if not arrays:
+    a mesh of several devices, a ShardedExactStage over them, which reads only the rows of
+    this process's shards."""
+    sharded = mesh is not None and mesh.size > 1
+    if not arrays and sharded:
+        arrays.update(
+            {
+                "concepts": store.read_concepts,
+                "region_mask": store.read_region_mask,
+                "global": store.read_global,
+            }
+        )
+    elif not arrays:
         arrays["concepts"] = store.read_concepts(0, store.num_images)  # [N, R, C]
         arrays["region_mask"] = store.read_region_mask(0, store.num_images)  # [N, R]
         arrays["global"] = store.read_global(0, store.num_images).astype(np.float32)  # [N, C]
@@ -43,16 +53,17 @@ def _exact_from_store(store: ActivationStore, kind: str, arrays: dict, mesh=None
         "regions": store.regions,
     }
     deleted = tombstones.bitmap(store.index_dir, store.num_images, store.manifest)
-    if mesh is not None and mesh.size > 1:
+    if sharded:
         return sharded_stages.ShardedExactStage(arrays, deleted, record, kind, mesh)
     return exact_stage.ExactStage(arrays, deleted, record, kind)
 
 
 def _sharded_built_exact(store: ActivationStore, kind: str, arrays: dict, mesh):
-    """A ShardedExactStage over the built 'exact' stage's copy (which holds added images)."""
+    """A ShardedExactStage over the built 'exact' stage's copy (which holds added images),
+    reading only the rows of this process's shards."""
     record = records.committed_record(store.index_dir, exact_stage.NAME, store.manifest)
     if not arrays:
-        arrays.update(exact_stage.read_arrays(store.index_dir, record))
+        arrays.update(exact_stage.row_readers(store.index_dir, record))
     deleted = tombstones.bitmap(store.index_dir, record["num_images"], store.manifest)
     return sharded_stages.ShardedExactStage(arrays, deleted, record, kind, mesh)
 

@@ -38,6 +38,7 @@ class ServerProcess:
         port: int | None = None,
         host: str = "127.0.0.1",
         log_path: str | None = None,
+        env: dict | None = None,
     ):
         self.host = host
         self.port = port or free_port(host)
@@ -56,6 +57,7 @@ class ServerProcess:
             f"--port={self.port}",
             *flags,
         ]
+        self.env = None if env is None else {**os.environ, **env}  # added to the environment
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ServerProcess:
@@ -64,7 +66,7 @@ class ServerProcess:
             raise RuntimeError(f"server on port {self.port} was already started")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                self.command, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT
+                self.command, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, env=self.env
             )
         return self
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lateint import scoring
+from lateint.index import arrays as arrays_lib
 from lateint.index import store
 from lateint.index.first_stage import postings, query, records, sources, tombstones
 
@@ -89,6 +90,30 @@ def read_arrays(index_dir: str, record: dict, names=ARRAYS) -> dict:
             )
         arrays[name] = array[: record["num_images"]]
     return arrays
+
+
+def row_readers(index_dir: str, record: dict, names=ARRAYS) -> dict:
+    """{name: read(start, stop) -> rows [stop - start, ...]} over the stage's arrays, read from
+    TensorStore on demand (rows past the record's num_images are never committed: refused)."""
+    base = postings.generation_prefix(PREFIX, record["generation"])
+    count = record["num_images"]
+
+    def reader(name):
+        array = arrays_lib.open_existing(index_dir, f"{base}/{name}", read_only=True)
+        if array.shape[0] < count:
+            raise ValueError(
+                f"{index_dir}/{base}/{name}: expected at least {count} rows (stage record), "
+                f"got {array.shape[0]}"
+            )
+
+        def read(start: int, stop: int) -> np.ndarray:
+            if not 0 <= start <= stop <= count:
+                raise IndexError(f"{base}/{name}: rows [{start}, {stop}) outside [0, {count})")
+            return np.asarray(array[start:stop].read().result())
+
+        return read
+
+    return {name: reader(name) for name in names}
 
 
 def add(index_dir: str, source, start: int, block_rows: int = sources.DEFAULT_BLOCK_ROWS) -> dict:
