@@ -14,10 +14,17 @@ Prints JSON lines, one per measurement:
   and the share of queries whose ids equal the single-device ones. Simulated devices share this
   machine's cores, so a CPU shows the overhead of the sharded program, not a speed-up:
   `overhead_vs_single` is the ratio of ms per query.
+- phase 'build', for each INDEX in --build_indexes: `lateint.index.build --first_stage=concepts`
+  in a child process (k-means on a bounded sample, every region assigned in streamed blocks).
+  `peak_rss_bytes` is the child's own peak resident memory (os.wait4's ru_maxrss), beside that
+  of a child that only imports the binary and starts JAX (`baseline_rss_bytes`) and the bytes every region's
+  float32 concepts would take at once (`all_concepts_float32_bytes`), which the build never
+  holds. `wall_s` includes the child's start-up.
 
   python bench/scale.py --workdir=runs/scenes/model --captions=runs/scenes/data \
       --precompute_data=runs/scenes/eval/scaling/n10000/data \
-      --serve_index=runs/scenes/eval/scaling/n100000/index
+      --serve_index=runs/scenes/eval/scaling/n100000/index \
+      --build_indexes=runs/scenes/eval/scaling/n100000/index,/tmp/n1m/index
 """
 
 from __future__ import annotations
@@ -49,9 +56,11 @@ flags.DEFINE_integer("repeats", 3, "Timed passes over the queries (median).")
 flags.DEFINE_integer("n", 256, "Candidates per search.")
 flags.DEFINE_string("storage", "bfloat16", "--storage of the precompute phase.")
 flags.DEFINE_integer("shard_rows", 1024, "--shard_rows of the precompute phase (W <= shards).")
+flags.DEFINE_list("build_indexes", [], "Finished INDEXes whose 'concepts' stage is (re)built.")
 flags.DEFINE_bool("serve_child", False, "Internal: this process runs the serve phase.")
 
 SUMMARY = re.compile(r"precomputed (\d+) images .* \(([\d.]+) images/s\)")
+KMEANS = re.compile(r"k-means, (\d+) centroids over (\d+) of (\d+) regions")
 
 
 def _emit(record: dict) -> None:
@@ -115,6 +124,52 @@ def precompute_phase() -> None:
                     "TensorStore writes, journals, finalize",
                 }
             )
+
+
+def _child_peak(command: list[str]) -> tuple[int, float, str]:
+    """Runs command; returns (its peak RSS in bytes, wall seconds, its stderr). Raises on exit != 0."""
+    began = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - began
+        log.seek(0)
+        text = log.read()
+    if process.returncode:
+        raise RuntimeError(f"{command[1:3]} exited {process.returncode}: {text[-2000:]}")
+    return usage.ru_maxrss * 1024, wall, text  # ru_maxrss: KiB on Linux
+
+
+def build_phase() -> None:
+    from lateint.index.store import ActivationStore
+
+    binary = [sys.executable, "-m", "lateint.index.build"]
+    imports = "import jax, lateint.index.build; jax.devices()"  # the binary's start-up
+    baseline, _, _ = _child_peak([sys.executable, "-c", imports])
+    for index_dir in FLAGS.build_indexes:
+        store = ActivationStore.open(index_dir)
+        peak, wall, log = _child_peak(binary + [f"--index={index_dir}", "--first_stage=concepts"])
+        found = KMEANS.search(log)
+        _emit(
+            {
+                "phase": "build",
+                "stage": "concepts",
+                "images": store.num_images,
+                "regions": int(found.group(3)),
+                "centroids": int(found.group(1)),
+                "kmeans_sample": int(found.group(2)),
+                "wall_s": round(wall, 1),
+                "peak_rss_bytes": peak,
+                "baseline_rss_bytes": baseline,
+                "all_concepts_float32_bytes": store.num_images
+                * store.regions
+                * store.concept_dim
+                * 4,
+                "includes": "child start-up, k-means on the sample, streamed assignment of every "
+                "region, inverted lists written to TensorStore",
+            }
+        )
 
 
 def _timed_ms(search, side, batch: int) -> float:
@@ -204,6 +259,8 @@ def main(argv):
         return
     if FLAGS.precompute_data:
         precompute_phase()
+    if FLAGS.build_indexes:
+        build_phase()
     if FLAGS.serve_index:
         environment = dict(
             os.environ,

@@ -27,6 +27,7 @@ def test_scale_bench_reports_identical_results_and_per_device_bytes(
             f"--precompute_data={scenes_dir}",
             "--shard_rows=64",  # 200 images: 4 shards, 2 a worker
             f"--serve_index={index_dir}",
+            f"--build_indexes={index_dir}",
             "--queries=16",
             "--repeats=1",
             "--n=64",
@@ -52,3 +53,7 @@ def test_scale_bench_reports_identical_results_and_per_device_bytes(
     for stage in ("exact_global", "refined"):  # 200 images: 25 a device
         whole = serve[(stage, "S=1")]["largest_device_bytes"]
         assert serve[(stage, "S=8")]["largest_device_bytes"] * 8 == whole
+    (build,) = [record for record in records if record["phase"] == "build"]
+    assert build["images"] == 200 and build["centroids"] >= 1
+    assert 0 < build["kmeans_sample"] <= build["regions"]
+    assert build["peak_rss_bytes"] >= build["baseline_rss_bytes"] > 0

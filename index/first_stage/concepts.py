@@ -66,7 +66,7 @@ def image_postings(concepts, region_mask, first_image: int, centroids):
       (image, centroid), ordered by image then centroid.
     """
     rows, _ = np.nonzero(region_mask)
-    assigned, similarity = kmeans.assign(concepts[region_mask], centroids)
+    assigned, similarity = kmeans.assign(concepts[region_mask], centroids, kmeans.local_mesh())
     num_centroids = centroids.shape[0]
     keys = (first_image + rows.astype(np.int64)) * num_centroids + assigned
     order = np.argsort(keys, kind="stable")
@@ -161,7 +161,9 @@ def build(
             f"{NAME}: k-means, {num_centroids} centroids over {vectors.shape[0]} of "
             f"{total_regions} regions"
         )
-        centroids = kmeans.train_centroids(vectors, num_centroids, seed=seed, iterations=iterations)
+        centroids = kmeans.train_centroids(
+            vectors, num_centroids, seed=seed, iterations=iterations, mesh=kmeans.local_mesh()
+        )
         del vectors
     else:
         centroids = np.asarray(centroids, np.float32)
@@ -293,6 +295,7 @@ def recluster(
         min(record["num_centroids"], vectors.shape[0]),
         seed=parameters["seed"],
         iterations=parameters["iterations"],
+        mesh=kmeans.local_mesh(),
     )
     return _write_generation(index_dir, source, centroids, block_rows, record)
 

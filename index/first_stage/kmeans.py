@@ -14,6 +14,14 @@ members (spherical k-means, Dhillon & Modha 2001). Shapes: M vectors, K centroid
 `assign` works in blocks of a fixed ASSIGN_BLOCK rows (the last one zero-padded), so a vector's
 centroid and similarity do not depend on which other vectors share its call: incremental adds
 assign exactly as a full rebuild would.
+
+Memory: training holds its sample [M, C] once, on the host (mini-batch steps copy one batch of
+ASSIGN_BLOCK rows to the device; the full-batch path, M <= full_batch_limit, one padded copy);
+assignment holds one block. With several local devices (a multi-GPU host, a TPU host, or
+simulated CPU devices) whose count divides ASSIGN_BLOCK, every block and batch is split over a
+one-axis mesh of them ('rows', data parallel; XLA sums the segment sums across devices) and the
+centroids are replicated; `local_mesh()` decides. Results then depend on the device count only
+through float rounding of those sums.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +57,32 @@ def number_of_centroids(num_vectors: int) -> int:
     return int(max(1, min(2**power, num_vectors, MAX_CENTROIDS)))
 
 
+@functools.cache
+def local_mesh() -> Mesh | None:
+    """A 'rows' mesh over this process's devices when there are several and their count divides
+    ASSIGN_BLOCK; else None (one device)."""
+    devices = jax.local_devices()
+    if len(devices) < 2 or ASSIGN_BLOCK % len(devices):
+        return None
+    return Mesh(np.array(devices), ("rows",))
+
+
+def _put(array, mesh: Mesh | None, axis: int = 0):
+    """array on the default device, or split on `axis` over the mesh's 'rows'."""
+    if mesh is None:
+        return jnp.asarray(array)
+    spec = [None] * np.ndim(array)
+    spec[axis] = "rows"
+    return jax.device_put(array, NamedSharding(mesh, P(*spec)))
+
+
+def _replicated(array, mesh: Mesh | None):
+    """array on the default device, or a copy on every device of the mesh."""
+    if mesh is None:
+        return jnp.asarray(array)
+    return jax.device_put(array, NamedSharding(mesh, P()))
+
+
 def _nearest(similarities):
     """similarities [B, K] -> (first index of the row maximum [B] int32, the maximum [B]).
 
@@ -64,8 +100,8 @@ def _assign_block(block, centroids):
     return _nearest(block @ centroids.T)  # [B, K] similarities
 
 
-def assign(vectors, centroids) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid by dot product.
+def assign(vectors, centroids, mesh: Mesh | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid by dot product, block by block (each block split over `mesh`, if any).
 
     Args:
       vectors: [M, C] float32.
@@ -74,7 +110,7 @@ def assign(vectors, centroids) -> tuple[np.ndarray, np.ndarray]:
       (ids [M] int64, similarities [M] float32).
     """
     vectors = np.asarray(vectors, np.float32)
-    centroids = jnp.asarray(centroids, jnp.float32)
+    centroids = _replicated(np.asarray(centroids, np.float32), mesh)
     if vectors.ndim != 2 or vectors.shape[1] != centroids.shape[1]:
         raise ValueError(
             f"kmeans.assign: vectors expected [M, {centroids.shape[1]}], got {vectors.shape}"
@@ -88,7 +124,7 @@ def assign(vectors, centroids) -> tuple[np.ndarray, np.ndarray]:
             block = np.concatenate(
                 [block, np.zeros((ASSIGN_BLOCK - rows, block.shape[1]), np.float32)]
             )
-        block_ids, block_similarities = _assign_block(block, centroids)
+        block_ids, block_similarities = _assign_block(_put(block, mesh), centroids)
         ids[start : start + rows] = np.asarray(block_ids)[:rows]
         similarities[start : start + rows] = np.asarray(block_similarities)[:rows]
     return ids, similarities
@@ -145,11 +181,16 @@ def _lloyd_step(blocks, valid, centroids):
     return _normalise(sums, centroids), counts, total / jnp.maximum(jnp.sum(valid), 1)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _batch_rows(key, count: int):
+    """The rows [min(ASSIGN_BLOCK, count)] of a mini-batch, uniform with replacement."""
+    return jax.random.randint(key, (min(ASSIGN_BLOCK, count),), 0, count)
+
+
 @jax.jit
-def _minibatch_step(centroids, counts, vectors, key):
-    """Sculley's mini-batch update on a batch drawn from vectors [M, C] (key fixes the draw)."""
-    batch_size = min(ASSIGN_BLOCK, vectors.shape[0])
-    batch = vectors[jax.random.randint(key, (batch_size,), 0, vectors.shape[0])]
+def _minibatch_step(centroids, counts, batch):
+    """Sculley's mini-batch update on batch [B, C] (rows of the sample)."""
+    batch_size = batch.shape[0]
     num_centroids = centroids.shape[0]
     ids, best = _nearest(batch @ centroids.T)
     batch_sums = jax.ops.segment_sum(batch, ids, num_centroids)
@@ -170,6 +211,7 @@ def train_centroids(
     init: str = "kmeans++",
     full_batch_limit: int = FULL_BATCH_LIMIT,
     minibatch_steps: int | None = None,
+    mesh: Mesh | None = None,
 ) -> np.ndarray:
     """Spherical k-means centroids of vectors [M, C] float32 (L2-normalised rows).
 
@@ -180,6 +222,7 @@ def train_centroids(
       full_batch_limit: above this many vectors, mini-batch k-means is used.
       minibatch_steps: mini-batch steps of ASSIGN_BLOCK vectors; default 3 passes over the
         data, at least 100 and at most 400 steps.
+      mesh: split each block or batch over its 'rows' axis (see the module docstring).
     Returns:
       centroids [K, C] float32, unit rows. Deterministic for a given seed.
     """
@@ -209,14 +252,17 @@ def train_centroids(
         padded = -(-count // ASSIGN_BLOCK) * ASSIGN_BLOCK
         blocks = np.zeros((padded, vectors.shape[1]), np.float32)
         blocks[:count] = vectors
-        blocks = jnp.asarray(blocks.reshape(-1, ASSIGN_BLOCK, vectors.shape[1]))
-        valid = jnp.asarray((np.arange(padded) < count).reshape(-1, ASSIGN_BLOCK))
+        blocks = _put(blocks.reshape(-1, ASSIGN_BLOCK, vectors.shape[1]), mesh, axis=1)
+        valid = _put((np.arange(padded) < count).reshape(-1, ASSIGN_BLOCK), mesh, axis=1)
+        centroids = _replicated(centroids, mesh)
         for iteration in range(iterations):
             centroids, counts, mean_similarity = _lloyd_step(blocks, valid, centroids)
             empty = np.flatnonzero(np.asarray(counts) == 0)
             if empty.size:
                 reseeds = vectors[generator.choice(count, empty.size, replace=False)]
-                centroids = centroids.at[empty].set(reseeds)
+                updated = np.array(centroids)
+                updated[empty] = reseeds
+                centroids = _replicated(updated, mesh)
             if (iteration + 1) % 5 == 0 or iteration + 1 == iterations:
                 logger.info(
                     f"k-means iteration {iteration + 1}/{iterations}: mean similarity "
@@ -224,12 +270,13 @@ def train_centroids(
                 )
     else:
         steps = minibatch_steps or int(min(400, max(100, 3 * count // ASSIGN_BLOCK)))
-        device_vectors = jnp.asarray(vectors)
-        counts = jnp.zeros(num_centroids, jnp.float32)
+        centroids = _replicated(centroids, mesh)
+        counts = _replicated(np.zeros(num_centroids, np.float32), mesh)
         for step in range(steps):
             key, step_key = jax.random.split(key)
+            rows = np.asarray(_batch_rows(step_key, count))  # the batch, drawn on the host
             centroids, counts, mean_similarity = _minibatch_step(
-                centroids, counts, device_vectors, step_key
+                centroids, counts, _put(vectors[rows], mesh)
             )
             if (step + 1) % 50 == 0 or step + 1 == steps:
                 logger.info(
