@@ -208,3 +208,23 @@ def test_image_postings_keep_the_best_region_per_centroid():
     lists, images, weights = concepts.image_postings(concepts_block, mask, 7, centroids)
     assert lists.tolist() == [1, 2] and images.tolist() == [7, 8]
     np.testing.assert_allclose(weights, [1.0, 1.0])
+
+
+def test_training_sample_is_bounded_uniform_and_streamed():
+    """At most max_vectors distinct real regions, in region order, the same for a seed; all of
+    them when there are fewer; read block by block (blocks of 7 images here)."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((300, 6)) < 0.6
+    concepts_array = rng.normal(size=(300, 6, 8)).astype(np.float32) * mask[..., None]
+    source = ArraySource(concepts_array, mask, rng.normal(size=(300, 8)))
+    real = concepts_array[mask]  # [T, C], region order
+    sample, total = concepts._training_vectors(source, 250, seed=5, block_rows=7)
+    assert total == real.shape[0] > 250 and sample.shape == (250, 8)
+    rows = [int(np.flatnonzero((real == vector).all(axis=1))[0]) for vector in sample]
+    assert rows == sorted(set(rows))  # distinct, in region order
+    again, _ = concepts._training_vectors(source, 250, seed=5, block_rows=50)
+    np.testing.assert_array_equal(sample, again)  # the blocks do not change the draw
+    other, _ = concepts._training_vectors(source, 250, seed=6, block_rows=7)
+    assert not np.array_equal(sample, other)
+    every, _ = concepts._training_vectors(source, 10_000, seed=5, block_rows=7)
+    np.testing.assert_array_equal(every, real)

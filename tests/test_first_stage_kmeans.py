@@ -132,3 +132,21 @@ def test_training_and_assignment_split_over_devices_match_one_device():
     assert out["devices"] == 4
     assert out["full"] < 1e-5 and out["minibatch"] < 1e-5, out
     assert out["assign_ids_equal"] and out["assign_similarity_diff"] < 1e-6, out
+
+
+def test_assignment_blocks_shrink_for_large_dictionaries(rng):
+    """[B, K] similarities of one block stay within BLOCK_SIMILARITIES; the ids are still the
+    first maximum of every row."""
+    assert [kmeans.assign_block(k) for k in (1, 2048, 4096, 8192, 65536)] == [
+        4096,
+        4096,
+        2048,
+        1024,
+        256,
+    ]
+    vectors = rng.normal(size=(2500, 16)).astype(np.float32)
+    centroids = rng.normal(size=(5000, 16)).astype(np.float32)  # blocks of 1024 rows
+    ids, similarities = kmeans.assign(vectors, centroids)
+    expected = vectors @ centroids.T
+    np.testing.assert_array_equal(ids, expected.argmax(axis=1))
+    np.testing.assert_allclose(similarities, expected.max(axis=1), rtol=1e-5, atol=1e-5)

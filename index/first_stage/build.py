@@ -125,6 +125,9 @@ def open_first_stage(index_dir: str, name: str, manifest: dict | None = None, **
     return surrogate.SurrogateStage.load(index_dir, name, manifest=manifest, **options)
 
 
+BUILD_CACHE_BYTES = 64 << 20
+
+
 def build_from_index(index_dir: str, names, options: dict | None = None) -> dict:
     """Builds the named stages from a finished INDEX's stored vectors (lateint.index.store)."""
     from lateint.index import (
@@ -132,7 +135,9 @@ def build_from_index(index_dir: str, names, options: dict | None = None) -> dict
         store,  # the store pulls TensorStore; only this entry point needs it
     )
 
-    activation_store = store.ActivationStore.open(index_dir)
+    # Builds stream each row once a pass: a small chunk cache (shard indexes, the block being
+    # read) instead of the server's 1 GiB, which a pass over a large INDEX would fill.
+    activation_store = store.ActivationStore.open(index_dir, cache_bytes=BUILD_CACHE_BYTES)
     logger.info(
         f"{index_dir}: {activation_store.num_images} images, "
         f"{activation_store.regions} regions of {activation_store.concept_dim} concept "

@@ -103,22 +103,39 @@ def _source_postings(source, centroids, first_image: int, block_rows: int):
 
 
 def _training_vectors(source, max_vectors: int, seed: int, block_rows: int):
-    """Real region vectors [M, C], a uniform sample of at most max_vectors; and the total count."""
+    """(sample [M, C] float32, total): M = min(max_vectors, total) real region vectors, all of
+    them or a uniform sample without replacement, in region order; total real regions.
+
+    Two streamed passes (count, then fill a preallocated sample): the build holds the sample
+    and one block of rows, never all of the regions.
+    """
     total = sum(
         int(source.read_region_mask(start, stop).sum())
         for start, stop in sources.blocks(source, block_rows)
     )
     if total == 0:
         raise ValueError(f"{NAME}: the source has no real region (region_mask is all False)")
-    keep_probability = min(1.0, max_vectors / total)
-    generator = np.random.default_rng(seed)
-    pieces = []
+    count = min(max_vectors, total)
+    chosen = None  # every region
+    if count < total:
+        chosen = np.sort(np.random.default_rng(seed).choice(total, count, replace=False))
+    sample = np.empty((count, source.concept_dim), np.float32)
+    seen = filled = 0  # real regions before this block; sample rows filled
     for start, stop in sources.blocks(source, block_rows):
-        vectors = source.read_concepts(start, stop)[source.read_region_mask(start, stop)]
-        if keep_probability < 1.0:
-            vectors = vectors[generator.random(vectors.shape[0]) < keep_probability]
-        pieces.append(vectors)
-    return np.concatenate(pieces), total
+        mask = source.read_region_mask(start, stop)
+        real = int(mask.sum())
+        picks = None
+        if chosen is not None:
+            low, high = np.searchsorted(chosen, [seen, seen + real])
+            picks = chosen[low:high] - seen
+        seen += real
+        if picks is not None and not picks.size:
+            continue
+        vectors = source.read_concepts(start, stop)[mask]
+        part = vectors if picks is None else vectors[picks]
+        sample[filled : filled + part.shape[0]] = part
+        filled += part.shape[0]
+    return sample, total
 
 
 def build(

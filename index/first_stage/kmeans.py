@@ -11,9 +11,10 @@ members (spherical k-means, Dhillon & Modha 2001). Shapes: M vectors, K centroid
   of all the vectors ever assigned to it, then renormalises.
 - an empty centroid (full batch) is re-seeded with a random vector, so K stays meaningful.
 
-`assign` works in blocks of a fixed ASSIGN_BLOCK rows (the last one zero-padded), so a vector's
+`assign` works in blocks of a fixed size for a given K (the last one zero-padded), so a vector's
 centroid and similarity do not depend on which other vectors share its call: incremental adds
-assign exactly as a full rebuild would.
+assign exactly as a full rebuild would. The size, assign_block(K), is ASSIGN_BLOCK rows up to
+K = 2048 and fewer above, so one block's [B, K] similarities stay within 32 MB.
 
 Memory: training holds its sample [M, C] once, on the host (mini-batch steps copy one batch of
 ASSIGN_BLOCK rows to the device; the full-batch path, M <= full_batch_limit, one padded copy);
@@ -39,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 logger = logging.getLogger(__name__)
 
 MAX_CENTROIDS = 1 << 16
+BLOCK_SIMILARITIES = 4096 * 2048  # most [B, K] similarities of one assignment block
 FULL_BATCH_LIMIT = 1 << 18
 ASSIGN_BLOCK = 4096
 INITS = ("kmeans++", "random")
@@ -55,6 +57,15 @@ def number_of_centroids(num_vectors: int) -> int:
         raise ValueError(f"number_of_centroids: num_vectors expected >= 1, got {num_vectors}")
     power = round(math.log2(4.0 * math.sqrt(num_vectors)))
     return int(max(1, min(2**power, num_vectors, MAX_CENTROIDS)))
+
+
+def assign_block(num_centroids: int) -> int:
+    """Rows B of an assignment block: ASSIGN_BLOCK, halved while B * K > BLOCK_SIMILARITIES
+    (at least 256)."""
+    block = ASSIGN_BLOCK
+    while block > 256 and block * num_centroids > BLOCK_SIMILARITIES:
+        block //= 2
+    return block
 
 
 @functools.cache
@@ -110,6 +121,9 @@ def assign(vectors, centroids, mesh: Mesh | None = None) -> tuple[np.ndarray, np
       (ids [M] int64, similarities [M] float32).
     """
     vectors = np.asarray(vectors, np.float32)
+    block_rows = assign_block(centroids.shape[0])
+    if mesh is not None and block_rows % mesh.size:
+        mesh = None
     centroids = _replicated(np.asarray(centroids, np.float32), mesh)
     if vectors.ndim != 2 or vectors.shape[1] != centroids.shape[1]:
         raise ValueError(
@@ -117,12 +131,12 @@ def assign(vectors, centroids, mesh: Mesh | None = None) -> tuple[np.ndarray, np
         )
     ids = np.empty(vectors.shape[0], np.int64)
     similarities = np.empty(vectors.shape[0], np.float32)
-    for start in range(0, vectors.shape[0], ASSIGN_BLOCK):
-        block = vectors[start : start + ASSIGN_BLOCK]
+    for start in range(0, vectors.shape[0], block_rows):
+        block = vectors[start : start + block_rows]
         rows = block.shape[0]
-        if rows < ASSIGN_BLOCK:
+        if rows < block_rows:
             block = np.concatenate(
-                [block, np.zeros((ASSIGN_BLOCK - rows, block.shape[1]), np.float32)]
+                [block, np.zeros((block_rows - rows, block.shape[1]), np.float32)]
             )
         block_ids, block_similarities = _assign_block(_put(block, mesh), centroids)
         ids[start : start + rows] = np.asarray(block_ids)[:rows]
