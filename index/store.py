@@ -268,9 +268,13 @@ class ActivationStore:
         )
 
     @classmethod
-    def open(cls, index_dir: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> ActivationStore:
-        """Opens a finished index read-only; raises IncompleteIndexError otherwise."""
-        manifest = manifest_lib.read_manifest(index_dir, require_complete=True)
+    def open(
+        cls, index_dir: str, cache_bytes: int = DEFAULT_CACHE_BYTES, manifest: dict | None = None
+    ) -> ActivationStore:
+        """Opens a finished index read-only; raises IncompleteIndexError otherwise. manifest:
+        the generation to open, as read earlier (default: INDEX/manifest.json now)."""
+        if manifest is None:
+            manifest = manifest_lib.read_manifest(index_dir, require_complete=True)
         return cls(index_dir, manifest, False, codecs.io_context(cache_bytes=cache_bytes))
 
     # -- shapes -------------------------------------------------------------------------------

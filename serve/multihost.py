@@ -10,7 +10,8 @@
 The sharded first stages (serve.sharded_stages) are SPMD programs over a mesh that spans every
 process: each process must launch the same computations in the same order, or the collectives
 deadlock. So only process 0 decides. Before each batch it runs (the chunks a `Searcher.run` cuts,
-the queries already tokenized) and before each reload, it publishes the step in the coordination
+the queries already tokenized) and before each reload (the manifest of the generation it loads,
+so an INDEX published meanwhile cannot split them), it publishes the step in the coordination
 service's key-value store (JAX's own distributed runtime, as orbax and multihost_utils use it),
 under consecutive keys; each follower reads the steps in that order and runs the same ones. One
 lock orders a leader's batches and reloads, so they reach every process in one sequence.
@@ -101,15 +102,20 @@ class Leader:
         searcher.coordinator = self
 
     @contextlib.contextmanager
-    def turn(self, op: str, chunks=None):
-        """Publishes step (op, chunks), then lets the caller run it; one step at a time."""
+    def turn(self, op: str, chunks=None, manifest: dict | None = None):
+        """Publishes step (op, chunks or the manifest to reload), then lets the caller run it;
+        one step at a time."""
         with self._lock:
             if self._stopped:
                 raise RuntimeError("serve.multihost: the followers were stopped")
             if self.broken:
                 raise ProcessGroupBroken(self.broken)
             key = f"{PREFIX}/{self._step}"
-            message = {"op": op, "chunks": encode_chunks(chunks) if chunks else None}
+            message = {
+                "op": op,
+                "chunks": encode_chunks(chunks) if chunks else None,
+                "manifest": manifest,
+            }
             _client().key_value_set_bytes(key, json.dumps(message).encode("utf-8"))
             self._step += 1
             try:
@@ -158,7 +164,7 @@ def follow(searcher) -> int:
             return batches
         if message["op"] == "reload":
             try:
-                searcher.reload()
+                searcher.reload(message["manifest"])  # the generation the leader loads
             except Exception:  # the leader's reload fails alike and keeps serving
                 logger.exception("reload failed; still serving generation %d", searcher.generation)
         elif message["op"] == "run":

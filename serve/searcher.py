@@ -225,43 +225,48 @@ class Searcher:
                     "written by another model; rebuild it with this checkpoint"
                 )
 
-    def reload(self) -> dict:
+    def reload(self, manifest: dict | None = None) -> dict:
         """Loads the INDEX's published generation if it is not the one served, warms its first
         stages, then swaps it in; the old one answers until then. Thread-safe against `run`.
 
+        manifest: the generation to load, as another process read it (serve.multihost: every
+        process loads the leader's), instead of INDEX/manifest.json now.
         Returns {'generation', 'previous_generation', 'images', 'seconds'}. Raises (keeping the
         served generation) when the new one cannot be loaded, e.g. a first stage it dropped.
         """
-        with self._turn("reload"), self._reload_lock:
+        with self._reload_lock:
             began = time.perf_counter()
-            served = self.view
-            store = ActivationStore.open(self.index_dir)
-            generation = int(store.manifest.get("generation", 0))
-            if generation != served.generation:
-                self._check_index(self.model, self.meta, store)
-                if store.regions != served.store.regions:  # the compiled shapes depend on R
-                    raise ValueError(
-                        f"{self.index_dir}: generation {generation} has "
-                        f"{store.regions} regions per image, the served one "
-                        f"{served.store.regions}; restart the server"
+            store = ActivationStore.open(self.index_dir, manifest=manifest)
+            with self._turn("reload", manifest=store.manifest):
+                served = self.view
+                generation = int(store.manifest.get("generation", 0))
+                if generation != served.generation:
+                    self._check_index(self.model, self.meta, store)
+                    if store.regions != served.store.regions:  # the compiled shapes depend on R
+                        raise ValueError(
+                            f"{self.index_dir}: generation {generation} has "
+                            f"{store.regions} regions per image, the served one "
+                            f"{served.store.regions}; restart the server"
+                        )
+                    stages = stages_lib.load_stages(store, self.first_stage_names, self.mesh)
+                    stages_lib.warm_up(
+                        stages, stages_lib.every_shape(self.buckets), store.concept_dim
                     )
-                stages = stages_lib.load_stages(store, self.first_stage_names, self.mesh)
-                stages_lib.warm_up(stages, stages_lib.every_shape(self.buckets), store.concept_dim)
-                self.view = IndexView(store, stages, store.image_ids, generation)
-                logging.info(
-                    "reloaded %s: generation %d -> %d, %d images, in %.1f s",
-                    self.index_dir,
-                    served.generation,
-                    generation,
-                    store.num_images,
-                    time.perf_counter() - began,
-                )
-            return {
-                "generation": self.view.generation,
-                "previous_generation": served.generation,
-                "images": self.view.num_images,
-                "seconds": time.perf_counter() - began,
-            }
+                    self.view = IndexView(store, stages, store.image_ids, generation)
+                    logging.info(
+                        "reloaded %s: generation %d -> %d, %d images, in %.1f s",
+                        self.index_dir,
+                        served.generation,
+                        generation,
+                        store.num_images,
+                        time.perf_counter() - began,
+                    )
+                return {
+                    "generation": self.view.generation,
+                    "previous_generation": served.generation,
+                    "images": self.view.num_images,
+                    "seconds": time.perf_counter() - began,
+                }
 
     @classmethod
     def load(
@@ -402,11 +407,11 @@ class Searcher:
                     results[position] = result
         return results
 
-    def _turn(self, op: str, chunks=None):
+    def _turn(self, op: str, chunks=None, manifest: dict | None = None):
         """The coordinator's turn for a step (several processes), else nothing to wait for."""
         if self.coordinator is None:
             return contextlib.nullcontext()
-        return self.coordinator.turn(op, chunks)
+        return self.coordinator.turn(op, chunks, manifest)
 
     def _chunk_size(self, left: int) -> int:
         """How many of `left` queries the next chunk takes (see `run`), among the batch buckets

@@ -4,11 +4,13 @@ answers HTTP and the other follows its batches; the answers equal one process's 
 
 import concurrent.futures
 import re
+import shutil
 
 import httpx
 import numpy as np
 import pytest
 
+from lateint.index import delete
 from lateint.serve.buckets import Buckets
 from lateint.serve.searcher import Searcher
 from tests.launcher import ServerProcess, free_port
@@ -72,8 +74,16 @@ def _pair(workdir: str, index_dir: str, folder) -> list[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def two_processes(tiny_workdir, concepts_index, tmp_path_factory):
-    processes = _pair(tiny_workdir, concepts_index, tmp_path_factory.mktemp("multihost"))
+def served_index(concepts_index, tmp_path_factory):
+    """A copy of the shared INDEX (the reload test deletes images from it)."""
+    copy = str(tmp_path_factory.mktemp("multihost-index") / "index")
+    shutil.copytree(concepts_index, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def two_processes(tiny_workdir, served_index, tmp_path_factory):
+    processes = _pair(tiny_workdir, served_index, tmp_path_factory.mktemp("multihost"))
     try:
         for process in processes:
             process.start()
@@ -85,18 +95,16 @@ def two_processes(tiny_workdir, concepts_index, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_workdir, concepts_index):
-    searcher = Searcher.load(tiny_workdir, concepts_index, BUCKETS)
+def one_process(tiny_workdir, served_index):
+    searcher = Searcher.load(tiny_workdir, served_index, BUCKETS)
     yield searcher
     searcher.close()
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_two_hosts_answer_as_one_process(two_processes, one_process, stage):
-    url = two_processes[0].url
+def _answers_equal(url: str, searcher, stage: str) -> list[dict]:
     with concurrent.futures.ThreadPoolExecutor(len(QUERIES)) as pool:  # batched together
         answers = list(pool.map(lambda query: _search(url, query, stage), QUERIES))
-    expected = one_process.search(QUERIES, k=8, n=64, K=16, first_stage=stage)
+    expected = searcher.search(QUERIES, k=8, n=64, K=16, first_stage=stage)
     for query, answer, result in zip(QUERIES, answers, expected):
         assert [hit["id"] for hit in answer["results"]] == [hit.id for hit in result.hits], query
         np.testing.assert_allclose(
@@ -105,6 +113,34 @@ def test_two_hosts_answer_as_one_process(two_processes, one_process, stage):
             atol=1e-5,
         )
     assert max(answer["batch_size"] for answer in answers) > 1  # a leader's batch, followed
+    return answers
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_two_hosts_answer_as_one_process(two_processes, one_process, stage):
+    _answers_equal(two_processes[0].url, one_process, stage)
+
+
+def test_a_reload_reaches_every_process(two_processes, one_process, tiny_workdir, served_index):
+    """Delete images, POST /admin/reload to the leader: both processes load the new generation
+    (else their collectives would differ) and answer as one process on it."""
+    url = two_processes[0].url
+    top = _search(url, QUERIES[0], "refined")["results"]
+    deleted = [hit["id"] for hit in top[:3]]
+    delete.delete_images(served_index, deleted)
+    response = httpx.post(url + "/admin/reload", timeout=300)
+    assert response.status_code == 200, response.text
+    assert response.json()["generation"] == one_process.generation + 1
+    moved = f"generation {one_process.generation} -> {one_process.generation + 1}"
+    assert moved in two_processes[1].log_tail(10**7)  # the follower loaded it too
+    fresh = Searcher.load(tiny_workdir, served_index, BUCKETS)
+    try:
+        for stage in STAGES:
+            answers = _answers_equal(url, fresh, stage)
+            assert not {hit["id"] for answer in answers for hit in answer["results"]} & set(deleted)
+            assert {answer["generation"] for answer in answers} == {fresh.generation}
+    finally:
+        fresh.close()
 
 
 def test_each_process_holds_half_and_the_follower_stops_with_the_leader(two_processes):
