@@ -53,6 +53,10 @@ WRITE_KEYS = ("activations", "region_mask", "concepts", "global")
 DEFAULT_SHARD_ROWS = 1024  # rows per shard file; measured in bench/store.py
 DEFAULT_INFLIGHT_BYTES = 256 << 20
 DEFAULT_CACHE_BYTES = 1 << 30  # reader chunk cache; warm gathers need the rows cached
+# Rows a range read asks TensorStore for at once: it keeps ~1 KB per inner chunk in flight, and
+# the inner chunks are single rows (for gathers), so reading 1M rows' region_mask (8 MB) in one
+# request held 1.2 GB; in blocks of this many rows, 27 MB.
+READ_BLOCK_ROWS = 8192
 
 
 class ActivationStore:
@@ -105,6 +109,7 @@ class ActivationStore:
                 )
             if found[0][0] > shape[0]:
                 self._arrays[role] = array[: shape[0]]
+        self._uncached: dict | None = None  # range-read handles (_range_array)
         self.first_new_row = 0  # rows below it belong to a published generation (extend)
         self.journal = manifest_lib.PROGRESS_FILE  # this writer's journal (one per worker)
         self._image_ids: list[str] | None = None
@@ -511,8 +516,33 @@ class ActivationStore:
         start, stop = int(start), int(stop)
         if not 0 <= start <= stop <= self.num_images:
             raise IndexError(f"{role}: rows [{start}, {stop}) outside [0, {self.num_images})")
-        view = self._arrays[role][start:stop]
-        return self._read_many({role: view}, np.arange(start, stop))[role]
+        array = self._range_array(role)
+        if stop - start <= READ_BLOCK_ROWS:
+            return self._read_many({role: array[start:stop]}, np.arange(start, stop))[role]
+        rows = np.empty((stop - start,) + tuple(array.shape[1:]), array.dtype.numpy_dtype)
+        for first in range(start, stop, READ_BLOCK_ROWS):
+            last = min(stop, first + READ_BLOCK_ROWS)
+            piece = {role: array[first:last]}
+            rows[first - start : last - start] = self._read_many(piece, np.arange(first, last))[
+                role
+            ]
+        return rows
+
+    def _range_array(self, role: str):
+        """role's array for range reads. A read-only store reads ranges without the chunk
+        cache: they stream (index builds, loading a first stage) and would fill it with rows
+        that gathers do not want."""
+        if self.writable:
+            return self._arrays[role]
+        if self._uncached is None:
+            context = codecs.io_context(cache_bytes=0)
+            self._uncached = {
+                name: _open_existing(self.index_dir, path, context, read_only=True)[
+                    : self._layout[name][0][0]
+                ]
+                for name, path in self.manifest["arrays"].items()
+            }
+        return self._uncached[role]
 
     def _read_many(self, views: dict, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Reads every view concurrently; a failure is re-read shard by shard, then row by row,

@@ -35,18 +35,14 @@ def _exact_from_store(store: ActivationStore, kind: str, arrays: dict, mesh=None
     a mesh of several devices, a ShardedExactStage over them, which reads only the rows of
     this process's shards."""
     sharded = mesh is not None and mesh.size > 1
-    if not arrays and sharded:
-        arrays.update(
-            {
-                "concepts": store.read_concepts,
-                "region_mask": store.read_region_mask,
-                "global": store.read_global,
-            }
-        )
-    elif not arrays:
-        arrays["concepts"] = store.read_concepts(0, store.num_images)  # [N, R, C]
-        arrays["region_mask"] = store.read_region_mask(0, store.num_images)  # [N, R]
-        arrays["global"] = store.read_global(0, store.num_images).astype(np.float32)  # [N, C]
+    if not arrays:
+        # Concepts stay a reader: 'refined' quantizes it block by block, 'exact' reads it whole.
+        arrays["concepts"] = store.read_concepts
+        if sharded:
+            arrays.update({"region_mask": store.read_region_mask, "global": store.read_global})
+        else:
+            arrays["region_mask"] = store.read_region_mask(0, store.num_images)  # [N, R]
+            arrays["global"] = store.read_global(0, store.num_images).astype(np.float32)
     record = {
         "num_images": store.num_images,
         "concept_dim": store.concept_dim,

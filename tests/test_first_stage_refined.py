@@ -87,3 +87,31 @@ def test_pool_rule():
         4096,
         4096,
     ]
+
+
+def test_quantizing_from_a_reader_block_by_block_equals_the_whole_array(corpus, built, monkeypatch):
+    """'refined' loaded from the stage's TensorStore arrays (concepts read 64 images at a time,
+    400 = 6 blocks and a partial one) holds the codes of the whole array and answers alike."""
+    data, queries = corpus
+    monkeypatch.setattr(exact_stage, "QUANTIZE_BLOCK", 64)
+    reads = []
+
+    def reader(start, stop):
+        reads.append((start, stop))
+        return data.concepts[start:stop]
+
+    codes, scale = exact_stage.quantize_rows(reader, NUM_IMAGES)
+    whole_codes, whole_scale = exact_stage.quantize_int8(data.concepts)
+    np.testing.assert_array_equal(codes, whole_codes)
+    np.testing.assert_array_equal(scale, whole_scale)
+    assert max(stop - start for start, stop in reads) == 64 and reads[-1] == (384, 400)
+    loaded = open_first_stage(built, "refined")  # ExactStage.load: concepts from a reader
+    in_memory = exact_stage.ExactStage(
+        {"concepts": data.concepts, "region_mask": data.region_mask, "global": data.global_vectors},
+        np.zeros(NUM_IMAGES, bool),
+        loaded.record,
+        "refined",
+    )
+    assert loaded.nbytes == in_memory.nbytes
+    for one, other in zip(loaded.search(queries, 10), in_memory.search(queries, 10)):
+        np.testing.assert_array_equal(one, other)

@@ -196,3 +196,18 @@ def test_bad_ids_and_batches(tmp_path):
         writer.write_batch(0, {"activations": batch["activations"]})
     with pytest.raises(IndexError, match=r"rows \[35, 39\) outside \[0, 37\)"):
         writer.write_batch(35, batch)
+
+
+def test_range_reads_in_blocks_equal_the_written_rows(tmp_path, monkeypatch):
+    """Ranges longer than READ_BLOCK_ROWS are read block by block (7 rows here, across shard
+    boundaries, the last block partial) into one array equal to what was written."""
+    from lateint.index import store as store_module
+
+    corpus = _corpus(seed=4)
+    _build(tmp_path, corpus)
+    monkeypatch.setattr(store_module, "READ_BLOCK_ROWS", 7)
+    store = ActivationStore.open(str(tmp_path))
+    np.testing.assert_array_equal(store.read_concepts(0, N), corpus["concepts"])
+    np.testing.assert_array_equal(store.read_global(3, N), corpus["global"][3:])
+    np.testing.assert_array_equal(store.read_region_mask(1, N - 1), corpus["region_mask"][1:-1])
+    assert store.read_concepts(5, 5).shape == (0, R, C)

@@ -35,6 +35,7 @@ PREFIX = records.stage_prefix(NAME)
 ARRAYS = ("concepts", "region_mask", "global")
 KINDS = ("exact", "exact_global", "refined")
 IMAGE_BLOCK = 256  # images scored per step of the MaxSim scan
+QUANTIZE_BLOCK = 4096  # images 'refined' quantizes at a time from a reader
 QUERY_BLOCK = 32  # most queries per compiled call; fewer are padded to a power of two, so a
 # handful of compiles serves every batch size
 
@@ -211,6 +212,21 @@ def quantize_int8(concepts) -> tuple[np.ndarray, np.ndarray]:
     return np.round(concepts / safe).astype(np.int8), scale
 
 
+def quantize_rows(concepts, num_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_int8 of concepts [N, R, C] given as an array, or as a reader read(start, stop)
+    -> rows quantized QUANTIZE_BLOCK images at a time (its float32 rows are never all held)."""
+    if not callable(concepts):
+        return quantize_int8(concepts)
+    first = np.asarray(concepts(0, min(num_images, QUANTIZE_BLOCK)), np.float32)
+    codes = np.empty((num_images,) + first.shape[1:], np.int8)
+    scale = np.empty((num_images,) + first.shape[1:2], np.float32)
+    for start in range(0, num_images, QUANTIZE_BLOCK):
+        stop = min(num_images, start + QUANTIZE_BLOCK)
+        block = first if start == 0 else concepts(start, stop)
+        codes[start:stop], scale[start:stop] = quantize_int8(block)
+    return codes, scale
+
+
 def _global_scores(queries, vectors) -> np.ndarray:
     """queries [Q, C] . vectors [N, C] -> [Q, N] float32, each score summed over C the same way
     wherever its image sits: a matrix product's rounding depends on N and on the image's
@@ -229,6 +245,9 @@ class ExactStage:
     dot products. search(query_side, n) -> (ids [Q, n], scores [Q, n])."""
 
     def __init__(self, arrays: dict, deleted, record: dict, kind: str):
+        """arrays: {'concepts' [N, R, C], 'region_mask' [N, R], 'global' [N, C]}; 'concepts'
+        may be a reader read(start, stop) -> rows: 'refined' then quantizes it block by block,
+        'exact' reads it whole (and puts the array in `arrays` for the next stage)."""
         self.kind = kind
         self.name = kind
         # 'exact' and 'refined' compile per (query block, words, n): serve warms those shapes.
@@ -240,14 +259,19 @@ class ExactStage:
         self.global_vectors = np.ascontiguousarray(arrays["global"], np.float32)  # [N, C]
         self.pool = pool_for(self.num_images)
         if kind == "refined":
-            codes, scale = quantize_int8(arrays["concepts"])  # [N, R, C] int8, [N, R]
+            codes, scale = quantize_rows(arrays["concepts"], self.num_images)  # int8, [N, R]
             held = (codes, scale, np.asarray(arrays["region_mask"], bool), self.global_vectors)
             self.arrays_nbytes = sum(array.nbytes for array in held)
             self._codes, self._scale, self._region_mask, self._global = map(jnp.asarray, held)
             self._alive = jnp.asarray(~np.asarray(deleted, bool))
-        else:
-            self.arrays_nbytes = sum(array.nbytes for array in arrays.values())
+        elif kind == "exact_global":
+            self.arrays_nbytes = self.global_vectors.nbytes
         if kind == "exact":
+            if callable(arrays["concepts"]):
+                arrays["concepts"] = arrays["concepts"](0, self.num_images)  # [N, R, C]
+            self.arrays_nbytes = sum(
+                np.asarray(arrays[name]).nbytes for name in ("concepts", "region_mask", "global")
+            )
             # Padded to whole blocks of IMAGE_BLOCK; padding images are dead.
             padded = -(-self.num_images // IMAGE_BLOCK) * IMAGE_BLOCK
             pad = padded - self.num_images
@@ -266,9 +290,12 @@ class ExactStage:
         if kind not in KINDS:
             raise ValueError(f"ExactStage.load: kind expected one of {KINDS}, got {kind!r}")
         record = records.committed_record(index_dir, NAME, manifest)
-        names = ("global",) if kind == "exact_global" else ARRAYS
+        names = {"exact": ARRAYS, "exact_global": ("global",)}.get(kind, ("region_mask", "global"))
+        arrays = read_arrays(index_dir, record, names)
+        if kind == "refined":  # quantized block by block from TensorStore
+            arrays.update(row_readers(index_dir, record, ("concepts",)))
         return cls(
-            read_arrays(index_dir, record, names),
+            arrays,
             tombstones.bitmap(index_dir, record["num_images"], manifest),
             record,
             kind,
