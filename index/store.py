@@ -517,15 +517,11 @@ class ActivationStore:
         if not 0 <= start <= stop <= self.num_images:
             raise IndexError(f"{role}: rows [{start}, {stop}) outside [0, {self.num_images})")
         array = self._range_array(role)
-        if stop - start <= READ_BLOCK_ROWS:
-            return self._read_many({role: array[start:stop]}, np.arange(start, stop))[role]
         rows = np.empty((stop - start,) + tuple(array.shape[1:]), array.dtype.numpy_dtype)
         for first in range(start, stop, READ_BLOCK_ROWS):
             last = min(stop, first + READ_BLOCK_ROWS)
-            piece = {role: array[first:last]}
-            rows[first - start : last - start] = self._read_many(piece, np.arange(first, last))[
-                role
-            ]
+            block = self._read_many({role: array[first:last]}, np.arange(first, last))
+            rows[first - start : last - start] = block[role]
         return rows
 
     def _range_array(self, role: str):

@@ -53,11 +53,6 @@ def _client():
     return client
 
 
-def spans_processes(searcher) -> bool:
-    """Whether the searcher's mesh holds devices of more than one process."""
-    return len({device.process_index for device in searcher.mesh.devices.flat}) > 1
-
-
 def encode_chunks(chunks: list[list[PreparedQuery]]) -> list:
     """Chunks of prepared queries as JSON-ready lists (token ids, settings, tokenize time)."""
     return [
