@@ -84,19 +84,24 @@ class JointScorer:
             )
         return scores
 
-    def rerank_images_to_texts(self, store: ActivationStore, base: np.ndarray, K: int):
-        """base [N0, M] (MaxSim of the split's images against every caption): each image's
-        top-K captions reranked by the joint layers, the others below them in base order
-        (lateint.ranking.rerank). Returns [N0, M] scores."""
+    def rerank_images_to_texts(
+        self, store: ActivationStore, base: np.ndarray, K: int, images: np.ndarray | None = None
+    ):
+        """base [S, M] (MaxSim of stored images `images` [S] against every caption; default:
+        the split's images 0..N0-1): each image's top-K captions reranked by the joint layers,
+        the others below them in base order (lateint.ranking.rerank). Returns [S, M] scores."""
+        images = np.arange(base.shape[0]) if images is None else np.asarray(images)
+        if images.shape != base.shape[:1]:
+            raise ValueError(f"images: {images.shape[0]} ids for {base.shape[0]} rows of base")
         top = min(K, base.shape[1])
-        candidates = top_indices(base, top)  # [N0, K]
+        candidates = top_indices(base, top)  # [S, K]
         joint = np.empty(candidates.shape, np.float32)
         block = max(1, RERANK_PAIRS // top)  # images per step
         for start in range(0, base.shape[0], block):
             rows = candidates[start : start + block]  # [b, K]
-            stored, image_mask = store.gather(np.arange(start, start + rows.shape[0]))
-            images = np.repeat(np.arange(rows.shape[0]), top)
+            stored, image_mask = store.gather(images[start : start + rows.shape[0]])
+            owner = np.repeat(np.arange(rows.shape[0]), top)  # [b K] row of each pair
             joint[start : start + rows.shape[0]] = self.pairs(
-                rows.reshape(-1), stored[images], image_mask[images]
+                rows.reshape(-1), stored[owner], image_mask[owner]
             ).reshape(rows.shape)
         return rerank(base, candidates, joint)

@@ -77,6 +77,23 @@ CONCEPTS_INDEX = dict(split="test", storage="float32", batch_size=64, first_stag
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _compile_once_per_process(tmp_path_factory):
+    """JAX's persistent compilation cache, in a folder of this pytest process only: the many
+    Searchers and evaluations of the same tiny model and buckets compile each shape once, and
+    a test that counts compiles still sees the first one. LATEINT_TEST_XLA_CACHE=0: none."""
+    if os.environ.get("LATEINT_TEST_XLA_CACHE", "1") == "0":
+        yield
+        return
+    import jax
+
+    from lateint.serve import compiled
+
+    compiled.enable_persistent_cache(str(tmp_path_factory.mktemp("xla")))
+    yield
+    jax.config.update("jax_compilation_cache_dir", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _shared_fixtures_stay_unchanged():
     """Fails the session when a test wrote into a cached fixture instead of copying it."""
     yield

@@ -72,8 +72,8 @@ def _settings(**overrides):
         n=200,
         K=200,
         first_stages=("concepts", "sq", "exact"),
-        max_queries=100,
-        max_exhaustive_queries=100,
+        max_queries=50,
+        max_exhaustive_queries=50,
         max_exhaustive_pairs=20_000,
         latency_queries=2,
         recall_queries=20,
@@ -96,7 +96,7 @@ def evaluated(tiny_workdir, scenes_dir, index_dir):
 def test_staged_with_n_and_K_equal_to_N_ranks_like_the_exhaustive_joint_model(evaluated):
     evaluation, records, _ = evaluated
     exhaustive = evaluation.ranks["joint_exhaustive"]
-    assert exhaustive.shape == (100,) and exhaustive.max() < 200  # all 100 queries
+    assert exhaustive.shape == (50,) and exhaustive.max() < 200  # all 50 queries
     np.testing.assert_array_equal(evaluation.ranks["staged:exact"], exhaustive)
     by_label = {(r["scorer"], r.get("first_stage")): r for r in records}
     staged, joint = by_label["staged", "exact"], by_label["joint_exhaustive", None]
@@ -127,7 +127,8 @@ def joint_only(tiny_workdir, scenes_dir, tmp_path_factory):
     save_model(str(folder / "model"), SplitEncoder(config, nnx.Rngs(3)))
     index = str(folder / "index")
     precompute(str(folder / "model"), scenes_dir, "test", index, storage="float32", batch_size=64)
-    return Evaluation(str(folder / "model"), scenes_dir, "test", _settings()), index
+    settings = _settings(max_exhaustive_pairs=10_000)  # 10 images x 1,000 captions
+    return Evaluation(str(folder / "model"), scenes_dir, "test", settings), index
 
 
 def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(joint_only):
@@ -147,15 +148,18 @@ def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(join
         region_mask=store.read_region_mask(0, store.num_images),
     )
     images, exhaustive = scorers.exhaustive_i2t(evaluation, store)  # [S], [S]
-    assert images.size == 20  # max_exhaustive_pairs 20,000 // 1,000 captions
-    every = copy.copy(evaluation)
-    every.settings = dataclasses.replace(evaluation.settings, K=evaluation.corpus.num_captions)
-    every.i2t_cache = {}
-    staged = scorers.staged_i2t(every, context)  # [N0]
+    assert images.size == 10  # max_exhaustive_pairs 10,000 // 1,000 captions
+    captions, caption_image = evaluation.corpus.num_captions, evaluation.corpus.caption_image
+    maxsim_i2t = scorers.split_maxsim(evaluation, context).T  # [N0, M]
+    # The staged rerank of those S images with K = every caption (what scorers.staged_i2t
+    # does for all N0 images; their rows equal the full run's, as each image is reranked alone).
+    reranked = evaluation.joint.rerank_images_to_texts(
+        store, maxsim_i2t[images], captions, images=images
+    )  # [S, M]
+    staged = retrieval_metrics.ranks_image_subset_to_text(reranked, images, caption_image)
     # Equal up to float noise: the two paths batch the pairs differently, and an untrained head
     # gives near-tied scores, so a rank may move past captions scored within 1e-5 of the best
     # positive (these exhaustive joint scores are what scorers.exhaustive_i2t ranks).
-    captions, caption_image = evaluation.corpus.num_captions, evaluation.corpus.caption_image
     stored, image_mask = store.gather(images)  # [S, R, H'], [S, R]
     for row, image in enumerate(images):
         scores = evaluation.joint.pairs(
@@ -165,18 +169,28 @@ def test_staged_i2t_reranking_every_caption_equals_the_exhaustive_joint_i2t(join
         )  # [M]
         positive = scores[caption_image == image].max()
         near = int(np.sum(np.abs(scores - positive) <= 1e-5)) - 1
-        assert abs(int(staged[image]) - int(exhaustive[row])) <= near, (image, near)
-    assert np.mean(staged[images] == exhaustive) >= 0.5
+        assert abs(int(staged[row]) - int(exhaustive[row])) <= near, (image, near)
+    assert np.mean(staged == exhaustive) >= 0.5
+    with pytest.raises(ValueError, match="3 ids for 10 rows"):
+        evaluation.joint.rerank_images_to_texts(store, maxsim_i2t[images], 16, images=images[:3])
     # MaxSim's own i2t differs there, so the equality above tells the scorers apart; and with
-    # K = 16 of 1,000 captions the staged i2t is another ranking again.
-    maxsim = retrieval_metrics.ranks_image_to_text(
-        scorers.split_maxsim(evaluation, context).T, evaluation.corpus.caption_image
-    )  # [N0]
+    # K = 16 of 1,000 captions the staged i2t (every image) is another ranking again, whose rows
+    # are the subset rerank's at K = 16.
+    maxsim = retrieval_metrics.ranks_image_to_text(maxsim_i2t, caption_image)  # [N0]
     assert not np.array_equal(maxsim[images], exhaustive)
     few = copy.copy(evaluation)
     few.settings = dataclasses.replace(evaluation.settings, K=16)
     few.i2t_cache = {}
-    assert not np.array_equal(scorers.staged_i2t(few, context)[images], exhaustive)
+    staged_few = scorers.staged_i2t(few, context)  # [N0]
+    assert not np.array_equal(staged_few[images], exhaustive)
+    np.testing.assert_array_equal(
+        staged_few[images],
+        retrieval_metrics.ranks_image_subset_to_text(
+            evaluation.joint.rerank_images_to_texts(store, maxsim_i2t[images], 16, images=images),
+            images,
+            caption_image,
+        ),
+    )
 
 
 def test_records_hold_every_scorer_with_nulls_where_undefined(evaluated):
@@ -284,10 +298,10 @@ def test_report_writes_json_markdown_and_plot(evaluated, tmp_path):
     assert [record["scorer"] for record in loaded] == [record["scorer"] for record in records]
     text = report.markdown(loaded)
     assert "| staged:concepts | 200 |" in text and "| joint_exhaustive | 200 |" in text
-    assert "| 200 | exact | 100 |" in text  # the speedup table row of the exact first stage
+    assert "| 200 | exact | 50 |" in text  # the speedup table row of the exact first stage
     relations = report.relational_table(loaded)
     staged = [r for r in loaded if r.get("first_stage") == "exact"][0]
-    assert f"| staged:exact | 200 | 100 | {staged['recall']['full']['t2i_r1']:.1f} |" in relations
+    assert f"| staged:exact | 200 | 50 | {staged['recall']['full']['t2i_r1']:.1f} |" in relations
     assert f"{staged['partner']['partner_accuracy']:.1f}" in relations and relations in text
     report.plot(loaded, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
