@@ -50,14 +50,6 @@ def mesh_for(shards) -> Mesh:
     return Mesh(np.array(devices[:count]), (AXIS,))
 
 
-def _reader(source, dtype):
-    """read(start, stop) -> rows [stop - start, ...] of `dtype`, from an array [N, ...] or from a
-    callable read(start, stop) (rows read on demand, e.g. from TensorStore)."""
-    if callable(source):
-        return lambda start, stop: np.asarray(source(start, stop), dtype)
-    return lambda start, stop: np.asarray(source[start:stop], dtype)
-
-
 def _placed(read, num_images: int, rows: int, mesh: Mesh, fill=0) -> jax.Array:
     """Rows [0, num_images) of read(start, stop), padded to `rows` rows with `fill`, split on
     axis 0 over the mesh. Each process reads only the rows of the shards its own devices hold
@@ -103,7 +95,7 @@ class ShardedExactStage:
         count = self.num_images
 
         def place(source, dtype, fill=0):
-            return _placed(_reader(source, dtype), count, rows, mesh, fill)
+            return _placed(exact.as_reader(source, dtype), count, rows, mesh, fill)
 
         alive = ~np.asarray(deleted, bool)
         self._alive = place(alive, bool, fill=False)  # [S*L]
@@ -118,7 +110,7 @@ class ShardedExactStage:
         elif kind == "refined":
             quantized = functools.lru_cache(maxsize=2)(
                 lambda start, stop: exact.quantize_int8(
-                    _reader(arrays["concepts"], np.float32)(start, stop)
+                    exact.as_reader(arrays["concepts"], np.float32)(start, stop)
                 )
             )  # codes and scale of one shard read its rows once
             self._codes = place(lambda start, stop: quantized(start, stop)[0], np.int8)

@@ -10,6 +10,7 @@ from lateint.index.first_stage import (
     add,
     build_stages,
     concepts,
+    concepts_lists,
     delete,
     open_first_stage,
     postings,
@@ -218,13 +219,13 @@ def test_training_sample_is_bounded_uniform_and_streamed():
     concepts_array = rng.normal(size=(300, 6, 8)).astype(np.float32) * mask[..., None]
     source = ArraySource(concepts_array, mask, rng.normal(size=(300, 8)))
     real = concepts_array[mask]  # [T, C], region order
-    sample, total = concepts._training_vectors(source, 250, seed=5, block_rows=7)
+    sample, total = concepts_lists._training_vectors(source, 250, seed=5, block_rows=7)
     assert total == real.shape[0] > 250 and sample.shape == (250, 8)
     rows = [int(np.flatnonzero((real == vector).all(axis=1))[0]) for vector in sample]
     assert rows == sorted(set(rows))  # distinct, in region order
-    again, _ = concepts._training_vectors(source, 250, seed=5, block_rows=50)
+    again, _ = concepts_lists._training_vectors(source, 250, seed=5, block_rows=50)
     np.testing.assert_array_equal(sample, again)  # the blocks do not change the draw
-    other, _ = concepts._training_vectors(source, 250, seed=6, block_rows=7)
+    other, _ = concepts_lists._training_vectors(source, 250, seed=6, block_rows=7)
     assert not np.array_equal(sample, other)
-    every, _ = concepts._training_vectors(source, 10_000, seed=5, block_rows=7)
+    every, _ = concepts_lists._training_vectors(source, 10_000, seed=5, block_rows=7)
     np.testing.assert_array_equal(every, real)
