@@ -8,9 +8,9 @@ import signal
 import subprocess
 import sys
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from lateint.checkpoint import load_model
 from lateint.data.corpus import load_corpus
@@ -42,21 +42,27 @@ def test_stored_scores_equal_the_fused_forward(tiny_workdir, scenes_dir, tmp_pat
     stored, mask = store.gather(ids)
     np.testing.assert_array_equal(mask, corpus.region_mask[ids])
     ids_text = np.array([[101, 1037, 2829, 2187, 1997, 1037, 2235, 1021, 102]] * len(ids))
-    text = model.encode_text(jnp.asarray(ids_text), jnp.ones(ids_text.shape, bool))
-    from_store = model.joint_score(
-        text.activations, text.mask, jnp.asarray(stored), jnp.asarray(mask)
-    )
-    fused = model.fused_score(
-        jnp.asarray(ids_text),
-        jnp.ones(ids_text.shape, bool),
-        jnp.asarray(corpus.regions[ids]),
-        jnp.asarray(corpus.boxes[ids]),
-        jnp.asarray(corpus.region_mask[ids]),
+
+    @nnx.jit  # compiled, as the binaries run it (op by op took several times longer)
+    def scores(model, token_ids, token_mask, stored, mask, regions, boxes, region_mask):
+        text = model.encode_text(token_ids, token_mask)
+        from_store = model.joint_score(text.activations, text.mask, stored, mask)
+        fused = model.fused_score(token_ids, token_mask, regions, boxes, region_mask)
+        return from_store, fused, model.encode_image(regions, boxes, region_mask).concepts
+
+    from_store, fused, image_concepts = scores(
+        model,
+        ids_text,
+        np.ones(ids_text.shape, bool),
+        stored,
+        mask,
+        corpus.regions[ids],
+        corpus.boxes[ids],
+        corpus.region_mask[ids],
     )
     np.testing.assert_allclose(np.asarray(from_store), np.asarray(fused), atol=1e-5)
-    image = model.encode_image(corpus.regions[ids], corpus.boxes[ids], corpus.region_mask[ids])
     concepts, _ = store.gather_concepts(ids)
-    np.testing.assert_allclose(concepts, np.asarray(image.concepts), atol=1e-6)
+    np.testing.assert_allclose(concepts, np.asarray(image_concepts), atol=1e-6)
 
 
 def _precompute_process(workdir, data, index_dir, *extra):
