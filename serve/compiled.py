@@ -124,7 +124,23 @@ class CompiledModel:
     Calls take and return NumPy arrays and may run from one thread while another compiles.
     """
 
-    def __init__(self, model: SplitEncoder, buckets: Buckets, regions: int, stored_dim: int):
+    def __init__(
+        self,
+        model: SplitEncoder,
+        buckets: Buckets,
+        regions: int,
+        stored_dim: int,
+        functions=compile_plan.FUNCTIONS,
+    ):
+        """functions: which of 'text', 'maxsim', 'joint' this process runs and compiles (a
+        follower of serve.multihost runs the text tower only); calling another raises."""
+        unknown = set(functions) - set(compile_plan.FUNCTIONS)
+        if unknown or not functions:
+            raise ValueError(
+                f"CompiledModel: functions expected a non-empty subset of "
+                f"{compile_plan.FUNCTIONS}, got {tuple(functions)}"
+            )
+        self.functions = tuple(name for name in compile_plan.FUNCTIONS if name in functions)
         self.config = model.config
         self.buckets = buckets
         self.regions = regions
@@ -141,7 +157,7 @@ class CompiledModel:
         self._publish_lock = threading.Lock()
         self._stop = threading.Event()
         self._background: threading.Thread | None = None
-        self.total = len(compile_plan.every_shape(buckets))
+        self.total = len(self._planned(compile_plan.every_shape(buckets)))
         self.compile_seconds = 0.0  # until the caller could serve (compile_all / _first)
         self.background_seconds = None  # the background compiles, once they finished
         self.background_error: BaseException | None = None
@@ -182,13 +198,19 @@ class CompiledModel:
                 for batch in self.buckets.query_batches
                 if all(
                     self._holding(*compile_plan.largest(self.buckets, name, batch))
-                    for name in compile_plan.FUNCTIONS
+                    for name in self.functions
                 )
             )
 
+    def _planned(self, shapes) -> list:
+        """The shapes of the functions this process runs."""
+        return [shape for shape in shapes if shape[0] in self.functions]
+
     def _compile(self, shapes, warm: bool, threads: int) -> None:
         """Lowers here, compiles on `threads` threads, runs each once (warm), publishes."""
-        shapes = [shape for shape in shapes if shape[1] not in self._tables[shape[0]]]
+        shapes = [
+            shape for shape in self._planned(shapes) if shape[1] not in self._tables[shape[0]]
+        ]
         lowered = [self._lower(function, key) for function, key in shapes]
         with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
             executables = list(pool.map(lambda entry: entry.compile(), lowered))
@@ -218,7 +240,7 @@ class CompiledModel:
         stops it between two compiles."""
         later = [
             shape
-            for shape in compile_plan.later_shapes(self.buckets)
+            for shape in self._planned(compile_plan.later_shapes(self.buckets))
             if shape[1] not in self._tables[shape[0]]
         ]
         logger.info("compiling %d more executables in the background", len(later))
@@ -301,6 +323,8 @@ class CompiledModel:
         return key, table[key]
 
     def _executable(self, function: str, wanted: tuple, what: str):
+        if function not in self.functions:
+            raise ValueError(f"{what}: not compiled in this process (functions {self.functions})")
         found = self._holding(function, tuple(int(size) for size in wanted))
         if found is None:
             raise ValueError(

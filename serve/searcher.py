@@ -36,7 +36,7 @@ from lateint import pretrained
 from lateint.checkpoint import load_model
 from lateint.index import manifest as manifest_lib
 from lateint.index.store import ActivationStore
-from lateint.serve import sharded_stages
+from lateint.serve import compile_plan, sharded_stages
 from lateint.serve import stages as stages_lib
 from lateint.serve.buckets import Buckets, StageSettings, bucket_for
 from lateint.serve.compiled import CompiledModel
@@ -143,7 +143,13 @@ class Searcher:
                     stage.held_rows(),
                     stage.num_images,
                 )
-        self.compiled = CompiledModel(model, buckets, store.regions, store.hidden)
+        # Across processes every stage shape is warmed now, by all in one order (their
+        # collectives must match); the text tower and joint layers stay per process, and a
+        # follower (serve.multihost: text tower and first stage only) compiles the tower alone.
+        self.coordinator = None  # serve.multihost.Leader on process 0 of several
+        spans = len({device.process_index for device in self.mesh.devices.flat}) > 1
+        functions = ("text",) if spans and jax.process_index() != 0 else compile_plan.FUNCTIONS
+        self.compiled = CompiledModel(model, buckets, store.regions, store.hidden, functions)
         self.pipeline = BatchPipeline(self.compiled, buckets, tokenizer.pad_id)
         logging.info(
             "compiling B %s x T %s x n %s / K %s (%d executables)%s",
@@ -154,10 +160,6 @@ class Searcher:
             self.compiled.total,
             ", the rest in the background" if background_compile else "",
         )
-        # Across processes every stage shape is warmed now, by all in one order (their
-        # collectives must match); the text tower and joint layers stay per process.
-        self.coordinator = None  # serve.multihost.Leader on process 0 of several
-        spans = len({device.process_index for device in self.mesh.devices.flat}) > 1
         if background_compile:
             seconds = self.compiled.compile_first()
             stage_shapes = stages_lib.first_shapes(buckets)

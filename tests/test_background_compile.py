@@ -187,3 +187,32 @@ def test_the_background_compile_completes(tiny_workdir, concepts_index):
     with CompileEvents() as compiles:
         searcher.search(QUERIES[:4], k=3, first_stage="exact")
     assert compiles.events == []
+
+
+def test_a_text_only_model_compiles_and_runs_the_tower_alone(tiny_workdir, complete):
+    """What a follower of serve.multihost compiles: the text tower's shapes only; its outputs
+    are the full model's, and the functions it does not run refuse by name."""
+    from lateint.checkpoint import load_model
+    from lateint.serve.compiled import CompiledModel
+
+    model, _ = load_model(tiny_workdir)
+    store = complete.store
+    text_only = CompiledModel(model, BUCKETS, store.regions, store.hidden, functions=("text",))
+    text_shapes = [shape for shape in compile_plan.every_shape(BUCKETS) if shape[0] == "text"]
+    assert text_only.total == len(text_shapes) < complete.compiled.total
+    text_only.compile_all()
+    assert text_only.executables == len(text_shapes)
+    assert text_only.usable_batches == BUCKETS.query_batches
+    token_ids = np.full((2, 7), 1500, np.int32)
+    token_mask = np.arange(7)[None] < np.array([[7], [4]])
+    for got, expected in zip(
+        text_only.text_tower(token_ids, token_mask),
+        complete.compiled.text_tower(token_ids, token_mask),
+    ):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    stored = np.zeros((2, 4, store.regions, store.hidden), np.float32)
+    tower = text_only.text_tower(token_ids, token_mask)
+    with pytest.raises(ValueError, match=r"not compiled in this process \(functions \('text',\)\)"):
+        text_only.joint(tower.activations, tower.mask, stored, np.ones(stored.shape[:3], bool))
+    with pytest.raises(ValueError, match="functions expected a non-empty subset"):
+        CompiledModel(model, BUCKETS, store.regions, store.hidden, functions=("tower",))
