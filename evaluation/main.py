@@ -25,6 +25,7 @@ import time
 import jax
 from absl import app, flags, logging
 
+from lateint import storage
 from lateint.data import options as data_options
 from lateint.evaluation import distractors, report
 from lateint.evaluation.harness import Evaluation
@@ -138,14 +139,10 @@ def index_digest(index_dir: str) -> str:
     """A digest of every JSON record in INDEX (manifest, first-stage records): a rebuilt stage
     or another storage mode changes it, so cached results are never reused for them."""
     digest = hashlib.sha256()
-    for root, folders, files in os.walk(index_dir):
-        folders.sort()
-        for name in sorted(files):
-            if name.endswith(".json"):
-                path = os.path.join(root, name)
-                digest.update(os.path.relpath(path, index_dir).encode())
-                with open(path, "rb") as handle:
-                    digest.update(handle.read())
+    for name in storage.list_files(index_dir):  # local or object storage
+        if name.endswith(".json"):
+            digest.update(name.encode())
+            digest.update(storage.read_bytes(storage.join(index_dir, *name.split("/"))))
     return digest.hexdigest()[:16]
 
 
@@ -183,7 +180,7 @@ def run(
                 fingerprint=evaluation.meta["fingerprint"],
                 data=os.path.abspath(data),
                 split=split,
-                index=os.path.abspath(index_dir),
+                index=storage.absolute(index_dir),
                 index_state=index_digest(index_dir),
                 **data_options.cache_key(data),
             )

@@ -21,6 +21,7 @@ import os
 
 from absl import app, flags
 
+from lateint import storage
 from lateint.index import generation
 from lateint.index import manifest as manifest_lib
 from lateint.index import precompute as precompute_lib
@@ -100,6 +101,7 @@ def add_images(workdir: str, data: str, split: str, index_dir: str, batch_size: 
     """Appends `split` of the corpus at `data` to INDEX and publishes the next generation.
 
     Returns the new manifest."""
+    index_dir = storage.require_local(index_dir, "lateint.index.add")  # generations: hard links
     model, meta, corpus = precompute_lib.load_model_and_corpus(workdir, data, split)
     manifest = manifest_lib.read_manifest(index_dir)
     manifest_lib.check_fingerprint(manifest, meta["fingerprint"])

@@ -8,11 +8,10 @@ re-exports these; the activation store builds on `open_existing` / `create`.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorstore as ts
 
+from lateint import storage
 from lateint.index import codecs
 from lateint.index import manifest as manifest_lib
 
@@ -25,10 +24,10 @@ def open_existing(
     index_dir: str, name: str, context: ts.Context | None = None, read_only: bool = False
 ) -> ts.TensorStore:
     path = manifest_lib.array_path(index_dir, name)
-    if not os.path.exists(os.path.join(path, "zarr.json")):
+    if not storage.exists(storage.join(path, "zarr.json")):
         raise FileNotFoundError(
             f"lateint.index.store: array {name!r} not found in {index_dir!r} "
-            f"(expected {os.path.join(path, 'zarr.json')})"
+            f"(expected {storage.join(path, 'zarr.json')})"
         )
     spec = codecs.zarr_spec(path)
     if read_only:
@@ -104,7 +103,7 @@ def append_array(index_dir: str, name: str, array: np.ndarray) -> None:
             f"lateint.index.store: append_array({name!r}) needs ndim >= 1, got a scalar"
         )
     path = manifest_lib.array_path(index_dir, name)
-    if not os.path.exists(os.path.join(path, "zarr.json")):
+    if not storage.exists(storage.join(path, "zarr.json")):
         # Appended arrays grow, so the chunk is not clamped to the first piece's length; a
         # smaller chunk than write_array's keeps the zero-padded edge chunk cheap to rewrite.
         row_bytes = array.dtype.itemsize * int(np.prod([max(1, n) for n in array.shape[1:]]))

@@ -13,11 +13,11 @@ learned compression is on, else H; every mode stores whatever width it is given)
 
 from __future__ import annotations
 
-import os
-
 import ml_dtypes
 import numpy as np
 import tensorstore as ts
+
+from lateint import storage
 
 STORAGE_DTYPES = ("float32", "bfloat16", "int8")
 CONCEPT_DTYPES = ("float32", "bfloat16")
@@ -171,7 +171,7 @@ def zarr_spec(path: str, metadata: dict | None = None, replace: bool = True) -> 
     opening an existing array whose metadata is the same), else opens."""
     spec = {
         "driver": "zarr3",
-        "kvstore": {"driver": "file", "path": os.path.abspath(path)},
+        "kvstore": storage.kvstore_spec(path),  # a local path or a gs:// / s3:// URL
         # A chunk equal to the fill value is still written, so a missing chunk file is always
         # an error on read (fill_missing_data_reads) instead of silently reading zeros.
         "fill_missing_data_reads": False,

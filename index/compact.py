@@ -20,6 +20,7 @@ import logging
 import numpy as np
 from absl import app, flags
 
+from lateint import storage
 from lateint.index import codecs, generation
 from lateint.index import manifest as manifest_lib
 from lateint.index.arrays import create as create_array
@@ -98,6 +99,7 @@ def _copy_rows(index_dir: str, source: ActivationStore, target: dict, kept, jour
 
 def compact_index(index_dir: str, recluster: bool = False) -> dict:
     """Compacts the published generation of INDEX; returns the new manifest."""
+    index_dir = storage.require_local(index_dir, "lateint.index.compact")  # generations: hard links
     manifest = manifest_lib.read_manifest(index_dir)
     generation.check_no_other_operation(index_dir, manifest, JOURNAL)
     manifest = generation.adopt(index_dir, manifest)

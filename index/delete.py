@@ -17,6 +17,7 @@ import logging
 import numpy as np
 from absl import app, flags
 
+from lateint import storage
 from lateint.index import generation
 from lateint.index import manifest as manifest_lib
 from lateint.index.first_stage import tombstones
@@ -53,6 +54,7 @@ def rows_of(index_dir: str, manifest: dict, image_ids: list[str]) -> np.ndarray:
 def delete_images(index_dir: str, image_ids: list[str]) -> dict:
     """Tombstones `image_ids` and publishes the next generation; returns its manifest (the
     published one unchanged when every id was deleted already)."""
+    index_dir = storage.require_local(index_dir, "lateint.index.delete")  # generations: hard links
     manifest = manifest_lib.read_manifest(index_dir)
     generation.check_no_other_operation(index_dir, manifest, None)
     manifest = generation.adopt(index_dir, manifest)

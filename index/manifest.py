@@ -14,13 +14,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
-import shutil
 import sys
 
 import numpy as np
 
-from lateint import atomic
+from lateint import storage
 from lateint.index import codecs, manifest_schema
 
 FORMAT_VERSION = manifest_schema.FORMAT_VERSION
@@ -62,7 +60,7 @@ def array_path(index_dir: str, name: str) -> str:
                 f"array name {name!r} must be a relative path of plain components "
                 f"(no '', '.', '..' or backslash), got component {part!r}"
             )
-    return os.path.join(index_dir, *parts)
+    return storage.join(index_dir, *parts)
 
 
 def validate_manifest(manifest: dict, manifest_path: str = MANIFEST_FILE) -> dict:
@@ -126,12 +124,13 @@ def new_manifest(
 
 def write_manifest(index_dir: str, manifest: dict, shared: bool = False) -> bool:
     """Validates and atomically writes INDEX/manifest.json. shared: only if none exists yet
-    (several workers create one INDEX; the first manifest wins). True if this call wrote it."""
-    path = os.path.join(index_dir, MANIFEST_FILE)
+    (several workers create one INDEX on a file system; the first manifest wins). True if this
+    call wrote it. On object storage `shared` is refused: one worker creates (precompute)."""
+    path = storage.join(index_dir, MANIFEST_FILE)
     validate_manifest(manifest, path)
     if shared:
-        return atomic.publish_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    atomic.write_json(path, manifest, indent=2, sort_keys=True)
+        return storage.publish_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    storage.write_json(path, manifest, indent=2, sort_keys=True)
     return True
 
 
@@ -141,16 +140,15 @@ def read_manifest(index_dir: str, require_complete: bool = True) -> dict:
     Raises IncompleteIndexError when the manifest is missing or (with require_complete) not
     marked complete: a precompute run never finished writing this index.
     """
-    path = os.path.join(index_dir, MANIFEST_FILE)
-    if not os.path.exists(path):
+    path = storage.join(index_dir, MANIFEST_FILE)
+    try:
+        manifest = storage.read_json(path)
+    except FileNotFoundError:
         raise IncompleteIndexError(
             f"{path} is missing: {index_dir!r} is not a finished index (run lateint.index.precompute)"
-        )
-    with open(path, encoding="utf-8") as handle:
-        try:
-            manifest = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise IndexRefusedError(f"{path}: not valid JSON: {error}") from error
+        ) from None
+    except json.JSONDecodeError as error:
+        raise IndexRefusedError(f"{path}: not valid JSON: {error}") from error
     validate_manifest(manifest, path)
     if require_complete and not manifest["complete"]:
         raise IncompleteIndexError(
@@ -201,14 +199,13 @@ def write_ids(index_dir: str, image_ids, file: str = IDS_FILE, shared: bool = Fa
             raise ValueError(f"image id at position {position} contains a line break: {image_id!r}")
         lines.append(image_id)
     text = "".join(line + "\n" for line in lines)
-    path = os.path.join(index_dir, file)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = storage.join(index_dir, file)
+    storage.makedirs(storage.dirname(path))
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if not shared:
-        atomic.write_text(path, text)
-    elif not atomic.publish_text(path, text):
-        with open(path, "rb") as handle:
-            found = hashlib.sha256(handle.read()).hexdigest()
+        storage.write_text(path, text)
+    elif not storage.publish_text(path, text):
+        found = hashlib.sha256(storage.read_bytes(path)).hexdigest()
         if found != digest:
             raise IndexRefusedError(
                 f"{path}: another worker wrote other ids (sha256 {found}, this worker's "
@@ -220,9 +217,8 @@ def write_ids(index_dir: str, image_ids, file: str = IDS_FILE, shared: bool = Fa
 def read_ids(index_dir: str, manifest: dict) -> list[str]:
     """Reads the external ids [N] the manifest references, checking count and checksum."""
     entry = manifest["ids"]
-    path = os.path.join(index_dir, entry["file"])
-    with open(path, "rb") as handle:
-        data = handle.read()
+    path = storage.join(index_dir, entry["file"])
+    data = storage.read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
         raise IndexRefusedError(
@@ -257,29 +253,25 @@ def worker_journal(worker_index: int, num_workers: int) -> str:
 
 def journal_files(index_dir: str) -> list[str]:
     """Every journal of INDEX: progress.json (one writer) and journal/*.json (one per worker)."""
-    files = [PROGRESS_FILE] if os.path.exists(os.path.join(index_dir, PROGRESS_FILE)) else []
-    directory = os.path.join(index_dir, JOURNAL_DIR)
-    if os.path.isdir(directory):
+    files = [PROGRESS_FILE] if storage.exists(storage.join(index_dir, PROGRESS_FILE)) else []
+    directory = storage.join(index_dir, JOURNAL_DIR)
+    if storage.isdir(directory):
         files += [
-            f"{JOURNAL_DIR}/{name}"
-            for name in sorted(os.listdir(directory))
-            if name.endswith(".json")
+            f"{JOURNAL_DIR}/{name}" for name in storage.listdir(directory) if name.endswith(".json")
         ]
     return files
 
 
 def _journaled(index_dir: str, journal: str) -> list[tuple[int, int]]:
-    path = os.path.join(index_dir, journal)
-    if not os.path.exists(path):
+    path = storage.join(index_dir, journal)
+    try:
+        return merge_ranges(storage.read_json(path)["completed"])
+    except FileNotFoundError:
         return []
-    with open(path, encoding="utf-8") as handle:
-        try:
-            ranges = json.load(handle)["completed"]
-            return merge_ranges(ranges)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise IndexRefusedError(
-                f"{path}: expected {{'completed': [[start, stop], ...]}}: {error}"
-            ) from error
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise IndexRefusedError(
+            f"{path}: expected {{'completed': [[start, stop], ...]}}: {error}"
+        ) from error
 
 
 def completed_ranges(index_dir: str) -> list[tuple[int, int]]:
@@ -295,8 +287,8 @@ def mark_completed(index_dir: str, start: int, stop: int, journal: str = PROGRES
     """Records [start, stop) as written and durable: atomic rewrite of `journal` (relative to
     INDEX; one writer per journal file)."""
     ranges = merge_ranges(_journaled(index_dir, journal) + [(start, stop)])
-    atomic.write_json(
-        os.path.join(index_dir, journal),
+    storage.write_json(
+        storage.join(index_dir, journal),
         {"completed": [list(pair) for pair in ranges]},
         make_parents=True,
     )
@@ -306,10 +298,10 @@ def reset_completed(index_dir: str, stop: int) -> None:
     """Journals exactly [0, stop) as written (a published generation of `stop` images), so
     ranges journaled past it by an abandoned lateint.index.add are not trusted; the workers'
     journals of the first precompute go (progress.json now covers their rows)."""
-    atomic.write_json(
-        os.path.join(index_dir, PROGRESS_FILE), {"completed": [[0, int(stop)]] if stop else []}
+    storage.write_json(
+        storage.join(index_dir, PROGRESS_FILE), {"completed": [[0, int(stop)]] if stop else []}
     )
-    shutil.rmtree(os.path.join(index_dir, JOURNAL_DIR), ignore_errors=True)
+    storage.rmtree(storage.join(index_dir, JOURNAL_DIR))
 
 
 def missing_ranges(index_dir: str, total: int) -> list[tuple[int, int]]:

@@ -22,6 +22,7 @@ W and i; the workers still exchange nothing through it.
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import numpy as np
@@ -29,6 +30,7 @@ from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lateint import distributed
+from lateint import storage as storage_lib
 from lateint.checkpoint import load_model
 from lateint.data import options as data_options
 from lateint.data.corpus import load_corpus
@@ -37,6 +39,9 @@ from lateint.index import manifest as manifest_lib
 from lateint.index.store import ActivationStore
 from lateint.inference import Inference, batch_ranges
 from lateint.progress import Progress, format_seconds
+
+WAIT_FOR_CREATOR_S = 3600  # how long a worker waits for worker 0's manifest (object storage)
+POLL_S = 1.0
 
 
 def _check_same_inputs(
@@ -71,11 +76,13 @@ def _open_for_writing(
     overwrite: bool,
     shard_rows: int,
     shared: bool = False,
+    worker_index: int = 0,
 ) -> ActivationStore | None:
     """Creates, resumes or (finished and not overwrite) returns None. A resume, a rerun over a
     finished INDEX and (shared: one of several workers) joining an INDEX another worker created
-    must be for the same model, corpus, storage mode and shard size."""
-    manifest_path = os.path.join(index_dir, manifest_lib.MANIFEST_FILE)
+    must be for the same model, corpus, storage mode and shard size. On object storage a
+    shared INDEX is created by worker 0 alone; the others wait for its manifest."""
+    manifest_path = storage_lib.join(index_dir, manifest_lib.MANIFEST_FILE)
 
     def finished(manifest: dict) -> bool:  # refuses another run's INDEX; True if complete
         _check_same_inputs(manifest_path, manifest, meta, fingerprint, data, storage)
@@ -83,7 +90,9 @@ def _open_for_writing(
             _check_same_layout(manifest_path, manifest, shard_rows)
         return manifest["complete"]
 
-    if os.path.exists(manifest_path) and not overwrite:
+    if shared and worker_index != 0 and storage_lib.is_remote(index_dir):
+        _wait_for_manifest(manifest_path, worker_index)
+    if storage_lib.exists(manifest_path) and not overwrite:
         if finished(manifest_lib.read_manifest(index_dir, require_complete=False)):
             return None
         try:
@@ -118,6 +127,27 @@ def _open_for_writing(
     )
     # shared: another worker may have published the manifest first; it must be this run's
     return None if shared and finished(store.manifest) else store
+
+
+def _wait_for_manifest(manifest_path: str, worker_index: int) -> None:
+    """Polls until worker 0 has published the manifest (object storage, see _open_for_writing),
+    logging every 30 s; TimeoutError after WAIT_FOR_CREATOR_S."""
+    began = time.monotonic()
+    logged = began
+    while not storage_lib.exists(manifest_path):
+        now = time.monotonic()
+        if now - began > WAIT_FOR_CREATOR_S:
+            raise TimeoutError(
+                f"worker {worker_index}: {manifest_path} did not appear within "
+                f"{WAIT_FOR_CREATOR_S} s: start worker 0, which creates a shared INDEX on "
+                "object storage"
+            )
+        if now - logged >= 30:
+            logging.info(
+                "worker %d: waiting for worker 0 to create %s", worker_index, manifest_path
+            )
+            logged = now
+        time.sleep(POLL_S)
 
 
 def _check_same_layout(manifest_path: str, manifest: dict, shard_rows: int) -> None:
@@ -205,10 +235,14 @@ def precompute(
             f"--overwrite with --num_workers={num_workers} would let one worker delete what the "
             f"others wrote: delete {index_dir} first, or rebuild with --num_workers=1"
         )
+    index_dir = storage_lib.normalize(index_dir)
     model, meta, corpus = load_model_and_corpus(workdir, data, split)
     config = model.config
     source = {
-        "data": os.path.relpath(os.path.abspath(data), os.path.abspath(index_dir)),
+        # relative to a local INDEX (the two move together); absolute beside a remote one
+        "data": os.path.abspath(data)
+        if storage_lib.is_remote(index_dir)
+        else os.path.relpath(os.path.abspath(data), os.path.abspath(index_dir)),
         "split": split,
         "checkpoint_step": int(meta["step"]),
     }
@@ -225,6 +259,7 @@ def precompute(
         overwrite,
         shard_rows,
         shared=num_workers > 1,
+        worker_index=worker_index,
     )
     if store is None:
         logging.info("%s is already complete; nothing to do (--overwrite rebuilds it)", index_dir)

@@ -14,12 +14,11 @@ Shapes: B rows of a batch, R regions, H' stored width, C concept width.
 from __future__ import annotations
 
 import collections
-import os
-import shutil
 from typing import Self
 
 import numpy as np
 
+from lateint import storage
 from lateint.index import codecs
 from lateint.index import manifest as manifest_lib
 from lateint.index.arrays import create as _create
@@ -73,7 +72,8 @@ class StoreWriter:
         hidden is the stored width H' (the compressed width when compression_dim > 0); corpus is
         the corpus fingerprint (lateint.index.corpus_fingerprint) resumes are checked against. Refuses an
         existing index unless overwrite, which deletes its arrays, journal and first stages.
-        shared (several precompute workers, lateint.index.workers): nothing is deleted, the ids,
+        shared (several precompute workers, lateint.index.workers; on object storage worker 0
+        alone creates, the others wait for its manifest): nothing is deleted, the ids,
         arrays and manifest are created unless another worker already did, and the store is
         opened on whichever manifest was published first (the caller checks it is this one).
         """
@@ -97,10 +97,13 @@ class StoreWriter:
         )
         provisional = {"file": manifest_lib.IDS_FILE, "count": len(image_ids), "sha256": ""}
         manifest_lib.new_manifest(ids=provisional, **fields)  # bad arguments fail before deleting
-        manifest_path = os.path.join(index_dir, manifest_lib.MANIFEST_FILE)
-        if os.path.exists(manifest_path) and not overwrite and not shared:
+        manifest_path = storage.join(index_dir, manifest_lib.MANIFEST_FILE)
+        if storage.exists(manifest_path) and not overwrite and not shared:
             raise FileExistsError(f"{manifest_path} exists; pass overwrite=True to rebuild")
-        os.makedirs(index_dir, exist_ok=True)
+        storage.makedirs(index_dir)
+        # Object storage has no conditional create we rely on: there a shared INDEX has one
+        # creator (precompute's worker 0; the others wait for its manifest) and writes plainly.
+        conditional = shared and not storage.is_remote(index_dir)
         for entry in (
             []
             if shared
@@ -115,13 +118,10 @@ class StoreWriter:
                 *manifest_lib.GENERATION_ENTRIES,
             ]
         ):
-            path = os.path.join(index_dir, entry)  # manifest first: a crash leaves no manifest
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
+            # manifest first: a crash leaves no manifest
+            storage.rmtree(storage.join(index_dir, entry))
         manifest = manifest_lib.new_manifest(
-            ids=manifest_lib.write_ids(index_dir, image_ids, shared=shared), **fields
+            ids=manifest_lib.write_ids(index_dir, image_ids, shared=conditional), **fields
         )
         context = codecs.io_context(sync_writes=sync_writes)
         for role, (shape, dtype) in manifest_lib.array_layout(manifest).items():
@@ -141,7 +141,7 @@ class StoreWriter:
                     f"lateint.index.store: array {role!r} in {index_dir!r} exists with another "
                     f"layout than this writer's {shape} {dtype}: {error}"
                 ) from error
-        if not manifest_lib.write_manifest(index_dir, manifest, shared=shared):
+        if not manifest_lib.write_manifest(index_dir, manifest, shared=conditional):
             manifest = manifest_lib.read_manifest(index_dir, require_complete=False)
         return cls(index_dir, manifest, True, context, inflight_bytes)
 

@@ -22,11 +22,10 @@ and removes the old one.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 
 import numpy as np
 
+from lateint import storage
 from lateint.index import store
 from lateint.index.first_stage import records, sources
 
@@ -182,11 +181,11 @@ def generation_prefix(prefix: str, generation: int) -> str:
 def next_generation(index_dir: str, prefix: str) -> int:
     """One more than the largest `<prefix>/g*` generation on disk (0 when none)."""
     folder = records.folder(index_dir, prefix)
-    if not os.path.isdir(folder):
+    if not storage.isdir(folder):
         return 0
     found = [
         int(entry[1:])
-        for entry in os.listdir(folder)
+        for entry in storage.listdir(folder)
         if entry.startswith("g") and entry[1:].isdigit()
     ]
     return max(found, default=-1) + 1
@@ -208,7 +207,7 @@ def write_base(index_dir: str, prefix: str, generation: int, lists: InvertedList
 
 def _read_delta(index_dir: str, base: str, name: str, dtype) -> np.ndarray:
     path = records.folder(index_dir, f"{base}/{name}")
-    if not os.path.exists(os.path.join(path, "zarr.json")):
+    if not storage.exists(storage.join(path, "zarr.json")):
         return np.zeros(0, dtype)
     return store.read_array(index_dir, f"{base}/{name}")
 
@@ -289,11 +288,11 @@ def remove_stale_generations(index_dir: str, prefix: str, keep: int) -> None:
 def remove_folders(index_dir: str, prefix: str, keep) -> None:
     """Deletes the `<prefix>/g<n>` entries whose name is not in `keep`."""
     folder = records.folder(index_dir, prefix)
-    if not os.path.isdir(folder):
+    if not storage.isdir(folder):
         return
-    for entry in os.listdir(folder):
+    for entry in storage.listdir(folder):
         if entry.startswith("g") and entry[1:].isdigit() and entry not in keep:
-            shutil.rmtree(os.path.join(folder, entry))
+            storage.rmtree(storage.join(folder, entry))
 
 
 def update_stage(index_dir: str, stage: str, source, start: int, change) -> dict:

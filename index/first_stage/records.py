@@ -1,6 +1,6 @@
 """Per-stage json records: INDEX/first_stage/<stage>/stage.json, the commit point of a stage.
 
-A record holds the stage's parameters and counts. It is written atomically (lateint.atomic), so
+A record holds the stage's parameters and counts. It is written atomically (lateint.storage), so
 readers see the old or the new state, never a mix. A (re)build first writes a record with
 "state": "building", so a killed build leaves a stage that readers refuse with a clear message
 instead of a mix of old and new arrays.
@@ -14,10 +14,7 @@ removed (`referenced_generations`), so a server that has not reloaded yet keeps 
 
 from __future__ import annotations
 
-import json
-import os
-
-from lateint import atomic
+from lateint import storage
 from lateint.index import manifest as manifest_lib
 
 RECORD_FILE = "stage.json"
@@ -27,7 +24,7 @@ STAGE_FOLDER = "first_stage"
 
 def folder(index_dir: str, name: str) -> str:
     """The directory of array (or array folder) `name`: INDEX/<name> (lateint.index.store's layout)."""
-    return os.path.join(index_dir, *name.split("/"))
+    return storage.join(index_dir, *name.split("/"))
 
 
 def stage_prefix(stage: str) -> str:
@@ -36,15 +33,14 @@ def stage_prefix(stage: str) -> str:
 
 
 def record_path(index_dir: str, stage: str) -> str:
-    return os.path.join(folder(index_dir, stage_prefix(stage)), RECORD_FILE)
+    return storage.join(folder(index_dir, stage_prefix(stage)), RECORD_FILE)
 
 
 def write_record(index_dir: str, stage: str, record: dict) -> None:
     """Atomically writes the record (adds 'stage' and 'version')."""
     path = record_path(index_dir, stage)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     record = dict(record, stage=stage, version=RECORD_VERSION)
-    atomic.write_json(path, record, indent=1, sort_keys=True)
+    storage.write_json(path, record, indent=1, sort_keys=True, make_parents=True)
 
 
 def mark_building(index_dir: str, stage: str, parameters: dict) -> None:
@@ -54,14 +50,14 @@ def mark_building(index_dir: str, stage: str, parameters: dict) -> None:
 def read_record(index_dir: str, stage: str) -> dict:
     """The committed record of a ready stage; raises naming the file and what is wrong."""
     path = record_path(index_dir, stage)
-    if not os.path.exists(path):
+    try:
+        record = storage.read_json(path)
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"first stage {stage!r} is not built in {index_dir!r} "
             f"(expected {path}); run python -m lateint.index.build "
             f"--index={index_dir} --first_stage={stage}"
-        )
-    with open(path, encoding="utf-8") as handle:
-        record = json.load(handle)
+        ) from None
     if record.get("version") != RECORD_VERSION:
         raise ValueError(
             f"{path}: field 'version' expected {RECORD_VERSION}, got {record.get('version')!r}"
@@ -76,7 +72,7 @@ def read_record(index_dir: str, stage: str) -> dict:
 
 def stage_exists(index_dir: str, stage: str) -> bool:
     """True when a record exists for `stage` (ready or not)."""
-    return os.path.exists(record_path(index_dir, stage))
+    return storage.exists(record_path(index_dir, stage))
 
 
 def generations_prefix(stage: str) -> str:
@@ -101,11 +97,10 @@ def committed_record(index_dir: str, stage: str, manifest: dict | None = None) -
 
 def _published_views(index_dir: str) -> list[dict]:
     """INDEX/manifest.json and its 'previous' field (what the last generation published)."""
-    path = os.path.join(index_dir, manifest_lib.MANIFEST_FILE)
-    if not os.path.exists(path):
+    try:
+        manifest = storage.read_json(storage.join(index_dir, manifest_lib.MANIFEST_FILE))
+    except FileNotFoundError:
         return []
-    with open(path, encoding="utf-8") as handle:
-        manifest = json.load(handle)
     return [manifest, manifest.get("previous") or {}]
 
 

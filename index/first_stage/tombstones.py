@@ -11,12 +11,9 @@ Readers of an INDEX that changed generation take the set its manifest publishes 
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
-from lateint import atomic
+from lateint import storage
 from lateint.index import store
 from lateint.index.first_stage import postings, records
 
@@ -25,16 +22,15 @@ RECORD_FILE = "tombstones.json"
 
 
 def _record_path(index_dir: str) -> str:
-    return os.path.join(records.folder(index_dir, PREFIX), RECORD_FILE)
+    return storage.join(records.folder(index_dir, PREFIX), RECORD_FILE)
 
 
 def current_record(index_dir: str) -> dict | None:
     """The newest committed tombstones.json ({'generation', 'count'}), None when absent."""
-    path = _record_path(index_dir)
-    if not os.path.exists(path):
+    try:
+        return storage.read_json(_record_path(index_dir))
+    except FileNotFoundError:
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def read_deleted(index_dir: str, record: dict | None = None) -> np.ndarray:
@@ -109,6 +105,6 @@ def write_set(index_dir: str, deleted: np.ndarray) -> dict:
     generation = 0 if record is None else record["generation"] + 1
     store.write_array(index_dir, f"{PREFIX}/g{generation}/deleted", deleted)
     record = {"generation": generation, "count": int(deleted.size)}
-    atomic.write_json(_record_path(index_dir), record)
+    storage.write_json(_record_path(index_dir), record, make_parents=True)
     postings.remove_stale_generations(index_dir, PREFIX, generation)
     return record
