@@ -5,8 +5,9 @@
 #   bash scripts/test.sh [pytest arguments]
 #
 # - pytest: $PYTEST_WORKERS workers (default 2), whole files per worker (`--dist loadfile`, so a
-#   module's fixtures, e.g. a server, start once); the scenes corpus, tiny model and INDEX
-#   fixtures are built once and shared through tests/fixture_cache.py.
+#   module's fixtures, e.g. a server, start once), the slowest files first (tests/conftest.py
+#   SLOW_FILES_FIRST); the scenes corpus, tiny model and INDEX fixtures are built once and
+#   shared through tests/fixture_cache.py; each process keeps JAX's compile cache (conftest).
 # - Bazel (scripts/bazel_test.sh): `bazel build //...` (every target's declared deps resolve)
 #   and the tests tagged `smoke` (`# bazel: tags=smoke` in the file) run from Bazel's runfiles.
 #   LATEINT_SKIP_BAZEL=1 leaves Bazel out.
@@ -34,7 +35,8 @@ fi
 echo "[test] setup took $((SECONDS - start)) s"
 
 phase=$SECONDS
-"$venv/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=15 tests "$@"
+"$venv/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder \
+  --durations=15 tests "$@"
 echo "[test] pytest took $((SECONDS - phase)) s"
 
 if [ "${LATEINT_SKIP_BAZEL:-0}" != 1 ]; then

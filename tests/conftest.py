@@ -80,6 +80,37 @@ TINY_TRAINING = dict(num_steps=6, eval_every=100)
 CONCEPTS_INDEX = dict(split="test", storage="float32", batch_size=64, first_stages=["concepts"])
 
 
+# The files that take longest (seconds of one full run, 2026-12-06), started first: pytest-xdist
+# hands out whole files (--dist loadfile) in collection order (scripts/test.sh passes
+# --no-loadscope-reorder, which would otherwise put the files with most tests first), and a
+# long file started last leaves the other worker idle until it ends.
+SLOW_FILES_FIRST = (
+    "test_train.py",  # 166
+    "test_evaluate.py",  # 100
+    "test_configs.py",  # 86
+    "test_server.py",  # 68
+    "test_serve_multihost.py",  # 67
+    "test_metrics_scan.py",  # 64
+    "test_searcher.py",  # 57
+    "test_model.py",  # 53
+    "test_data_binaries.py",  # 51
+    "test_main_job.py",  # 49
+    "test_searcher_sharded.py",  # 46
+    "test_relation_head.py",  # 44
+    "test_precompute.py",  # 36
+    "test_precompute_workers.py",  # 33
+    "test_evaluate_storage.py",  # 32
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Moves SLOW_FILES_FIRST to the front in that order; the others keep theirs after them,
+    and the tests of one file keep their order."""
+    del config
+    rank = {name: position for position, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.path)), len(rank)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _compile_once_per_process(tmp_path_factory):
     """JAX's persistent compilation cache, in a folder of this pytest process only: the many
