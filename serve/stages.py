@@ -36,7 +36,7 @@ def _exact_from_store(store: ActivationStore, kind: str, arrays: dict, mesh=None
     this process's shards."""
     sharded = mesh is not None and mesh.size > 1
     if not arrays:
-        # Concepts stay a reader: 'refined' quantizes it block by block, 'exact' reads it whole.
+        # Concepts stay a reader: 'refined' quantizes it block by block, 'exact' copies it in blocks.
         arrays["concepts"] = store.read_concepts
         if sharded:
             arrays.update({"region_mask": store.read_region_mask, "global": store.read_global})

@@ -95,6 +95,19 @@ def quantize_int8(concepts) -> tuple[np.ndarray, np.ndarray]:
     return np.round(concepts / safe).astype(np.int8), scale
 
 
+def padded_rows(concepts, num_images: int, rows: int) -> np.ndarray:
+    """concepts [N, R, C] (an array, or a reader read(start, stop)) as float32 rows of a zeroed
+    [rows >= N, R, C] buffer, copied QUANTIZE_BLOCK images at a time."""
+    read = as_reader(concepts, np.float32)
+    first = read(0, min(num_images, QUANTIZE_BLOCK))
+    buffer = np.zeros((rows,) + first.shape[1:], np.float32)
+    buffer[: first.shape[0]] = first
+    for start in range(first.shape[0], num_images, QUANTIZE_BLOCK):
+        stop = min(num_images, start + QUANTIZE_BLOCK)
+        buffer[start:stop] = read(start, stop)
+    return buffer
+
+
 def quantize_rows(concepts, num_images: int) -> tuple[np.ndarray, np.ndarray]:
     """quantize_int8 of concepts [N, R, C] given as an array, or as a reader read(start, stop)
     -> rows quantized QUANTIZE_BLOCK images at a time (its float32 rows are never all held)."""
@@ -131,7 +144,8 @@ class ExactStage:
     def __init__(self, arrays: dict, deleted, record: dict, kind: str):
         """arrays: {'concepts' [N, R, C], 'region_mask' [N, R], 'global' [N, C]}; 'concepts'
         may be a reader read(start, stop) -> rows: 'refined' then quantizes it block by block,
-        'exact' reads it whole (and puts the array in `arrays` for the next stage)."""
+        'exact' copies it into its padded buffer (and puts a view of it in `arrays` for the next
+        stage)."""
         self.kind = kind
         self.name = kind
         # 'exact' and 'refined' compile per (query block, words, n): serve warms those shapes.
@@ -151,15 +165,15 @@ class ExactStage:
         elif kind == "exact_global":
             self.arrays_nbytes = self.global_vectors.nbytes
         if kind == "exact":
-            if callable(arrays["concepts"]):
-                arrays["concepts"] = arrays["concepts"](0, self.num_images)  # [N, R, C]
+            # Padded to whole blocks of IMAGE_BLOCK (padding images are dead), read into the
+            # padded buffer block by block: one host copy of the concepts, not three.
+            padded = -(-self.num_images // IMAGE_BLOCK) * IMAGE_BLOCK
+            pad = padded - self.num_images
+            concepts = padded_rows(arrays["concepts"], self.num_images, padded)  # [N', R, C]
+            arrays["concepts"] = concepts[: self.num_images]  # a view, for a stage sharing arrays
             self.arrays_nbytes = sum(
                 np.asarray(arrays[name]).nbytes for name in ("concepts", "region_mask", "global")
             )
-            # Padded to whole blocks of IMAGE_BLOCK; padding images are dead.
-            padded = -(-self.num_images // IMAGE_BLOCK) * IMAGE_BLOCK
-            pad = padded - self.num_images
-            concepts = np.pad(arrays["concepts"], ((0, pad), (0, 0), (0, 0)))
             region_mask = np.pad(arrays["region_mask"], ((0, pad), (0, 0)))
             alive = np.pad(~deleted, (0, pad))
             self._concepts = jnp.asarray(concepts.reshape(-1, IMAGE_BLOCK, *concepts.shape[1:]))
@@ -174,9 +188,9 @@ class ExactStage:
         if kind not in KINDS:
             raise ValueError(f"ExactStage.load: kind expected one of {KINDS}, got {kind!r}")
         record = records.committed_record(index_dir, NAME, manifest)
-        names = {"exact": ARRAYS, "exact_global": ("global",)}.get(kind, ("region_mask", "global"))
+        names = ("global",) if kind == "exact_global" else ("region_mask", "global")
         arrays = read_arrays(index_dir, record, names)
-        if kind == "refined":  # quantized block by block from TensorStore
+        if kind != "exact_global":  # read (exact) or quantized (refined) block by block
             arrays.update(row_readers(index_dir, record, ("concepts",)))
         return cls(
             arrays,
