@@ -128,7 +128,7 @@ flags.DEFINE_string(
     "1",
     "Devices the INDEX's image axis is split over: a number, or 'all' (every device of every "
     "process). Above 1 the brute-force first stages (refined, exact, exact_global) run per "
-    "shard; answers equal one device's.",
+    "shard and the concept lists keep each process's rows; answers equal one device's.",
 )
 flags.DEFINE_bool(
     "distributed",

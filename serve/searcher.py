@@ -105,7 +105,7 @@ class Searcher:
         names = first_stages or [
             name
             for name in stages_lib.available_names(store.index_dir, store.manifest)
-            if self.mesh.size == 1 or name in stages_lib.EXACT_NAMES
+            if self.mesh.size == 1 or name in stages_lib.SHARDABLE_NAMES
         ]
         began = time.perf_counter()
         stages = stages_lib.load_stages(store, names, self.mesh)

@@ -24,10 +24,11 @@ from lateint.index.first_stage import (
 )
 from lateint.index.first_stage import exact as exact_stage
 from lateint.index.store import ActivationStore
-from lateint.serve import sharded_stages
+from lateint.serve import sharded_concepts, sharded_stages
 from lateint.serve.buckets import Buckets, bucket_for
 
 EXACT_NAMES = ("exact", "exact_global", "refined")
+SHARDABLE_NAMES = ("concepts",) + EXACT_NAMES  # what load_stages splits over a mesh
 
 
 def _exact_from_store(store: ActivationStore, kind: str, arrays: dict, mesh=None):
@@ -74,7 +75,8 @@ def available_names(index_dir: str, manifest: dict | None = None) -> list[str]:
 def load_stages(store: ActivationStore, names, mesh=None) -> dict:
     """{name: stage with search(QuerySide, n) -> (ids [Q, n] int64, scores [Q, n])}; a stage
     that compiles per shape comes wrapped in a WarmedStage with no shape warmed yet. mesh (of
-    several devices): the brute-force stages split the image axis over it (serve.sharded_stages).
+    several devices): the brute-force stages split the image axis over it (serve.sharded_stages),
+    the concept lists their postings over its processes (serve.sharded_concepts).
 
     Raises ValueError naming the INDEX and the usable names when a name is not available (or,
     with a mesh, cannot be sharded), and lets a stage's own error (e.g. an interrupted build)
@@ -84,7 +86,7 @@ def load_stages(store: ActivationStore, names, mesh=None) -> dict:
     usable = available_names(index_dir, store.manifest)
     sharded = mesh is not None and mesh.size > 1
     if sharded:
-        usable = [name for name in usable if name in EXACT_NAMES]
+        usable = [name for name in usable if name in SHARDABLE_NAMES]
     names = list(names)
     unknown = [name for name in names if name not in usable]
     if unknown or not names:
@@ -92,7 +94,7 @@ def load_stages(store: ActivationStore, names, mesh=None) -> dict:
             f"first stages {names}: expected a non-empty subset of {usable} for "
             f"INDEX {index_dir!r}"
             + (
-                f" sharded over {mesh.size} devices (the inverted lists are not sharded yet)"
+                f" sharded over {mesh.size} devices (sq and permutation are not sharded)"
                 if sharded
                 else " (build others with python -m lateint.index.build "
                 f"--index={index_dir} --first_stage=...)"
@@ -101,7 +103,11 @@ def load_stages(store: ActivationStore, names, mesh=None) -> dict:
     built = set(built_stages(index_dir, store.manifest))
     stages, shared_arrays = {}, {}
     for name in names:
-        if sharded and "exact" in built:
+        if sharded and name == "concepts":  # postings split by process (sharded_concepts)
+            stages[name] = sharded_concepts.ShardedConceptStage.load(
+                index_dir, mesh, store.manifest
+            )
+        elif sharded and "exact" in built:
             stages[name] = _sharded_built_exact(store, name, shared_arrays, mesh)
         elif name in EXACT_NAMES and "exact" not in built:
             stages[name] = _exact_from_store(store, name, shared_arrays, mesh)

@@ -107,11 +107,25 @@ def searcher_cases(workdir: str, index_dir: str) -> dict:
         }
     cases["device_nbytes"] = sharded.device_nbytes()
     cases["single_nbytes"] = sum(stage.nbytes for stage in single.stages.values())
+    # The concept lists on a mesh (serve.sharded_concepts; one process holds every row here).
+    lists = Searcher.load(workdir, index_dir, BUCKETS, first_stages=["concepts"], shards=8)
+    one = Searcher.load(workdir, index_dir, BUCKETS, first_stages=["concepts"])
+    results = [
+        searcher.search(QUERIES, k=10, n=64, K=16, first_stage="concepts")
+        for searcher in (one, lists)
+    ]
+    cases["concepts"] = {
+        "ids": [[hit.id for hit in result.hits] for result in results[0]],
+        "sharded_ids": [[hit.id for hit in result.hits] for result in results[1]],
+        "scores": [[hit.score for hit in result.hits] for result in results[0]],
+        "sharded_scores": [[hit.score for hit in result.hits] for result in results[1]],
+        "held_rows": lists.stages["concepts"].held_rows(),
+    }
     try:
-        Searcher.load(workdir, index_dir, BUCKETS, first_stages=["concepts"], shards=8)
-        cases["concepts_refusal"] = None
+        Searcher.load(workdir, index_dir, BUCKETS, first_stages=["sq"], shards=8)
+        cases["sq_refusal"] = None
     except ValueError as error:
-        cases["concepts_refusal"] = str(error)
+        cases["sq_refusal"] = str(error)
     return cases
 
 

@@ -92,7 +92,16 @@ def test_edited_index_answers_without_the_deleted_images(comparisons):
         assert not deleted & {hit for hits in case["sharded_ids"] for hit in hits}
 
 
-def test_inverted_lists_are_refused_when_sharded(comparisons):
-    refusal = comparisons[0]["searchers"][comparisons[1]["shared"]]["concepts_refusal"]
+def test_the_concept_lists_on_a_mesh_answer_as_one_device(comparisons):
+    """serve.sharded_concepts on 8 devices of one process: it holds every row and answers as
+    the unsharded lists (the split over processes is tests/test_serve_multihost.py's)."""
+    case = comparisons[0]["searchers"][comparisons[1]["shared"]]["concepts"]
+    assert case["sharded_ids"] == case["ids"] and all(len(ids) == 10 for ids in case["ids"])
+    assert case["sharded_scores"] == case["scores"]
+    assert case["held_rows"] == [[25 * s, 25 * s + 25] for s in range(8)]  # 200 images / 8
+
+
+def test_stages_that_cannot_be_sharded_are_refused_by_name(comparisons):
+    refusal = comparisons[0]["searchers"][comparisons[1]["shared"]]["sq_refusal"]
     assert refusal is not None and "sharded over 8 devices" in refusal
-    assert "['refined', 'exact', 'exact_global']" in refusal or "exact" in refusal
+    assert "'concepts', 'exact', 'exact_global', 'refined'" in refusal or "concepts" in refusal

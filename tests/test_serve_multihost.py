@@ -5,6 +5,7 @@ answers HTTP and the other follows its batches; the answers equal one process's 
 import concurrent.futures
 import re
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -38,7 +39,7 @@ QUERIES = [
     "a seven",
     "show me a zebra",
 ]
-STAGES = ("refined", "exact", "exact_global")
+STAGES = ("refined", "exact", "exact_global", "concepts")
 
 
 def _search(url: str, query: str, stage: str) -> dict:
@@ -132,7 +133,10 @@ def test_a_reload_reaches_every_process(two_processes, one_process, tiny_workdir
     assert response.status_code == 200, response.text
     assert response.json()["generation"] == one_process.generation + 1
     moved = f"generation {one_process.generation} -> {one_process.generation + 1}"
-    assert moved in two_processes[1].log_tail(10**7)  # the follower loaded it too
+    deadline = time.monotonic() + 120  # the follower logs once its own stages are loaded
+    while moved not in two_processes[1].log_tail(10**7):  # the follower loaded it too
+        assert time.monotonic() < deadline, two_processes[1].log_tail(3000)
+        time.sleep(0.2)
     fresh = Searcher.load(tiny_workdir, served_index, BUCKETS)
     try:
         for stage in STAGES:
