@@ -4,15 +4,16 @@
     ids, scores = stage.search(query_side, n)   # equal to ConceptStage's, ids and scores
 
 The lists are host structures (lateint.index.first_stage.concepts), so they are split by
-process, not by device: process p keeps the postings of the images its devices hold in the
-mesh (shard s of S holds rows [s·L, (s+1)·L), L = ceil(N / S), as serve.sharded_stages splits
-the brute-force stages), and the centroids. A search probes the same centroids everywhere,
-scores the images it holds, keeps its top n, and the processes' lists are all-gathered
-(jax.experimental.multihost_utils.process_allgather, over JAX's distributed runtime) and merged
-with lateint.index.first_stage.query.top_per_query (ties: smaller id first). A list score is a
-sum over one image's own postings, so each image scores exactly as on one process and the
-merged top n equals ConceptStage's (tests/test_serve_multihost.py). Rescoring with a `depth`
-cut is refused: a top-depth cut per process is not the single process's global cut.
+process, not by device: process p reads (block by block) and keeps only the postings of the
+images its devices hold in the mesh (shard s of S holds rows [s·L, (s+1)·L), L = ceil(N / S),
+as serve.sharded_stages splits the brute-force stages), and every centroid. A search probes
+the same centroids everywhere, scores the images it holds, keeps its top n, and the processes'
+lists are all-gathered (jax.experimental.multihost_utils.process_allgather, over JAX's
+distributed runtime) and merged with lateint.index.first_stage.query.top_per_query (ties:
+smaller id first). A list score is a sum over one image's own postings, so each image scores
+exactly as on one process and the merged top n equals ConceptStage's
+(tests/test_serve_multihost.py). Rescoring with a `depth` cut is refused: a top-depth cut per
+process is not the single process's global cut.
 
 Every process runs every search in the same order (serve.multihost makes them), as the
 all-gather is a collective. On one process this is ConceptStage itself.
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from lateint.index.first_stage import concepts, postings, query
+from lateint.index.first_stage import concepts, query, records
 
 
 def held_rows(mesh: Mesh, num_images: int) -> list[tuple[int, int]]:
@@ -44,44 +46,46 @@ def held_rows(mesh: Mesh, num_images: int) -> list[tuple[int, int]]:
     ]
 
 
-def restrict(lists: postings.InvertedLists, keep: np.ndarray) -> postings.InvertedLists:
-    """The postings of the images where keep [N] is True, in the same lists and order."""
-    list_of = np.repeat(np.arange(lists.num_lists), np.diff(lists.offsets))  # [P]
-    kept = keep[lists.images]
-    counts = np.bincount(list_of[kept], minlength=lists.num_lists)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(lists.offsets.dtype)
-    return postings.InvertedLists(offsets, lists.images[kept], lists.weights[kept])
-
-
 class ShardedConceptStage:
     """search(query_side, n) -> (ids [Q, n] int64, scores [Q, n] float32) over every process's
     postings; `local` is this process's ConceptStage (its held rows' postings only)."""
 
     name = concepts.NAME
 
-    def __init__(self, stage: concepts.ConceptStage, mesh: Mesh):
-        if stage.rescore != "none" and stage.depth is not None:
+    def __init__(self, local: concepts.ConceptStage, mesh: Mesh, rows):
+        """local: the ConceptStage of this process's `rows` [(start, stop)] (ConceptStage.load
+        with rows=)."""
+        if local.rescore != "none" and local.depth is not None:
             raise ValueError(
-                f"{concepts.NAME}: rescore with depth {stage.depth} cannot be split over "
+                f"{concepts.NAME}: rescore with depth {local.depth} cannot be split over "
                 "processes (a per-process top-depth is not the global one); use depth=None"
             )
         self.mesh = mesh
-        self.num_images = stage.num_images
-        self.record = stage.record
+        self.local = local
+        self.num_images = local.num_images
+        self.record = local.record
+        self.rows = list(rows)
         self.spans = len({device.process_index for device in mesh.devices.flat}) > 1
-        self.rows = held_rows(mesh, self.num_images)
-        keep = np.zeros(self.num_images, bool)
-        for start, stop in self.rows:
-            keep[start:stop] = True
-        lists = restrict(stage.lists, keep) if self.spans else stage.lists
-        self.local = concepts.ConceptStage(
-            stage.centroids, lists, stage.deleted, stage.record, stage.nprobe, stage.rescore
-        )
 
     @classmethod
     def load(cls, index_dir: str, mesh: Mesh, manifest: dict | None = None):
-        """Reads the committed lists (all of them, once, at load), keeps this process's."""
-        return cls(concepts.ConceptStage.load(index_dir, manifest=manifest), mesh)
+        """Reads the postings of the rows this process's devices hold, block by block (one
+        process of several never holds every posting), and every centroid."""
+        record = records.committed_record(index_dir, concepts.NAME, manifest)
+        rows = held_rows(mesh, record["num_images"])
+        spans = len({device.process_index for device in mesh.devices.flat}) > 1
+        local = concepts.ConceptStage.load(
+            index_dir, manifest=manifest, rows=rows if spans else None
+        )
+        logging.info(
+            "%s: process %d holds %d postings (rows %s of %d)",
+            concepts.NAME,
+            jax.process_index(),
+            local.lists.num_postings,
+            rows,
+            record["num_images"],
+        )
+        return cls(local, mesh, rows)
 
     @property
     def nbytes(self) -> int:

@@ -184,3 +184,27 @@ def test_record_refuses_interrupted_build(tmp_path):
     records.mark_building(index_dir, "concepts", {})
     with pytest.raises(RuntimeError, match="'state' expected 'ready', got 'building'"):
         records.read_record(index_dir, "concepts")
+
+
+def test_reading_some_images_postings_block_by_block_equals_keeping_them(
+    tmp_path, rng, monkeypatch
+):
+    """read_lists(kept=) (a sharded server's process: only its rows, READ_POSTINGS at a time)
+    equals the whole CSR cut with InvertedLists.keep, base and delta alike."""
+    index_dir, prefix = str(tmp_path), "first_stage/test/lists"
+    parts = [random_postings(rng, num_images=30, first_image=30 * part) for part in range(2)]
+    record = committed(
+        index_dir,
+        postings.write_base(
+            index_dir, prefix, 0, postings.InvertedLists.from_postings(*parts[0], 7)
+        ),
+    )
+    record = committed(index_dir, postings.append_postings(index_dir, prefix, record, *parts[1]))
+    assert record["delta_postings"] > 0
+    monkeypatch.setattr(postings, "READ_POSTINGS", 5)  # many blocks, some keeping nothing
+    whole = postings.read_lists(index_dir, prefix, record)
+    for kept in (np.arange(60) % 3 == 0, np.arange(60) >= 45, np.zeros(60, bool)):
+        got = postings.read_lists(index_dir, prefix, record, kept)
+        assert_same_lists(got, whole.keep(kept))
+        assert set(got.images.tolist()) == set(whole.images[kept[whole.images]].tolist())
+    assert_same_lists(postings.read_lists(index_dir, prefix, record, np.ones(60, bool)), whole)

@@ -147,7 +147,7 @@ def test_a_reload_reaches_every_process(two_processes, one_process, tiny_workdir
         fresh.close()
 
 
-def test_each_process_holds_half_and_the_follower_stops_with_the_leader(two_processes):
+def test_each_process_holds_half_and_the_follower_stops_with_the_leader(two_processes, one_process):
     leader, follower = two_processes
     _search(leader.url, QUERIES[0], "refined")
     logs = [process.log_tail(10**7) for process in two_processes]
@@ -157,6 +157,12 @@ def test_each_process_holds_half_and_the_follower_stops_with_the_leader(two_proc
         assert held == [
             str([(100 * process, 100 * process + 50), (100 * process + 50, 100 * (process + 1))])
         ]
+    # The concept lists: each process read and holds only its rows' postings, together all.
+    held = [
+        int(re.findall(rf"concepts: process {process} holds (\d+) postings", log)[0])
+        for process, log in enumerate(logs)
+    ]
+    assert 0 < min(held) and sum(held) == one_process.stages["concepts"].lists.num_postings
     assert "follows process 0" in logs[1]
     with pytest.raises(httpx.TransportError):  # the follower serves no HTTP
         httpx.get(follower.url + "/healthz", timeout=2)

@@ -82,10 +82,18 @@ class ConceptStage:
         manifest: dict | None = None,
         rescore: str | None = None,
         depth: int | None = None,
+        rows=None,
     ):
-        """manifest: read the generation it publishes (default: the stage.json record)."""
+        """manifest: read the generation it publishes (default: the stage.json record). rows:
+        [(start, stop)] image ranges whose postings to hold (default every image; a process
+        of a sharded server holds its own, serve.sharded_concepts)."""
         record = records.committed_record(index_dir, NAME, manifest)
-        lists = postings.read_lists(index_dir, LISTS_PREFIX, record)
+        kept = None
+        if rows is not None:
+            kept = np.zeros(record["num_images"], bool)
+            for start, stop in rows:
+                kept[start:stop] = True
+        lists = postings.read_lists(index_dir, LISTS_PREFIX, record, kept)
         return cls(
             read_centroids(index_dir, record),
             lists,

@@ -26,12 +26,14 @@ import dataclasses
 import numpy as np
 
 from lateint import storage
+from lateint.index import arrays as arrays_lib
 from lateint.index import store
 from lateint.index.first_stage import records, sources
 
 COMPACT_FRACTION = 0.25  # compact once the delta exceeds this fraction of the base
 MIN_COMPACT_POSTINGS = 1 << 16  # ... and this many postings
 MAX_IMAGES = np.iinfo(np.int32).max
+READ_POSTINGS = 1 << 22  # postings read at a time when only some images' are kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +91,7 @@ class InvertedLists:
             raise ValueError(
                 f"InvertedLists.from_postings: image {images[at]} posts twice to list {lists[at]}"
             )
-        offsets = np.zeros(num_lists + 1, np.int64)
-        np.cumsum(np.bincount(lists, minlength=num_lists), out=offsets[1:])
-        return cls(offsets, images.astype(np.int32), weights[order])
+        return cls(_offsets_of(lists, num_lists), images.astype(np.int32), weights[order])
 
     def merge(self, later: InvertedLists) -> InvertedLists:
         """This CSR followed, list by list, by `later`, whose images all have larger ids.
@@ -131,24 +131,30 @@ class InvertedLists:
         images[new_positions], weights[new_positions] = later.images, later.weights
         return InvertedLists(offsets, images, weights)
 
+    def keep(self, kept) -> InvertedLists:
+        """The postings of the images where kept [N] bool is True, ids and order unchanged."""
+        kept = np.asarray(kept, bool)
+        if self.num_postings and self.images.max() >= kept.shape[0]:
+            raise ValueError(
+                f"InvertedLists: the image mask covers {kept.shape[0]} images, "
+                f"postings reach image {self.images.max()}"
+            )
+        mask = kept[self.images]
+        list_of_posting = np.repeat(np.arange(self.num_lists), np.diff(self.offsets))
+        return InvertedLists(
+            _offsets_of(list_of_posting[mask], self.num_lists),
+            self.images[mask],
+            self.weights[mask],
+        )
+
     def select(self, alive) -> InvertedLists:
         """Drops the postings of images where alive [N] bool is False and renumbers the others
         0..alive.sum()-1 in order; the map is monotone, so the result equals `from_postings`
         over the surviving images."""
         alive = np.asarray(alive, bool)
-        if self.num_postings and self.images.max() >= alive.shape[0]:
-            raise ValueError(
-                f"InvertedLists.select: alive covers {alive.shape[0]} images, "
-                f"postings reach image {self.images.max()}"
-            )
+        kept = self.keep(alive)
         renumbered = np.cumsum(alive) - 1
-        keep = alive[self.images]
-        list_of_posting = np.repeat(np.arange(self.num_lists), np.diff(self.offsets))
-        offsets = np.zeros_like(self.offsets)
-        np.cumsum(np.bincount(list_of_posting[keep], minlength=self.num_lists), out=offsets[1:])
-        return InvertedLists(
-            offsets, renumbered[self.images[keep]].astype(np.int32), self.weights[keep]
-        )
+        return InvertedLists(kept.offsets, renumbered[kept.images].astype(np.int32), kept.weights)
 
     def gather(self, lists) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every posting of the given lists, vectorised.
@@ -212,19 +218,50 @@ def _read_delta(index_dir: str, base: str, name: str, dtype) -> np.ndarray:
     return store.read_array(index_dir, f"{base}/{name}")
 
 
-def read_lists(index_dir: str, prefix: str, record: dict) -> InvertedLists:
-    """The committed postings of a stage (base merged with the delta) as one CSR."""
-    base = generation_prefix(prefix, record["generation"])
+def _offsets_of(list_of_posting: np.ndarray, num_lists: int) -> np.ndarray:
+    """[K+1] CSR offsets of postings in list order, given each one's list [P]."""
+    offsets = np.zeros(num_lists + 1, np.int64)
+    np.cumsum(np.bincount(list_of_posting, minlength=num_lists), out=offsets[1:])
+    return offsets
+
+
+def _read_base(index_dir: str, base: str, record: dict, kept) -> InvertedLists:
+    """The base CSR; with kept [N] bool only those images' postings, read READ_POSTINGS at a
+    time (a process of a sharded server never holds every posting)."""
     offsets = store.read_array(index_dir, f"{base}/offsets")
-    images = store.read_array(index_dir, f"{base}/images")
-    weights = store.read_array(index_dir, f"{base}/weights")
-    if offsets.shape != (record["num_lists"] + 1,) or images.shape != (record["base_postings"],):
+    images = arrays_lib.open_existing(index_dir, f"{base}/images", read_only=True)
+    weights = arrays_lib.open_existing(index_dir, f"{base}/weights", read_only=True)
+    total = record["base_postings"]
+    if offsets.shape != (record["num_lists"] + 1,) or tuple(images.shape) != (total,):
         raise ValueError(
             f"{index_dir}/{base}: offsets/images shapes expected "
-            f"({record['num_lists'] + 1},)/({record['base_postings']},) from the "
-            f"stage record, got {offsets.shape}/{images.shape}"
+            f"({record['num_lists'] + 1},)/({total},) from the "
+            f"stage record, got {offsets.shape}/{tuple(images.shape)}"
         )
-    lists = InvertedLists(offsets, images, weights)
+    if kept is None:
+        return InvertedLists(
+            offsets, np.asarray(images.read().result()), np.asarray(weights.read().result())
+        )
+    pieces = []
+    for start in range(0, total, READ_POSTINGS):
+        stop = min(total, start + READ_POSTINGS)
+        block = np.asarray(images[start:stop].read().result())
+        mask = kept[block]
+        lists = np.searchsorted(offsets, np.arange(start, stop)[mask], side="right") - 1
+        pieces.append((lists, block[mask], np.asarray(weights[start:stop].read().result())[mask]))
+    lists, kept_images, kept_weights = (
+        np.concatenate([piece[column] for piece in pieces]) if pieces else np.zeros(0, dtype)
+        for column, dtype in ((0, np.int64), (1, np.int32), (2, weights.dtype.numpy_dtype))
+    )
+    return InvertedLists(_offsets_of(lists, record["num_lists"]), kept_images, kept_weights)
+
+
+def read_lists(index_dir: str, prefix: str, record: dict, kept=None) -> InvertedLists:
+    """The committed postings of a stage (base merged with the delta) as one CSR. kept [N]
+    bool: only the postings of those images (ids unchanged), the base read block by block."""
+    base = generation_prefix(prefix, record["generation"])
+    kept = None if kept is None else np.asarray(kept, bool)
+    lists = _read_base(index_dir, base, record, kept)
     delta = record["delta_postings"]
     if delta == 0:
         return lists
@@ -233,13 +270,16 @@ def read_lists(index_dir: str, prefix: str, record: dict) -> InvertedLists:
         for name, dtype in (
             ("delta_lists", np.int32),
             ("delta_images", np.int32),
-            ("delta_weights", weights.dtype),
+            ("delta_weights", lists.weights.dtype),
         )
     ]
     if any(column.shape[0] != delta for column in columns):
         raise ValueError(
             f"{index_dir}/{base}: delta arrays hold fewer than the committed {delta} postings"
         )
+    if kept is not None:
+        mask = kept[columns[1]]
+        columns = [column[mask] for column in columns]
     return lists.merge(InvertedLists.from_postings(*columns, record["num_lists"]))
 
 
