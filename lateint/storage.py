@@ -30,6 +30,7 @@ import tensorstore as ts
 from lateint import atomic
 
 REMOTE_SCHEMES = ("gs", "s3")
+_S3_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 _DRIVERS = {"gs": "gcs", "s3": "s3"}
 
 
@@ -121,10 +122,7 @@ def _bucket(scheme: str, bucket: str, environment: tuple) -> ts.KvStore:
 
 def _remote(url: str) -> tuple[ts.KvStore, str]:
     scheme, bucket, key = _split(url)
-    environment = tuple(
-        os.environ.get(name, "")
-        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
-    )
+    environment = tuple(os.environ.get(name, "") for name in _S3_VARIABLES)
     return _bucket(scheme, bucket, environment), key
 
 
@@ -211,16 +209,21 @@ def isdir(path: str) -> bool:
     return bool(listdir(path))
 
 
+def _keys_under(path: str) -> list[str]:
+    """Every key under the remote prefix `path`, relative to it."""
+    store, key = _remote(path)
+    prefix = key.rstrip("/") + "/" if key else ""
+    keys = _call(path, "listing", lambda: store.list(_prefix_range(key)).result())
+    return [bytes(found).decode("utf-8")[len(prefix) :] for found in keys]
+
+
 def listdir(path: str) -> list[str]:
     """Names directly under `path`, sorted; remote: the first key component after the prefix
     (an empty list where nothing is stored, as object stores have no empty directories)."""
     path = normalize(path)
     if not is_remote(path):
         return sorted(os.listdir(path))
-    store, key = _remote(path)
-    prefix = key.rstrip("/") + "/" if key else ""
-    keys = _call(path, "listing", lambda: store.list(_prefix_range(key)).result())
-    return sorted({bytes(found).decode("utf-8")[len(prefix) :].split("/", 1)[0] for found in keys})
+    return sorted({key.split("/", 1)[0] for key in _keys_under(path)})
 
 
 def list_files(path: str) -> list[str]:
@@ -233,10 +236,7 @@ def list_files(path: str) -> list[str]:
             for name in names:
                 found.append(name if relative == "." else f"{relative.replace(os.sep, '/')}/{name}")
         return sorted(found)
-    store, key = _remote(path)
-    prefix = key.rstrip("/") + "/" if key else ""
-    keys = _call(path, "listing", lambda: store.list(_prefix_range(key)).result())
-    return sorted(bytes(found).decode("utf-8")[len(prefix) :] for found in keys)
+    return sorted(_keys_under(path))
 
 
 def makedirs(path: str) -> None:

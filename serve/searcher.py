@@ -147,7 +147,7 @@ class Searcher:
         # collectives must match); the text tower and joint layers stay per process, and a
         # follower (serve.multihost: text tower and first stage only) compiles the tower alone.
         self.coordinator = None  # serve.multihost.Leader on process 0 of several
-        spans = len({device.process_index for device in self.mesh.devices.flat}) > 1
+        spans = sharded_stages.spans_processes(self.mesh)
         functions = ("text",) if spans and jax.process_index() != 0 else compile_plan.FUNCTIONS
         self.compiled = CompiledModel(model, buckets, store.regions, store.hidden, functions)
         self.pipeline = BatchPipeline(self.compiled, buckets, tokenizer.pad_id)

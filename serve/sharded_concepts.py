@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lateint.index.first_stage import concepts, query, records
+from lateint.serve import sharded_stages
 
 
 def held_rows(mesh: Mesh, num_images: int) -> list[tuple[int, int]]:
@@ -65,7 +66,7 @@ class ShardedConceptStage:
         self.num_images = local.num_images
         self.record = local.record
         self.rows = list(rows)
-        self.spans = len({device.process_index for device in mesh.devices.flat}) > 1
+        self.spans = sharded_stages.spans_processes(mesh)
 
     @classmethod
     def load(cls, index_dir: str, mesh: Mesh, manifest: dict | None = None):
@@ -73,7 +74,7 @@ class ShardedConceptStage:
         process of several never holds every posting), and every centroid."""
         record = records.committed_record(index_dir, concepts.NAME, manifest)
         rows = held_rows(mesh, record["num_images"])
-        spans = len({device.process_index for device in mesh.devices.flat}) > 1
+        spans = sharded_stages.spans_processes(mesh)
         local = concepts.ConceptStage.load(
             index_dir, manifest=manifest, rows=rows if spans else None
         )

@@ -36,6 +36,11 @@ AXIS = "images"
 KINDS = exact.KINDS
 
 
+def spans_processes(mesh: Mesh) -> bool:
+    """True when the mesh's devices belong to more than one process (jax.distributed)."""
+    return len({device.process_index for device in mesh.devices.flat}) > 1
+
+
 def mesh_for(shards) -> Mesh:
     """A 1-D Mesh ('images') over the first `shards` devices of jax.devices() ('all': every
     device of every process). Raises ValueError naming the device count when there are fewer."""
