@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lateint.config import ModelConfig
+from lateint.layers import take_rows
 
 MARGINS = (0.05, 0.1, 0.2, 0.3)  # m_k: how much worse than the best match still counts
 WIDTH = 0.02  # w: sharpness of the membership sigmoid
@@ -60,17 +61,23 @@ class CountHead(nnx.Module):
         onehot = jnp.exp(-((counts[..., None] - centres) ** 2) / (2 * SPREAD**2))  # [P, T, K, 5]
         return onehot.reshape(*onehot.shape[:2], -1)
 
+    def claims(self, text: jax.Array) -> jax.Array:
+        """text: [U, T, H] text tower outputs -> what each word says of its count [U, T, K·5]."""
+        return self.claim(text.astype(jnp.float32))
+
     def __call__(
         self,
-        text: jax.Array,
+        claims: jax.Array,
         text_mask: jax.Array,
         text_concepts: jax.Array,
         image_mask: jax.Array,
         image_concepts: jax.Array,
+        text_index: jax.Array | None = None,
     ) -> jax.Array:
-        """text: [P, T, H] text tower outputs, text_mask: [P, T] bool, text_concepts: [P, T, C],
-        image_mask: [P, R] bool, image_concepts: [P, R, C]. Returns [P] float32."""
+        """claims: [U, T, K·5] (`claims` of U texts); text_index: [P] int, pair p's text (None:
+        U = P, aligned); text_mask: [P, T] bool, text_concepts: [P, T, C]; image_mask: [P, R]
+        bool, image_concepts: [P, R, C]. Returns [P] float32."""
         features = self.soft_counts(text_concepts, image_concepts, image_mask)
-        per_word = jnp.sum(self.claim(text.astype(jnp.float32)) * features, axis=-1)  # [P, T]
+        per_word = jnp.sum(take_rows(claims, text_index) * features, axis=-1)  # [P, T]
         words = text_mask.at[:, 0].set(False)  # no [CLS]
         return jnp.sum(jnp.where(words, per_word, 0.0), axis=1)

@@ -25,6 +25,11 @@ def layer_norm(config: ModelConfig, rngs: nnx.Rngs):
     return nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, rngs=rngs)
 
 
+def take_rows(array: jax.Array, index: jax.Array | None) -> jax.Array:
+    """array [U, ...] -> its rows `index` [P, ...]; the array itself when index is None."""
+    return array if index is None else jnp.take(array, index, axis=0)
+
+
 def attention_bias(attention_mask: jax.Array, dtype) -> jax.Array:
     """Additive bias from a boolean mask.
 

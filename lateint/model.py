@@ -8,6 +8,7 @@ attention below l.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -25,6 +26,7 @@ from lateint.layers import (
     attention_bias,
     dense,
     layer_norm,
+    take_rows,
 )
 from lateint.relation_head import RelationHead
 
@@ -185,21 +187,27 @@ class SplitEncoder(nnx.Module):
         text_mask: jax.Array,
         stored_image: jax.Array,
         image_mask: jax.Array,
+        text_index: jax.Array | None = None,
     ) -> jax.Array:
-        """Scores P aligned (text, image) pairs from tower outputs.
+        """Scores P (text, image) pairs from tower outputs.
 
-        text_activations: [P, T, H], text_mask: [P, T], stored_image: [P, R, H'] (as stored,
-        i.e. after `compress`), image_mask: [P, R]. Returns [P] float32: the score head over
-        the joint output, plus `joint_residual` x the pairs' text->image MaxSim of the tower
-        concepts when the config asks for it (a skip connection around the joint layers), plus
-        the relation head's pairwise term when `config.relation_head`, and the count head's
-        per-word term when `config.count_head`.
+        text_activations: [U, T, H], text_mask: [U, T], stored_image: [P, R, H'] (as stored,
+        i.e. after `compress`), image_mask: [P, R]; text_index: [P] int (pair p is text
+        text_index[p] with image p), or None when U = P and the rows are aligned. What depends
+        on the text alone (its concept tokens, the relation head's claims, the count head's
+        claims) runs once per text, so scoring one query against K candidates does not repeat
+        it K times. Returns [P] float32: the score head over the joint output, plus
+        `joint_residual` x the pairs' text->image MaxSim of the tower concepts when the config
+        asks for it (a skip connection around the joint layers), plus the relation head's
+        pairwise term when `config.relation_head`, and the count head's per-word term when
+        `config.count_head`.
         """
         num_text = text_activations.shape[1]
         text_mask, image_mask = text_mask.astype(bool), image_mask.astype(bool)
+        pairs = functools.partial(take_rows, index=text_index)  # [U, ...] -> [P, ...]
         image = self.decompress(stored_image)
-        x = jnp.concatenate([text_activations.astype(jnp.float32), image], axis=1)
-        mask = jnp.concatenate([text_mask, image_mask], axis=1)
+        x = jnp.concatenate([pairs(text_activations).astype(jnp.float32), image], axis=1)
+        mask = jnp.concatenate([pairs(text_mask), image_mask], axis=1)
         bias = attention_bias(mask, jnp.float32)  # [P, 1, 1, T+R]
         concepts = None
         if (
@@ -209,7 +217,7 @@ class SplitEncoder(nnx.Module):
             or self.count is not None
         ):
             concepts = (
-                self.text_concepts.tokens(text_activations, text_mask),  # [P, T, C]
+                pairs(self.text_concepts.tokens(text_activations, text_mask)),  # [P, T, C]
                 self.image_concepts.tokens(image, image_mask),
             )  # [P, R, C]
         if self.alignment_scale is not None:
@@ -219,15 +227,26 @@ class SplitEncoder(nnx.Module):
         score = self.score_head(x[:, :num_text], x[:, num_text:], image_mask)
         if self.config.joint_residual:
             score = score + self.config.joint_residual * scoring.maxsim_pairs(
-                concepts[0], text_mask, concepts[1], image_mask
+                concepts[0], pairs(text_mask), concepts[1], image_mask
             )
         if self.relation is not None:
             score = score + self.relation(
-                text_activations, text_mask, concepts[0], image, image_mask, concepts[1]
+                self.relation.claims(text_activations),
+                pairs(text_mask),
+                concepts[0],
+                image,
+                image_mask,
+                concepts[1],
+                text_index,
             )
         if self.count is not None:
             score = score + self.count(
-                text_activations, text_mask, concepts[0], image_mask, concepts[1]
+                self.count.claims(text_activations),
+                pairs(text_mask),
+                concepts[0],
+                image_mask,
+                concepts[1],
+                text_index,
             )
         return score
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lateint.config import ModelConfig
-from lateint.layers import box_features, pair_geometry
+from lateint.layers import box_features, pair_geometry, take_rows
 
 GEOMETRY_DIM = 12
 
@@ -73,7 +73,7 @@ class RelationHead(nnx.Module):
         return jnp.concatenate([pairs, jax.nn.sigmoid(8.0 * pairs[..., :4])], axis=-1)
 
     def claims(self, text: jax.Array) -> jax.Array:
-        """text: [P, T, H] text tower outputs -> q [P, T, T, 12] (subject axis, then target).
+        """text: [U, T, H] text tower outputs -> q [U, T, T, 12] (subject axis, then target).
 
         q_ij sees word i, word j, the sentence ([CLS]), the mean of the words strictly between
         them (where a relation phrase sits: "left of", "on top of") and which of the two comes
@@ -81,14 +81,21 @@ class RelationHead(nnx.Module):
         pair however little the tower has yet learned to contextualise."""
         text = text.astype(jnp.float32)
         length = text.shape[1]
-        between = jnp.cumsum(self.between(text), axis=1)  # [P, T, W]
-        between = jnp.pad(between, ((0, 0), (1, 0), (0, 0)))  # [P, T+1, W]
         position = jnp.arange(length)
-        low = jnp.minimum(position[:, None], position[None, :])  # [T, T]
-        high = jnp.maximum(position[:, None], position[None, :])
-        count = jnp.maximum(high - low - 1, 1).astype(jnp.float32)[None, :, :, None]
-        span = (between[:, high] - between[:, low + 1]) / count  # [P, T, T, W]
-        order = self.order[...][(position[None, :] < position[:, None]).astype(jnp.int32)]
+        before = (position[:, None] < position[None, :])[None, :, :, None]  # [1, T, T, 1]: i < j
+        words = self.between(text)  # [U, T, W]
+        inclusive = jnp.cumsum(words, axis=1)  # at k: the sum over words 0..k
+        exclusive = jnp.pad(inclusive[:, :-1], ((0, 0), (1, 0), (0, 0)))  # over words 0..k-1
+        # The words strictly between i and j: exclusive[max] - inclusive[min], by broadcasting
+        # (a gather's gradient is a scatter-add, which on CPU cost more than the rest).
+        between = jnp.where(
+            before,
+            exclusive[:, None, :, :] - inclusive[:, :, None, :],
+            exclusive[:, :, None, :] - inclusive[:, None, :, :],
+        )  # [U, T, T, W]
+        count = jnp.abs(position[:, None] - position[None, :]) - 1
+        span = between / jnp.maximum(count, 1).astype(jnp.float32)[None, :, :, None]
+        order = jnp.where(before[0], self.order[...][0], self.order[...][1])  # [T, T, W]
         mixed = (
             self.subject(text)[:, :, None, :]
             + self.target(text)[:, None, :, :]
@@ -100,14 +107,16 @@ class RelationHead(nnx.Module):
 
     def __call__(
         self,
-        text: jax.Array,
+        claims: jax.Array,
         text_mask: jax.Array,
         text_concepts: jax.Array,
         image: jax.Array,
         image_mask: jax.Array,
         image_concepts: jax.Array,
+        text_index: jax.Array | None = None,
     ) -> jax.Array:
-        """text: [P, T, H], text_mask: [P, T] bool, text_concepts: [P, T, C]; image: [P, R, H],
+        """claims: [U, T, T, 12] (`claims` of U texts); text_index: [P] int, pair p's text (None:
+        U = P, aligned); text_mask: [P, T] bool, text_concepts: [P, T, C]; image: [P, R, H],
         image_mask: [P, R] bool, image_concepts: [P, R, C]. Returns [P] float32."""
         similarity = jnp.einsum("ptc,prc->ptr", text_concepts, image_concepts)
         logits = jnp.where(image_mask[:, None, :], similarity / self.temperature, -1e9)
@@ -120,7 +129,7 @@ class RelationHead(nnx.Module):
         pairs = (
             words[:, :, None] & words[:, None, :] & ~jnp.eye(length, dtype=bool)[None]
         )  # [P, T, T]
-        per_pair = jnp.sum(self.claims(text) * expected, axis=-1)  # [P, T, T]
+        per_pair = jnp.sum(take_rows(claims, text_index) * expected, axis=-1)  # [P, T, T]
         return jnp.sum(jnp.where(pairs, per_pair, 0.0), axis=(1, 2))
 
     def box_loss(self, image: jax.Array, image_mask: jax.Array, boxes: jax.Array) -> jax.Array:

@@ -83,14 +83,12 @@ def _joint(graph, state, text_activations, text_mask, stored, image_mask):
     [B, K, R] -> [B, K] float32 joint scores.
     """
     batch, candidates = stored.shape[:2]
-    length, hidden = text_activations.shape[1:]
-    text = jnp.broadcast_to(text_activations[:, None], (batch, candidates, length, hidden))
-    mask = jnp.broadcast_to(text_mask[:, None], (batch, candidates, length))
     scores = nnx.merge(graph, state).joint_score(
-        text.reshape(batch * candidates, length, hidden),
-        mask.reshape(batch * candidates, length),
+        text_activations,
+        text_mask,
         stored.reshape((batch * candidates,) + stored.shape[2:]),
         image_mask.reshape(batch * candidates, image_mask.shape[2]),
+        text_index=jnp.repeat(jnp.arange(batch), candidates),
     )
     return scores.reshape(batch, candidates)
 

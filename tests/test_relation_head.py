@@ -57,20 +57,81 @@ def test_relation_term_depends_on_geometry_and_ignores_padding(rng):
     image_mask = jnp.asarray(np.arange(regions)[None] < np.array([[4], [5]]))
     concepts_t = jnp.asarray(rng.normal(size=(pairs, length, 6)), jnp.float32)
     concepts_r = jnp.asarray(rng.normal(size=(pairs, regions, 6)), jnp.float32)
-    base = np.asarray(head(text, text_mask, concepts_t, image, image_mask, concepts_r))
+    base = np.asarray(head(head.claims(text), text_mask, concepts_t, image, image_mask, concepts_r))
     assert np.abs(base).max() > 1e-4
     # padding: a padded word's or region's content never reaches the score
     noisy_text = text.at[0, 5:].set(100.0)
     noisy_image = image.at[0, 4:].set(-50.0)
     padded = np.asarray(
-        head(noisy_text, text_mask, concepts_t, noisy_image, image_mask, concepts_r)
+        head(head.claims(noisy_text), text_mask, concepts_t, noisy_image, image_mask, concepts_r)
     )
     np.testing.assert_allclose(padded[0], base[0], rtol=1e-5, atol=1e-5)
     # geometry: other regions with the same concepts (another arrangement) score otherwise
     moved = np.asarray(
-        head(text, text_mask, concepts_t, image[:, ::-1], image_mask[:, ::-1], concepts_r)
+        head(
+            head.claims(text),
+            text_mask,
+            concepts_t,
+            image[:, ::-1],
+            image_mask[:, ::-1],
+            concepts_r,
+        )
     )
     assert np.abs(moved[1] - base[1]) > 1e-5
+
+
+def test_claims_see_the_mean_of_the_words_between_and_their_order(rng):
+    """Against the definition, word pair by word pair (i != j): q_ij = Out(gelu(A h_i + B h_j + C h_0
+    + mean of D h_k over i < k < j (or j < k < i; zero for neighbours) + order(j before i)))."""
+    head = _relation_model(2).relation
+    head.order[...] = jax.random.normal(jax.random.key(3), head.order[...].shape)
+    text = jnp.asarray(rng.normal(size=(2, 6, head.subject.in_features)), jnp.float32)
+    got = np.asarray(head.claims(text))  # [2, 6, 6, 12]
+    between = np.asarray(head.between(text))
+    for u in range(2):
+        for i in range(6):
+            for j in (j for j in range(6) if j != i):  # i = j: never a pair
+                inside = list(range(min(i, j) + 1, max(i, j)))
+                span = between[u, inside].mean(axis=0) if inside else 0.0
+                mixed = (
+                    head.subject(text[u, i])
+                    + head.target(text[u, j])
+                    + head.sentence(text[u, 0])
+                    + span
+                    + head.order[...][int(j < i)]
+                )
+                want = head.claim(jax.nn.gelu(mixed, approximate=False))
+                np.testing.assert_allclose(got[u, i, j], want, rtol=1e-4, atol=1e-5)
+
+
+def test_pairs_that_share_a_text_score_as_if_it_were_repeated(rng):
+    """joint_score(text_index=) runs the text-only parts (concept tokens, relation and count
+    claims) once per text: the scores equal those of the text rows repeated per pair."""
+    config = tiny_config(
+        geometry_bias=True,
+        box_embedding="mlp",
+        joint_residual=2.0,
+        joint_alignment_bias=2.0,
+        relation_head=True,
+        count_head=True,
+    )
+    model = SplitEncoder(config, nnx.Rngs(4))
+    for kernel in (model.relation.claim.kernel, model.count.claim.kernel):
+        kernel[...] = jax.random.normal(jax.random.key(5), kernel[...].shape)
+    token_ids, token_mask, features, boxes, region_mask = random_pairs(config, rng, pairs=3)
+    text = model.encode_text(jnp.asarray(token_ids), jnp.asarray(token_mask))
+    image = model.encode_image(features, boxes, jnp.asarray(region_mask))
+    index = jnp.asarray([2, 0, 0, 1, 2, 2])
+    images = jnp.asarray([0, 1, 2, 2, 1, 0])
+    stored = model.compress(image.activations)
+    shared = model.joint_score(
+        text.activations, text.mask, stored[images], image.mask[images], text_index=index
+    )
+    repeated = model.joint_score(
+        text.activations[index], text.mask[index], stored[images], image.mask[images]
+    )
+    np.testing.assert_allclose(shared, repeated, rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(shared)).max() > 1e-3
 
 
 def test_box_loss_trains_the_readout_to_recover_boxes(rng):

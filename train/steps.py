@@ -84,10 +84,11 @@ def compute_losses(model, batch: dict, loss_config: ml_collections.ConfigDict) -
     stored = model.compress(image.activations)  # [B, R, H']
     flat = candidates.reshape(-1)
     joint = model.joint_score(
-        jnp.repeat(text.activations, per_query, axis=0),
-        jnp.repeat(text.mask, per_query, axis=0),
+        text.activations,
+        text.mask,
         stored[flat],
         image.mask[flat],
+        text_index=jnp.repeat(jnp.arange(batch_size), per_query),
     ).reshape(batch_size, per_query)
     real = None if positives is None else ~jnp.take_along_axis(positives, negatives, axis=1)
     joint_loss = scoring.listwise_ce(joint, loss_config.joint_temperature, real)
