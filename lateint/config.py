@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 # Fields added after the first released checkpoints, with the default at which the model is the one
 # trained before the field existed (ModelConfig.fingerprint_json leaves them out at that value).
-LATER_FIELDS: dict[str, Any] = {"count_head": False}
+LATER_FIELDS: dict[str, Any] = {"count_head": False, "relation_width": 64}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +60,11 @@ class ModelConfig:
     # True: the joint score adds a relation-network term (lateint.relation_head): per word pair,
     # what the caption claims of it, matched against the geometry of the region pair the two
     # words align with (boxes read back from the stored activations). relation_temperature:
-    # softmax temperature of the word->region alignment.
+    # softmax temperature of the word->region alignment. relation_width: the hidden width of
+    # its per-word-pair claim MLP ([T, T, width] per text: most of the head's cost).
     relation_head: bool = False
     relation_temperature: float = 0.05
+    relation_width: int = 64
     # True: the joint score adds a counting term (lateint.count_head): per word, soft counts of
     # the regions that match it nearly as well as its best region, scored against the word's
     # context ("two little dogs" vs "a little dog").

@@ -53,7 +53,7 @@ class RelationHead(nnx.Module):
     """The pairwise relational term of the joint score (module docstring)."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        hidden, width = config.hidden_size, 64
+        hidden, width = config.hidden_size, config.relation_width
         self.temperature = config.relation_temperature
         self.boxes = BoxReadout(config, rngs)
         self.subject = nnx.Linear(hidden, width, rngs=rngs)

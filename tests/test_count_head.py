@@ -66,16 +66,18 @@ def test_soft_counts_tell_one_match_from_two_and_skip_padding():
 
 
 def test_models_from_before_the_count_head_keep_their_fingerprint():
-    """A checkpoint trained before ModelConfig had count_head recorded a fingerprint over a config
-    without that field: at its default the field must stay out of the hash, or every earlier
-    model and INDEX would be refused."""
+    """A checkpoint trained before ModelConfig had count_head (or relation_width) recorded a
+    fingerprint over a config without that field: at its default the field must stay out of the
+    hash, or every earlier model and INDEX would be refused."""
     defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
     for name, default in LATER_FIELDS.items():
         assert defaults[name] == default, name
     model = SplitEncoder(tiny_config(split_layer=1), nnx.Rngs(0))
-    before = {k: v for k, v in model.config.to_dict().items() if k != "count_head"}
+    before = {k: v for k, v in model.config.to_dict().items() if k not in LATER_FIELDS}
     assert model.config.fingerprint_json() == json.dumps(before, sort_keys=True)
     fingerprint = model_fingerprint(model)
     counting = SplitEncoder(tiny_config(split_layer=1, count_head=True), nnx.Rngs(0))
     assert '"count_head": true' in counting.config.fingerprint_json()
     assert model_fingerprint(counting) != fingerprint
+    narrow = tiny_config(split_layer=1, relation_head=True, relation_width=32)
+    assert '"relation_width": 32' in narrow.fingerprint_json()
