@@ -3,6 +3,7 @@ bucket, the exhaustive cross-encoder in both directions, and the staged i2t rera
 
     joint = JointScorer(inference, text, caption_lengths)
     scores = joint.pairs(captions, stored, image_mask)                 # [P]
+    scores = joint.one_text(caption, stored, image_mask)               # [P]
     scores, joint_ms, gather_ms = joint.text_to_images(store, queries)  # [Q, N]
 
 Shapes: M captions (text = the split's encoded captions), N stored images of R regions and H'
@@ -53,6 +54,19 @@ class JointScorer:
             )
         return scores
 
+    def one_text(self, caption: int, stored, image_mask) -> np.ndarray:
+        """Joint scores of caption `caption` with stored images [P, R, H'] and masks [P, R] ->
+        [P], at the caption's length bucket; its text-only parts run once per batch (as the
+        server scores a query's candidates), so this equals `pairs` of the caption repeated."""
+        length = self.caption_lengths[caption]
+        return self.inference.joint_scores_of_text(
+            self.text.activations[caption : caption + 1, :length],
+            self.text.mask[caption : caption + 1, :length],
+            stored,
+            image_mask,
+            JOINT_BATCH,
+        )
+
     def text_to_images(self, store: ActivationStore, queries: np.ndarray):
         """The cross-encoder: captions `queries` [Q] against every stored image, block by block.
         Returns (scores [Q, N] float32, joint milliseconds per query [Q], gather milliseconds)."""
@@ -64,9 +78,7 @@ class JointScorer:
             gather_ms += milliseconds(started)
             for row, caption in enumerate(queries):
                 started = time.perf_counter()
-                scores[row, start:stop] = self.pairs(
-                    np.full(stop - start, caption), stored, image_mask
-                )
+                scores[row, start:stop] = self.one_text(caption, stored, image_mask)
                 joint_ms[row] += milliseconds(started)
         return scores, joint_ms, gather_ms
 

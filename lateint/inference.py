@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -59,9 +60,20 @@ class Inference:
                 text_activations, text_mask, stored, image_mask
             )
 
+        @jax.jit
+        def joint_one_text(state, text_activations, text_mask, stored, image_mask):
+            return nnx.merge(graph, state).joint_score(
+                text_activations,
+                text_mask,
+                stored,
+                image_mask,
+                text_index=jnp.zeros(stored.shape[0], jnp.int32),
+            )
+
         self._encode_text = encode_text
         self._encode_image = encode_image
         self._joint = joint_pairs
+        self._joint_one_text = joint_one_text
 
     def encode_text(
         self, token_ids: np.ndarray, token_mask: np.ndarray, batch_size: int | None = None
@@ -92,7 +104,23 @@ class Inference:
             self._joint, (text_activations, text_mask, stored, image_mask), batch_size
         )
 
-    def _batched(self, function, arrays, batch_size):
+    def joint_scores_of_text(
+        self,
+        text_activations: np.ndarray,
+        text_mask: np.ndarray,
+        stored: np.ndarray,
+        image_mask: np.ndarray,
+        batch_size: int = 256,
+    ) -> np.ndarray:
+        """One text against P images: text [1, T, H], [1, T]; images stored [P, R, H'], [P, R]
+        -> [P]. Equal to `joint_scores` of the text repeated P times, but its text-only parts
+        (SplitEncoder.joint_score's text_index) run once per batch instead of once per pair."""
+        text = tuple(np.asarray(a) for a in (text_activations, text_mask))
+        return self._batched(self._joint_one_text, (stored, image_mask), batch_size, text)
+
+    def _batched(self, function, arrays, batch_size, fixed=()):
+        """function(state, *fixed, *chunk) over row chunks of `arrays`, padded to batch_size;
+        `fixed` arrays go whole to every call."""
         total = arrays[0].shape[0]
         batch_size = batch_size or total
         outputs = []
@@ -102,7 +130,7 @@ class Inference:
                 chunk = jax.device_put(chunk, self.batch_sharding)
             rows = stop - start
             result = jax.tree.map(
-                lambda x, rows=rows: np.asarray(x)[:rows], function(self.state, *chunk)
+                lambda x, rows=rows: np.asarray(x)[:rows], function(self.state, *fixed, *chunk)
             )
             outputs.append(result)
         return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)

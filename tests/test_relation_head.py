@@ -8,6 +8,8 @@ import pytest
 from flax import nnx
 
 from conftest import random_pairs, separate_and_fused_scores, tiny_config
+from lateint.evaluation.joint import JointScorer
+from lateint.inference import Inference
 from lateint.model import SplitEncoder
 from lateint.relation_head import RelationHead
 
@@ -132,6 +134,29 @@ def test_pairs_that_share_a_text_score_as_if_it_were_repeated(rng):
     )
     np.testing.assert_allclose(shared, repeated, rtol=1e-5, atol=1e-5)
     assert np.abs(np.asarray(shared)).max() > 1e-3
+
+    # The evaluation's cross-encoder path: one caption against every image, in padded batches.
+    inference = Inference(model)
+    text_np = jax.tree.map(np.asarray, text)
+    lengths = np.full(3, token_ids.shape[1])
+    joint = JointScorer(inference, text_np, lengths)
+    images = np.asarray([0, 1, 2, 2, 1])
+    stored_np, mask_np = np.asarray(stored)[images], np.asarray(image.mask)[images]
+    for caption in range(3):
+        np.testing.assert_allclose(
+            joint.one_text(caption, stored_np, mask_np),
+            joint.pairs(np.full(images.size, caption), stored_np, mask_np),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    np.testing.assert_allclose(
+        inference.joint_scores_of_text(
+            text_np.activations[1:2], text_np.mask[1:2], stored_np, mask_np, batch_size=2
+        ),
+        joint.pairs(np.full(images.size, 1), stored_np, mask_np),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_box_loss_trains_the_readout_to_recover_boxes(rng):
