@@ -206,8 +206,9 @@ class SplitEncoder(nnx.Module):
         text_mask, image_mask = text_mask.astype(bool), image_mask.astype(bool)
         pairs = functools.partial(take_rows, index=text_index)  # [U, ...] -> [P, ...]
         image = self.decompress(stored_image)
+        pair_mask = pairs(text_mask)  # [P, T]
         x = jnp.concatenate([pairs(text_activations).astype(jnp.float32), image], axis=1)
-        mask = jnp.concatenate([pairs(text_mask), image_mask], axis=1)
+        mask = jnp.concatenate([pair_mask, image_mask], axis=1)
         bias = attention_bias(mask, jnp.float32)  # [P, 1, 1, T+R]
         concepts = None
         if (
@@ -227,12 +228,12 @@ class SplitEncoder(nnx.Module):
         score = self.score_head(x[:, :num_text], x[:, num_text:], image_mask)
         if self.config.joint_residual:
             score = score + self.config.joint_residual * scoring.maxsim_pairs(
-                concepts[0], pairs(text_mask), concepts[1], image_mask
+                concepts[0], pair_mask, concepts[1], image_mask
             )
         if self.relation is not None:
             score = score + self.relation(
                 self.relation.claims(text_activations),
-                pairs(text_mask),
+                pair_mask,
                 concepts[0],
                 image,
                 image_mask,
@@ -242,7 +243,7 @@ class SplitEncoder(nnx.Module):
         if self.count is not None:
             score = score + self.count(
                 self.count.claims(text_activations),
-                pairs(text_mask),
+                pair_mask,
                 concepts[0],
                 image_mask,
                 concepts[1],
