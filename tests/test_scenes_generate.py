@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lateint.data import load_corpus, region_encoder, scene_features, scenes, sprites
+from lateint.data import load_corpus, region_encoder, scene_features, scenes, semantics, sprites
 from lateint.data.layout import SceneConfig
 
 SPLITS = ("train", "dev", "test")
@@ -227,6 +227,16 @@ def test_region_features_come_from_the_encoder_trained_on_train_only(generated, 
     report = encoder.report
     assert report["train_regions"] + report["held_out_regions"] == train_regions
     assert 0.0 <= report["held_out_class_accuracy"] <= 1.0
+    # ... plus one crop of every train sprite drawn alone (never a dev/test sprite) ...
+    bank = sprites.load_sprite_bank()
+    assert report["sprite_crops"] == sum(
+        len(bank.pool("train", name)) for name in sprites.CLASS_NAMES
+    )
+    # ... and the generator says what its labels leave reachable on dev.
+    dev = info["region_encoder"]["dev"]
+    assert 0.0 <= dev["object_accuracy"] <= 1.0
+    assert set(dev) >= {"oracle_r1/inventory", "oracle_r1/relation"}
+    assert all(0.0 <= value <= 100.0 for key, value in dev.items() if key != "object_accuracy")
     # ... and every split's features are that encoder's output on the split's own crops.
     for split in SPLITS:
         corpus = load_corpus(generated, split)
@@ -276,6 +286,47 @@ def test_binary_writes_the_layout_and_summary(tmp_path):
     info = json.loads((tmp_path / "scenes_info.json").read_text())
     assert info["seed"] == 1 and info["counts"]["train"] == 4
     assert "region encoder:" in result.stdout and info["region_features"] == "cnn"
+    assert "region encoder on dev (unseen sprites):" in result.stdout
+    assert "perfect reasoner on its labels: inventory" in result.stdout
+
+
+def test_label_ceiling_is_the_oracle_of_a_reasoner_on_the_encoder_s_labels(generated, monkeypatch):
+    encoder = scene_features.load_encoder(generated)
+    read = scene_features.encoder_labels(generated, "dev", encoder)
+    records = _records(generated, "dev")
+    truth = semantics.SceneTruth.from_records(records)
+    # Labels read right everywhere (per region slot, as the encoder reads them): every
+    # caption's believed scenes are its true ones.
+    classes, sizes = region_encoder.region_labels(records, read.classes.shape[1])
+    right = semantics.SceneTruth(
+        np.where(classes == region_encoder.NONE_CLASS, -1, classes),
+        np.maximum(sizes, 0),
+        read.boxes,
+    )
+    monkeypatch.setattr(scene_features, "encoder_labels", lambda *args: right)
+    perfect = scene_features.label_ceiling(generated, "dev", encoder)
+    assert perfect["object_accuracy"] == 1.0
+    assert all(value == 100.0 for key, value in perfect.items() if key.startswith("oracle_r1/"))
+    # The encoder's own labels: each caption scores |true & believed| / |believed| (or the
+    # share of true scenes when it believes none), averaged per kind.
+    monkeypatch.setattr(scene_features, "encoder_labels", lambda *args: read)
+    got = scene_features.label_ceiling(generated, "dev", encoder)
+    hits = {}
+    for record in records:
+        for caption in record["captions"]:
+            claims = semantics.parse(caption)
+            true, believed = truth.holds(claims), read.holds(claims)
+            value = (true & believed).sum() / believed.sum() if believed.any() else true.mean()
+            hits.setdefault(semantics.kind(claims), []).append(value)
+    for kind, values in hits.items():
+        assert got[f"oracle_r1/{kind}"] == pytest.approx(100 * np.mean(values), abs=0.05)
+    # Objects: the regions that hold them, read with the encoder's argmax class.
+    named = [
+        read.classes[row, item["region"]] == sprites.CLASS_NAMES.index(item["class"])
+        for row, record in enumerate(records)
+        for item in record["objects"]
+    ]
+    assert got["object_accuracy"] == pytest.approx(np.mean(named), abs=1e-4)
 
 
 def test_binary_rejects_stray_arguments(tmp_path):

@@ -308,10 +308,12 @@ def generate(
             )
     encoder_report = None
     if region_features == "cnn":
-        encoder = scene_features.train_on_split(out_dir, "train", encoder_config)
+        encoder = scene_features.train_on_split(out_dir, "train", encoder_config, config)
         for split in stats:
             scene_features.encode_split(out_dir, split, encoder)
-        encoder_report = encoder.report
+        encoder_report = dict(encoder.report)
+        if "dev" in stats:
+            encoder_report["dev"] = scene_features.label_ceiling(out_dir, "dev", encoder)
     info = {
         "seed": seed,
         "counts": counts,
@@ -345,7 +347,14 @@ def define_flags():
     flags.DEFINE_integer("num_test", 1000, "Test scenes.")
     flags.DEFINE_integer("seed", 0, "Seed; the same seed gives identical files.")
     flags.DEFINE_bool("images", True, "Also write images/{id}.png per scene (slow at 100k+).")
-    flags.DEFINE_integer("encoder_steps", 1200, "Training steps of the region encoder.")
+    flags.DEFINE_integer(
+        "encoder_steps", region_encoder.EncoderConfig.steps, "Training steps of the region encoder."
+    )
+    flags.DEFINE_integer(
+        "encoder_sprite_copies",
+        region_encoder.EncoderConfig.sprite_copies,
+        "Crops of each train sprite drawn alone, added to the region encoder's training set.",
+    )
     flags.DEFINE_enum(
         "region_features",
         "cnn",
@@ -369,7 +378,9 @@ def main(argv):
         images=FLAGS.images,
         progress_seconds=5.0,
         region_features=FLAGS.region_features,
-        encoder_config=region_encoder.EncoderConfig(steps=FLAGS.encoder_steps),
+        encoder_config=region_encoder.EncoderConfig(
+            steps=FLAGS.encoder_steps, sprite_copies=FLAGS.encoder_sprite_copies
+        ),
     )
     total = sum(split["scenes"] for split in result["splits"].values())
     writing = sum(split["seconds"] for split in result["splits"].values())
@@ -383,13 +394,7 @@ def main(argv):
         f"scenes/s): {parts}"
     )
     if result["encoder"]:
-        report = result["encoder"]
-        print(
-            f"region encoder: {report['train_seconds']:.0f} s on {report['train_regions']} "
-            f"train regions; held-out accuracy class "
-            f"{report.get('held_out_class_accuracy', float('nan')):.3f}, size "
-            f"{report.get('held_out_size_accuracy', float('nan')):.3f}"
-        )
+        print(scene_features.summary(result["encoder"]))
 
 
 if __name__ == "__main__":
