@@ -122,6 +122,25 @@ class ActivationStore(StoreWriter):
     storage_dtype = property(lambda self: self.manifest["storage"]["activations_dtype"])
     shard_rows = property(lambda self: self.manifest["layout"]["shard_rows"])
 
+    def check_model(self, config, fingerprint: str) -> None:
+        """Refuses (IndexRefusedError: binaries print one line and exit 2) an INDEX written by
+        another model than (config, fingerprint): fingerprint, split layer and widths."""
+        index_json = f"{self.index_dir}/{manifest_lib.MANIFEST_FILE}"
+        try:
+            manifest_lib.check_fingerprint(self.manifest, fingerprint)
+        except manifest_lib.IndexRefusedError as error:
+            raise manifest_lib.IndexRefusedError(f"{index_json}: {error}") from None
+        for field, expected, got in (
+            ("split_layer", config.split_layer, self.manifest["split_layer"]),
+            ("shapes.hidden", config.stored_dim, self.hidden),
+            ("shapes.concept_dim", config.concept_dim, self.concept_dim),
+        ):
+            if expected != got:
+                raise manifest_lib.IndexRefusedError(
+                    f"{index_json}: field {field!r} is {got}, the model's config has {expected}: "
+                    "written by another model; rebuild it with this checkpoint"
+                )
+
     @property
     def image_ids(self) -> list[str]:
         """External ids [N] (INDEX/ids.txt)."""

@@ -34,7 +34,6 @@ from absl import logging
 
 from lateint import pretrained
 from lateint.checkpoint import load_model
-from lateint.index import manifest as manifest_lib
 from lateint.index.store import ActivationStore
 from lateint.serve import compile_plan, sharded_stages
 from lateint.serve import stages as stages_lib
@@ -79,7 +78,7 @@ class Searcher:
         shard_map and merge their top lists; the answers equal one device's.
         """
         config = model.config
-        self._check_index(model, meta, store)
+        store.check_model(model.config, meta["fingerprint"])
         if buckets.max_length > config.max_position_embeddings:
             raise ValueError(
                 f"Buckets.query_lengths: the largest ({buckets.max_length}) exceeds "
@@ -206,27 +205,6 @@ class Searcher:
     num_images = property(lambda self: self.view.num_images)
     generation = property(lambda self: self.view.generation)
 
-    @staticmethod
-    def _check_index(model, meta: dict, store: ActivationStore) -> None:
-        """Refuses (IndexRefusedError: binaries print one line and exit 2) an INDEX of another
-        model: fingerprint, split layer and widths."""
-        config, manifest = model.config, store.manifest
-        index_json = f"{store.index_dir}/{manifest_lib.MANIFEST_FILE}"
-        try:
-            manifest_lib.check_fingerprint(manifest, meta["fingerprint"])
-        except manifest_lib.IndexRefusedError as error:
-            raise manifest_lib.IndexRefusedError(f"{index_json}: {error}") from None
-        for field, expected, got in (
-            ("split_layer", config.split_layer, manifest["split_layer"]),
-            ("shapes.hidden", config.stored_dim, store.hidden),
-            ("shapes.concept_dim", config.concept_dim, store.concept_dim),
-        ):
-            if expected != got:
-                raise manifest_lib.IndexRefusedError(
-                    f"{index_json}: field {field!r} is {got}, the model's config has {expected}: "
-                    "written by another model; rebuild it with this checkpoint"
-                )
-
     def reload(self, manifest: dict | None = None) -> dict:
         """Loads the INDEX's published generation if it is not the one served, warms its first
         stages, then swaps it in; the old one answers until then. Thread-safe against `run`.
@@ -243,7 +221,7 @@ class Searcher:
                 served = self.view
                 generation = int(store.manifest.get("generation", 0))
                 if generation != served.generation:
-                    self._check_index(self.model, self.meta, store)
+                    store.check_model(self.model.config, self.meta["fingerprint"])
                     if store.regions != served.store.regions:  # the compiled shapes depend on R
                         raise ValueError(
                             f"{self.index_dir}: generation {generation} has "

@@ -169,6 +169,7 @@ class RegionEncoder:
             info = json.load(file)
         values = dict(info["config"])
         values["channels"] = tuple(values["channels"])
+        values.setdefault("sprite_copies", 0)  # saved before the field existed: scene crops only
         config = EncoderConfig(**values)
         network = _Network(config, nnx.Rngs(config.seed))
         graph, params = nnx.split(network)
