@@ -10,7 +10,8 @@ encoder is saved in `DIR/region_encoder/` so distractor corpora are encoded with
 oracle R@1 per caption kind of a perfect reasoner that sees only the encoder's argmax labels
 (class and size of each region, on its box). Inventory captions name every object of a scene,
 so one misread region makes one false: with ~93% of unseen objects named right the inventory
-ceiling is ~80, whatever the towers learn.
+ceiling is ~80. The towers see soft features, not argmax labels, so a model can pass it a
+little: it measures what the features leave ambiguous, not a strict bound.
 """
 
 from __future__ import annotations
